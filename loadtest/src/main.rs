@@ -1,0 +1,2 @@
+//! mailpin-loadtest.
+fn main() {}

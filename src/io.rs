@@ -1,0 +1,154 @@
+//! The byte-stream seam between protocol code and sockets.
+//!
+//! Everything the director reads or writes — a plain client socket, a TLS
+//! session, a backend connection — implements [`Connection`]. Protocol code
+//! and the relay are generic over it, so one implementation of each serves
+//! plaintext and TLS alike.
+//!
+//! Two rules shape the trait, both for memory per idle session:
+//! * [`ReadSide::readable`] waits for input *without* holding a buffer, so a
+//!   session that waits (IMAP IDLE, most of a mail client's life) owns none;
+//!   only once bytes are there does the caller borrow one from
+//!   [`crate::bufpool`] and call [`ReadSide::read_into`].
+//! * Buffers are owned and handed back (io_uring needs them to stay put while
+//!   the kernel uses them).
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::rc::Rc;
+
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+/// The read side of a connection.
+#[allow(async_fn_in_trait)]
+pub trait ReadSide {
+    /// Waits until a read would make progress (bytes, end of stream or an
+    /// error) while holding no buffer.
+    async fn readable(&mut self) -> io::Result<()>;
+
+    /// Reads into the spare capacity of `buf`, after `buf.len()`, and returns
+    /// how many bytes were appended; `Ok(0)` means the peer closed its side.
+    /// The caller makes sure `buf` has spare capacity.
+    async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+}
+
+/// The write side of a connection.
+#[allow(async_fn_in_trait)]
+pub trait WriteSide {
+    /// Writes all of `buf` and hands the buffer back.
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+
+    /// Ends our direction of the stream (a half-close: TCP FIN, or a TLS
+    /// close_notify followed by FIN). Reading may go on.
+    async fn shutdown(&mut self) -> io::Result<()>;
+}
+
+/// A whole connection: both sides, and a way to split them so the two
+/// directions of a relay can run at once.
+pub trait Connection: ReadSide + WriteSide {
+    /// The read half after [`Connection::into_split`].
+    type Reader: ReadSide;
+    /// The write half after [`Connection::into_split`].
+    type Writer: WriteSide;
+
+    /// Splits the connection into halves that may be used concurrently from
+    /// two futures of the same task (or two tasks of the same core).
+    fn into_split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// Writes a whole byte slice by copying it into an owned buffer; for the
+/// small replies of protocol code, not for the relay.
+pub async fn write_bytes<W: WriteSide + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    w.write_all(bytes.to_vec()).await.0
+}
+
+async fn tcp_read_into(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    let slice: SliceMut<Vec<u8>> = buf.slice_mut(len..);
+    let (res, slice) = s.read(slice).await;
+    (res, slice.into_inner())
+}
+
+async fn tcp_write_all(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    if buf.bytes_init() == 0 {
+        return (Ok(()), buf);
+    }
+    let (res, buf) = AsyncWriteRentExt::write_all(s, buf).await;
+    (res.map(|_| ()), buf)
+}
+
+impl ReadSide for TcpStream {
+    async fn readable(&mut self) -> io::Result<()> {
+        TcpStream::readable(self, false).await
+    }
+
+    async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        tcp_read_into(self, buf).await
+    }
+}
+
+impl WriteSide for TcpStream {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        tcp_write_all(self, buf).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        AsyncWriteRent::shutdown(self).await
+    }
+}
+
+/// One half of a split [`TcpStream`].
+///
+/// Both halves share the socket. io_uring reads and writes on one socket may
+/// be in flight at the same time; the halves only ever read (reader) or only
+/// ever write (writer), the same pattern monoio's own `Split` uses.
+pub struct TcpHalf {
+    stream: Rc<UnsafeCell<TcpStream>>,
+}
+
+impl TcpHalf {
+    fn stream(&mut self) -> &mut TcpStream {
+        // SAFETY: the stream lives on one thread (Rc), the reader half only
+        // issues reads and readiness polls and the writer half only writes;
+        // TcpStream's methods touch nothing but the shared fd, so the two
+        // never observe each other's state.
+        unsafe { &mut *self.stream.get() }
+    }
+}
+
+impl ReadSide for TcpHalf {
+    async fn readable(&mut self) -> io::Result<()> {
+        TcpStream::readable(self.stream(), false).await
+    }
+
+    async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        tcp_read_into(self.stream(), buf).await
+    }
+}
+
+impl WriteSide for TcpHalf {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        tcp_write_all(self.stream(), buf).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        AsyncWriteRent::shutdown(self.stream()).await
+    }
+}
+
+impl Connection for TcpStream {
+    type Reader = TcpHalf;
+    type Writer = TcpHalf;
+
+    fn into_split(self) -> (TcpHalf, TcpHalf) {
+        let stream = Rc::new(UnsafeCell::new(self));
+        (
+            TcpHalf {
+                stream: stream.clone(),
+            },
+            TcpHalf { stream },
+        )
+    }
+}
