@@ -7,3 +7,10 @@
 
 pub mod bufpool;
 pub mod io;
+pub mod config;
+pub mod route;
+pub mod runtime;
+pub mod proto;
+pub mod backend;
+pub mod relay;
+pub mod session;

@@ -1,0 +1,90 @@
+//! Connections to backends: connect, forward the client's address, log in.
+//!
+//! [`connect`] opens a TCP connection within the backend's
+//! `connect_timeout` and, with `forward = "proxy"`, starts it with a PROXY
+//! v2 header; each protocol's module then replays the client's credentials.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use crate::config::{Forward, Protocol};
+use crate::io::write_bytes;
+use crate::proto::proxy_v2;
+use crate::route::backends::Backend;
+use crate::session::ClientInfo;
+
+pub mod imap;
+
+/// How long a backend may take to greet and to answer a login. Dovecot
+/// delays failed logins (`auth_failure_delay`, 2 s by default), so this is
+/// generous; a backend that is merely slow is not a dead one.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest line accepted from a backend before login completes.
+pub const MAX_BACKEND_LINE: usize = 64 * 1024;
+
+/// Why a backend could not take a session.
+#[derive(Debug)]
+pub enum BackendError {
+    /// The TCP connection failed (refused, unreachable).
+    Connect(io::Error),
+    /// No connection within `connect_timeout`.
+    ConnectTimeout(Duration),
+    /// The backend stopped answering during greeting or login.
+    Timeout,
+    /// The connection failed after it was established.
+    Io(io::Error),
+    /// The backend said something the director did not expect.
+    Protocol(String),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Connect(e) => write!(f, "connect failed: {e}"),
+            BackendError::ConnectTimeout(d) => write!(f, "no connection within {d:?}"),
+            BackendError::Timeout => write!(f, "no answer within {LOGIN_TIMEOUT:?}"),
+            BackendError::Io(e) => write!(f, "connection failed: {e}"),
+            BackendError::Protocol(m) => write!(f, "unexpected answer: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl BackendError {
+    /// True when the failure says the backend itself is unreachable (as
+    /// opposed to one session going wrong): what passive health checks count.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Connect(_) | BackendError::ConnectTimeout(_)
+        )
+    }
+}
+
+/// Connects to `backend` for `protocol`, sending a PROXY v2 header first
+/// when the backend is configured with `forward = "proxy"`.
+pub async fn connect(
+    backend: &Backend,
+    protocol: Protocol,
+    client: &ClientInfo,
+) -> Result<TcpStream, BackendError> {
+    let addr = backend.addr(protocol);
+    let stream = match monoio::time::timeout(backend.connect_timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(BackendError::Connect(e)),
+        Err(_) => return Err(BackendError::ConnectTimeout(backend.connect_timeout)),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if backend.forward == Forward::Proxy {
+        let header = proxy_v2::encode(client.peer, client.local);
+        write_bytes(&mut stream, &header)
+            .await
+            .map_err(BackendError::Io)?;
+    }
+    Ok(stream)
+}

@@ -1,0 +1,204 @@
+//! The relay: bytes both ways between a logged-in client and its backend.
+//!
+//! Each direction waits for readiness holding no buffer, borrows a 64 KiB
+//! buffer from the core's pool only while bytes move, and gives it back, so
+//! an idle session (IMAP IDLE, most of a mail client's life) owns none. When
+//! one side closes its direction the other side is told (half-close), and
+//! the remaining direction gets [`FIN_TIMEOUT`] to finish. A session can be
+//! ended from outside (an admin kick, a backend going down) through a
+//! future passed in; the relay then stops both directions and returns.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use crate::bufpool;
+use crate::io::{Connection, ReadSide, WriteSide};
+
+/// How long the second direction may go on after the first one closed.
+pub const FIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client closed first (or both closed cleanly).
+    Client,
+    /// The backend closed first.
+    Backend,
+    /// A read or write failed.
+    Error,
+    /// Ended from outside by the `stop` future.
+    Stopped,
+}
+
+/// Bytes moved by a relay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Client to backend.
+    pub up: u64,
+    /// Backend to client.
+    pub down: u64,
+}
+
+/// Moves bytes from `r` to `w` until `r` ends, then half-closes `w`.
+async fn pump<R: ReadSide, W: WriteSide>(r: &mut R, w: &mut W, moved: &Cell<u64>) -> io::Result<()> {
+    loop {
+        r.readable().await?;
+        let (res, buf) = r.read_into(bufpool::take()).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                bufpool::give(buf);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            bufpool::give(buf);
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let (res, buf) = w.write_all(buf).await;
+        bufpool::give(buf);
+        res?;
+        moved.set(moved.get() + n as u64);
+    }
+}
+
+/// Relays between `client` and `backend` until both directions end, one
+/// fails, or `stop` completes. `to_backend` and `to_client` are bytes read
+/// ahead during login, written first.
+pub async fn relay<C, B, F>(
+    client: C,
+    backend: B,
+    to_backend: Vec<u8>,
+    to_client: Vec<u8>,
+    stop: F,
+) -> (RelayEnd, RelayStats)
+where
+    C: Connection,
+    B: Connection,
+    F: Future<Output = ()>,
+{
+    let (mut cr, mut cw) = client.into_split();
+    let (mut br, mut bw) = backend.into_split();
+    let up = Cell::new(0u64);
+    let down = Cell::new(0u64);
+    let stats = |up: &Cell<u64>, down: &Cell<u64>| RelayStats {
+        up: up.get(),
+        down: down.get(),
+    };
+
+    if !to_backend.is_empty() {
+        let n = to_backend.len() as u64;
+        if bw.write_all(to_backend).await.0.is_err() {
+            return (RelayEnd::Error, stats(&up, &down));
+        }
+        up.set(n);
+    }
+    if !to_client.is_empty() {
+        let n = to_client.len() as u64;
+        if cw.write_all(to_client).await.0.is_err() {
+            return (RelayEnd::Error, stats(&up, &down));
+        }
+        down.set(n);
+    }
+
+    let end = {
+        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up));
+        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down));
+        let mut stop = std::pin::pin!(stop);
+        monoio::select! {
+            r = &mut upward => match r {
+                Ok(()) => finish(downward, RelayEnd::Client).await,
+                Err(_) => RelayEnd::Error,
+            },
+            r = &mut downward => match r {
+                Ok(()) => finish(upward, RelayEnd::Backend).await,
+                Err(_) => RelayEnd::Error,
+            },
+            _ = &mut stop => RelayEnd::Stopped,
+        }
+    };
+    (end, stats(&up, &down))
+}
+
+/// Lets the remaining direction run out, bounded by [`FIN_TIMEOUT`].
+async fn finish<F: Future<Output = io::Result<()>>>(rest: F, first: RelayEnd) -> RelayEnd {
+    match monoio::time::timeout(FIN_TIMEOUT, rest).await {
+        Ok(Ok(())) => first,
+        Ok(Err(_)) | Err(_) => first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use monoio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = monoio::join!(TcpStream::connect_addr(addr), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let (res, buf) = s.read(vec![0u8; 65536]).await;
+            let n = res.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn relays_both_ways_with_read_ahead_and_half_close() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = payload.clone();
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            b"ahead-up ".to_vec(),
+            b"ahead-down ".to_vec(),
+            std::future::pending(),
+        ));
+        let client_task = monoio::spawn(async move {
+            let (r, _) = client.write_all(payload).await;
+            r.unwrap();
+            client.shutdown().await.unwrap();
+            read_to_end(&mut client).await
+        });
+        let got_up = read_to_end(&mut backend).await;
+        assert_eq!(&got_up[..9], b"ahead-up ");
+        assert_eq!(&got_up[9..], &expected[..]);
+        backend.write_all(b"bye".to_vec()).await.0.unwrap();
+        drop(backend);
+        let got_down = client_task.await;
+        assert_eq!(got_down, b"ahead-down bye");
+        let (end, stats) = relay_task.await;
+        assert_eq!(end, RelayEnd::Client);
+        assert_eq!(stats.up, 9 + 3_000_000);
+        assert_eq!(stats.down, 11 + 3);
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn stop_future_ends_an_idle_relay() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, _backend) = pair().await;
+        let (tx, rx) = local_sync::oneshot::channel::<()>();
+        let relay_task = monoio::spawn(relay(client_side, backend_side, vec![], vec![], async move {
+            let _ = rx.await;
+        }));
+        tx.send(()).unwrap();
+        let (end, stats) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stopped);
+        assert_eq!(stats, RelayStats::default());
+    }
+}

@@ -1,0 +1,251 @@
+//! One core's shard of the user → backend table.
+//!
+//! Core `hash(key) % cores` owns a user's assignment: which backend, how
+//! many live sessions, since when. Only that core reads or writes the entry,
+//! so the table needs no lock. An assignment is sticky: it stays while the
+//! user has sessions and for `user_expire` after the last one closes, and it
+//! survives a higher-ranked backend coming back. It is dropped only when its
+//! backend can no longer keep users (unhealthy or admin down) or by an
+//! explicit [`ShardTable::remove`] (admin move, flush).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ahash::AHashMap;
+
+use crate::route::backends::{BackendId, BackendSet};
+
+/// A user's place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// Where the user's sessions go.
+    pub backend: BackendId,
+    /// Live sessions (counted by the owner core).
+    pub sessions: u32,
+    /// When the assignment was made (wall clock, for people).
+    pub since: SystemTime,
+    /// When the last session closed, while `sessions == 0`.
+    idle_since: Option<Instant>,
+}
+
+/// Why a user could not be placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// No backend is routable right now.
+    NoneRoutable,
+}
+
+/// The shard of one core.
+#[derive(Debug)]
+pub struct ShardTable {
+    users: AHashMap<Box<str>, Assignment>,
+    expire: Duration,
+}
+
+impl ShardTable {
+    /// An empty shard whose idle assignments live for `expire`.
+    pub fn new(expire: Duration) -> ShardTable {
+        ShardTable {
+            users: AHashMap::new(),
+            expire,
+        }
+    }
+
+    /// Counts a new session of `key` and returns its backend, assigning one
+    /// (the first routable choice) if the user has none or its backend can no
+    /// longer keep users.
+    pub fn acquire(&mut self, key: &str, set: &BackendSet) -> Result<BackendId, NoBackend> {
+        if let Some(a) = self.users.get_mut(key) {
+            if set.get(a.backend).is_some_and(|b| b.keeps_users()) {
+                a.sessions += 1;
+                a.idle_since = None;
+                return Ok(a.backend);
+            }
+        }
+        let backend = set.first_choice(key).ok_or(NoBackend::NoneRoutable)?;
+        // Sessions of an earlier assignment are being closed; their releases
+        // name the old backend and are ignored, so counting starts afresh.
+        self.users.insert(
+            key.into(),
+            Assignment {
+                backend,
+                sessions: 1,
+                since: SystemTime::now(),
+                idle_since: None,
+            },
+        );
+        Ok(backend)
+    }
+
+    /// Forgets one session of `key` that ran on `backend`. A session of an
+    /// earlier assignment (the user moved meanwhile) does not count.
+    pub fn release(&mut self, key: &str, backend: BackendId, now: Instant) {
+        if let Some(a) = self.users.get_mut(key) {
+            if a.backend == backend && a.sessions > 0 {
+                a.sessions -= 1;
+                if a.sessions == 0 {
+                    a.idle_since = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The assignment of `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&Assignment> {
+        self.users.get(key)
+    }
+
+    /// Drops the assignment of `key` (the caller has closed its sessions).
+    pub fn remove(&mut self, key: &str) -> Option<Assignment> {
+        self.users.remove(key)
+    }
+
+    /// Assigns `key` to `backend` outright (admin move). The caller has
+    /// closed the user's sessions; the assignment starts idle, so it expires
+    /// like any other if the user does not come back.
+    pub fn assign(&mut self, key: &str, backend: BackendId, now: Instant) {
+        self.users.insert(
+            key.into(),
+            Assignment {
+                backend,
+                sessions: 0,
+                since: SystemTime::now(),
+                idle_since: Some(now),
+            },
+        );
+    }
+
+    /// Drops every assignment to a backend that can no longer keep users
+    /// and returns the keys dropped.
+    pub fn drop_unkept(&mut self, set: &BackendSet) -> Vec<Box<str>> {
+        let mut dropped = Vec::new();
+        self.users.retain(|key, a| {
+            let keep = set.get(a.backend).is_some_and(|b| b.keeps_users());
+            if !keep {
+                dropped.push(key.clone());
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// Removes assignments idle for longer than `user_expire`; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.users.len();
+        let expire = self.expire;
+        self.users.retain(|_, a| match a.idle_since {
+            Some(t) => now.saturating_duration_since(t) < expire,
+            None => true,
+        });
+        before - self.users.len()
+    }
+
+    /// Users with an assignment on this shard.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether the shard holds no assignment.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Every assignment, for statistics.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Assignment)> {
+        self.users.iter().map(|(k, a)| (&**k, a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::backends::tests::set_of;
+    use crate::route::backends::{AdminState, Health};
+
+    #[test]
+    fn assigns_first_choice_and_counts_sessions() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("alice", &set).unwrap();
+        assert_eq!(Some(b), set.first_choice("alice"));
+        assert_eq!(t.acquire("alice", &set), Ok(b));
+        assert_eq!(t.get("alice").unwrap().sessions, 2);
+        t.release("alice", b, Instant::now());
+        assert_eq!(t.get("alice").unwrap().sessions, 1);
+    }
+
+    #[test]
+    fn assignment_is_sticky_when_a_better_backend_appears() {
+        let set = set_of(3);
+        let key = (0..1000)
+            .map(|i| format!("u{i}"))
+            .find(|k| set.ranking(k)[0] == 0)
+            .unwrap();
+        let without_0 = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire(&key, &without_0).unwrap();
+        assert_ne!(b, 0);
+        // Backend 0 recovers: the user stays where it is.
+        assert_eq!(t.acquire(&key, &set), Ok(b));
+    }
+
+    #[test]
+    fn moves_when_backend_can_no_longer_keep_users() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("bob", &set).unwrap();
+        let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
+        assert_eq!(t.acquire("bob", &drained), Ok(b), "drain keeps its users");
+        let down = set.with_change(b, |x| x.admin = AdminState::Down);
+        let nb = t.acquire("bob", &down).unwrap();
+        assert_ne!(nb, b);
+        assert_eq!(Some(nb), down.first_choice("bob"));
+    }
+
+    #[test]
+    fn drop_unkept_returns_users_of_dead_backend() {
+        let set = set_of(2);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+        for u in &users {
+            t.acquire(u, &set).unwrap();
+        }
+        let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let dropped = t.drop_unkept(&dead);
+        let expected = users.iter().filter(|u| set.first_choice(u) == Some(0)).count();
+        assert_eq!(dropped.len(), expected);
+        assert!(t.iter().all(|(_, a)| a.backend == 1));
+    }
+
+    #[test]
+    fn idle_assignments_expire_busy_ones_do_not() {
+        let set = set_of(2);
+        let mut t = ShardTable::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let b = t.acquire("idle", &set).unwrap();
+        t.acquire("busy", &set).unwrap();
+        t.release("idle", b, start);
+        assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
+        assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
+        assert!(t.get("idle").is_none());
+        assert!(t.get("busy").is_some());
+    }
+
+    #[test]
+    fn release_of_an_old_assignment_is_ignored() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("carol", &set).unwrap();
+        let other = (b + 1) % 3;
+        t.assign("carol", other, Instant::now());
+        t.release("carol", b, Instant::now());
+        assert_eq!(t.get("carol").unwrap().sessions, 0);
+        assert_eq!(t.get("carol").unwrap().backend, other);
+    }
+
+    #[test]
+    fn no_routable_backend_is_an_error() {
+        let set = set_of(1).with_change(0, |b| b.admin = AdminState::Down);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        assert_eq!(t.acquire("x", &set), Err(NoBackend::NoneRoutable));
+    }
+}

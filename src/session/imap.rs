@@ -1,0 +1,455 @@
+//! IMAP before login, as the director answers it (RFC 9051, RFC 3501).
+//!
+//! The director speaks just enough IMAP to learn who the user is: it greets,
+//! answers CAPABILITY, NOOP, ID, LOGOUT and STARTTLS itself, takes LOGIN and
+//! AUTHENTICATE (PLAIN, LOGIN; with or without SASL-IR; `*` cancels), and
+//! hands the credentials to the user's backend, whose answer the client gets
+//! word for word. Everything else before login is refused with the tagged
+//! BAD the RFC asks for. Lines, literals and the whole phase are bounded:
+//! too many bad commands end the session with `* BYE`.
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::backend::imap::{login, IdFields, Login};
+use crate::io::{write_bytes, Connection};
+use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
+use crate::proto::sasl::{self, Credentials};
+use crate::route::backends::BackendId;
+use crate::runtime::core::Core;
+use crate::session::ClientInfo;
+
+/// At most this many ID field pairs are kept (RFC 2971 allows 30).
+const MAX_ID_FIELDS: usize = 30;
+
+/// What the listener allows before login.
+#[derive(Debug, Clone, Copy)]
+pub struct ImapPolicy {
+    /// STARTTLS is offered (a `tls = "starttls"` listener).
+    pub starttls: bool,
+    /// LOGIN and AUTHENTICATE are allowed before TLS.
+    pub plaintext_auth: bool,
+}
+
+/// How the pre-login phase ended.
+pub enum Outcome {
+    /// The client left, misbehaved or timed out; the connection is done.
+    Closed,
+    /// The client asked for TLS and was told to begin: upgrade, then call
+    /// [`Prelogin::run`] again on the TLS stream.
+    StartTls,
+    /// The backend accepted the login.
+    LoggedIn(LoggedIn),
+}
+
+/// A session the backend accepted, ready to relay.
+pub struct LoggedIn {
+    /// The backend connection, logged in.
+    pub backend: TcpStream,
+    /// Which backend.
+    pub backend_id: BackendId,
+    /// The user key the session counts under.
+    pub key: String,
+    /// Bytes the client pipelined after its login command.
+    pub to_backend: Vec<u8>,
+    /// Bytes the backend sent after its tagged OK.
+    pub to_client: Vec<u8>,
+}
+
+/// The state of one client before login; survives a STARTTLS upgrade.
+pub struct Prelogin<'a> {
+    core: &'a Core,
+    policy: ImapPolicy,
+    client: ClientInfo,
+    reader: CommandReader,
+    buf: Vec<u8>,
+    id_fields: IdFields,
+    bad: u32,
+    deadline: Instant,
+}
+
+/// A reply that ends with the client being disconnected.
+struct Bye;
+
+impl<'a> Prelogin<'a> {
+    /// A new pre-login phase for `client`, bounded by `server.prelogin_timeout`.
+    pub fn new(core: &'a Core, policy: ImapPolicy, client: ClientInfo) -> Prelogin<'a> {
+        let server = &core.shared.config.server;
+        Prelogin {
+            core,
+            policy,
+            client,
+            reader: CommandReader::new(limits(core)),
+            buf: Vec::new(),
+            id_fields: Vec::new(),
+            bad: 0,
+            deadline: Instant::now() + server.prelogin_timeout,
+        }
+    }
+
+    /// The client as known so far.
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// Marks the connection as TLS from now on and forgets everything the
+    /// client sent in plaintext after STARTTLS (RFC 9051 §6.2.1: no command
+    /// injection across the upgrade).
+    pub fn upgraded(&mut self) {
+        self.client.tls = true;
+        self.buf = Vec::new();
+        self.reader = CommandReader::new(limits(self.core));
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.client.tls || self.policy.plaintext_auth
+    }
+
+    /// The capability list before login.
+    pub fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 ID LITERAL+ SASL-IR");
+        if self.policy.starttls && !self.client.tls {
+            caps.push_str(" STARTTLS");
+        }
+        if self.login_allowed() {
+            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+        } else {
+            caps.push_str(" LOGINDISABLED");
+        }
+        caps
+    }
+
+    /// Writes the greeting.
+    pub async fn greet<S: Connection>(&self, s: &mut S) -> bool {
+        let greeting = format!("* OK [CAPABILITY {}] mailpin ready.\r\n", self.capabilities());
+        write_bytes(s, greeting.as_bytes()).await.is_ok()
+    }
+
+    /// Runs the dialogue until login, STARTTLS or the end.
+    pub async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        loop {
+            let step = self.reader.next(&mut self.buf);
+            let cmd = match step {
+                Ok(Step::Command(cmd)) => cmd,
+                Ok(Step::Continue) => {
+                    if write_bytes(s, b"+ Ready for literal data\r\n").await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    continue;
+                }
+                Ok(Step::NeedMore) => {
+                    if !self.fill(s).await {
+                        return Outcome::Closed;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self.refuse_input(s, &e).await;
+                    return Outcome::Closed;
+                }
+            };
+            match self.handle(s, cmd).await {
+                Ok(None) => {}
+                Ok(Some(outcome)) => return outcome,
+                Err(Bye) => return Outcome::Closed,
+            }
+        }
+    }
+
+    /// Reads more client bytes before the deadline; false when the session
+    /// must end (closed, error, or pre-login timeout, which says BYE).
+    async fn fill<S: Connection>(&mut self, s: &mut S) -> bool {
+        self.buf.reserve(1024);
+        let read = monoio::time::timeout_at(self.deadline, s.read_into(std::mem::take(&mut self.buf)));
+        match read.await {
+            Ok((Ok(n), buf)) => {
+                self.buf = buf;
+                n > 0
+            }
+            Ok((Err(e), _)) => {
+                debug!(error = %e, "client read failed");
+                false
+            }
+            Err(_) => {
+                info!("pre-login timeout");
+                let _ = write_bytes(s, b"* BYE Pre-login timeout, disconnecting.\r\n").await;
+                false
+            }
+        }
+    }
+
+    /// Answers unparseable input. Oversized input cannot be resynchronised,
+    /// so the client is told and disconnected.
+    async fn refuse_input<S: Connection>(&mut self, s: &mut S, e: &ParseError) -> Result<(), Bye> {
+        warn!(error = %e, "bad input before login");
+        let tag = e.tag().unwrap_or("*");
+        let reply = match e {
+            ParseError::LiteralTooLarge { .. } => {
+                format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n")
+            }
+            ParseError::LineTooLong { .. } | ParseError::CommandTooLarge { .. } => {
+                "* BYE Line too long.\r\n".to_string()
+            }
+            _ => format!("{tag} BAD {e}\r\n* BYE Protocol error.\r\n"),
+        };
+        let _ = write_bytes(s, reply.as_bytes()).await;
+        Err(Bye)
+    }
+
+    /// Counts a bad command; too many end the session.
+    async fn bad<S: Connection>(&mut self, s: &mut S, tag: &str, text: &str) -> Result<(), Bye> {
+        self.bad += 1;
+        let mut reply = format!("{tag} BAD {text}\r\n");
+        let too_many = self.bad >= self.core.shared.config.server.max_bad_commands;
+        if too_many {
+            reply.push_str("* BYE Too many invalid commands.\r\n");
+        }
+        write_bytes(s, reply.as_bytes()).await.map_err(|_| Bye)?;
+        if too_many {
+            info!(bad_commands = self.bad, "too many invalid commands");
+            return Err(Bye);
+        }
+        Ok(())
+    }
+
+    async fn reply<S: Connection>(&mut self, s: &mut S, text: String) -> Result<(), Bye> {
+        write_bytes(s, text.as_bytes()).await.map_err(|_| Bye)
+    }
+
+    async fn handle<S: Connection>(&mut self, s: &mut S, cmd: Command) -> Result<Option<Outcome>, Bye> {
+        let tag = cmd.tag.clone();
+        match cmd.name.as_str() {
+            "CAPABILITY" if cmd.args.is_empty() => {
+                let caps = self.capabilities();
+                self.reply(s, format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n")).await?;
+            }
+            "NOOP" if cmd.args.is_empty() => {
+                self.reply(s, format!("{tag} OK NOOP completed.\r\n")).await?;
+            }
+            "LOGOUT" if cmd.args.is_empty() => {
+                let _ = self.reply(s, format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n")).await;
+                return Err(Bye);
+            }
+            "ID" => self.id(s, &tag, &cmd.args).await?,
+            "STARTTLS" if cmd.args.is_empty() => {
+                if self.client.tls {
+                    self.bad(s, &tag, "TLS is already active.").await?;
+                } else if !self.policy.starttls {
+                    self.bad(s, &tag, "STARTTLS is not available on this port.").await?;
+                } else {
+                    self.reply(s, format!("{tag} OK Begin TLS negotiation now.\r\n")).await?;
+                    return Ok(Some(Outcome::StartTls));
+                }
+            }
+            "LOGIN" => {
+                let (user, pass) = match cmd.args.as_slice() {
+                    [u, p] => (u.as_astring(), p.as_astring()),
+                    _ => (None, None),
+                };
+                let (Some(user), Some(pass)) = (user, pass) else {
+                    self.bad(s, &tag, "LOGIN needs a user name and a password.").await?;
+                    return Ok(None);
+                };
+                if !self.login_allowed() {
+                    return self.privacy_required(s, &tag).await;
+                }
+                let Ok(user) = String::from_utf8(user.to_vec()) else {
+                    self.bad(s, &tag, "User name is not UTF-8.").await?;
+                    return Ok(None);
+                };
+                let creds = Credentials {
+                    authzid: None,
+                    user,
+                    password: pass.to_vec(),
+                };
+                return self.login(s, &tag, creds).await;
+            }
+            "AUTHENTICATE" => return self.authenticate(s, &tag, &cmd.args).await,
+            "CAPABILITY" | "NOOP" | "LOGOUT" | "STARTTLS" => {
+                self.bad(s, &tag, "Unexpected arguments.").await?;
+            }
+            "SELECT" | "EXAMINE" | "CREATE" | "DELETE" | "RENAME" | "SUBSCRIBE" | "UNSUBSCRIBE"
+            | "LIST" | "LSUB" | "NAMESPACE" | "STATUS" | "APPEND" | "IDLE" | "ENABLE" | "CHECK"
+            | "CLOSE" | "UNSELECT" | "EXPUNGE" | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE"
+            | "UID" | "GETQUOTA" | "GETQUOTAROOT" | "GETACL" | "MYRIGHTS" | "COMPRESS" => {
+                self.bad(s, &tag, "Log in first.").await?;
+            }
+            _ => self.bad(s, &tag, "Unknown command.").await?,
+        }
+        Ok(None)
+    }
+
+    async fn privacy_required<S: Connection>(&mut self, s: &mut S, tag: &str) -> Result<Option<Outcome>, Bye> {
+        self.reply(
+            s,
+            format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n"),
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// RFC 2971 ID: keep the client's fields to forward; answer with ours.
+    async fn id<S: Connection>(&mut self, s: &mut S, tag: &str, args: &[Arg]) -> Result<(), Bye> {
+        let fields = match args {
+            [Arg::Nil] => Some(Vec::new()),
+            [Arg::List(items)] if items.len() % 2 == 0 && items.len() <= 2 * MAX_ID_FIELDS => items
+                .chunks(2)
+                .map(|pair| {
+                    let key = pair[0].as_astring()?.to_vec();
+                    let value = match &pair[1] {
+                        Arg::Nil => None,
+                        v => Some(v.as_astring()?.to_vec()),
+                    };
+                    Some((key, value))
+                })
+                .collect::<Option<IdFields>>(),
+            _ => None,
+        };
+        match fields {
+            Some(fields) => {
+                self.id_fields = fields;
+                self.reply(s, format!("* ID (\"name\" \"mailpin\")\r\n{tag} OK ID completed.\r\n"))
+                    .await
+            }
+            None => self.bad(s, tag, "ID takes NIL or a list of field/value pairs.").await,
+        }
+    }
+
+    /// AUTHENTICATE PLAIN or LOGIN, with or without an initial response.
+    async fn authenticate<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+        args: &[Arg],
+    ) -> Result<Option<Outcome>, Bye> {
+        let (mech, initial) = match args {
+            [Arg::Atom(m)] => (m.to_ascii_uppercase(), None),
+            [Arg::Atom(m), Arg::Atom(ir)] => (m.to_ascii_uppercase(), Some(ir.clone())),
+            _ => {
+                self.bad(s, tag, "AUTHENTICATE needs a mechanism name.").await?;
+                return Ok(None);
+            }
+        };
+        if mech != "PLAIN" && mech != "LOGIN" {
+            self.reply(s, format!("{tag} NO Unsupported authentication mechanism.\r\n")).await?;
+            return Ok(None);
+        }
+        if !self.login_allowed() {
+            return self.privacy_required(s, tag).await;
+        }
+        let creds = if mech == "PLAIN" {
+            let response = match initial {
+                Some(ir) => ir.into_bytes(),
+                None => match self.sasl_step(s, b"+ \r\n").await? {
+                    Some(r) => r,
+                    None => return self.cancelled(s, tag).await,
+                },
+            };
+            sasl::decode_plain(&response)
+        } else {
+            let user = match initial {
+                Some(ir) => ir.into_bytes(),
+                None => match self.sasl_step(s, b"+ VXNlcm5hbWU6\r\n").await? {
+                    Some(r) => r,
+                    None => return self.cancelled(s, tag).await,
+                },
+            };
+            let pass = match self.sasl_step(s, b"+ UGFzc3dvcmQ6\r\n").await? {
+                Some(r) => r,
+                None => return self.cancelled(s, tag).await,
+            };
+            sasl::decode_login(&user, &pass)
+        };
+        match creds {
+            Ok(creds) => self.login(s, tag, creds).await,
+            Err(e) => {
+                self.bad(s, tag, &format!("Invalid SASL response: {e}.")).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn cancelled<S: Connection>(&mut self, s: &mut S, tag: &str) -> Result<Option<Outcome>, Bye> {
+        self.bad(s, tag, "Authentication cancelled.").await?;
+        Ok(None)
+    }
+
+    /// Sends a SASL challenge and reads the client's answer line; `None`
+    /// when the client cancels with `*`.
+    async fn sasl_step<S: Connection>(&mut self, s: &mut S, challenge: &[u8]) -> Result<Option<Vec<u8>>, Bye> {
+        write_bytes(s, challenge).await.map_err(|_| Bye)?;
+        loop {
+            match self.reader.take_line(&mut self.buf) {
+                Ok(Some(line)) if line == b"*" => return Ok(None),
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => {
+                    if !self.fill(s).await {
+                        return Err(Bye);
+                    }
+                }
+                Err(e) => {
+                    self.refuse_input(s, &e).await?;
+                    return Err(Bye);
+                }
+            }
+        }
+    }
+
+    /// Routes the user and replays the credentials on its backend.
+    async fn login<S: Connection>(&mut self, s: &mut S, tag: &str, creds: Credentials) -> Result<Option<Outcome>, Bye> {
+        let core = self.core;
+        let login_name = creds.authzid.as_deref().filter(|z| !z.is_empty()).unwrap_or(&creds.user);
+        let key = core.shared.user_key.key(login_name);
+        let span = tracing::Span::current();
+        span.record("user", key.as_str());
+        let backend_id = match core.router.acquire(&key).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(?e, "no backend for user");
+                self.reply(s, format!("{tag} NO [UNAVAILABLE] No server is available for this account, try again later.\r\n"))
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let set = core.router.backends();
+        let Some(backend) = set.get(backend_id) else {
+            core.router.release(&key, backend_id);
+            return Err(Bye);
+        };
+        span.record("backend", &*backend.name);
+        match login(backend, &creds, tag, &self.client, &self.id_fields, s).await {
+            Ok(Login::Accepted { stream, to_client }) => {
+                info!("logged in");
+                Ok(Some(Outcome::LoggedIn(LoggedIn {
+                    backend: stream,
+                    backend_id,
+                    key,
+                    to_backend: std::mem::take(&mut self.buf),
+                    to_client,
+                })))
+            }
+            Ok(Login::Rejected) => {
+                info!("backend refused the login");
+                core.router.release(&key, backend_id);
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(error = %e, "backend unavailable");
+                core.router.release(&key, backend_id);
+                self.reply(s, format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn limits(core: &Core) -> Limits {
+    let server = &core.shared.config.server;
+    Limits {
+        max_line: server.max_line,
+        max_literal: server.max_line,
+        max_command: 2 * server.max_line,
+    }
+}

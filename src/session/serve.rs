@@ -1,0 +1,131 @@
+//! The life of one client connection, from accept to close.
+//!
+//! `serve` sets up the session's log span (session id, client, and once
+//! known the user key and backend, on every line), runs TLS and the
+//! protocol's pre-login phase, relays after login, releases the user's
+//! session count and writes one closing line with bytes each way and
+//! duration.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+use tracing::{debug, info, Instrument};
+
+use crate::config::{Listen, Protocol, TlsMode};
+use crate::io::Connection;
+use crate::relay::{relay, RelayEnd, RelayStats};
+use crate::runtime::core::{Core, SessionGuard};
+use crate::session::imap::{ImapPolicy, LoggedIn, Outcome, Prelogin};
+use crate::session::{new_session_id, ClientInfo};
+use crate::tls;
+
+/// Serves one accepted connection to its end.
+pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: SocketAddr) {
+    let _guard = SessionGuard::new(core.clone());
+    let session_id = new_session_id(core.id);
+    let span = tracing::info_span!(
+        "session",
+        sid = %session_id,
+        proto = listen.protocol.name(),
+        client = %peer,
+        user = tracing::field::Empty,
+        backend = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(listen.addr);
+        let client = ClientInfo {
+            peer,
+            local,
+            session_id,
+            tls: false,
+        };
+        let (end, stats) = match listen.protocol {
+            Protocol::Imap => imap(&core, &listen, tcp, client).await,
+            other => {
+                debug!(protocol = other.name(), "protocol not served yet");
+                (None, RelayStats::default())
+            }
+        };
+        info!(
+            bytes_up = stats.up,
+            bytes_down = stats.down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = end.map_or("prelogin", end_name),
+            "session closed"
+        );
+    }
+    .instrument(span)
+    .await
+}
+
+fn end_name(end: RelayEnd) -> &'static str {
+    match end {
+        RelayEnd::Client => "client",
+        RelayEnd::Backend => "backend",
+        RelayEnd::Error => "error",
+        RelayEnd::Stopped => "stopped",
+    }
+}
+
+/// An IMAP session: TLS as the listener says, pre-login, then the relay.
+async fn imap(core: &Rc<Core>, listen: &Listen, mut tcp: TcpStream, client: ClientInfo) -> (Option<RelayEnd>, RelayStats) {
+    let none = (None, RelayStats::default());
+    let policy = ImapPolicy {
+        starttls: listen.tls == TlsMode::Starttls,
+        plaintext_auth: listen.plaintext_auth,
+    };
+    let mut pre = Prelogin::new(core, policy, client);
+    if listen.tls == TlsMode::Implicit {
+        let Some(mut tls) = handshake(core, tcp).await else {
+            return none;
+        };
+        pre.upgraded();
+        if !pre.greet(&mut tls).await {
+            return none;
+        }
+        return match pre.run(&mut tls).await {
+            Outcome::LoggedIn(l) => relay_session(core, tls, l).await,
+            _ => none,
+        };
+    }
+    if !pre.greet(&mut tcp).await {
+        return none;
+    }
+    match pre.run(&mut tcp).await {
+        Outcome::LoggedIn(l) => relay_session(core, tcp, l).await,
+        Outcome::StartTls => {
+            let Some(mut tls) = handshake(core, tcp).await else {
+                return none;
+            };
+            pre.upgraded();
+            match pre.run(&mut tls).await {
+                Outcome::LoggedIn(l) => relay_session(core, tls, l).await,
+                _ => none,
+            }
+        }
+        Outcome::Closed => none,
+    }
+}
+
+/// The server side of a TLS handshake, bounded by `server.handshake_timeout`.
+async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
+    let config = core.shared.tls.as_ref()?;
+    match tls::accept(tcp, config, core.shared.config.server.handshake_timeout).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            info!(error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Relays a logged-in session and releases its count afterwards.
+async fn relay_session<C: Connection>(core: &Core, client: C, l: LoggedIn) -> (Option<RelayEnd>, RelayStats) {
+    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, std::future::pending()).await;
+    core.router.release(&l.key, l.backend_id);
+    (Some(end), stats)
+}
