@@ -5,12 +5,12 @@
 //! sends every session of one user to one backend. See `DESIGN.md` in the
 //! team's shared notes and the README for the whole picture.
 
+pub mod backend;
 pub mod bufpool;
-pub mod io;
 pub mod config;
+pub mod io;
+pub mod proto;
+pub mod relay;
 pub mod route;
 pub mod runtime;
-pub mod proto;
-pub mod backend;
-pub mod relay;
 pub mod session;
