@@ -14,3 +14,6 @@ pub mod relay;
 pub mod route;
 pub mod runtime;
 pub mod session;
+pub mod devmode;
+pub mod launch;
+pub mod signals;

@@ -1,1 +1,121 @@
-fn main() {}
+//! The `mailpin` command line: run, check (and, as they arrive, ctl).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use mailpin::config::Config;
+use mailpin::devmode::{self, DevPorts};
+use mailpin::launch::{launch, run_until_signal};
+use mailpin::signals;
+
+/// A high-availability mail director: every session of one user goes to one backend.
+#[derive(Parser)]
+#[command(name = "mailpin", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve mail protocols.
+    Run {
+        /// Configuration file.
+        #[arg(short = 'c', long = "config", default_value = "config/mailpin.toml")]
+        config: PathBuf,
+        /// Serve with three embedded dev backends and a fresh self-signed
+        /// certificate on 127.0.0.1; no configuration file is read.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+    },
+    /// Validate a configuration: exit 0, or print every problem and exit 1.
+    Check {
+        /// Configuration file.
+        #[arg(short = 'c', long = "config", default_value = "config/mailpin.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("MAILPIN_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, dev } => {
+            init_logging();
+            signals::block();
+            if dev {
+                run_dev()
+            } else {
+                run(&config)
+            }
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path).and_then(|c| c.check_environment().map(|()| c)) {
+        Ok(config) => {
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &PathBuf) -> ExitCode {
+    let config = match Config::load(path).and_then(|c| c.check_environment().map(|()| c)) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match launch(config) {
+        Ok(director) => {
+            run_until_signal(director);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_dev() -> ExitCode {
+    let setup = match devmode::setup(DevPorts::STANDARD) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match launch(setup.config.clone()) {
+        Ok(director) => {
+            println!("{}", devmode::banner(&setup, &director.listen_addrs));
+            run_until_signal(director);
+            drop(setup);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
-use crate::proto::imap::quote::quote_astring;
+use crate::proto::imap::quote::{write_string, LiteralStyle};
 use crate::proto::lines::LineReader;
 use crate::proto::sasl::{encode_plain, Credentials};
 use crate::route::backends::Backend;
@@ -64,10 +64,12 @@ pub fn id_command(tag: &str, client: &ClientInfo, client_fields: &IdFields) -> V
             out.push(b' ');
         }
         first = false;
-        out.extend_from_slice(&quote_astring(k));
+        // Strings that cannot be quoted go as LITERAL+ literals, which
+        // need no round trip (Dovecot announces LITERAL+).
+        write_string(out, k, LiteralStyle::NonSync);
         out.push(b' ');
         match v {
-            Some(v) => out.extend_from_slice(&quote_astring(v)),
+            Some(v) => write_string(out, v, LiteralStyle::NonSync),
             None => out.extend_from_slice(b"NIL"),
         }
     };

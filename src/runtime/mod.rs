@@ -94,6 +94,7 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
     let mut listen_addrs = Vec::new();
     for listen in &shared.config.listen {
         let (bound, sockets) = bind_all(listen.addr, cores)?;
+        info!(protocol = listen.protocol.as_str(), tls = listen.tls.as_str(), addr = %bound, "listening");
         listen_addrs.push(bound);
         for (i, socket) in sockets.into_iter().enumerate() {
             let mut l = listen.clone();

@@ -145,8 +145,10 @@ impl<'a> Prelogin<'a> {
                     continue;
                 }
                 Err(e) => {
-                    let _ = self.refuse_input(s, &e).await;
-                    return Outcome::Closed;
+                    if self.refuse_input(s, &e).await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    continue;
                 }
             };
             match self.handle(s, cmd).await {
@@ -179,22 +181,33 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    /// Answers unparseable input. Oversized input cannot be resynchronised,
-    /// so the client is told and disconnected.
+    /// Answers unparseable input. A syntax error or a refused
+    /// synchronising literal counts as a bad command and the dialogue goes
+    /// on; oversized input cannot be resynchronised before login (nobody
+    /// legitimate sends it), so the client is told and disconnected.
     async fn refuse_input<S: Connection>(&mut self, s: &mut S, e: &ParseError) -> Result<(), Bye> {
-        warn!(error = %e, "bad input before login");
-        let tag = e.tag().unwrap_or("*");
-        let reply = match e {
+        let tag = e.tag().unwrap_or("*").to_string();
+        match e {
+            ParseError::Syntax { reason, .. } => {
+                debug!(reason, "syntax error before login");
+                self.bad(s, &tag, &format!("Syntax error: {reason}.")).await
+            }
+            ParseError::LiteralTooLarge { non_sync: false, .. } => {
+                self.bad += 1;
+                self.reply(s, format!("{tag} NO [TOOBIG] Literal too large.\r\n")).await
+            }
             ParseError::LiteralTooLarge { .. } => {
-                format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n")
+                warn!("oversized non-synchronising literal before login");
+                let reply = format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n");
+                let _ = self.reply(s, reply).await;
+                Err(Bye)
             }
             ParseError::LineTooLong { .. } | ParseError::CommandTooLarge { .. } => {
-                "* BYE Line too long.\r\n".to_string()
+                warn!(error = %e, "oversized input before login");
+                let _ = self.reply(s, "* BYE Line too long.\r\n".to_string()).await;
+                Err(Bye)
             }
-            _ => format!("{tag} BAD {e}\r\n* BYE Protocol error.\r\n"),
-        };
-        let _ = write_bytes(s, reply.as_bytes()).await;
-        Err(Bye)
+        }
     }
 
     /// Counts a bad command; too many end the session.
@@ -258,12 +271,7 @@ impl<'a> Prelogin<'a> {
                     self.bad(s, &tag, "User name is not UTF-8.").await?;
                     return Ok(None);
                 };
-                let creds = Credentials {
-                    authzid: None,
-                    user,
-                    password: pass.to_vec(),
-                };
-                return self.login(s, &tag, creds).await;
+                return self.login(s, &tag, Credentials::new(user, pass)).await;
             }
             "AUTHENTICATE" => return self.authenticate(s, &tag, &cmd.args).await,
             "CAPABILITY" | "NOOP" | "LOGOUT" | "STARTTLS" => {
@@ -350,16 +358,22 @@ impl<'a> Prelogin<'a> {
         } else {
             let user = match initial {
                 Some(ir) => ir.into_bytes(),
-                None => match self.sasl_step(s, b"+ VXNlcm5hbWU6\r\n").await? {
-                    Some(r) => r,
-                    None => return self.cancelled(s, tag).await,
-                },
+                None => {
+                    let challenge = format!("+ {}\r\n", sasl::LOGIN_USER_CHALLENGE);
+                    match self.sasl_step(s, challenge.as_bytes()).await? {
+                        Some(r) => r,
+                        None => return self.cancelled(s, tag).await,
+                    }
+                }
             };
-            let pass = match self.sasl_step(s, b"+ UGFzc3dvcmQ6\r\n").await? {
+            let challenge = format!("+ {}\r\n", sasl::LOGIN_PASSWORD_CHALLENGE);
+            let pass = match self.sasl_step(s, challenge.as_bytes()).await? {
                 Some(r) => r,
                 None => return self.cancelled(s, tag).await,
             };
-            sasl::decode_login(&user, &pass)
+            sasl::decode_login_user(&user).and_then(|user| {
+                sasl::decode_login_password(&pass).map(|pass| Credentials::new(user, pass.to_vec()))
+            })
         };
         match creds {
             Ok(creds) => self.login(s, tag, creds).await,
@@ -381,7 +395,7 @@ impl<'a> Prelogin<'a> {
         write_bytes(s, challenge).await.map_err(|_| Bye)?;
         loop {
             match self.reader.take_line(&mut self.buf) {
-                Ok(Some(line)) if line == b"*" => return Ok(None),
+                Ok(Some(line)) if line == sasl::CANCEL => return Ok(None),
                 Ok(Some(line)) => return Ok(Some(line)),
                 Ok(None) => {
                     if !self.fill(s).await {

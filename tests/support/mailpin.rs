@@ -1,0 +1,180 @@
+//! Running the real `mailpin` binary in a test.
+//!
+//! [`Mailpin::start`] writes a configuration into a fresh temp dir, starts
+//! `mailpin run -c FILE` and waits — on the director's own log lines, not on
+//! a timer — until every listener is bound, learning the ports the kernel
+//! chose for `:0` addresses. The log is collected so a test can assert on
+//! it (and await a line). Drop sends SIGTERM and waits, bounded, then
+//! SIGKILLs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::procs::send_signal;
+use super::tempdir::TempDir;
+
+/// The log collected from a running director, with a condition to wait on.
+#[derive(Default)]
+struct SharedLog {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+/// A running director process.
+pub struct Mailpin {
+    child: Child,
+    log: Arc<SharedLog>,
+    /// The bound listener addresses, in `[[listen]]` order.
+    pub listen: Vec<SocketAddr>,
+    dir: TempDir,
+}
+
+impl Mailpin {
+    /// Starts a director with `config` (TOML) and waits until it listens on
+    /// `listeners` addresses.
+    pub fn start(config: &str, listeners: usize) -> Mailpin {
+        Self::start_with(config, listeners, &[])
+    }
+
+    /// As [`Mailpin::start`], with extra environment variables.
+    pub fn start_with(config: &str, listeners: usize, env: &[(&str, &str)]) -> Mailpin {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().join("mailpin.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailpin"));
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&path)
+            .env("MAILPIN_LOG", "info,mailpin=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start mailpin");
+        let log = Arc::new(SharedLog::default());
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut text = log.text.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                    log.grew.notify_all();
+                }
+            });
+        }
+        let mut m = Mailpin {
+            child,
+            log,
+            listen: Vec::new(),
+            dir,
+        };
+        m.listen = m.wait_for_listeners(listeners, Duration::from_secs(30));
+        m
+    }
+
+    fn wait_for_listeners(&mut self, n: usize, limit: Duration) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + limit;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            let addrs: Vec<SocketAddr> = text
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            if addrs.len() >= n {
+                return addrs;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mailpin exited ({status}) before listening:\n{text}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("mailpin did not listen within {limit:?}:\n{text}");
+            }
+            // Wake on every new log line; re-check the child at least every 100 ms.
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            text = self.log.grew.wait_timeout(text, wait).unwrap().0;
+        }
+    }
+
+    /// Everything the director logged so far.
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns it.
+    pub fn wait_for_log(&self, needles: &[&str], limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Some(line.to_string());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            text = self.log.grew.wait_timeout(text, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The temp dir holding the config.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The director's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the director: SIGTERM, then SIGKILL if it has not exited
+    /// within 10 s.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        send_signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the director to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Mailpin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
