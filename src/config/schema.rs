@@ -1,0 +1,445 @@
+//! The sections of the configuration file (DESIGN.md §4, a contract): their
+//! keys, types and defaults. Every key has a default except the few that are
+//! inherently required (a listener's protocol and address, a backend's name
+//! and host, the certificate and key of a `[tls]` section).
+//!
+//! Every struct denies unknown keys, so a misspelt key is an error rather
+//! than a silently ignored line.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{Deserialize, Deserializer};
+
+use super::cidr::Cidr;
+use super::duration;
+use super::values::{self, Secret, TlsVersion};
+
+/// `[server]`: the director process itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads, one per pinned core; 0 = all online cores.
+    pub cores: usize,
+    /// How a login name becomes a user key: `%u` login name, `%n` local
+    /// part, `%d` domain; `%L…` lower-cases. Parsed by the routing code.
+    pub user_key: String,
+    /// An assignment outlives its user's last session this long.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub user_expire: Duration,
+    /// A client that has not logged in by then is closed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub prelogin_timeout: Duration,
+    /// On SIGTERM, established sessions get this long to finish.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub drain_timeout: Duration,
+    /// Bound on a TLS handshake (implicit TLS or after STARTTLS).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Duration,
+    /// Longest pre-login command line, in bytes, before the client is refused.
+    pub max_line: usize,
+    /// Pre-login commands that fail or are unknown before the client is closed.
+    pub max_bad_commands: u32,
+    /// Relay plaintext-to-plaintext sessions with splice(2) (zero copy).
+    pub splice: bool,
+    /// Which I/O driver the cores run.
+    pub driver: Driver,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            cores: 0,
+            user_key: "%Lu".to_owned(),
+            user_expire: Duration::from_secs(15 * 60),
+            prelogin_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_line: 8192,
+            max_bad_commands: 10,
+            splice: false,
+            driver: Driver::IoUring,
+        }
+    }
+}
+
+/// `server.driver`: the per-core I/O driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+pub enum Driver {
+    /// io_uring only; startup fails where io_uring is unavailable (`"io_uring"`).
+    #[default]
+    #[serde(rename = "io_uring")]
+    IoUring,
+    /// io_uring when available, otherwise epoll (`"auto"`).
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+/// Where a PEM certificate chain or private key comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// A file path: what a configuration file always gives.
+    File(PathBuf),
+    /// PEM text held in memory: for configs built in code (the dev mode's
+    /// fresh self-signed certificate). Never read from a file.
+    Memory(String),
+}
+
+impl fmt::Debug for PemSource {
+    /// Shows the path, or only the length of in-memory PEM (it may be a key).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Memory(pem) => write!(f, "Memory({} bytes)", pem.len()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PemSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        PathBuf::deserialize(deserializer).map(PemSource::File)
+    }
+}
+
+/// `[tls]`: the certificate every TLS listener presents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first. Required.
+    pub cert: PemSource,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: PemSource,
+    /// The lowest TLS version accepted.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// A protocol mailpin speaks, on a listener and to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// IMAP4rev1/rev2.
+    Imap,
+    /// POP3.
+    Pop3,
+    /// LMTP (mail delivery).
+    Lmtp,
+    /// ManageSieve.
+    Sieve,
+}
+
+impl Protocol {
+    /// Every protocol, in config order.
+    pub const ALL: [Protocol; 4] = [Self::Imap, Self::Pop3, Self::Lmtp, Self::Sieve];
+
+    /// The config spelling: `imap`, `pop3`, `lmtp`, `sieve`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Imap => "imap",
+            Self::Pop3 => "pop3",
+            Self::Lmtp => "lmtp",
+            Self::Sieve => "sieve",
+        }
+    }
+
+    /// Whether clients log in with a password on this protocol (LMTP does not).
+    pub fn has_login(self) -> bool {
+        !matches!(self, Self::Lmtp)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `listen.tls`: how a listener uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only.
+    #[default]
+    None,
+    /// Plaintext first, upgraded by STARTTLS/STLS.
+    Starttls,
+    /// TLS from the first byte (IMAPS, POP3S).
+    Implicit,
+}
+
+impl TlsMode {
+    /// The config spelling: `none`, `starttls`, `implicit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Starttls => "starttls",
+            Self::Implicit => "implicit",
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[[listen]]`: one listening socket (bound on every core with SO_REUSEPORT).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The protocol spoken here. Required.
+    pub protocol: Protocol,
+    /// The address to bind, `IP:PORT`. Required.
+    #[serde(deserialize_with = "values::deserialize_listen_addr")]
+    pub addr: SocketAddr,
+    /// How TLS is used.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Expect a PROXY v1/v2 header from a load balancer before anything else.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Networks allowed to send that header; others are refused.
+    #[serde(default)]
+    pub proxy_trusted: Vec<Cidr>,
+    /// Allow passwords before TLS (loopback tests, trusted networks).
+    #[serde(default)]
+    pub plaintext_auth: bool,
+}
+
+impl Listen {
+    /// A plaintext listener for `protocol` on `addr` with every other key at
+    /// its default.
+    pub fn new(protocol: Protocol, addr: SocketAddr) -> Self {
+        Self {
+            protocol,
+            addr,
+            tls: TlsMode::None,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
+            plaintext_auth: false,
+        }
+    }
+}
+
+/// `forward`: how the client's address reaches the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    /// Not at all.
+    None,
+    /// Dovecot's ID extension (`x-originating-ip` and friends).
+    #[default]
+    Id,
+    /// A PROXY v2 header at the start of the backend connection.
+    Proxy,
+}
+
+impl Forward {
+    /// The config spelling: `none`, `id`, `proxy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Id => "id",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[backends]`: defaults for every `[[backend]]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendDefaults {
+    /// IMAP port.
+    #[serde(deserialize_with = "values::deserialize_port")]
+    pub imap: u16,
+    /// POP3 port.
+    #[serde(deserialize_with = "values::deserialize_port")]
+    pub pop3: u16,
+    /// LMTP port.
+    #[serde(deserialize_with = "values::deserialize_port")]
+    pub lmtp: u16,
+    /// ManageSieve port.
+    #[serde(deserialize_with = "values::deserialize_port")]
+    pub sieve: u16,
+    /// How the client's address reaches the backend.
+    pub forward: Forward,
+    /// Bound on connecting to a backend.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for BackendDefaults {
+    fn default() -> Self {
+        Self {
+            imap: 143,
+            pop3: 110,
+            lmtp: 24,
+            sieve: 4190,
+            forward: Forward::Id,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The default backend weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+/// `[[backend]]`: one backend server. Any key of `[backends]` may be
+/// overridden here; `None` means "use the `[backends]` value". Use
+/// `Config::resolved_backends` for the concrete values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Unique name, used in the admin API and metrics. Required.
+    pub name: String,
+    /// IP address or host name, without a port. Required.
+    pub host: String,
+    /// Relative share of new users in the weighted rendezvous ranking.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// IMAP port override.
+    #[serde(default, deserialize_with = "values::deserialize_port_option")]
+    pub imap: Option<u16>,
+    /// POP3 port override.
+    #[serde(default, deserialize_with = "values::deserialize_port_option")]
+    pub pop3: Option<u16>,
+    /// LMTP port override.
+    #[serde(default, deserialize_with = "values::deserialize_port_option")]
+    pub lmtp: Option<u16>,
+    /// ManageSieve port override.
+    #[serde(default, deserialize_with = "values::deserialize_port_option")]
+    pub sieve: Option<u16>,
+    /// Address forwarding override.
+    #[serde(default)]
+    pub forward: Option<Forward>,
+    /// Connect timeout override.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Backend {
+    /// A backend with weight 100 and no overrides.
+    pub fn new(name: impl Into<String>, host: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            host: host.into(),
+            weight: DEFAULT_WEIGHT,
+            imap: None,
+            pop3: None,
+            lmtp: None,
+            sieve: None,
+            forward: None,
+            connect_timeout: None,
+        }
+    }
+}
+
+/// `health.check`: what an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// A TCP connect succeeds.
+    Connect,
+    /// The backend sends its greeting (IMAP `* OK`).
+    #[default]
+    Banner,
+    /// A test user logs in (needs `login_user` and `login_password`).
+    Login,
+}
+
+impl HealthCheck {
+    /// The config spelling: `connect`, `banner`, `login`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Banner => "banner",
+            Self::Login => "login",
+        }
+    }
+}
+
+/// `[health]`: active health checks of every backend.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two checks of one backend.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub interval: Duration,
+    /// A check that has not succeeded by then failed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+    /// Consecutive failures that mark a backend down.
+    pub fall: u32,
+    /// Consecutive successes that mark it up again.
+    pub rise: u32,
+    /// What a check does.
+    pub check: HealthCheck,
+    /// User name for `check = "login"`.
+    pub login_user: Option<String>,
+    /// Password for `check = "login"`; never logged.
+    pub login_password: Option<Secret>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            fall: 2,
+            rise: 2,
+            check: HealthCheck::Banner,
+            login_user: None,
+            login_password: None,
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP API (JSON and `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens, `IP:PORT`.
+    #[serde(deserialize_with = "values::deserialize_admin_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9120),
+        }
+    }
+}
+
+/// `[cluster]`: shared state in etcd for several directors. Absent = one
+/// director with its state in memory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints, `http://` or `https://` URLs.
+    pub etcd: Vec<String>,
+    /// Key prefix under which mailpin keeps its state.
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            etcd: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: "/mailpin".to_owned(),
+        }
+    }
+}
