@@ -7,3 +7,4 @@
 
 pub mod bufpool;
 pub mod io;
+pub mod tls;
