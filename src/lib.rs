@@ -8,12 +8,14 @@
 pub mod backend;
 pub mod bufpool;
 pub mod config;
+pub mod devmode;
+pub mod health;
 pub mod io;
+pub mod launch;
 pub mod proto;
 pub mod relay;
 pub mod route;
 pub mod runtime;
 pub mod session;
-pub mod devmode;
-pub mod launch;
 pub mod signals;
+pub mod tls;
