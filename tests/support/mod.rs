@@ -1,0 +1,24 @@
+//! Shared support for mailpin's integration tests: finding external tools,
+//! running several real Dovecot backends on loopback, and driving the
+//! Python mail clients in `tests/clients/`.
+//!
+//! Every integration test file that needs it says `mod support;`. Not every
+//! file uses every helper, hence the `dead_code` and `unused_imports`
+//! allowances below.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod dovecot;
+pub mod dovecot_conf;
+pub mod loopback;
+pub mod procs;
+pub mod python;
+pub mod tempdir;
+pub mod tools;
+pub mod wire;
+
+pub use dovecot::{DovecotCluster, DovecotInstance, DovecotOptions, WhoEntry};
+pub use dovecot_conf::TlsFiles;
+pub use python::{run_client, ClientOutput, InteractiveClient};
+pub use tools::{require_dovecot, require_tool};
+pub use wire::{ImapReply, LineClient};
