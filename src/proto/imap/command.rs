@@ -786,3 +786,6 @@ fn with_tag(err: ParseError, tag: Option<String>) -> ParseError {
         ParseError::Syntax { reason, .. } => ParseError::Syntax { tag, reason },
     }
 }
+
+#[cfg(test)]
+mod tests;
