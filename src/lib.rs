@@ -8,7 +8,7 @@
 pub mod backend;
 pub mod bufpool;
 pub mod config;
-pub mod devmode;
+// pub mod devmode;
 pub mod health;
 pub mod io;
 pub mod launch;

@@ -134,7 +134,7 @@ async fn finish<F: Future<Output = io::Result<()>>>(rest: F, first: RelayEnd) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use monoio::io::AsyncReadRent;
     use monoio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {

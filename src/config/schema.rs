@@ -134,6 +134,19 @@ impl Protocol {
     /// Every protocol, in config order.
     pub const ALL: [Protocol; 4] = [Self::Imap, Self::Pop3, Self::Lmtp, Self::Sieve];
 
+    /// How many protocols there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// This protocol's position in [`Protocol::ALL`], for per-protocol arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Imap => 0,
+            Self::Pop3 => 1,
+            Self::Lmtp => 2,
+            Self::Sieve => 3,
+        }
+    }
+
     /// The config spelling: `imap`, `pop3`, `lmtp`, `sieve`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -28,7 +28,7 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
     let span = tracing::info_span!(
         "session",
         sid = %session_id,
-        proto = listen.protocol.name(),
+        proto = listen.protocol.as_str(),
         client = %peer,
         user = tracing::field::Empty,
         backend = tracing::field::Empty,
@@ -46,7 +46,7 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
         let (end, stats) = match listen.protocol {
             Protocol::Imap => imap(&core, &listen, tcp, client).await,
             other => {
-                debug!(protocol = other.name(), "protocol not served yet");
+                debug!(protocol = other.as_str(), "protocol not served yet");
                 (None, RelayStats::default())
             }
         };
