@@ -12,6 +12,8 @@
 //! [`Config::warnings`] lists valid settings that are probably mistakes.
 //! See `config/mailpin.toml` for every key with its default and meaning.
 
+#![warn(missing_docs)]
+
 mod cidr;
 mod duration;
 mod environment;
