@@ -102,7 +102,7 @@ impl fmt::Display for ConfigError {
 /// from a file, or `line L, column C: ` when it came from a string:
 ///
 /// ```text
-/// config/mailpin.toml:14:10: backend[2].weight: must be greater than 0
+/// config/mailpin.toml:18:1: backend[2].weight: must be greater than 0 (to take no new users, drain the backend: mailpin ctl backend NAME drain)
 /// listen: no listeners (add a [[listen]] section, e.g. protocol = "imap", addr = "0.0.0.0:993")
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -12,6 +12,8 @@
 //! [`Config::warnings`] lists valid settings that are probably mistakes.
 //! See `config/mailpin.toml` for every key with its default and meaning.
 
+#![warn(missing_docs)]
+
 mod cidr;
 mod duration;
 mod environment;
@@ -62,12 +64,14 @@ impl Config {
     /// Every problem found is returned, each with its key path and its line
     /// and column in `text`.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
-        Self::check_text(text, false)
+        Self::check_text(text, None)
     }
 
     /// Reads, parses and validates the file at `path`, and checks it against
     /// this machine ([`Config::check_environment`]): what `mailpin check`
-    /// runs. Problems are displayed prefixed with `FILE:LINE:COLUMN: `.
+    /// runs. Relative `[tls]` paths are taken relative to the directory of
+    /// `path` (and made absolute that way in the result). Problems are
+    /// displayed prefixed with `FILE:LINE:COLUMN: `.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|error| {
@@ -76,15 +80,17 @@ impl Config {
                 format!("cannot read {}: {error}", path.display()),
             ))
         })?;
-        Self::check_text(&text, true).map_err(|errors| errors.with_source(path))
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::check_text(&text, Some(base)).map_err(|errors| errors.with_source(path))
     }
-
-    /// Parses `text`, then runs the semantic (and, if asked, the machine)
-    /// checks, locating each problem in `text` by its key path.
-    fn check_text(text: &str, with_environment: bool) -> Result<Config, ConfigErrors> {
-        let (config, document) = parse::parse_config(text)?;
+    /// Parses `text`, then runs the semantic checks and, for a file in
+    /// directory `file_dir`, resolves relative paths against it and runs the
+    /// machine checks; each problem is located in `text` by its key path.
+    fn check_text(text: &str, file_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let (mut config, document) = parse::parse_config(text)?;
         let mut found = validate::validate(&config);
-        if with_environment {
+        if let Some(dir) = file_dir {
+            config.resolve_relative_paths(dir);
             found.extend(environment::check_environment(&config));
         }
         if found.is_empty() {
@@ -117,6 +123,20 @@ impl Config {
     /// do not refuse to start.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
         validate::warnings(self)
+    }
+
+    /// Makes relative `[tls]` file paths relative to `dir` instead of the
+    /// working directory. Empty paths are left alone (validation reports them).
+    pub fn resolve_relative_paths(&mut self, dir: &Path) {
+        if let Some(tls) = &mut self.tls {
+            for source in [&mut tls.cert, &mut tls.key] {
+                if let PemSource::File(file) = source {
+                    if file.is_relative() && !file.as_os_str().is_empty() {
+                        *file = dir.join(&*file);
+                    }
+                }
+            }
+        }
     }
 
     /// Every backend with its `[backends]` defaults filled in, in config order.

@@ -929,3 +929,41 @@ fn load_reports_an_unreadable_file() {
         "{errors}"
     );
 }
+
+#[test]
+fn load_takes_relative_tls_paths_from_the_config_directory() {
+    let dir = std::env::temp_dir().join(format!("mailpin-relative-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let config_path = dir.join("mailpin.toml");
+    std::fs::write(
+        &config_path,
+        minimal_plus("[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    )
+    .unwrap();
+    let loaded = Config::load(&config_path);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = loaded.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.tls.unwrap().cert,
+        PemSource::File(dir.join("cert.pem"))
+    );
+}
+
+#[test]
+fn sections_must_be_tables() {
+    let errors = errors_of(&format!("server = 5\ntls = \"on\"\n{MINIMAL}"));
+    assert_eq!(
+        errors
+            .errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "server: must be a table (write [server] on its own line)",
+            "tls: must be a table (write [tls] on its own line)",
+        ]
+    );
+}
