@@ -6,4 +6,5 @@
 //! team's shared notes and the README for the whole picture.
 
 pub mod bufpool;
+pub mod dev;
 pub mod io;
