@@ -8,3 +8,4 @@
 pub mod bufpool;
 pub mod dev;
 pub mod io;
+pub mod proto;

@@ -1,0 +1,12 @@
+//! IMAP codec: reading client commands and writing IMAP strings.
+//!
+//! [`command`] turns the bytes a client sends into [`Command`]s (RFC 9051 /
+//! RFC 3501 syntax with RFC 7888 LITERAL+ / LITERAL-), with hard limits on
+//! line, literal and command sizes so hostile input costs little.
+//! [`quote`] picks the right form (atom, quoted string or literal) for a
+//! value written back on the wire.
+
+pub mod command;
+pub mod quote;
+
+pub use command::{Arg, Command, CommandReader, Limits, ParseError, Step};
