@@ -145,7 +145,9 @@ fn parse_item(atom: &str) -> Result<Item, String> {
         let (offset, len) = inner
             .split_once('.')
             .ok_or_else(|| format!("Bad partial in {atom}"))?;
-        let offset = offset.parse().map_err(|_| format!("Bad partial in {atom}"))?;
+        let offset = offset
+            .parse()
+            .map_err(|_| format!("Bad partial in {atom}"))?;
         let len = len.parse().map_err(|_| format!("Bad partial in {atom}"))?;
         Some((offset, len))
     };
@@ -312,13 +314,10 @@ mod tests {
             fetch("BODY.PEEK[TEXT]"),
             "* 3 FETCH (BODY[TEXT] {7}\r\nhello\r\n)\r\n"
         );
-        assert_eq!(
-            fetch("BODY[]<2.3>"),
-            "* 3 FETCH (BODY[]<2> {3}\r\nbje)\r\n"
-        );
+        assert_eq!(fetch("BODY[]<2.3>"), "* 3 FETCH (BODY[]<2> {3}\r\nbje)\r\n");
         assert_eq!(
             fetch("BODY.PEEK[HEADER.FIELDS (FROM)]"),
-            "* 3 FETCH (BODY[HEADER.FIELDS (FROM)] {11}\r\nFrom: a@b\r\n\r\n)\r\n"
+            "* 3 FETCH (BODY[HEADER.FIELDS (FROM)] {13}\r\nFrom: a@b\r\n\r\n)\r\n"
         );
         let items = parse_items(&Arg::Atom("BODY.PEEK[]".into())).unwrap();
         assert!(!items[0].sets_seen());

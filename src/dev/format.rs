@@ -238,7 +238,10 @@ pub fn header_fields_subset(msg: &[u8], names: &[String], exclude: bool) -> Vec<
 /// The unfolded value of the first header field called `name`.
 pub fn header_value(msg: &[u8], name: &str) -> Option<Vec<u8>> {
     header_fields(msg).into_iter().find_map(|field| {
-        if !field_name(field).trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
+        if !field_name(field)
+            .trim_ascii()
+            .eq_ignore_ascii_case(name.as_bytes())
+        {
             return None;
         }
         let value = &field[field_name(field).len() + 1..];
@@ -366,7 +369,8 @@ mod tests {
         assert_eq!(parse_sequence_set("a", 2), None);
     }
 
-    const MSG: &[u8] = b"From: \"A B\" <a@example.org>\r\nSubject: hi\r\n there\r\nTo: c@d\r\n\r\nbody\r\n";
+    const MSG: &[u8] =
+        b"From: \"A B\" <a@example.org>\r\nSubject: hi\r\n there\r\nTo: c@d\r\n\r\nbody\r\n";
 
     #[test]
     fn header_and_text() {

@@ -14,10 +14,14 @@
 //! * [`server`]: the runtime thread, listeners, kill and restart.
 //! * `imap`: the IMAP4rev1 session itself.
 //! * [`format`]: IMAP response syntax (strings, dates, envelopes).
+//! * [`fetch`] and [`search`]: the data items of FETCH and the keys of
+//!   SEARCH.
 
+pub mod fetch;
 pub mod format;
 mod imap;
 pub mod registry;
+pub mod search;
 pub mod server;
 pub mod sessions;
 pub mod store;

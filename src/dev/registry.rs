@@ -193,7 +193,10 @@ mod tests {
         let _b = reg.login("b2", "alice");
         assert_eq!(
             reg.users_on_several_backends(),
-            vec![("alice".to_string(), vec!["b1".to_string(), "b2".to_string()])]
+            vec![(
+                "alice".to_string(),
+                vec!["b1".to_string(), "b2".to_string()]
+            )]
         );
         let v = reg.violations();
         assert_eq!(v.len(), 1);

@@ -124,12 +124,14 @@ fn parse_key(args: &[Arg], max_seq: u32, max_uid: u32) -> Result<(Key, &[Arg]), 
     let key = match atom.as_str() {
         "ALL" | "OLD" => Key::All,
         "NEW" | "RECENT" => Key::Not(Box::new(Key::All)),
-        "ANSWERED" | "DELETED" | "DRAFT" | "FLAGGED" | "SEEN" => {
-            flag(&format!("\\{}{}", &atom[..1], atom[1..].to_lowercase()), false)
-        }
-        "UNANSWERED" | "UNDELETED" | "UNDRAFT" | "UNFLAGGED" | "UNSEEN" => {
-            flag(&format!("\\{}{}", &atom[2..3], atom[3..].to_lowercase()), true)
-        }
+        "ANSWERED" | "DELETED" | "DRAFT" | "FLAGGED" | "SEEN" => flag(
+            &format!("\\{}{}", &atom[..1], atom[1..].to_lowercase()),
+            false,
+        ),
+        "UNANSWERED" | "UNDELETED" | "UNDRAFT" | "UNFLAGGED" | "UNSEEN" => flag(
+            &format!("\\{}{}", &atom[2..3], atom[3..].to_lowercase()),
+            true,
+        ),
         "KEYWORD" | "UNKEYWORD" => {
             let (kw, rest) = text_arg(rest)?;
             let key = flag(&String::from_utf8_lossy(&kw), atom == "UNKEYWORD");
@@ -183,8 +185,8 @@ fn parse_key(args: &[Arg], max_seq: u32, max_uid: u32) -> Result<(Key, &[Arg]), 
         "BEFORE" | "ON" | "SINCE" | "SENTBEFORE" | "SENTON" | "SENTSINCE" => {
             let (date, rest) = text_arg(rest)?;
             let date = String::from_utf8_lossy(&date);
-            let day = format::parse_date_time(&format!("{date} 00:00:00 +0000"))
-                .ok_or("bad date")?;
+            let day =
+                format::parse_date_time(&format!("{date} 00:00:00 +0000")).ok_or("bad date")?;
             let relation = match atom.trim_start_matches("SENT") {
                 "BEFORE" => -1,
                 "ON" => 0,
@@ -220,8 +222,9 @@ impl Key {
             Key::Not(k) => !k.matches(c),
             Key::Or(a, b) => a.matches(c) || b.matches(c),
             Key::And(keys) => keys.iter().all(|k| k.matches(c)),
-            Key::Header { field, needle } => format::header_value(&m.body, field)
-                .is_some_and(|v| contains(&v, needle)),
+            Key::Header { field, needle } => {
+                format::header_value(&m.body, field).is_some_and(|v| contains(&v, needle))
+            }
             Key::Contains { needle, whole } => {
                 let hay = if *whole {
                     &m.body[..]
@@ -284,7 +287,11 @@ mod tests {
 
     #[test]
     fn flags_sets_and_logic() {
-        let msgs = [msg(10, &["\\Seen"]), msg(11, &[]), msg(12, &["\\Seen", "\\Flagged"])];
+        let msgs = [
+            msg(10, &["\\Seen"]),
+            msg(11, &[]),
+            msg(12, &["\\Seen", "\\Flagged"]),
+        ];
         assert_eq!(hits("ALL", &msgs), vec![10, 11, 12]);
         assert_eq!(hits("UNSEEN", &msgs), vec![11]);
         assert_eq!(hits("SEEN NOT FLAGGED", &msgs), vec![10]);

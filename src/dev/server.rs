@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -26,7 +27,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use local_sync::semaphore::Semaphore;
 
-use super::registry::Registry;
+use super::registry::{LiveSession, Registry};
 use super::sessions::{SessionInfo, SessionTable};
 use super::store::Store;
 
@@ -88,11 +89,7 @@ struct ControlWaker {
 
 impl ControlWaker {
     fn wake(&self) {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(w) = waker {
             w.wake();
         }
@@ -348,9 +345,10 @@ async fn accept_loop(
     tasks: Rc<TaskCount>,
     _guard: TaskGuard,
 ) {
+    let listener_fd = listener.as_raw_fd();
     loop {
         let accepted = monoio::select! {
-            _ = kill.acquire() => return,
+            _ = killed(&kill, listener_fd) => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -358,11 +356,19 @@ async fn accept_loop(
                 let guard = tasks.enter();
                 let kill = kill.clone();
                 let context = context.clone();
+                let conn_fd = conn.as_raw_fd();
+                let live = LiveSlot::default();
                 monoio::spawn(async move {
                     let _guard = guard;
                     monoio::select! {
-                        _ = kill.acquire() => {},
-                        _ = super::imap::serve(conn, peer, context) => {},
+                        _ = async {
+                            let _ = kill.acquire().await;
+                            // Leave the registry before the client can see
+                            // the connection end.
+                            live.take();
+                            shut_down(conn_fd);
+                        } => {},
+                        _ = super::imap::serve(conn, peer, context, live.clone()) => {},
                     }
                 });
             }
@@ -373,6 +379,47 @@ async fn accept_loop(
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Waits for the backend's kill, then shuts the listener down.
+async fn killed(kill: &Semaphore, fd: RawFd) {
+    let _ = kill.acquire().await;
+    shut_down(fd);
+}
+
+/// Shuts the socket `fd` down at once.
+///
+/// monoio closes descriptors with an asynchronous io_uring op, and an
+/// in-flight accept keeps a listener alive until its cancellation
+/// completes, so dropping alone would leave the listener accepting (and
+/// sessions open) for a moment after [`DevBackends::kill`] returned.
+/// `shutdown(2)` takes effect immediately: a listener stops accepting
+/// (new connections are refused) and clients of a session read end of
+/// stream. Callers run it while the socket's owner is still alive, so `fd`
+/// cannot have been closed and reused.
+fn shut_down(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller owns; no memory involved.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// Where a session keeps its registry entry, reachable from outside the
+/// session so a kill can end the entry before it cuts the connection.
+#[derive(Clone, Default)]
+pub(crate) struct LiveSlot(Rc<RefCell<Option<LiveSession>>>);
+
+impl LiveSlot {
+    /// Stores the entry of a session that just logged in.
+    pub fn set(&self, live: LiveSession) {
+        *self.0.borrow_mut() = Some(live);
+    }
+
+    /// Ends the session's entry, if any.
+    pub fn take(&self) {
+        let live = self.0.borrow_mut().take();
+        drop(live);
     }
 }
 

@@ -212,11 +212,7 @@ impl State {
         let key = user_key(user);
         if !self.users.contains_key(&key) {
             let mut inbox = Mailbox::new(self.new_uid_validity());
-            inbox.append(
-                welcome_message(user).into(),
-                Vec::new(),
-                SystemTime::now(),
-            );
+            inbox.append(welcome_message(user).into(), Vec::new(), SystemTime::now());
             let mut account = Account::default();
             account.mailboxes.insert(INBOX.to_string(), inbox);
             self.users.insert(key.clone(), account);
@@ -533,7 +529,10 @@ mod tests {
         assert!(watcher.changed.load(Ordering::Acquire));
         let status = store.status("bob", "INBOX").unwrap();
         assert_eq!((status.messages, status.unseen, status.uid_next), (3, 3, 4));
-        assert_eq!(store.deliver("bob", "Nope", "z"), Err(StoreError::NoSuchMailbox));
+        assert_eq!(
+            store.deliver("bob", "Nope", "z"),
+            Err(StoreError::NoSuchMailbox)
+        );
     }
 
     #[test]
@@ -557,7 +556,10 @@ mod tests {
         let store = Store::new();
         store.create("dave", "Sent/").unwrap();
         assert_eq!(store.create("dave", "Sent"), Err(StoreError::AlreadyExists));
-        assert_eq!(store.create("dave", "inbox"), Err(StoreError::AlreadyExists));
+        assert_eq!(
+            store.create("dave", "inbox"),
+            Err(StoreError::AlreadyExists)
+        );
         assert_eq!(store.mailboxes("dave"), vec!["INBOX", "Sent"]);
         assert_eq!(store.delete("dave", "INBOX"), Err(StoreError::Forbidden));
         store.delete("dave", "Sent").unwrap();
