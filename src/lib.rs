@@ -8,7 +8,8 @@
 pub mod backend;
 pub mod bufpool;
 pub mod config;
-// pub mod devmode;
+pub mod dev;
+pub mod devmode;
 pub mod health;
 pub mod io;
 pub mod launch;

@@ -63,12 +63,12 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &PathBuf) -> ExitCode {
-    match Config::load(path).and_then(|c| c.check_environment().map(|()| c)) {
+    match Config::load(path) {
         Ok(config) => {
             for w in config.warnings() {
-                eprintln!("warning: {w}");
+                eprintln!("{w}");
             }
-            println!("{}: ok", path.display());
+            println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -79,13 +79,16 @@ fn check(path: &PathBuf) -> ExitCode {
 }
 
 fn run(path: &PathBuf) -> ExitCode {
-    let config = match Config::load(path).and_then(|c| c.check_environment().map(|()| c)) {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     match launch(config) {
         Ok(director) => {
             run_until_signal(director);
