@@ -11,6 +11,7 @@
 pub mod dovecot;
 pub mod dovecot_conf;
 pub mod loopback;
+pub mod mailpin;
 pub mod procs;
 pub mod python;
 pub mod tempdir;
