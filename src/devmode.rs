@@ -60,25 +60,27 @@ pub fn setup(ports: DevPorts) -> Result<DevSetup, LaunchError> {
     let backends = spawn_backends(configs, Store::default(), Registry::new())
         .map_err(|e| LaunchError(format!("dev backends: {e}")))?;
 
-    let mut config = Config::default();
-    config.tls = Some(TlsConfig {
-        cert: PemSource::Memory(cert.cert_pem.clone()),
-        key: PemSource::Memory(cert.key_pem.clone()),
-        min_version: Default::default(),
-    });
-    config.listen = vec![
-        listen(Protocol::Imap, ports.imap, TlsMode::Starttls),
-        listen(Protocol::Imap, ports.imaps, TlsMode::Implicit),
-    ];
-    config.backend = backends
-        .addrs()
-        .iter()
-        .map(|(name, addr)| {
-            let mut b = Backend::new(name.clone(), addr.ip().to_string());
-            b.imap = Some(addr.port());
-            b
-        })
-        .collect();
+    let config = Config {
+        tls: Some(TlsConfig {
+            cert: PemSource::Memory(cert.cert_pem.clone()),
+            key: PemSource::Memory(cert.key_pem.clone()),
+            min_version: Default::default(),
+        }),
+        listen: vec![
+            listen(Protocol::Imap, ports.imap, TlsMode::Starttls),
+            listen(Protocol::Imap, ports.imaps, TlsMode::Implicit),
+        ],
+        backend: backends
+            .addrs()
+            .iter()
+            .map(|(name, addr)| {
+                let mut b = Backend::new(name.clone(), addr.ip().to_string());
+                b.imap = Some(addr.port());
+                b
+            })
+            .collect(),
+        ..Config::default()
+    };
     Ok(DevSetup {
         config,
         backends,
@@ -97,7 +99,11 @@ fn listen(protocol: Protocol, port: u16, tls: TlsMode) -> Listen {
 pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr]) -> String {
     let mut out = String::from("\nmailpin is running in dev mode.\n\n");
     for (l, addr) in setup.config.listen.iter().zip(listen_addrs) {
-        out.push_str(&format!("  {:<5} {:<9} {addr}\n", l.protocol.as_str(), l.tls.as_str()));
+        out.push_str(&format!(
+            "  {:<5} {:<9} {addr}\n",
+            l.protocol.as_str(),
+            l.tls.as_str()
+        ));
     }
     out.push_str("\n  backends (embedded, one shared in-memory store):\n");
     for (name, addr) in setup.backends.addrs() {

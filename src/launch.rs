@@ -34,21 +34,40 @@ impl std::error::Error for LaunchError {}
 pub fn backend_set(config: &Config) -> Result<BackendSet, LaunchError> {
     let mut backends = Vec::new();
     for (i, b) in config.resolved_backends().into_iter().enumerate() {
-        let id = BackendId::try_from(i).map_err(|_| LaunchError("too many backends (at most 65535)".into()))?;
+        let id = BackendId::try_from(i)
+            .map_err(|_| LaunchError("too many backends (at most 65535)".into()))?;
         let mut addrs = Vec::with_capacity(Protocol::ALL.len());
         for p in Protocol::ALL {
             let port = b.port(p);
             let addr: SocketAddr = (b.host.as_str(), port)
                 .to_socket_addrs()
-                .map_err(|e| LaunchError(format!("backend {}: cannot resolve host {:?}: {e}", b.name, b.host)))?
+                .map_err(|e| {
+                    LaunchError(format!(
+                        "backend {}: cannot resolve host {:?}: {e}",
+                        b.name, b.host
+                    ))
+                })?
                 .next()
-                .ok_or_else(|| LaunchError(format!("backend {}: host {:?} has no address", b.name, b.host)))?;
+                .ok_or_else(|| {
+                    LaunchError(format!(
+                        "backend {}: host {:?} has no address",
+                        b.name, b.host
+                    ))
+                })?;
             addrs.push(addr);
         }
         let addrs: [SocketAddr; 4] = addrs
             .try_into()
             .map_err(|_| LaunchError("internal: protocol count".into()))?;
-        backends.push(Backend::new(id, &b.name, b.host.clone(), addrs, b.weight, b.forward, b.connect_timeout));
+        backends.push(Backend::new(
+            id,
+            &b.name,
+            b.host.clone(),
+            addrs,
+            b.weight,
+            b.forward,
+            b.connect_timeout,
+        ));
     }
     Ok(BackendSet::new(backends))
 }
@@ -59,7 +78,9 @@ pub fn tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
         return Ok(None);
     }
     let Some(tls) = &config.tls else {
-        return Err(LaunchError("a listener uses TLS but [tls] is missing".into()));
+        return Err(LaunchError(
+            "a listener uses TLS but [tls] is missing".into(),
+        ));
     };
     let settings = TlsSettings {
         min_version: match tls.min_version {
@@ -70,10 +91,18 @@ pub fn tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
     };
     let built = match (&tls.cert, &tls.key) {
         (PemSource::File(c), PemSource::File(k)) => server_config_from_pem_files(c, k, settings),
-        (PemSource::Memory(c), PemSource::Memory(k)) => server_config_from_pem(c.as_bytes(), k.as_bytes(), settings),
-        _ => return Err(LaunchError("tls.cert and tls.key must both be files".into())),
+        (PemSource::Memory(c), PemSource::Memory(k)) => {
+            server_config_from_pem(c.as_bytes(), k.as_bytes(), settings)
+        }
+        _ => {
+            return Err(LaunchError(
+                "tls.cert and tls.key must both be files".into(),
+            ))
+        }
     };
-    built.map(Some).map_err(|e| LaunchError(format!("TLS: {e}")))
+    built
+        .map(Some)
+        .map_err(|e| LaunchError(format!("TLS: {e}")))
 }
 
 /// Starts the director for `config`.
@@ -85,7 +114,11 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
         .map_err(|e| LaunchError(format!("server.user_key: {e}")))?;
     let backends = backend_set(&config)?;
     let tls = tls_config(&config)?;
-    let shared = Arc::new(Shared { config, user_key, tls });
+    let shared = Arc::new(Shared {
+        config,
+        user_key,
+        tls,
+    });
     start(shared, backends).map_err(|e| LaunchError(e.to_string()))
 }
 

@@ -42,7 +42,11 @@ pub struct RelayStats {
 }
 
 /// Moves bytes from `r` to `w` until `r` ends, then half-closes `w`.
-async fn pump<R: ReadSide, W: WriteSide>(r: &mut R, w: &mut W, moved: &Cell<u64>) -> io::Result<()> {
+async fn pump<R: ReadSide, W: WriteSide>(
+    r: &mut R,
+    w: &mut W,
+    moved: &Cell<u64>,
+) -> io::Result<()> {
     loop {
         r.readable().await?;
         let (res, buf) = r.read_into(bufpool::take()).await;
@@ -193,9 +197,15 @@ mod tests {
         let (_client, client_side) = pair().await;
         let (backend_side, _backend) = pair().await;
         let (tx, rx) = local_sync::oneshot::channel::<()>();
-        let relay_task = monoio::spawn(relay(client_side, backend_side, vec![], vec![], async move {
-            let _ = rx.await;
-        }));
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            async move {
+                let _ = rx.await;
+            },
+        ));
         tx.send(()).unwrap();
         let (end, stats) = relay_task.await;
         assert_eq!(end, RelayEnd::Stopped);

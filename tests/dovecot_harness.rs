@@ -16,8 +16,8 @@ use support::dovecot::user_name;
 use support::loopback::{candidate, LoopbackLease};
 use support::procs;
 use support::{
-    require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions,
-    InteractiveClient, LineClient, TlsFiles,
+    require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions, InteractiveClient,
+    LineClient, TlsFiles,
 };
 
 /// Upper bound for any one client run or poll in these tests.
@@ -67,9 +67,15 @@ fn held_sessions_show_in_who_on_their_backend_only() {
         .wait_for_who("user0001", "imap", 3, LIMIT)
         .expect("three sessions on the first backend");
     assert_eq!(second.who_count("user0001", "imap"), 0);
-    assert!(second.who().is_empty(), "second backend: {:?}", second.who());
+    assert!(
+        second.who().is_empty(),
+        "second backend: {:?}",
+        second.who()
+    );
 
-    client.send_line("done").expect("tell the client to log out");
+    client
+        .send_line("done")
+        .expect("tell the client to log out");
     let output = client.finish(LIMIT);
     assert!(output.success(), "client failed: {output:?}");
     let summary = output.summary_line().expect("a JSON summary");
@@ -132,7 +138,10 @@ fn lmtp_delivery_on_one_backend_is_read_on_another() {
     step(Some("MAIL FROM:<sender@example.org>"), "250");
     step(Some("RCPT TO:<user0003>"), "250");
     step(Some("DATA"), "354");
-    step(Some("Subject: by lmtp\r\n\r\ndelivered over lmtp\r\n."), "250");
+    step(
+        Some("Subject: by lmtp\r\n\r\ndelivered over lmtp\r\n."),
+        "250",
+    );
     step(Some("QUIT"), "221");
 
     let mut reader = imap_login(cluster.instance(0).imap_addr(), "user0003", "pass");
@@ -153,7 +162,13 @@ fn wrong_password_gets_no_and_is_never_printed() {
     let password = "Wrong-Secret-4711";
     let args = client_args(
         cluster.instance(0).addr(),
-        &["--user", "user0001", "--password", password, "--expect-fail"],
+        &[
+            "--user",
+            "user0001",
+            "--password",
+            password,
+            "--expect-fail",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert!(output.success(), "expected a refused login: {output:?}");
@@ -201,7 +216,16 @@ fn literal_login_and_authenticate_plain_work() {
 
     let plain = client_args(
         addr,
-        &["--users", "2", "--sessions", "2", "--auth", "plain", "--hold", "0"],
+        &[
+            "--users",
+            "2",
+            "--sessions",
+            "2",
+            "--auth",
+            "plain",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&plain), LIMIT);
     assert!(output.success(), "AUTHENTICATE PLAIN: {output:?}");
@@ -286,7 +310,11 @@ fn kill_hard_refuses_connections_and_restart_serves_again() {
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     assert!(TcpStream::connect(cluster.instance(0).lmtp_addr()).is_err());
     // The other backend is untouched.
-    drop(imap_login(cluster.instance(1).imap_addr(), "user0006", "pass"));
+    drop(imap_login(
+        cluster.instance(1).imap_addr(),
+        "user0006",
+        "pass",
+    ));
     drop(held);
 
     cluster.instance_mut(0).restart();
@@ -362,11 +390,24 @@ fn starttls_and_implicit_tls_clients_verify_the_certificate() {
     // A name the certificate does not carry fails verification.
     let args = client_args(
         backend.addr(),
-        &["--mode", "starttls", "--cafile", cafile.as_str(), "--user", "user0001", "--hold", "0"],
+        &[
+            "--mode",
+            "starttls",
+            "--cafile",
+            cafile.as_str(),
+            "--user",
+            "user0001",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert_eq!(output.code, Some(1), "{output:?}");
-    assert!(output.stdout.contains("CERTIFICATE_VERIFY_FAILED"), "{}", output.stdout);
+    assert!(
+        output.stdout.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        output.stdout
+    );
 }
 
 #[test]
@@ -408,7 +449,13 @@ fn who_output_is_parsed_robustly() {
                   garbage line\n\n";
     let entries = support::dovecot::parse_who(output);
     assert_eq!(entries.len(), 2);
-    assert_eq!(support::dovecot::sessions_of(&entries, "user0001", "imap"), 2);
-    assert_eq!(support::dovecot::sessions_of(&entries, "user0001", "pop3"), 1);
+    assert_eq!(
+        support::dovecot::sessions_of(&entries, "user0001", "imap"),
+        2
+    );
+    assert_eq!(
+        support::dovecot::sessions_of(&entries, "user0001", "pop3"),
+        1
+    );
     assert_eq!(user_name(7), "user0007");
 }

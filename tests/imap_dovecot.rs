@@ -15,7 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::mailpin::Mailpin;
-use support::{require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions, InteractiveClient, LineClient};
+use support::{
+    require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions, InteractiveClient,
+    LineClient,
+};
 
 /// Files of a certificate for `localhost`, made for the test.
 struct TestCert {
@@ -98,7 +101,16 @@ fn users_stay_on_one_backend(listener: usize, mode: &str) {
     let sessions_arg = sessions.to_string();
     let cafile = s.cert.cert.to_string_lossy().into_owned();
     let mut args = vec![
-        "--host", "127.0.0.1", "--port", &port, "--users", &users_arg, "--sessions", &sessions_arg, "--mode", mode,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--users",
+        &users_arg,
+        "--sessions",
+        &sessions_arg,
+        "--mode",
+        mode,
     ];
     if mode != "plain" {
         args.extend(["--cafile", &cafile, "--server-name", "localhost"]);
@@ -107,7 +119,11 @@ fn users_stay_on_one_backend(listener: usize, mode: &str) {
     let ready = client
         .wait_for_line("READY", Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("{e}\nmailpin log:\n{}", s.mailpin.log()));
-    assert_eq!(ready, format!("READY {}", users * sessions), "every session logs in");
+    assert_eq!(
+        ready,
+        format!("READY {}", users * sessions),
+        "every session logs in"
+    );
 
     // Where does each user live? Poll until every session is registered.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -115,7 +131,10 @@ fn users_stay_on_one_backend(listener: usize, mode: &str) {
         let mut placement: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
         for inst in s.cluster.instances() {
             for e in inst.who().into_iter().filter(|e| e.protocol == "imap") {
-                placement.entry(e.user).or_default().push((inst.name().to_string(), e.count));
+                placement
+                    .entry(e.user)
+                    .or_default()
+                    .push((inst.name().to_string(), e.count));
             }
         }
         let total: usize = placement.values().flatten().map(|(_, n)| n).sum();
@@ -124,15 +143,32 @@ fn users_stay_on_one_backend(listener: usize, mode: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(placement.len(), users, "every user is seen on a backend: {placement:?}");
+    assert_eq!(
+        placement.len(),
+        users,
+        "every user is seen on a backend: {placement:?}"
+    );
     for (user, places) in &placement {
-        assert_eq!(places.len(), 1, "{user} is on more than one backend: {places:?}");
-        assert_eq!(places[0].1, sessions, "{user} has all its sessions on {}", places[0].0);
+        assert_eq!(
+            places.len(),
+            1,
+            "{user} is on more than one backend: {places:?}"
+        );
+        assert_eq!(
+            places[0].1, sessions,
+            "{user} has all its sessions on {}",
+            places[0].0
+        );
     }
     let used: std::collections::BTreeSet<&String> = placement.values().map(|p| &p[0].0).collect();
-    assert!(used.len() >= 2, "50 users spread over more than one backend: {used:?}");
+    assert!(
+        used.len() >= 2,
+        "50 users spread over more than one backend: {used:?}"
+    );
 
-    client.send_line("done").expect("tell the client to log out");
+    client
+        .send_line("done")
+        .expect("tell the client to log out");
     let out = client.finish(Duration::from_secs(60));
     assert!(out.success(), "clean logout: {}", out.stdout);
 }
@@ -158,16 +194,36 @@ fn wrong_password_gets_the_backends_no() {
     let port = s.mailpin.listen[0].port().to_string();
     let out = run_client(
         "imap_sessions.py",
-        &["--host", "127.0.0.1", "--port", &port, "--user", "user0001", "--password", "wrong", "--hold", "0", "--expect-fail"],
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--user",
+            "user0001",
+            "--password",
+            "wrong",
+            "--hold",
+            "0",
+            "--expect-fail",
+        ],
         Duration::from_secs(30),
     );
-    assert!(out.success(), "login refused: {}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.success(),
+        "login refused: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
     assert!(
         out.stdout.contains("AUTHENTICATIONFAILED"),
         "the client sees Dovecot's own answer: {}",
         out.stdout
     );
-    assert!(!s.mailpin.log().contains("wrong"), "the password is never logged");
+    assert!(
+        !s.mailpin.log().contains("wrong"),
+        "the password is never logged"
+    );
 }
 
 #[test]
@@ -175,7 +231,16 @@ fn literal_and_authenticate_plain_logins_work() {
     let Some(s) = setup(5) else { return };
     let port = s.mailpin.listen[0].port().to_string();
     for extra in [&["--literal"][..], &["--auth", "plain"][..]] {
-        let mut args = vec!["--host", "127.0.0.1", "--port", &port, "--user", "user0002", "--hold", "0"];
+        let mut args = vec![
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--user",
+            "user0002",
+            "--hold",
+            "0",
+        ];
         args.extend_from_slice(extra);
         let out = run_client("imap_sessions.py", &args, Duration::from_secs(30));
         assert!(out.success(), "{extra:?}: {}\n{}", out.stdout, out.stderr);
@@ -200,7 +265,11 @@ fn curl_lists_inbox_plain_and_tls_and_the_client_address_is_forwarded() {
         .output()
         .expect("run curl");
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(listing.contains("INBOX"), "LIST shows INBOX: {listing}");
 
     let out = Command::new("curl")
@@ -211,12 +280,17 @@ fn curl_lists_inbox_plain_and_tls_and_the_client_address_is_forwarded() {
         .args(["--user", "user0003:pass"])
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "curl over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("INBOX"));
 
     let logs: String = s.cluster.instances().iter().map(|i| i.log()).collect();
     assert!(
-        logs.lines().any(|l| l.contains("user=<user0003>") && l.contains("rip=127.0.0.55")),
+        logs.lines()
+            .any(|l| l.contains("user=<user0003>") && l.contains("rip=127.0.0.55")),
         "a backend logged the client's own address:\n{logs}"
     );
 }
@@ -239,7 +313,10 @@ fn overlong_line_ends_that_client_and_the_next_is_served() {
             break;
         }
     }
-    assert!(answer.contains("* BYE") || answer.contains(" BAD"), "told off: {answer:?}");
+    assert!(
+        answer.contains("* BYE") || answer.contains(" BAD"),
+        "told off: {answer:?}"
+    );
 
     let mut good = LineClient::connect(addr).expect("connect again");
     assert!(good.read_line().expect("greeting").starts_with("* OK"));

@@ -113,7 +113,15 @@ pub async fn login<W: WriteSide>(
     let mut stream = connect(backend, Protocol::Imap, info).await?;
     match monoio::time::timeout(
         LOGIN_TIMEOUT,
-        converse(&mut stream, backend, creds, client_tag, info, client_fields, client),
+        converse(
+            &mut stream,
+            backend,
+            creds,
+            client_tag,
+            info,
+            client_fields,
+            client,
+        ),
     )
     .await
     {
@@ -199,7 +207,9 @@ async fn converse<W: WriteSide>(
         relayed.extend_from_slice(b"\r\n");
         if let Some(status) = status {
             if status == b"OK" {
-                write_bytes(client, &relayed).await.map_err(BackendError::Io)?;
+                write_bytes(client, &relayed)
+                    .await
+                    .map_err(BackendError::Io)?;
                 return Ok(Some(lines.into_leftover()));
             }
             // NO or BAD: the client hears the backend's own words.
@@ -207,7 +217,9 @@ async fn converse<W: WriteSide>(
             return Ok(None);
         }
         // Untagged lines of the login answer (e.g. * CAPABILITY) go through.
-        write_bytes(client, &relayed).await.map_err(BackendError::Io)?;
+        write_bytes(client, &relayed)
+            .await
+            .map_err(BackendError::Io)?;
     }
 }
 
@@ -252,7 +264,10 @@ mod tests {
         assert!(greeting_has(g, "SASL-IR"));
         assert!(greeting_has(g, "sasl-ir"));
         assert!(!greeting_has(g, "STARTTLS"));
-        assert_eq!(tagged_status(b"a1 OK [CAPABILITY X] Logged in", "a1"), Some(&b"OK"[..]));
+        assert_eq!(
+            tagged_status(b"a1 OK [CAPABILITY X] Logged in", "a1"),
+            Some(&b"OK"[..])
+        );
         assert_eq!(tagged_status(b"a10 OK", "a1"), None);
         assert_eq!(tagged_status(b"* OK", "a1"), None);
     }

@@ -73,11 +73,12 @@ pub async fn connect(
     client: &ClientInfo,
 ) -> Result<TcpStream, BackendError> {
     let addr = backend.addr(protocol);
-    let stream = match monoio::time::timeout(backend.connect_timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(BackendError::Connect(e)),
-        Err(_) => return Err(BackendError::ConnectTimeout(backend.connect_timeout)),
-    };
+    let stream =
+        match monoio::time::timeout(backend.connect_timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(BackendError::Connect(e)),
+            Err(_) => return Err(BackendError::ConnectTimeout(backend.connect_timeout)),
+        };
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
     if backend.forward == Forward::Proxy {

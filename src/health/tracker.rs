@@ -37,7 +37,10 @@ impl HealthTracker {
 
     /// Records one result; returns the new state when it flips.
     pub fn record(&mut self, ok: bool) -> Option<Health> {
-        let agrees = matches!((self.state, ok), (Health::Healthy, true) | (Health::Unhealthy, false));
+        let agrees = matches!(
+            (self.state, ok),
+            (Health::Healthy, true) | (Health::Unhealthy, false)
+        );
         if agrees {
             self.streak = 0;
             return None;

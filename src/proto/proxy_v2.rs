@@ -67,10 +67,19 @@ mod tests {
 
     #[test]
     fn mixed_families_become_ipv6() {
-        let h = encode("192.0.2.7:1".parse().unwrap(), "[2001:db8::1]:2".parse().unwrap());
+        let h = encode(
+            "192.0.2.7:1".parse().unwrap(),
+            "[2001:db8::1]:2".parse().unwrap(),
+        );
         assert_eq!(h[13], 0x21);
         assert_eq!(u16::from_be_bytes([h[14], h[15]]), 36);
         assert_eq!(h.len(), 16 + 36);
-        assert_eq!(&h[16..32], &"::ffff:192.0.2.7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            &h[16..32],
+            &"::ffff:192.0.2.7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
     }
 }

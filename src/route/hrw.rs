@@ -53,7 +53,12 @@ mod tests {
 
     #[test]
     fn spread_follows_weights_within_five_percent() {
-        let backends = [("mail1", 100), ("mail2", 100), ("mail3", 200), ("mail4", 50)];
+        let backends = [
+            ("mail1", 100),
+            ("mail2", 100),
+            ("mail3", 200),
+            ("mail4", 50),
+        ];
         let total_weight: u32 = backends.iter().map(|b| b.1).sum();
         let mut counts = [0usize; 4];
         let keys = 100_000;
@@ -63,7 +68,12 @@ mod tests {
         for (i, (name, weight)) in backends.iter().enumerate() {
             let expected = keys as f64 * f64::from(*weight) / f64::from(total_weight);
             let off = (counts[i] as f64 - expected).abs() / expected;
-            assert!(off < 0.05, "{name}: {} keys, expected {expected:.0} ({:.1}% off)", counts[i], off * 100.0);
+            assert!(
+                off < 0.05,
+                "{name}: {} keys, expected {expected:.0} ({:.1}% off)",
+                counts[i],
+                off * 100.0
+            );
         }
     }
 
@@ -84,7 +94,10 @@ mod tests {
             }
         }
         let share = moved as f64 / keys as f64;
-        assert!((share - 0.2).abs() < 0.01, "moved {share:.3} of the keys, expected 0.2");
+        assert!(
+            (share - 0.2).abs() < 0.01,
+            "moved {share:.3} of the keys, expected 0.2"
+        );
     }
 
     #[test]

@@ -143,7 +143,9 @@ impl Router {
     pub fn release(&self, key: &str, backend: BackendId) {
         let owner = self.owner(key);
         if owner == self.core {
-            self.shard.borrow_mut().release(key, backend, Instant::now());
+            self.shard
+                .borrow_mut()
+                .release(key, backend, Instant::now());
         } else {
             let msg = RouterMsg::Release {
                 key: key.into(),
@@ -173,7 +175,9 @@ impl Router {
                 }
             }
             RouterMsg::Release { key, backend } => {
-                self.shard.borrow_mut().release(&key, backend, Instant::now());
+                self.shard
+                    .borrow_mut()
+                    .release(&key, backend, Instant::now());
             }
         }
     }

@@ -211,7 +211,10 @@ mod tests {
         }
         let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
         let dropped = t.drop_unkept(&dead);
-        let expected = users.iter().filter(|u| set.first_choice(u) == Some(0)).count();
+        let expected = users
+            .iter()
+            .filter(|u| set.first_choice(u) == Some(0))
+            .count();
         assert_eq!(dropped.len(), expected);
         assert!(t.iter().all(|(_, a)| a.backend == 1));
     }

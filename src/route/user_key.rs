@@ -147,8 +147,14 @@ mod tests {
 
     #[test]
     fn default_is_whole_name_lower_cased() {
-        assert_eq!(UserKeyFormat::default().key("Alice@Example.COM"), "alice@example.com");
-        assert_eq!(UserKeyFormat::parse("%Lu").unwrap(), UserKeyFormat::default());
+        assert_eq!(
+            UserKeyFormat::default().key("Alice@Example.COM"),
+            "alice@example.com"
+        );
+        assert_eq!(
+            UserKeyFormat::parse("%Lu").unwrap(),
+            UserKeyFormat::default()
+        );
     }
 
     #[test]
@@ -179,7 +185,10 @@ mod tests {
         assert!(UserKeyFormat::parse("%Lx").unwrap_err().0.contains("%Lx"));
         assert!(UserKeyFormat::parse("%").is_err());
         assert!(UserKeyFormat::parse("%L").is_err());
-        assert!(UserKeyFormat::parse("static").unwrap_err().0.contains("no % code"));
+        assert!(UserKeyFormat::parse("static")
+            .unwrap_err()
+            .0
+            .contains("no % code"));
         assert!(UserKeyFormat::parse("%%").is_err());
     }
 }

@@ -96,7 +96,11 @@ impl Drop for SessionGuard {
 }
 
 /// The main task of a core: serves until told to shut down, then drains.
-pub async fn core_main(core: Rc<Core>, mailbox: Mailbox<CoreMsg>, listeners: Vec<(Listen, std::net::TcpListener)>) {
+pub async fn core_main(
+    core: Rc<Core>,
+    mailbox: Mailbox<CoreMsg>,
+    listeners: Vec<(Listen, std::net::TcpListener)>,
+) {
     let (stop_tx, stop_rx) = local_sync::oneshot::channel::<()>();
     let mut accept_stops = Vec::new();
     for (listen, std_listener) in listeners {
@@ -121,7 +125,11 @@ pub async fn core_main(core: Rc<Core>, mailbox: Mailbox<CoreMsg>, listeners: Vec
     drain(&core).await;
 }
 
-async fn mailbox_loop(core: Rc<Core>, mailbox: Mailbox<CoreMsg>, stop: local_sync::oneshot::Sender<()>) {
+async fn mailbox_loop(
+    core: Rc<Core>,
+    mailbox: Mailbox<CoreMsg>,
+    stop: local_sync::oneshot::Sender<()>,
+) {
     let mut stop = Some(stop);
     while let Some(msg) = mailbox.recv().await {
         match msg {
@@ -141,7 +149,12 @@ async fn mailbox_loop(core: Rc<Core>, mailbox: Mailbox<CoreMsg>, stop: local_syn
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listen: Rc<Listen>, listener: TcpListener, mut stop: local_sync::oneshot::Receiver<()>) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listen: Rc<Listen>,
+    listener: TcpListener,
+    mut stop: local_sync::oneshot::Receiver<()>,
+) {
     loop {
         monoio::select! {
             _ = &mut stop => break,
@@ -181,6 +194,10 @@ async fn drain(core: &Core) {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if core.active_sessions() > 0 {
-        info!(core = core.id, sessions = core.active_sessions(), "drain timeout: closing remaining sessions");
+        info!(
+            core = core.id,
+            sessions = core.active_sessions(),
+            "drain timeout: closing remaining sessions"
+        );
     }
 }

@@ -73,7 +73,10 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Binds `addr` once per core; the first bind fixes the port when it is 0.
-fn bind_all(addr: SocketAddr, cores: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+fn bind_all(
+    addr: SocketAddr,
+    cores: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
     let fail = |e: std::io::Error| StartError(format!("cannot listen on {addr}: {e}"));
     let first = bind_one(addr).map_err(fail)?;
     let bound = first.local_addr().map_err(fail)?;
@@ -90,7 +93,8 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
     let backends = Arc::new(backends);
 
     // Bind everything first, so a busy port fails the start cleanly.
-    let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> =
+        (0..cores).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
     for listen in &shared.config.listen {
         let (bound, sockets) = bind_all(listen.addr, cores)?;
@@ -125,7 +129,12 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
                 let expire = shared.config.server.user_expire;
                 let router = Router::new(i, cores, post, backends, ShardTable::new(expire));
                 let core = std::rc::Rc::new(Core::new(i, shared.clone(), router));
-                run_core(&shared.config.server.driver, i, ready, core_main(core, mailbox, listeners));
+                run_core(
+                    &shared.config.server.driver,
+                    i,
+                    ready,
+                    core_main(core, mailbox, listeners),
+                );
             })
             .map_err(|e| StartError(format!("cannot start core thread: {e}")))?;
         threads.push(thread);
@@ -154,7 +163,12 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
 }
 
 /// Builds the core's runtime on the configured driver and runs `main` on it.
-fn run_core<F: std::future::Future<Output = ()>>(driver: &Driver, core: usize, ready: mpsc::Sender<Result<(), String>>, main: F) {
+fn run_core<F: std::future::Future<Output = ()>>(
+    driver: &Driver,
+    core: usize,
+    ready: mpsc::Sender<Result<(), String>>,
+    main: F,
+) {
     let uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(URING_ENTRIES)
         .enable_timer()
@@ -166,13 +180,18 @@ fn run_core<F: std::future::Future<Output = ()>>(driver: &Driver, core: usize, r
         }
         Err(e) if *driver == Driver::Auto => {
             warn!(core, error = %e, "io_uring unavailable, falling back to epoll (server.driver = \"auto\")");
-            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
                 Ok(mut rt) => {
                     let _ = ready.send(Ok(()));
                     rt.block_on(main);
                 }
                 Err(e) => {
-                    let _ = ready.send(Err(format!("core {core}: cannot start an epoll runtime: {e}")));
+                    let _ = ready.send(Err(format!(
+                        "core {core}: cannot start an epoll runtime: {e}"
+                    )));
                 }
             }
         }

@@ -122,7 +122,10 @@ impl<'a> Prelogin<'a> {
 
     /// Writes the greeting.
     pub async fn greet<S: Connection>(&self, s: &mut S) -> bool {
-        let greeting = format!("* OK [CAPABILITY {}] mailpin ready.\r\n", self.capabilities());
+        let greeting = format!(
+            "* OK [CAPABILITY {}] mailpin ready.\r\n",
+            self.capabilities()
+        );
         write_bytes(s, greeting.as_bytes()).await.is_ok()
     }
 
@@ -133,7 +136,10 @@ impl<'a> Prelogin<'a> {
             let cmd = match step {
                 Ok(Step::Command(cmd)) => cmd,
                 Ok(Step::Continue) => {
-                    if write_bytes(s, b"+ Ready for literal data\r\n").await.is_err() {
+                    if write_bytes(s, b"+ Ready for literal data\r\n")
+                        .await
+                        .is_err()
+                    {
                         return Outcome::Closed;
                     }
                     continue;
@@ -163,7 +169,8 @@ impl<'a> Prelogin<'a> {
     /// must end (closed, error, or pre-login timeout, which says BYE).
     async fn fill<S: Connection>(&mut self, s: &mut S) -> bool {
         self.buf.reserve(1024);
-        let read = monoio::time::timeout_at(self.deadline, s.read_into(std::mem::take(&mut self.buf)));
+        let read =
+            monoio::time::timeout_at(self.deadline, s.read_into(std::mem::take(&mut self.buf)));
         match read.await {
             Ok((Ok(n), buf)) => {
                 self.buf = buf;
@@ -192,13 +199,17 @@ impl<'a> Prelogin<'a> {
                 debug!(reason, "syntax error before login");
                 self.bad(s, &tag, &format!("Syntax error: {reason}.")).await
             }
-            ParseError::LiteralTooLarge { non_sync: false, .. } => {
+            ParseError::LiteralTooLarge {
+                non_sync: false, ..
+            } => {
                 self.bad += 1;
-                self.reply(s, format!("{tag} NO [TOOBIG] Literal too large.\r\n")).await
+                self.reply(s, format!("{tag} NO [TOOBIG] Literal too large.\r\n"))
+                    .await
             }
             ParseError::LiteralTooLarge { .. } => {
                 warn!("oversized non-synchronising literal before login");
-                let reply = format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n");
+                let reply =
+                    format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n");
                 let _ = self.reply(s, reply).await;
                 Err(Bye)
             }
@@ -230,18 +241,32 @@ impl<'a> Prelogin<'a> {
         write_bytes(s, text.as_bytes()).await.map_err(|_| Bye)
     }
 
-    async fn handle<S: Connection>(&mut self, s: &mut S, cmd: Command) -> Result<Option<Outcome>, Bye> {
+    async fn handle<S: Connection>(
+        &mut self,
+        s: &mut S,
+        cmd: Command,
+    ) -> Result<Option<Outcome>, Bye> {
         let tag = cmd.tag.clone();
         match cmd.name.as_str() {
             "CAPABILITY" if cmd.args.is_empty() => {
                 let caps = self.capabilities();
-                self.reply(s, format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n")).await?;
+                self.reply(
+                    s,
+                    format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n"),
+                )
+                .await?;
             }
             "NOOP" if cmd.args.is_empty() => {
-                self.reply(s, format!("{tag} OK NOOP completed.\r\n")).await?;
+                self.reply(s, format!("{tag} OK NOOP completed.\r\n"))
+                    .await?;
             }
             "LOGOUT" if cmd.args.is_empty() => {
-                let _ = self.reply(s, format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n")).await;
+                let _ = self
+                    .reply(
+                        s,
+                        format!("* BYE Logging out.\r\n{tag} OK Logout completed.\r\n"),
+                    )
+                    .await;
                 return Err(Bye);
             }
             "ID" => self.id(s, &tag, &cmd.args).await?,
@@ -249,9 +274,11 @@ impl<'a> Prelogin<'a> {
                 if self.client.tls {
                     self.bad(s, &tag, "TLS is already active.").await?;
                 } else if !self.policy.starttls {
-                    self.bad(s, &tag, "STARTTLS is not available on this port.").await?;
+                    self.bad(s, &tag, "STARTTLS is not available on this port.")
+                        .await?;
                 } else {
-                    self.reply(s, format!("{tag} OK Begin TLS negotiation now.\r\n")).await?;
+                    self.reply(s, format!("{tag} OK Begin TLS negotiation now.\r\n"))
+                        .await?;
                     return Ok(Some(Outcome::StartTls));
                 }
             }
@@ -261,7 +288,8 @@ impl<'a> Prelogin<'a> {
                     _ => (None, None),
                 };
                 let (Some(user), Some(pass)) = (user, pass) else {
-                    self.bad(s, &tag, "LOGIN needs a user name and a password.").await?;
+                    self.bad(s, &tag, "LOGIN needs a user name and a password.")
+                        .await?;
                     return Ok(None);
                 };
                 if !self.login_allowed() {
@@ -288,7 +316,11 @@ impl<'a> Prelogin<'a> {
         Ok(None)
     }
 
-    async fn privacy_required<S: Connection>(&mut self, s: &mut S, tag: &str) -> Result<Option<Outcome>, Bye> {
+    async fn privacy_required<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+    ) -> Result<Option<Outcome>, Bye> {
         self.reply(
             s,
             format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in.\r\n"),
@@ -317,10 +349,16 @@ impl<'a> Prelogin<'a> {
         match fields {
             Some(fields) => {
                 self.id_fields = fields;
-                self.reply(s, format!("* ID (\"name\" \"mailpin\")\r\n{tag} OK ID completed.\r\n"))
+                self.reply(
+                    s,
+                    format!("* ID (\"name\" \"mailpin\")\r\n{tag} OK ID completed.\r\n"),
+                )
+                .await
+            }
+            None => {
+                self.bad(s, tag, "ID takes NIL or a list of field/value pairs.")
                     .await
             }
-            None => self.bad(s, tag, "ID takes NIL or a list of field/value pairs.").await,
         }
     }
 
@@ -335,12 +373,17 @@ impl<'a> Prelogin<'a> {
             [Arg::Atom(m)] => (m.to_ascii_uppercase(), None),
             [Arg::Atom(m), Arg::Atom(ir)] => (m.to_ascii_uppercase(), Some(ir.clone())),
             _ => {
-                self.bad(s, tag, "AUTHENTICATE needs a mechanism name.").await?;
+                self.bad(s, tag, "AUTHENTICATE needs a mechanism name.")
+                    .await?;
                 return Ok(None);
             }
         };
         if mech != "PLAIN" && mech != "LOGIN" {
-            self.reply(s, format!("{tag} NO Unsupported authentication mechanism.\r\n")).await?;
+            self.reply(
+                s,
+                format!("{tag} NO Unsupported authentication mechanism.\r\n"),
+            )
+            .await?;
             return Ok(None);
         }
         if !self.login_allowed() {
@@ -378,20 +421,29 @@ impl<'a> Prelogin<'a> {
         match creds {
             Ok(creds) => self.login(s, tag, creds).await,
             Err(e) => {
-                self.bad(s, tag, &format!("Invalid SASL response: {e}.")).await?;
+                self.bad(s, tag, &format!("Invalid SASL response: {e}."))
+                    .await?;
                 Ok(None)
             }
         }
     }
 
-    async fn cancelled<S: Connection>(&mut self, s: &mut S, tag: &str) -> Result<Option<Outcome>, Bye> {
+    async fn cancelled<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+    ) -> Result<Option<Outcome>, Bye> {
         self.bad(s, tag, "Authentication cancelled.").await?;
         Ok(None)
     }
 
     /// Sends a SASL challenge and reads the client's answer line; `None`
     /// when the client cancels with `*`.
-    async fn sasl_step<S: Connection>(&mut self, s: &mut S, challenge: &[u8]) -> Result<Option<Vec<u8>>, Bye> {
+    async fn sasl_step<S: Connection>(
+        &mut self,
+        s: &mut S,
+        challenge: &[u8],
+    ) -> Result<Option<Vec<u8>>, Bye> {
         write_bytes(s, challenge).await.map_err(|_| Bye)?;
         loop {
             match self.reader.take_line(&mut self.buf) {
@@ -411,9 +463,18 @@ impl<'a> Prelogin<'a> {
     }
 
     /// Routes the user and replays the credentials on its backend.
-    async fn login<S: Connection>(&mut self, s: &mut S, tag: &str, creds: Credentials) -> Result<Option<Outcome>, Bye> {
+    async fn login<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+        creds: Credentials,
+    ) -> Result<Option<Outcome>, Bye> {
         let core = self.core;
-        let login_name = creds.authzid.as_deref().filter(|z| !z.is_empty()).unwrap_or(&creds.user);
+        let login_name = creds
+            .authzid
+            .as_deref()
+            .filter(|z| !z.is_empty())
+            .unwrap_or(&creds.user);
         let key = core.shared.user_key.key(login_name);
         let span = tracing::Span::current();
         span.record("user", key.as_str());
@@ -451,8 +512,11 @@ impl<'a> Prelogin<'a> {
             Err(e) => {
                 warn!(error = %e, "backend unavailable");
                 core.router.release(&key, backend_id);
-                self.reply(s, format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"))
-                    .await?;
+                self.reply(
+                    s,
+                    format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"),
+                )
+                .await?;
                 Ok(None)
             }
         }

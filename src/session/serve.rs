@@ -72,7 +72,12 @@ fn end_name(end: RelayEnd) -> &'static str {
 }
 
 /// An IMAP session: TLS as the listener says, pre-login, then the relay.
-async fn imap(core: &Rc<Core>, listen: &Listen, mut tcp: TcpStream, client: ClientInfo) -> (Option<RelayEnd>, RelayStats) {
+async fn imap(
+    core: &Rc<Core>,
+    listen: &Listen,
+    mut tcp: TcpStream,
+    client: ClientInfo,
+) -> (Option<RelayEnd>, RelayStats) {
     let none = (None, RelayStats::default());
     let policy = ImapPolicy {
         starttls: listen.tls == TlsMode::Starttls,
@@ -124,8 +129,19 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
 }
 
 /// Relays a logged-in session and releases its count afterwards.
-async fn relay_session<C: Connection>(core: &Core, client: C, l: LoggedIn) -> (Option<RelayEnd>, RelayStats) {
-    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, std::future::pending()).await;
+async fn relay_session<C: Connection>(
+    core: &Core,
+    client: C,
+    l: LoggedIn,
+) -> (Option<RelayEnd>, RelayStats) {
+    let (end, stats) = relay(
+        client,
+        l.backend,
+        l.to_backend,
+        l.to_client,
+        std::future::pending(),
+    )
+    .await;
     core.router.release(&l.key, l.backend_id);
     (Some(end), stats)
 }

@@ -138,13 +138,7 @@ impl DovecotCluster {
 
         let instances: Vec<DovecotInstance> = (0..count)
             .map(|index| {
-                DovecotInstance::prepare(
-                    root.path(),
-                    index,
-                    &store_dir,
-                    &passwd_file,
-                    &options,
-                )
+                DovecotInstance::prepare(root.path(), index, &store_dir, &passwd_file, &options)
             })
             .collect();
         // Owned by the cluster before anything starts, so a panic below
@@ -616,7 +610,10 @@ impl DovecotInstance {
             let _ = master.kill();
         }
         let _ = master.wait();
-        let left = procs::wait_gone(&children, deadline.saturating_duration_since(Instant::now()));
+        let left = procs::wait_gone(
+            &children,
+            deadline.saturating_duration_since(Instant::now()),
+        );
         for &pid in &left {
             procs::send_signal(pid, libc::SIGKILL);
         }
