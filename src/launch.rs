@@ -11,9 +11,11 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::config::{Config, PemSource, Protocol, TlsMode, TlsVersion};
+use crate::control::{self, ControlMsg};
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
+use crate::runtime::mailbox::mailbox;
 use crate::runtime::{start, Director};
 use crate::signals;
 use crate::tls::{server_config_from_pem, server_config_from_pem_files, MinVersion, TlsSettings};
@@ -112,14 +114,35 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
         .map_err(|e| LaunchError(format!("invalid configuration:\n{e}")))?;
     let user_key = UserKeyFormat::parse(&config.server.user_key)
         .map_err(|e| LaunchError(format!("server.user_key: {e}")))?;
-    let backends = backend_set(&config)?;
+    let backends = Arc::new(backend_set(&config)?);
     let tls = tls_config(&config)?;
+    let admin = std::net::TcpListener::bind(config.admin.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| LaunchError(format!("admin.listen {}: {e}", config.admin.listen)))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
     let shared = Arc::new(Shared {
         config,
         user_key,
         tls,
     });
-    start(shared, backends).map_err(|e| LaunchError(e.to_string()))
+    let (control_tx, control_box) = mailbox::<ControlMsg>();
+    let mut director = start(shared.clone(), backends.clone(), control_tx.clone())
+        .map_err(|e| LaunchError(e.to_string()))?;
+    let control = control::start(
+        shared,
+        backends,
+        director.core_mailboxes(),
+        control_tx,
+        control_box,
+        admin,
+    )
+    .map_err(|e| LaunchError(e.to_string()))?;
+    director.attach_control(control);
+    director.admin_addr = Some(admin_addr);
+    info!(addr = %admin_addr, "admin API ready");
+    Ok(director)
 }
 
 /// Serves until SIGINT or SIGTERM, then drains and stops. Call

@@ -5,9 +5,12 @@
 //! sends every session of one user to one backend. See `DESIGN.md` in the
 //! team's shared notes and the README for the whole picture.
 
+pub mod admin;
 pub mod backend;
 pub mod bufpool;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod dev;
 pub mod devmode;
 pub mod health;

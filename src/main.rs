@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use mailpin::config::Config;
+use mailpin::ctl::{self, CtlCommand};
 use mailpin::devmode::{self, DevPorts};
 use mailpin::launch::{launch, run_until_signal};
 use mailpin::signals;
@@ -38,6 +39,50 @@ enum Command {
         #[arg(short = 'c', long = "config", default_value = "config/mailpin.toml")]
         config: PathBuf,
     },
+    /// Talk to a running director's admin API.
+    Ctl {
+        /// The admin API address (admin.listen).
+        #[arg(long, default_value = "127.0.0.1:9120")]
+        admin: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCli,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCli {
+    /// Version, uptime, cores, sessions, state version.
+    Status,
+    /// Every backend with its states, sessions and users.
+    Backends,
+    /// Change a backend's admin state, or flush its users.
+    Backend {
+        /// The backend's name.
+        name: String,
+        /// up | down | drain | flush
+        #[arg(value_parser = ["up", "down", "drain", "flush"])]
+        action: String,
+    },
+    /// Which backend a user is on, how many sessions, since when.
+    User {
+        /// The login name.
+        user: String,
+    },
+    /// Close every session of a user.
+    Kick {
+        /// The login name.
+        user: String,
+    },
+    /// Move a user safely: sessions closed first, then assigned to BACKEND.
+    Move {
+        /// The login name.
+        user: String,
+        /// The target backend.
+        backend: String,
+    },
 }
 
 fn init_logging() {
@@ -56,6 +101,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Ctl {
+            admin,
+            json,
+            command,
+        } => ctl(&admin, json, command),
         Command::Run { config, dev } => {
             init_logging();
             signals::block();
@@ -64,6 +114,32 @@ fn main() -> ExitCode {
             } else {
                 run(&config)
             }
+        }
+    }
+}
+
+fn ctl(admin: &str, json: bool, command: CtlCli) -> ExitCode {
+    let cmd = match command {
+        CtlCli::Status => CtlCommand::Status,
+        CtlCli::Backends => CtlCommand::Backends,
+        CtlCli::Backend { name, action } => CtlCommand::Backend { name, action },
+        CtlCli::User { user } => CtlCommand::User(user),
+        CtlCli::Kick { user } => CtlCommand::Kick(user),
+        CtlCli::Move { user, backend } => CtlCommand::Move { user, backend },
+    };
+    let (method, path) = cmd.request();
+    match ctl::call(admin, method, &path) {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("{}", ctl::render(&cmd, &v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailpin ctl: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -70,8 +70,9 @@ async fn pump<R: ReadSide, W: WriteSide>(
 }
 
 /// Relays between `client` and `backend` until both directions end, one
-/// fails, or `stop` completes. `to_backend` and `to_client` are bytes read
-/// ahead during login, written first.
+/// fails, or `stop` completes with the goodbye for the client.
+/// `to_backend` and `to_client` are bytes read ahead during login, written
+/// first.
 pub async fn relay<C, B, F>(
     client: C,
     backend: B,
@@ -82,7 +83,7 @@ pub async fn relay<C, B, F>(
 where
     C: Connection,
     B: Connection,
-    F: Future<Output = ()>,
+    F: Future<Output = Vec<u8>>,
 {
     let (mut cr, mut cw) = client.into_split();
     let (mut br, mut bw) = backend.into_split();
@@ -108,20 +109,31 @@ where
         down.set(n);
     }
 
-    let end = {
+    let outcome = {
         let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up));
         let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down));
         let mut stop = std::pin::pin!(stop);
         monoio::select! {
-            r = &mut upward => match r {
+            r = &mut upward => Ok(match r {
                 Ok(()) => finish(downward, RelayEnd::Client).await,
                 Err(_) => RelayEnd::Error,
-            },
-            r = &mut downward => match r {
+            }),
+            r = &mut downward => Ok(match r {
                 Ok(()) => finish(upward, RelayEnd::Backend).await,
                 Err(_) => RelayEnd::Error,
-            },
-            _ = &mut stop => RelayEnd::Stopped,
+            }),
+            goodbye = &mut stop => Err(goodbye),
+        }
+    };
+    let end = match outcome {
+        Ok(end) => end,
+        Err(goodbye) => {
+            // Bounded: a client that reads nothing must not hold a kick up.
+            if !goodbye.is_empty() {
+                let _ = monoio::time::timeout(FIN_TIMEOUT, cw.write_all(goodbye)).await;
+            }
+            let _ = monoio::time::timeout(FIN_TIMEOUT, cw.shutdown()).await;
+            RelayEnd::Stopped
         }
     };
     (end, stats(&up, &down))
@@ -171,7 +183,7 @@ mod tests {
             backend_side,
             b"ahead-up ".to_vec(),
             b"ahead-down ".to_vec(),
-            std::future::pending(),
+            std::future::pending::<Vec<u8>>(),
         ));
         let client_task = monoio::spawn(async move {
             let (r, _) = client.write_all(payload).await;

@@ -11,7 +11,7 @@
 
 use monoio::net::TcpStream;
 
-use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::backend::{connect, read_greeting, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
 use crate::proto::imap::quote::{write_string, LiteralStyle};
@@ -143,13 +143,10 @@ async fn converse<W: WriteSide>(
     client: &mut W,
 ) -> Result<Option<Vec<u8>>, BackendError> {
     let mut lines = LineReader::new();
-    let greeting = lines
-        .read_line(stream, MAX_BACKEND_LINE)
-        .await
-        .map_err(BackendError::Io)?;
+    let greeting = read_greeting(stream, &mut lines, backend.connect_timeout).await?;
     if !greeting.starts_with(b"* OK") {
-        return Err(BackendError::Protocol(format!(
-            "greeting {:?}",
+        return Err(BackendError::Greeting(format!(
+            "{:?}",
             String::from_utf8_lossy(&greeting[..greeting.len().min(80)])
         )));
     }

@@ -17,6 +17,20 @@ use crate::session::ClientInfo;
 
 pub mod imap;
 
+/// Reads a backend's greeting line within `limit`; any failure is a
+/// [`BackendError::Greeting`].
+pub async fn read_greeting(
+    stream: &mut TcpStream,
+    lines: &mut crate::proto::lines::LineReader,
+    limit: Duration,
+) -> Result<Vec<u8>, BackendError> {
+    match monoio::time::timeout(limit, lines.read_line(stream, MAX_BACKEND_LINE)).await {
+        Ok(Ok(line)) => Ok(line),
+        Ok(Err(e)) => Err(BackendError::Greeting(e.to_string())),
+        Err(_) => Err(BackendError::Greeting(format!("none within {limit:?}"))),
+    }
+}
+
 /// How long a backend may take to greet and to answer a login. Dovecot
 /// delays failed logins (`auth_failure_delay`, 2 s by default), so this is
 /// generous; a backend that is merely slow is not a dead one.
@@ -32,7 +46,10 @@ pub enum BackendError {
     Connect(io::Error),
     /// No connection within `connect_timeout`.
     ConnectTimeout(Duration),
-    /// The backend stopped answering during greeting or login.
+    /// The connection opened but no proper greeting came within
+    /// `connect_timeout` (a backend that is starting, stopping or stuck).
+    Greeting(String),
+    /// The backend stopped answering during login.
     Timeout,
     /// The connection failed after it was established.
     Io(io::Error),
@@ -45,6 +62,7 @@ impl std::fmt::Display for BackendError {
         match self {
             BackendError::Connect(e) => write!(f, "connect failed: {e}"),
             BackendError::ConnectTimeout(d) => write!(f, "no connection within {d:?}"),
+            BackendError::Greeting(m) => write!(f, "no greeting: {m}"),
             BackendError::Timeout => write!(f, "no answer within {LOGIN_TIMEOUT:?}"),
             BackendError::Io(e) => write!(f, "connection failed: {e}"),
             BackendError::Protocol(m) => write!(f, "unexpected answer: {m}"),
@@ -56,11 +74,13 @@ impl std::error::Error for BackendError {}
 
 impl BackendError {
     /// True when the failure says the backend itself is unreachable (as
-    /// opposed to one session going wrong): what passive health checks count.
+    /// opposed to one session going wrong) and nothing reached the client
+    /// yet: what passive health checks count, and when a login may be
+    /// retried elsewhere.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            BackendError::Connect(_) | BackendError::ConnectTimeout(_)
+            BackendError::Connect(_) | BackendError::ConnectTimeout(_) | BackendError::Greeting(_)
         )
     }
 }

@@ -52,8 +52,21 @@ pub enum RouterMsg {
 pub enum RouteError {
     /// No backend can take the user.
     NoBackend,
+    /// The user is being moved and the move did not finish in time.
+    Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+}
+
+/// How long a login waits for a move of its user to finish.
+pub const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// A login waiting for a move of its user to finish.
+enum Deferred {
+    /// A session on the owner core itself.
+    Local(oneshot::Sender<()>),
+    /// An acquire from another core, answered when the hold ends.
+    Remote { from: usize, req: u64 },
 }
 
 /// Something that carries router messages to a core.
@@ -68,6 +81,11 @@ impl<T: From<RouterMsg> + Send> CorePost for Vec<MailboxSender<T>> {
     }
 }
 
+/// The core (out of `cores`) that owns `key`'s assignment.
+pub fn owner_of(key: &str, cores: usize) -> usize {
+    (hrw::key_hash(key) % cores.max(1) as u64) as usize
+}
+
 /// One core's router.
 pub struct Router {
     core: usize,
@@ -77,6 +95,8 @@ pub struct Router {
     shard: RefCell<ShardTable>,
     pending: RefCell<AHashMap<u64, oneshot::Sender<Result<BackendId, NoBackend>>>>,
     next_req: Cell<u64>,
+    /// Users being moved: their logins wait here until the move ends.
+    holds: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
 }
 
 impl Router {
@@ -96,12 +116,13 @@ impl Router {
             shard: RefCell::new(shard),
             pending: RefCell::new(AHashMap::new()),
             next_req: Cell::new(0),
+            holds: RefCell::new(AHashMap::new()),
         }
     }
 
     /// The core that owns `key`'s assignment.
     pub fn owner(&self, key: &str) -> usize {
-        (hrw::key_hash(key) % self.cores as u64) as usize
+        owner_of(key, self.cores)
     }
 
     /// The backend snapshot this core works with.
@@ -113,6 +134,18 @@ impl Router {
     pub async fn acquire(&self, key: &str) -> Result<BackendId, RouteError> {
         let owner = self.owner(key);
         if owner == self.core {
+            let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(Deferred::Local(tx));
+                rx
+            });
+            if let Some(rx) = held {
+                if monoio::time::timeout(HOLD_WAIT, rx).await.is_err()
+                    || self.holds.borrow().contains_key(key)
+                {
+                    return Err(RouteError::Held);
+                }
+            }
             let set = self.backends();
             return self
                 .shard
@@ -160,14 +193,11 @@ impl Router {
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
             RouterMsg::Acquire { key, from, req } => {
-                let set = self.backends();
-                let result = self.shard.borrow_mut().acquire(&key, &set);
-                if !self.post.post(from, RouterMsg::Acquired { req, result }) {
-                    // The asker is gone; do not leak its session count.
-                    if let Ok(b) = result {
-                        self.shard.borrow_mut().release(&key, b, Instant::now());
-                    }
+                if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
+                    waiters.push(Deferred::Remote { from, req });
+                    return;
                 }
+                self.answer_acquire(&key, from, req);
             }
             RouterMsg::Acquired { req, result } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&req) {
@@ -180,6 +210,65 @@ impl Router {
                     .release(&key, backend, Instant::now());
             }
         }
+    }
+
+    /// Acquires for a remote core and posts the answer.
+    fn answer_acquire(&self, key: &str, from: usize, req: u64) {
+        let set = self.backends();
+        let result = self.shard.borrow_mut().acquire(key, &set);
+        if !self.post.post(from, RouterMsg::Acquired { req, result }) {
+            // The asker is gone; do not leak its session count.
+            if let Ok(b) = result {
+                self.shard.borrow_mut().release(key, b, Instant::now());
+            }
+        }
+    }
+
+    /// Starts holding new logins of `key` (this core must own it): they wait
+    /// until [`Router::unhold`], at most [`HOLD_WAIT`].
+    pub fn hold(&self, key: &str) {
+        self.holds.borrow_mut().entry(key.into()).or_default();
+    }
+
+    /// Ends a hold of `key`: assigns it to `assign` (or drops its
+    /// assignment when `None`), then lets the waiting logins through.
+    pub fn unhold(&self, key: &str, assign: Option<BackendId>) {
+        match assign {
+            Some(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
+            None => {
+                self.shard.borrow_mut().remove(key);
+            }
+        }
+        let waiters = self.holds.borrow_mut().remove(key).unwrap_or_default();
+        for w in waiters {
+            match w {
+                Deferred::Local(tx) => {
+                    let _ = tx.send(());
+                }
+                Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
+            }
+        }
+    }
+
+    /// Keys assigned on this core's shard to `backend`.
+    pub fn users_on(&self, backend: BackendId) -> Vec<Box<str>> {
+        self.shard
+            .borrow()
+            .iter()
+            .filter(|(_, a)| a.backend == backend)
+            .map(|(k, _)| k.into())
+            .collect()
+    }
+
+    /// Assignments on this core's shard per backend id.
+    pub fn users_per_backend(&self) -> Vec<u32> {
+        let mut out = vec![0u32; self.backends.borrow().backends.len()];
+        for (_, a) in self.shard.borrow().iter() {
+            if let Some(n) = out.get_mut(usize::from(a.backend)) {
+                *n += 1;
+            }
+        }
+        out
     }
 
     /// Installs a newer backend snapshot (older ones are ignored) and drops

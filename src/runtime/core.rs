@@ -14,10 +14,14 @@ use monoio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Listen};
-use crate::route::backends::BackendSet;
+use crate::control::ControlMsg;
+use crate::route::backends::{BackendId, BackendSet};
 use crate::route::router::{Router, RouterMsg};
+use crate::route::shard::Assignment;
 use crate::route::user_key::UserKeyFormat;
-use crate::runtime::mailbox::Mailbox;
+use crate::runtime::mailbox::{Mailbox, MailboxSender};
+use crate::runtime::sessions::{Closed, KickReason, Sessions};
+use crate::runtime::stats::{CoreStats, Counters};
 use crate::session::serve::serve;
 
 /// What every core reads and nobody changes after start.
@@ -35,8 +39,55 @@ pub struct Shared {
 pub enum CoreMsg {
     /// Routing traffic between cores.
     Route(RouterMsg),
-    /// A new backend snapshot.
+    /// A new backend snapshot: apply it, and end the sessions on backends
+    /// that can no longer keep users.
     Backends(Arc<BackendSet>),
+    /// End every session of a user on this core; answer how many once they
+    /// have all closed.
+    KickUser {
+        /// The user key.
+        key: Box<str>,
+        /// Why.
+        reason: KickReason,
+        /// Gets the number of sessions ended.
+        done: flume::Sender<usize>,
+    },
+    /// Hold new logins of a user this core owns (a move begins).
+    Hold {
+        /// The user key.
+        key: Box<str>,
+        /// Answered once the hold is in place.
+        done: flume::Sender<()>,
+    },
+    /// End a hold: assign the user (or drop its assignment) and let the
+    /// held logins through.
+    Unhold {
+        /// The user key.
+        key: Box<str>,
+        /// The new backend, or `None` to drop the assignment.
+        assign: Option<BackendId>,
+        /// Answered once done.
+        done: flume::Sender<()>,
+    },
+    /// The assignment of a user this core owns.
+    Lookup {
+        /// The user key.
+        key: Box<str>,
+        /// Gets the assignment, if any.
+        reply: flume::Sender<Option<Assignment>>,
+    },
+    /// The users of this core's shard assigned to a backend.
+    UsersOn {
+        /// The backend.
+        backend: BackendId,
+        /// Gets the keys.
+        reply: flume::Sender<Vec<Box<str>>>,
+    },
+    /// A snapshot of this core's counters.
+    Stats {
+        /// Gets the snapshot.
+        reply: flume::Sender<CoreStats>,
+    },
     /// Stop accepting, drain, and stop.
     Shutdown,
 }
@@ -55,19 +106,90 @@ pub struct Core {
     pub shared: Arc<Shared>,
     /// This core's routing and shard.
     pub router: Router,
-    /// Sessions open on this core.
+    /// Logged-in sessions, for kicks.
+    pub sessions: Sessions,
+    /// Counters for /metrics.
+    pub counters: Counters,
+    /// The control plane, for passive health reports.
+    control: MailboxSender<ControlMsg>,
+    /// Connections open on this core (pre-login and logged in).
     active: Cell<usize>,
+    /// Sessions waiting for the next backend snapshot.
+    set_waiters: std::cell::RefCell<Vec<local_sync::oneshot::Sender<()>>>,
 }
 
 impl Core {
     /// A core's state.
-    pub fn new(id: usize, shared: Arc<Shared>, router: Router) -> Core {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        router: Router,
+        control: MailboxSender<ControlMsg>,
+    ) -> Core {
         Core {
             id,
             shared,
             router,
+            sessions: Sessions::new(),
+            counters: Counters::default(),
+            control,
             active: Cell::new(0),
+            set_waiters: Default::default(),
         }
+    }
+
+    /// Tells the control plane that connecting to `backend` failed during
+    /// a client login (a passive health observation).
+    pub fn report_unreachable(&self, backend: BackendId, error: String) {
+        let _ = self
+            .control
+            .send(ControlMsg::Unreachable { backend, error });
+    }
+
+    /// Waits until a newer backend snapshot arrives, at most `limit`;
+    /// true if one came.
+    pub async fn wait_backend_change(&self, limit: Duration) -> bool {
+        let (tx, rx) = local_sync::oneshot::channel();
+        self.set_waiters.borrow_mut().push(tx);
+        matches!(monoio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
+
+    /// Applies a backend snapshot: drops assignments and ends sessions on
+    /// backends that can no longer keep users, wakes waiting logins.
+    fn apply_backends(&self, set: Arc<BackendSet>) {
+        let dropped = self.router.apply_backends(set.clone());
+        if !dropped.is_empty() {
+            info!(
+                core = self.id,
+                users = dropped.len(),
+                version = set.version,
+                "assignments dropped"
+            );
+        }
+        let kicked = self.sessions.kick_where(KickReason::BackendDown, |b| {
+            set.get(b).is_some_and(|b| b.keeps_users())
+        });
+        if !kicked.is_empty() {
+            info!(
+                core = self.id,
+                sessions = kicked.len(),
+                "closing sessions on unavailable backends"
+            );
+            self.counters.kicked(kicked.len());
+        }
+        for w in self.set_waiters.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// A snapshot of this core's numbers.
+    pub fn stats(&self) -> CoreStats {
+        let mut s = self.counters.snapshot();
+        s.core = self.id;
+        s.connections = self.active.get() as u64;
+        s.sessions = self.sessions.per_backend();
+        s.users = self.router.users_per_backend();
+        s
     }
 
     /// Sessions open on this core right now.
@@ -134,11 +256,28 @@ async fn mailbox_loop(
     while let Some(msg) = mailbox.recv().await {
         match msg {
             CoreMsg::Route(m) => core.router.handle(m),
-            CoreMsg::Backends(set) => {
-                let dropped = core.router.apply_backends(set);
-                if !dropped.is_empty() {
-                    info!(core = core.id, users = dropped.len(), "assignments dropped");
-                }
+            CoreMsg::Backends(set) => core.apply_backends(set),
+            CoreMsg::KickUser { key, reason, done } => {
+                let closed = core.sessions.kick_user(&key, reason);
+                core.counters.kicked(closed.len());
+                monoio::spawn(reply_when_closed(closed, done));
+            }
+            CoreMsg::Hold { key, done } => {
+                core.router.hold(&key);
+                let _ = done.send(());
+            }
+            CoreMsg::Unhold { key, assign, done } => {
+                core.router.unhold(&key, assign);
+                let _ = done.send(());
+            }
+            CoreMsg::Lookup { key, reply } => {
+                let _ = reply.send(core.router.local_assignment(&key));
+            }
+            CoreMsg::UsersOn { backend, reply } => {
+                let _ = reply.send(core.router.users_on(backend));
+            }
+            CoreMsg::Stats { reply } => {
+                let _ = reply.send(core.stats());
             }
             CoreMsg::Shutdown => {
                 if let Some(tx) = stop.take() {
@@ -147,6 +286,15 @@ async fn mailbox_loop(
             }
         }
     }
+}
+
+/// Answers a kick once every kicked session has closed.
+async fn reply_when_closed(closed: Vec<Closed>, done: flume::Sender<usize>) {
+    let n = closed.len();
+    for c in closed {
+        c.wait().await;
+    }
+    let _ = done.send(n);
 }
 
 async fn accept_loop(
@@ -160,6 +308,7 @@ async fn accept_loop(
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    core.counters.accepted();
                     monoio::spawn(serve(core.clone(), listen.clone(), tcp, peer));
                 }
                 Err(e) => {
@@ -199,5 +348,12 @@ async fn drain(core: &Core) {
             sessions = core.active_sessions(),
             "drain timeout: closing remaining sessions"
         );
+        let closed = core.sessions.kick_where(KickReason::Shutdown, |_| false);
+        let _ = monoio::time::timeout(Duration::from_secs(1), async {
+            for c in closed {
+                c.wait().await;
+            }
+        })
+        .await;
     }
 }

@@ -14,6 +14,7 @@ use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
 use crate::config::{Driver, Listen};
+use crate::control::{ControlMsg, ControlPlane};
 use crate::route::backends::BackendSet;
 use crate::route::router::{CorePost, Router};
 use crate::route::shard::ShardTable;
@@ -22,6 +23,8 @@ use crate::runtime::mailbox::{mailbox, MailboxSender};
 
 pub mod core;
 pub mod mailbox;
+pub mod sessions;
+pub mod stats;
 
 /// Entries of each core's io_uring submission queue.
 const URING_ENTRIES: u32 = 1024;
@@ -33,9 +36,12 @@ const BACKLOG: i32 = 4096;
 pub struct Director {
     threads: Vec<JoinHandle<()>>,
     mailboxes: Vec<MailboxSender<CoreMsg>>,
+    control: Option<ControlPlane>,
     /// The addresses actually bound, in `[[listen]]` order (a port of 0 in
     /// the config is replaced by the one the kernel chose).
     pub listen_addrs: Vec<SocketAddr>,
+    /// Where the admin API listens, once started.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Why the director could not start.
@@ -87,10 +93,14 @@ fn bind_all(
     Ok((bound, all))
 }
 
-/// Starts the cores and returns once every one of them runs.
-pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, StartError> {
+/// Starts the cores and returns once every one of them runs. Cores report
+/// to the control plane through `control`.
+pub fn start(
+    shared: Arc<Shared>,
+    backends: Arc<BackendSet>,
+    control: MailboxSender<ControlMsg>,
+) -> Result<Director, StartError> {
     let cores = core_count(shared.config.server.cores);
-    let backends = Arc::new(backends);
 
     // Bind everything first, so a busy port fails the start cleanly.
     let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> =
@@ -117,6 +127,7 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
         let post = post.clone();
         let backends = backends.clone();
         let ready = ready_tx.clone();
+        let control = control.clone();
         let cpu = (!cpu_ids.is_empty()).then(|| cpu_ids[i % cpu_ids.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("core{i}"))
@@ -128,10 +139,11 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
                 }
                 let expire = shared.config.server.user_expire;
                 let router = Router::new(i, cores, post, backends, ShardTable::new(expire));
-                let core = std::rc::Rc::new(Core::new(i, shared.clone(), router));
-                run_core(
-                    &shared.config.server.driver,
-                    i,
+                let core = std::rc::Rc::new(Core::new(i, shared.clone(), router, control));
+                let name = format!("core {i}");
+                run_runtime(
+                    shared.config.server.driver,
+                    &name,
                     ready,
                     core_main(core, mailbox, listeners),
                 );
@@ -143,7 +155,9 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
     let mut director = Director {
         threads,
         mailboxes: senders,
+        control: None,
         listen_addrs,
+        admin_addr: None,
     };
     for _ in 0..cores {
         match ready_rx.recv() {
@@ -162,10 +176,11 @@ pub fn start(shared: Arc<Shared>, backends: BackendSet) -> Result<Director, Star
     Ok(director)
 }
 
-/// Builds the core's runtime on the configured driver and runs `main` on it.
-fn run_core<F: std::future::Future<Output = ()>>(
-    driver: &Driver,
-    core: usize,
+/// Builds a runtime on the configured driver for the thread called `name`,
+/// reports on `ready` whether that worked, and runs `main` on it.
+pub fn run_runtime<F: std::future::Future<Output = ()>>(
+    driver: Driver,
+    name: &str,
     ready: mpsc::Sender<Result<(), String>>,
     main: F,
 ) {
@@ -178,8 +193,8 @@ fn run_core<F: std::future::Future<Output = ()>>(
             let _ = ready.send(Ok(()));
             rt.block_on(main);
         }
-        Err(e) if *driver == Driver::Auto => {
-            warn!(core, error = %e, "io_uring unavailable, falling back to epoll (server.driver = \"auto\")");
+        Err(e) if driver == Driver::Auto => {
+            warn!(thread = name, error = %e, "io_uring unavailable, falling back to epoll (server.driver = \"auto\")");
             match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
@@ -189,15 +204,13 @@ fn run_core<F: std::future::Future<Output = ()>>(
                     rt.block_on(main);
                 }
                 Err(e) => {
-                    let _ = ready.send(Err(format!(
-                        "core {core}: cannot start an epoll runtime: {e}"
-                    )));
+                    let _ = ready.send(Err(format!("{name}: cannot start an epoll runtime: {e}")));
                 }
             }
         }
         Err(e) => {
             let _ = ready.send(Err(format!(
-                "core {core}: io_uring is unavailable ({e}); it may be disabled \
+                "{name}: io_uring is unavailable ({e}); it may be disabled \
                  (sysctl kernel.io_uring_disabled) or blocked by a seccomp profile. \
                  Set server.driver = \"auto\" to allow an epoll fallback."
             )));
@@ -211,6 +224,17 @@ impl Director {
         self.mailboxes.len()
     }
 
+    /// The cores' mailboxes, for the control plane.
+    pub fn core_mailboxes(&self) -> Vec<MailboxSender<CoreMsg>> {
+        self.mailboxes.clone()
+    }
+
+    /// Hands the running control plane to the director, which stops it
+    /// before the cores.
+    pub fn attach_control(&mut self, control: ControlPlane) {
+        self.control = Some(control);
+    }
+
     /// Sends a message to every core.
     pub fn broadcast(&self, msg: impl Fn() -> CoreMsg) {
         for m in &self.mailboxes {
@@ -220,6 +244,9 @@ impl Director {
 
     /// Asks every core to stop accepting and drain, and waits for them.
     pub fn stop(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            c.stop();
+        }
         self.broadcast(|| CoreMsg::Shutdown);
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod failover;
 pub mod imap;
 pub mod serve;
 

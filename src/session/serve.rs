@@ -17,6 +17,7 @@ use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::Connection;
 use crate::relay::{relay, RelayEnd, RelayStats};
 use crate::runtime::core::{Core, SessionGuard};
+use crate::runtime::sessions::KickReason;
 use crate::session::imap::{ImapPolicy, LoggedIn, Outcome, Prelogin};
 use crate::session::{new_session_id, ClientInfo};
 use crate::tls;
@@ -119,7 +120,9 @@ async fn imap(
 /// The server side of a TLS handshake, bounded by `server.handshake_timeout`.
 async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
     let config = core.shared.tls.as_ref()?;
-    match tls::accept(tcp, config, core.shared.config.server.handshake_timeout).await {
+    let result = tls::accept(tcp, config, core.shared.config.server.handshake_timeout).await;
+    core.counters.tls_handshake(result.is_ok());
+    match result {
         Ok(s) => Some(s),
         Err(e) => {
             info!(error = %e, "TLS handshake failed");
@@ -128,20 +131,35 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
     }
 }
 
-/// Relays a logged-in session and releases its count afterwards.
+/// What an IMAP client is told when the director ends its session.
+fn imap_goodbye(reason: KickReason) -> Vec<u8> {
+    let text: &[u8] = match reason {
+        KickReason::BackendDown => {
+            b"* BYE [UNAVAILABLE] Mail server unavailable, please reconnect.\r\n"
+        }
+        KickReason::Admin => b"* BYE Session closed by the administrator, please reconnect.\r\n",
+        KickReason::Shutdown => {
+            b"* BYE [UNAVAILABLE] Director shutting down, please reconnect.\r\n"
+        }
+    };
+    text.to_vec()
+}
+
+/// Relays a logged-in session, registered so it can be kicked, and
+/// releases its count afterwards.
 async fn relay_session<C: Connection>(
     core: &Core,
     client: C,
     l: LoggedIn,
 ) -> (Option<RelayEnd>, RelayStats) {
-    let (end, stats) = relay(
-        client,
-        l.backend,
-        l.to_backend,
-        l.to_client,
-        std::future::pending(),
-    )
-    .await;
+    let (registration, kick) = core.sessions.register(&l.key, l.backend_id, Protocol::Imap);
+    let stop = async move {
+        let reason = kick.kicked().await;
+        info!(?reason, "closing session");
+        imap_goodbye(reason)
+    };
+    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, stop).await;
+    drop(registration);
     core.router.release(&l.key, l.backend_id);
     (Some(end), stats)
 }

@@ -1,0 +1,233 @@
+//! `/metrics`: the Prometheus text exposition format, written by hand.
+//!
+//! The numbers are per-core `Cell` counters summed at scrape time; the
+//! well-known client crates are built around shared atomic metric objects
+//! updated in place, which is exactly the contention the cores avoid, so a
+//! crate would only add a translation layer. The format itself is small:
+//! `# HELP`, `# TYPE`, and `name{label="value"} number` lines, with `\`,
+//! `"` and newlines escaped in label values.
+
+use std::fmt::Write;
+
+use crate::config::Protocol;
+use crate::control::state::Control;
+use crate::route::backends::Health;
+use crate::runtime::stats::{LoginOutcome, LATENCY_BUCKETS};
+
+/// Escapes a label value.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP mailpin_{name} {help}");
+    let _ = writeln!(out, "# TYPE mailpin_{name} {kind}");
+}
+
+/// Renders every metric.
+pub async fn render_metrics(control: &Control) -> String {
+    let stats = control.stats().await;
+    let set = control.backends();
+    let mut out = String::with_capacity(4096);
+
+    header(
+        &mut out,
+        "sessions",
+        "gauge",
+        "Logged-in sessions by backend and protocol.",
+    );
+    for b in &set.backends {
+        for p in Protocol::ALL {
+            let n: u64 = stats
+                .iter()
+                .filter_map(|s| s.sessions.get(usize::from(b.id)))
+                .map(|per| u64::from(per[p.index()]))
+                .sum();
+            let _ = writeln!(
+                out,
+                "mailpin_sessions{{backend=\"{}\",protocol=\"{}\"}} {n}",
+                escape_label(&b.name),
+                p.as_str()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "assignments",
+        "gauge",
+        "Users assigned to each backend.",
+    );
+    for b in &set.backends {
+        let n: u64 = stats
+            .iter()
+            .filter_map(|s| s.users.get(usize::from(b.id)))
+            .map(|n| u64::from(*n))
+            .sum();
+        let _ = writeln!(
+            out,
+            "mailpin_assignments{{backend=\"{}\"}} {n}",
+            escape_label(&b.name)
+        );
+    }
+    header(
+        &mut out,
+        "backend_routable",
+        "gauge",
+        "1 if the backend takes new users.",
+    );
+    for b in &set.backends {
+        let _ = writeln!(
+            out,
+            "mailpin_backend_routable{{backend=\"{}\"}} {}",
+            escape_label(&b.name),
+            u8::from(b.routable())
+        );
+    }
+    header(
+        &mut out,
+        "backend_healthy",
+        "gauge",
+        "1 if the backend passes its health checks.",
+    );
+    for b in &set.backends {
+        let up = u8::from(b.health == Health::Healthy);
+        let _ = writeln!(
+            out,
+            "mailpin_backend_healthy{{backend=\"{}\"}} {up}",
+            escape_label(&b.name)
+        );
+    }
+    header(
+        &mut out,
+        "connections",
+        "gauge",
+        "Open client connections per core.",
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "mailpin_connections{{core=\"{}\"}} {}",
+            s.core, s.connections
+        );
+    }
+    header(
+        &mut out,
+        "connections_accepted_total",
+        "counter",
+        "Client connections accepted per core.",
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "mailpin_connections_accepted_total{{core=\"{}\"}} {}",
+            s.core, s.accepted
+        );
+    }
+    header(&mut out, "logins_total", "counter", "Logins by outcome.");
+    for (i, o) in LoginOutcome::ALL.iter().enumerate() {
+        let n: u64 = stats.iter().map(|s| s.logins[i]).sum();
+        let _ = writeln!(
+            out,
+            "mailpin_logins_total{{outcome=\"{}\"}} {n}",
+            o.as_str()
+        );
+    }
+    header(
+        &mut out,
+        "login_duration_seconds",
+        "histogram",
+        "Time from a login command to the backend's answer.",
+    );
+    let mut cumulative = 0u64;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += stats
+            .iter()
+            .map(|s| s.latency.get(i).copied().unwrap_or(0))
+            .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "mailpin_login_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += stats
+        .iter()
+        .map(|s| s.latency.get(LATENCY_BUCKETS.len()).copied().unwrap_or(0))
+        .sum::<u64>();
+    let _ = writeln!(
+        out,
+        "mailpin_login_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let sum_us: u64 = stats.iter().map(|s| s.latency_sum_us).sum();
+    let _ = writeln!(
+        out,
+        "mailpin_login_duration_seconds_sum {}",
+        sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "mailpin_login_duration_seconds_count {cumulative}");
+    header(
+        &mut out,
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes by result.",
+    );
+    let ok: u64 = stats.iter().map(|s| s.tls_ok).sum();
+    let failed: u64 = stats.iter().map(|s| s.tls_failed).sum();
+    let _ = writeln!(out, "mailpin_tls_handshakes_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(
+        out,
+        "mailpin_tls_handshakes_total{{result=\"failed\"}} {failed}"
+    );
+    header(
+        &mut out,
+        "kicks_total",
+        "counter",
+        "Sessions closed by the director (admin kicks, moves, backends going down).",
+    );
+    let _ = writeln!(
+        out,
+        "mailpin_kicks_total {}",
+        stats.iter().map(|s| s.kicks).sum::<u64>()
+    );
+    header(
+        &mut out,
+        "moves_total",
+        "counter",
+        "Users moved by admin move or flush.",
+    );
+    let _ = writeln!(out, "mailpin_moves_total {}", control.moves());
+    header(
+        &mut out,
+        "health_flips_total",
+        "counter",
+        "Backend health state changes.",
+    );
+    let _ = writeln!(out, "mailpin_health_flips_total {}", control.health_flips());
+    header(
+        &mut out,
+        "state_version",
+        "gauge",
+        "Version of the backend state.",
+    );
+    let _ = writeln!(out, "mailpin_state_version {}", set.version);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+    }
+}

@@ -1,0 +1,114 @@
+//! The control plane: one thread, off the data path, that owns backend
+//! state, runs the health checks and serves the admin API.
+//!
+//! Cores tell it about unreachable backends through its mailbox; it tells
+//! the cores about every change through theirs. It has its own monoio
+//! runtime so checks and admin requests are as asynchronous as the cores,
+//! yet a slow check or a slow admin client never delays a mail session.
+
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use tracing::{debug, warn};
+
+use crate::admin;
+use crate::health::checker::check_loop;
+use crate::route::backends::{BackendId, BackendSet};
+use crate::runtime::core::{CoreMsg, Shared};
+use crate::runtime::mailbox::{Mailbox, MailboxSender};
+use crate::runtime::{run_runtime, StartError};
+
+pub mod state;
+
+use state::Control;
+
+/// Messages to the control plane.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// A client login could not connect to a backend.
+    Unreachable {
+        /// The backend.
+        backend: BackendId,
+        /// What went wrong.
+        error: String,
+    },
+    /// Stop.
+    Shutdown,
+}
+
+/// The running control plane.
+pub struct ControlPlane {
+    tx: MailboxSender<ControlMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Stops the control thread and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.tx.send(ControlMsg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the control thread: health checks for every backend and the
+/// admin API on an already bound listener.
+pub fn start(
+    shared: Arc<Shared>,
+    set: Arc<BackendSet>,
+    cores: Vec<MailboxSender<CoreMsg>>,
+    tx: MailboxSender<ControlMsg>,
+    mailbox: Mailbox<ControlMsg>,
+    admin_listener: std::net::TcpListener,
+) -> Result<ControlPlane, StartError> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let driver = shared.config.server.driver;
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let main = async move {
+                let n = set.backends.len();
+                let (wakers, wake_rxs): (Vec<_>, Vec<_>) = (0..n)
+                    .map(|_| local_sync::mpsc::unbounded::channel())
+                    .unzip();
+                let control = std::rc::Rc::new(Control::new(shared, set, cores, wakers));
+                for (i, rx) in wake_rxs.into_iter().enumerate() {
+                    if let Ok(id) = BackendId::try_from(i) {
+                        monoio::spawn(check_loop(control.clone(), id, rx));
+                    }
+                }
+                match monoio::net::TcpListener::from_std(admin_listener) {
+                    Ok(l) => {
+                        monoio::spawn(admin::serve(control.clone(), l));
+                    }
+                    Err(e) => warn!(error = %e, "admin API unavailable"),
+                }
+                while let Some(msg) = mailbox.recv().await {
+                    match msg {
+                        ControlMsg::Unreachable { backend, error } => {
+                            control.unreachable(backend, error)
+                        }
+                        ControlMsg::Shutdown => break,
+                    }
+                }
+                debug!("control plane stopped");
+            };
+            run_runtime(driver, "control", ready_tx, main);
+        })
+        .map_err(|e| StartError(format!("cannot start the control thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(ControlPlane {
+            tx,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => Err(StartError(e)),
+        Err(_) => Err(StartError("the control thread died while starting".into())),
+    }
+}

@@ -1,0 +1,321 @@
+//! The control plane's state: the authoritative backend states, and every
+//! operation that changes them or asks the cores.
+//!
+//! Only the control thread touches this. A change builds a new
+//! [`BackendSet`] with a higher version and sends it to every core in the
+//! same order, so all cores apply the same changes in the same sequence.
+//! Questions to the cores (statistics, a user's assignment) and the steps of
+//! a safe move travel through the cores' mailboxes and come back on
+//! one-shot channels, awaited here, never on a core.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::health::tracker::HealthTracker;
+use crate::route::backends::{AdminState, BackendId, BackendSet, Health};
+use crate::route::router::owner_of;
+use crate::route::shard::Assignment;
+use crate::runtime::core::{CoreMsg, Shared};
+use crate::runtime::mailbox::MailboxSender;
+use crate::runtime::sessions::KickReason;
+use crate::runtime::stats::CoreStats;
+
+/// How long a move waits for the user's sessions to close before it
+/// assigns anyway (the held logins wait no longer than this either).
+pub const MOVE_KICK_LIMIT: Duration = Duration::from_secs(2);
+
+/// At most this many users are moved at once by a flush, so their clients
+/// do not all reconnect in one storm.
+pub const FLUSH_PARALLEL: usize = 32;
+
+/// The control plane.
+pub struct Control {
+    /// The process-wide configuration.
+    pub shared: Arc<Shared>,
+    set: RefCell<Arc<BackendSet>>,
+    trackers: RefCell<Vec<HealthTracker>>,
+    last_error: RefCell<Vec<Option<String>>>,
+    cores: Vec<MailboxSender<CoreMsg>>,
+    check_now: Vec<local_sync::mpsc::unbounded::Tx<()>>,
+    started: Instant,
+    health_flips: Cell<u64>,
+    moves: Cell<u64>,
+}
+
+impl Control {
+    /// The control plane over `set`, talking to `cores`; `check_now[i]`
+    /// wakes backend `i`'s checker early.
+    pub fn new(
+        shared: Arc<Shared>,
+        set: Arc<BackendSet>,
+        cores: Vec<MailboxSender<CoreMsg>>,
+        check_now: Vec<local_sync::mpsc::unbounded::Tx<()>>,
+    ) -> Control {
+        let h = &shared.config.health;
+        let trackers = set
+            .backends
+            .iter()
+            .map(|_| HealthTracker::new(h.fall, h.rise))
+            .collect();
+        let n = set.backends.len();
+        Control {
+            shared,
+            set: RefCell::new(set),
+            trackers: RefCell::new(trackers),
+            last_error: RefCell::new(vec![None; n]),
+            cores,
+            check_now,
+            started: Instant::now(),
+            health_flips: Cell::new(0),
+            moves: Cell::new(0),
+        }
+    }
+
+    /// The current backend snapshot.
+    pub fn backends(&self) -> Arc<BackendSet> {
+        self.set.borrow().clone()
+    }
+
+    /// Seconds since the control plane started.
+    pub fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// How many cores serve.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Health state flips since start.
+    pub fn health_flips(&self) -> u64 {
+        self.health_flips.get()
+    }
+
+    /// Users moved (admin move and flush) since start.
+    pub fn moves(&self) -> u64 {
+        self.moves.get()
+    }
+
+    /// The last failure of a backend's checks, if its last check failed.
+    pub fn last_error(&self, id: BackendId) -> Option<String> {
+        self.last_error
+            .borrow()
+            .get(usize::from(id))
+            .cloned()
+            .flatten()
+    }
+
+    fn publish(&self, next: BackendSet) {
+        let next = Arc::new(next);
+        *self.set.borrow_mut() = next.clone();
+        for core in &self.cores {
+            let _ = core.send(CoreMsg::Backends(next.clone()));
+        }
+    }
+
+    /// Feeds one check result (active or passive) into a backend's state.
+    pub fn health_result(&self, id: BackendId, result: Result<(), String>) {
+        let i = usize::from(id);
+        let ok = result.is_ok();
+        if let Some(slot) = self.last_error.borrow_mut().get_mut(i) {
+            *slot = result.err();
+        }
+        let flip = self
+            .trackers
+            .borrow_mut()
+            .get_mut(i)
+            .and_then(|t| t.record(ok));
+        let Some(health) = flip else { return };
+        self.health_flips.set(self.health_flips.get() + 1);
+        let set = self.backends();
+        let name = set.get(id).map(|b| b.name.clone()).unwrap_or_default();
+        match health {
+            Health::Unhealthy => warn!(
+                backend = &*name,
+                error = self.last_error(id).unwrap_or_default(),
+                "backend down: moving its users"
+            ),
+            Health::Healthy => info!(backend = &*name, "backend up"),
+        }
+        self.publish(set.with_change(id, |b| b.health = health));
+    }
+
+    /// A client login could not reach `id`: count it now and check again
+    /// at once instead of at the next interval.
+    pub fn unreachable(&self, id: BackendId, error: String) {
+        if self
+            .backends()
+            .get(id)
+            .is_some_and(|b| b.health == Health::Unhealthy)
+        {
+            return;
+        }
+        self.health_result(id, Err(format!("client login: {error}")));
+        if let Some(tx) = self.check_now.get(usize::from(id)) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Sets a backend's admin state. Down ends its sessions (every core
+    /// does so on applying the new snapshot) and frees its users.
+    pub fn set_admin(&self, id: BackendId, state: AdminState) {
+        let set = self.backends();
+        if set.get(id).is_some_and(|b| b.admin != state) {
+            info!(
+                backend = set.get(id).map(|b| &*b.name).unwrap_or(""),
+                ?state,
+                "admin state"
+            );
+            self.publish(set.with_change(id, |b| b.admin = state));
+        }
+    }
+
+    /// Sends a request to every core and gathers the answers.
+    async fn ask_all<T>(&self, make: impl Fn(flume::Sender<T>) -> CoreMsg) -> Vec<T> {
+        let mut waits = Vec::with_capacity(self.cores.len());
+        for core in &self.cores {
+            let (tx, rx) = flume::bounded(1);
+            if core.send(make(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            if let Ok(v) = rx.recv_async().await {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Sends a request to one core and awaits its answer.
+    async fn ask<T>(
+        &self,
+        core: usize,
+        make: impl FnOnce(flume::Sender<T>) -> CoreMsg,
+    ) -> Option<T> {
+        let (tx, rx) = flume::bounded(1);
+        self.cores.get(core)?.send(make(tx)).ok()?;
+        rx.recv_async().await.ok()
+    }
+
+    fn owner(&self, key: &str) -> usize {
+        owner_of(key, self.cores.len())
+    }
+
+    /// Every core's counters.
+    pub async fn stats(&self) -> Vec<CoreStats> {
+        self.ask_all(|reply| CoreMsg::Stats { reply }).await
+    }
+
+    /// The assignment of a user key, from its owner core.
+    pub async fn lookup(&self, key: &str) -> Option<Assignment> {
+        self.ask(self.owner(key), |reply| CoreMsg::Lookup {
+            key: key.into(),
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
+    /// Ends every session of `key` on every core; returns how many, once
+    /// all have closed (or [`MOVE_KICK_LIMIT`] passed).
+    pub async fn kick_user(&self, key: &str) -> usize {
+        let kicks = self.ask_all(|done| CoreMsg::KickUser {
+            key: key.into(),
+            reason: KickReason::Admin,
+            done,
+        });
+        bounded(MOVE_KICK_LIMIT, kicks)
+            .await
+            .map_or(0, |v| v.iter().sum())
+    }
+
+    /// A safe move: hold the user's new logins, close its sessions
+    /// everywhere, then assign it to `to` (or drop the assignment, so its
+    /// next login goes to its first-ranked routable backend), then let the
+    /// held logins through. Returns the sessions closed.
+    pub async fn move_user(&self, key: &str, to: Option<BackendId>) -> usize {
+        let owner = self.owner(key);
+        self.ask(owner, |done| CoreMsg::Hold {
+            key: key.into(),
+            done,
+        })
+        .await;
+        let closed = self.kick_user(key).await;
+        self.ask(owner, |done| CoreMsg::Unhold {
+            key: key.into(),
+            assign: to,
+            done,
+        })
+        .await;
+        self.moves.set(self.moves.get() + 1);
+        closed
+    }
+
+    /// Drops every assignment to `backend` safely, a bounded number of
+    /// users at a time; returns (users moved, sessions closed).
+    pub async fn flush(&self, backend: BackendId) -> (usize, usize) {
+        let users: Vec<Box<str>> = self
+            .ask_all(|reply| CoreMsg::UsersOn { backend, reply })
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut closed = 0;
+        for batch in users.chunks(FLUSH_PARALLEL) {
+            let moves = batch.iter().map(|k| self.move_user(k, None));
+            for n in join_all(moves).await {
+                closed += n;
+            }
+        }
+        info!(backend, users = users.len(), sessions = closed, "flushed");
+        (users.len(), closed)
+    }
+
+    /// Sessions logged in, over all cores.
+    pub async fn session_count(&self) -> u64 {
+        self.stats()
+            .await
+            .iter()
+            .flat_map(|s| s.sessions.iter())
+            .map(|per_proto| per_proto.iter().map(|n| u64::from(*n)).sum::<u64>())
+            .sum()
+    }
+}
+
+/// Runs `f` with a time limit; `None` if it did not finish.
+async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
+    monoio::time::timeout(limit, f).await.ok()
+}
+
+/// Awaits all futures concurrently (they run on this one thread).
+async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.map(|f| Box::pin(f)).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Poll all of them together: each gets its turn whenever it is woken.
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> =
+        handles.into_iter().enumerate().collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                results[*i] = Some(v);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}

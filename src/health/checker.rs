@@ -1,0 +1,93 @@
+//! The active checker of one backend: a loop on the control thread.
+//!
+//! Checks run on the control plane's own thread and runtime, never on a
+//! core: a slow or black-holed backend then costs the data path nothing,
+//! and every result goes through the one place that owns backend state.
+//! The interval gets ±10 % jitter so the checks of many directors and
+//! backends do not synchronise; a passive failure wakes the loop at once.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::Protocol;
+use crate::control::state::Control;
+use crate::health::check::{run_check, CheckLogin};
+use crate::route::backends::BackendId;
+
+/// A small xorshift generator for jitter (no need for a crypto RNG).
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `base` ±10 %.
+    fn around(&mut self, base: Duration) -> Duration {
+        let spread = base.as_micros() as u64 / 5;
+        if spread == 0 {
+            return base;
+        }
+        let offset = self.next() % spread;
+        base - Duration::from_micros(spread / 2) + Duration::from_micros(offset)
+    }
+}
+
+/// Checks backend `id` forever, feeding results to `control`.
+pub async fn check_loop(
+    control: Rc<Control>,
+    id: BackendId,
+    mut wake: local_sync::mpsc::unbounded::Rx<()>,
+) {
+    let health = control.shared.config.health.clone();
+    let login = match (&health.login_user, &health.login_password) {
+        (Some(user), Some(password)) => Some(CheckLogin {
+            user: user.clone(),
+            password: password.expose().to_string(),
+        }),
+        _ => None,
+    };
+    let Some(addr) = control.backends().get(id).map(|b| b.addr(Protocol::Imap)) else {
+        return;
+    };
+    let mut jitter =
+        Jitter(0x9E37_79B9_7F4A_7C15 ^ (u64::from(id) + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    loop {
+        let result = match monoio::time::timeout(
+            health.timeout,
+            run_check(health.check, Protocol::Imap, addr, login.as_ref()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+        };
+        control.health_result(id, result);
+        let pause = jitter.around(health.interval);
+        monoio::select! {
+            _ = monoio::time::sleep(pause) => {}
+            _ = wake.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut j = Jitter(42);
+        let base = Duration::from_millis(500);
+        for _ in 0..10_000 {
+            let d = j.around(base);
+            assert!(
+                d >= Duration::from_millis(450) && d <= Duration::from_millis(550),
+                "{d:?}"
+            );
+        }
+    }
+}

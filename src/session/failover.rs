@@ -1,0 +1,94 @@
+//! Routing a login, with failover inside the same client login.
+//!
+//! A login asks the router for the user's backend and tries it. When the
+//! backend cannot be reached (connect refused or timed out, no greeting),
+//! the session tells the control plane at once — a passive health
+//! observation, which also triggers an immediate active check — then waits,
+//! bounded, until the backend is declared unable to keep users, and asks the
+//! router again: the user's new assignment. The client sees a successful
+//! login, not an error. A backend that stays healthy in the control plane's
+//! eyes (one bad connection) ends the login with the protocol's
+//! "unavailable" answer instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::backend::BackendError;
+use crate::route::backends::{BackendId, BackendSet};
+use crate::route::router::RouteError;
+use crate::runtime::core::Core;
+
+/// Backends one login tries at most.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The routing state of one login.
+pub struct Failover<'a> {
+    core: &'a Core,
+    key: &'a str,
+    attempts: u32,
+}
+
+impl<'a> Failover<'a> {
+    /// Starts routing a login of `key`.
+    pub fn new(core: &'a Core, key: &'a str) -> Failover<'a> {
+        Failover {
+            core,
+            key,
+            attempts: 0,
+        }
+    }
+
+    /// The backend to try next (its session is counted), with the snapshot
+    /// it was chosen from.
+    pub async fn next_backend(&mut self) -> Result<(BackendId, Arc<BackendSet>), RouteError> {
+        self.attempts += 1;
+        let id = self.core.router.acquire(self.key).await?;
+        let set = self.core.router.backends();
+        if set.get(id).is_none() {
+            self.core.router.release(self.key, id);
+            return Err(RouteError::NoBackend);
+        }
+        tracing::Span::current().record("backend", set.get(id).map_or("", |b| &*b.name));
+        Ok((id, set))
+    }
+
+    /// The attempt on `id` failed with `error`: releases its count, and
+    /// says whether to try again (after the backend was declared down).
+    pub async fn failed(&mut self, id: BackendId, error: &BackendError) -> bool {
+        self.core.router.release(self.key, id);
+        let name = self
+            .core
+            .router
+            .backends()
+            .get(id)
+            .map(|b| b.name.to_string())
+            .unwrap_or_default();
+        warn!(backend = %name, error = %error, "backend unavailable");
+        if !error.is_unreachable() || self.attempts >= MAX_ATTEMPTS {
+            return false;
+        }
+        self.core.report_unreachable(id, error.to_string());
+        let health = &self.core.shared.config.health;
+        let limit =
+            health.timeout + health.interval * health.fall.max(1) + Duration::from_millis(500);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if !self
+                .core
+                .router
+                .backends()
+                .get(id)
+                .is_some_and(|b| b.keeps_users())
+            {
+                info!(backend = %name, "backend declared down, trying the user's next backend");
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.core.wait_backend_change(left).await {
+                return false;
+            }
+        }
+    }
+}
