@@ -128,12 +128,12 @@ async fn echo<C: ReadSide + WriteSide>(c: &mut C) -> std::io::Result<u64> {
 }
 
 /// Accepts TLS and echoes; returns the negotiated version and handshake kind.
+/// What the echo server reports: the negotiated version and handshake kind.
+type SessionInfo = (Option<ProtocolVersion>, Option<HandshakeKind>);
+
 fn echo_server(
     config: Arc<ServerConfig>,
-) -> (
-    SocketAddr,
-    JoinHandle<std::io::Result<(Option<ProtocolVersion>, Option<HandshakeKind>)>>,
-) {
+) -> (SocketAddr, JoinHandle<std::io::Result<SessionInfo>>) {
     serve_one(move |tcp| async move {
         let mut stream = tls::accept(tcp, &config, HANDSHAKE_TIMEOUT).await?;
         let info = stream.with_connection(|c| (c.protocol_version(), c.handshake_kind()));

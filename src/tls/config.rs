@@ -208,3 +208,66 @@ pub fn server_config(
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::DevCert;
+
+    #[test]
+    fn missing_certificate_file_names_the_path() {
+        let err = server_config_from_pem_files(
+            Path::new("/nonexistent/mailpin-cert.pem"),
+            Path::new("/nonexistent/mailpin-key.pem"),
+            TlsSettings::default(),
+        )
+        .expect_err("no such file");
+        assert!(matches!(err, TlsConfigError::ReadCert { .. }));
+        assert!(err.to_string().contains("/nonexistent/mailpin-cert.pem"));
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_refused() {
+        let one = DevCert::generate().expect("cert");
+        let other = DevCert::generate().expect("cert");
+        let err = server_config_from_pem(
+            one.cert_pem.as_bytes(),
+            other.key_pem.as_bytes(),
+            TlsSettings::default(),
+        )
+        .expect_err("mismatched key");
+        assert!(matches!(err, TlsConfigError::Rustls(_)));
+    }
+
+    #[test]
+    fn pem_without_certificate_is_refused() {
+        let dev = DevCert::generate().expect("cert");
+        let err = server_config_from_pem(
+            dev.key_pem.as_bytes(),
+            dev.key_pem.as_bytes(),
+            TlsSettings::default(),
+        )
+        .expect_err("no certificate");
+        assert!(matches!(err, TlsConfigError::NoCertificate { .. }));
+    }
+
+    #[test]
+    fn both_providers_build_with_tickets() {
+        let dev = DevCert::generate().expect("cert");
+        for provider in [Provider::AwsLcRs, Provider::Ring] {
+            for min_version in [MinVersion::Tls12, MinVersion::Tls13] {
+                let settings = TlsSettings {
+                    min_version,
+                    provider,
+                };
+                let config = server_config_from_pem(
+                    dev.cert_pem.as_bytes(),
+                    dev.key_pem.as_bytes(),
+                    settings,
+                )
+                .expect("config");
+                assert!(config.ticketer.enabled());
+            }
+        }
+    }
+}
