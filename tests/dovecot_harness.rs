@@ -16,8 +16,8 @@ use support::dovecot::user_name;
 use support::loopback::{candidate, LoopbackLease};
 use support::procs;
 use support::{
-    require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions,
-    InteractiveClient, LineClient, TlsFiles,
+    require_dovecot, require_tool, run_client, DovecotCluster, DovecotOptions, InteractiveClient,
+    LineClient, TlsFiles,
 };
 
 /// Upper bound for any one client run or poll in these tests.
@@ -67,9 +67,15 @@ fn held_sessions_show_in_who_on_their_backend_only() {
         .wait_for_who("user0001", "imap", 3, LIMIT)
         .expect("three sessions on the first backend");
     assert_eq!(second.who_count("user0001", "imap"), 0);
-    assert!(second.who().is_empty(), "second backend: {:?}", second.who());
+    assert!(
+        second.who().is_empty(),
+        "second backend: {:?}",
+        second.who()
+    );
 
-    client.send_line("done").expect("tell the client to log out");
+    client
+        .send_line("done")
+        .expect("tell the client to log out");
     let output = client.finish(LIMIT);
     assert!(output.success(), "client failed: {output:?}");
     let summary = output.summary_line().expect("a JSON summary");
@@ -132,7 +138,10 @@ fn lmtp_delivery_on_one_backend_is_read_on_another() {
     step(Some("MAIL FROM:<sender@example.org>"), "250");
     step(Some("RCPT TO:<user0003>"), "250");
     step(Some("DATA"), "354");
-    step(Some("Subject: by lmtp\r\n\r\ndelivered over lmtp\r\n."), "250");
+    step(
+        Some("Subject: by lmtp\r\n\r\ndelivered over lmtp\r\n."),
+        "250",
+    );
     step(Some("QUIT"), "221");
 
     let mut reader = imap_login(cluster.instance(0).imap_addr(), "user0003", "pass");
@@ -153,7 +162,13 @@ fn wrong_password_gets_no_and_is_never_printed() {
     let password = "Wrong-Secret-4711";
     let args = client_args(
         cluster.instance(0).addr(),
-        &["--user", "user0001", "--password", password, "--expect-fail"],
+        &[
+            "--user",
+            "user0001",
+            "--password",
+            password,
+            "--expect-fail",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert!(output.success(), "expected a refused login: {output:?}");
@@ -163,12 +178,26 @@ fn wrong_password_gets_no_and_is_never_printed() {
         output.stdout
     );
     assert!(!output.stdout.contains(password) && !output.stderr.contains(password));
+    cluster
+        .instance(0)
+        .wait_for_log("Password mismatch", LIMIT)
+        .expect("the failure logged");
     assert!(!cluster.instance(0).log().contains(password));
 
-    // The same client without --expect-fail reports the failure.
+    // The same client without --expect-fail reports the failure. Another
+    // client address: Dovecot's auth penalty would delay 127.0.0.1 now.
     let args = client_args(
         cluster.instance(0).addr(),
-        &["--user", "user0001", "--password", password, "--hold", "0"],
+        &[
+            "--user",
+            "user0001",
+            "--password",
+            password,
+            "--id",
+            "x-originating-ip=192.0.2.80",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert_eq!(output.code, Some(1), "{output:?}");
@@ -201,13 +230,24 @@ fn literal_login_and_authenticate_plain_work() {
 
     let plain = client_args(
         addr,
-        &["--users", "2", "--sessions", "2", "--auth", "plain", "--hold", "0"],
+        &[
+            "--users",
+            "2",
+            "--sessions",
+            "2",
+            "--auth",
+            "plain",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&plain), LIMIT);
     assert!(output.success(), "AUTHENTICATE PLAIN: {output:?}");
     assert!(output.stdout.starts_with("READY 4"), "{}", output.stdout);
-    let log = cluster.instance(0).log();
-    assert!(log.contains("user=<user0002>, method=PLAIN"), "log: {log}");
+    cluster
+        .instance(0)
+        .wait_for_log("user=<user0002>, method=PLAIN", LIMIT)
+        .expect("AUTHENTICATE PLAIN login logged");
 }
 
 #[test]
@@ -231,11 +271,13 @@ fn forwarded_client_address_reaches_the_log() {
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert!(output.success(), "{output:?}");
-    let log = cluster.instance(0).log();
-    assert!(
-        log.contains("user=<user0004>, method=PLAIN, rip=192.0.2.44, rport=40044"),
-        "log: {log}"
-    );
+    cluster
+        .instance(0)
+        .wait_for_log(
+            "user=<user0004>, method=PLAIN, rip=192.0.2.44, rport=40044",
+            LIMIT,
+        )
+        .expect("the forwarded address in the login line");
 }
 
 #[test]
@@ -262,11 +304,12 @@ fn proxy_v2_header_sets_the_client_address() {
     assert!(client.read_line().expect("greeting").starts_with("* OK"));
     let reply = client.imap("LOGIN user0005 pass").expect("LOGIN");
     assert!(reply.is_ok(), "{}", reply.status);
-    let log = backend.log();
-    assert!(
-        log.contains("user=<user0005>, method=PLAIN, rip=192.0.2.55, rport=40055"),
-        "log: {log}"
-    );
+    backend
+        .wait_for_log(
+            "user=<user0005>, method=PLAIN, rip=192.0.2.55, rport=40055",
+            LIMIT,
+        )
+        .expect("the PROXY source address in the login line");
 }
 
 #[test]
@@ -286,7 +329,11 @@ fn kill_hard_refuses_connections_and_restart_serves_again() {
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     assert!(TcpStream::connect(cluster.instance(0).lmtp_addr()).is_err());
     // The other backend is untouched.
-    drop(imap_login(cluster.instance(1).imap_addr(), "user0006", "pass"));
+    drop(imap_login(
+        cluster.instance(1).imap_addr(),
+        "user0006",
+        "pass",
+    ));
     drop(held);
 
     cluster.instance_mut(0).restart();
@@ -362,11 +409,24 @@ fn starttls_and_implicit_tls_clients_verify_the_certificate() {
     // A name the certificate does not carry fails verification.
     let args = client_args(
         backend.addr(),
-        &["--mode", "starttls", "--cafile", cafile.as_str(), "--user", "user0001", "--hold", "0"],
+        &[
+            "--mode",
+            "starttls",
+            "--cafile",
+            cafile.as_str(),
+            "--user",
+            "user0001",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert_eq!(output.code, Some(1), "{output:?}");
-    assert!(output.stdout.contains("CERTIFICATE_VERIFY_FAILED"), "{}", output.stdout);
+    assert!(
+        output.stdout.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        output.stdout
+    );
 }
 
 #[test]
@@ -408,7 +468,13 @@ fn who_output_is_parsed_robustly() {
                   garbage line\n\n";
     let entries = support::dovecot::parse_who(output);
     assert_eq!(entries.len(), 2);
-    assert_eq!(support::dovecot::sessions_of(&entries, "user0001", "imap"), 2);
-    assert_eq!(support::dovecot::sessions_of(&entries, "user0001", "pop3"), 1);
+    assert_eq!(
+        support::dovecot::sessions_of(&entries, "user0001", "imap"),
+        2
+    );
+    assert_eq!(
+        support::dovecot::sessions_of(&entries, "user0001", "pop3"),
+        1
+    );
     assert_eq!(user_name(7), "user0007");
 }

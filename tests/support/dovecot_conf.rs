@@ -50,7 +50,11 @@ pub struct ConfigInputs<'a> {
 /// Renders the whole configuration file.
 pub fn render(inputs: &ConfigInputs) -> String {
     let mut conf = String::new();
-    let haproxy = if inputs.haproxy { "    haproxy = yes\n" } else { "" };
+    let haproxy = if inputs.haproxy {
+        "    haproxy = yes\n"
+    } else {
+        ""
+    };
     let (ssl, tls_port, pop3s_port) = match inputs.tls {
         Some(files) => (
             format!(

@@ -12,7 +12,12 @@ const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 /// True when the tests run on CI, where a missing tool is a failure.
 pub fn on_ci() -> bool {
     env::var("CI")
-        .map(|value| matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+        .map(|value| {
+            matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes"
+            )
+        })
         .unwrap_or(false)
 }
 
