@@ -478,3 +478,74 @@ fn who_output_is_parsed_robustly() {
     );
     assert_eq!(user_name(7), "user0007");
 }
+
+#[test]
+fn missing_tool_skips_off_ci() {
+    assert!(support::tools::tool_path("mailpin-no-such-tool-x9").is_none());
+    assert!(!support::tools::skip_or_fail_on(
+        "mailpin-no-such-tool-x9 not installed",
+        false
+    ));
+    assert!(support::tools::tool_path("sh").is_some());
+}
+
+#[test]
+#[should_panic(expected = "CI=true: run scripts/install-test-deps")]
+fn missing_tool_fails_on_ci() {
+    support::tools::skip_or_fail_on("mailpin-no-such-tool-x9 not installed", true);
+}
+
+/// Reads ManageSieve lines up to the final OK, NO or BYE and returns it.
+fn read_until_ok(sieve: &mut LineClient) -> String {
+    loop {
+        let line = sieve.read_line().expect("ManageSieve line");
+        if line.starts_with("OK") || line.starts_with("NO") || line.starts_with("BYE") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn pop3_and_managesieve_log_in_and_store_scripts_in_the_home() {
+    use base64::Engine as _;
+    if !require_dovecot() {
+        return;
+    }
+    let cluster = DovecotCluster::start(1, DovecotOptions::default());
+    let backend = cluster.instance(0);
+
+    let mut pop3 = LineClient::connect(backend.pop3_addr()).expect("connect POP3");
+    assert!(pop3.read_line().expect("POP3 greeting").starts_with("+OK"));
+    pop3.send_line("USER user0007").expect("USER");
+    assert!(pop3.read_line().expect("USER reply").starts_with("+OK"));
+    pop3.send_line("PASS pass").expect("PASS");
+    let reply = pop3.read_line().expect("PASS reply");
+    assert!(reply.starts_with("+OK"), "PASS: {reply}");
+    backend
+        .wait_for_who("user0007", "pop3", 1, LIMIT)
+        .expect("the POP3 session in doveadm who");
+
+    let mut sieve = LineClient::connect(backend.sieve_addr()).expect("connect ManageSieve");
+    assert!(read_until_ok(&mut sieve).starts_with("OK"), "greeting");
+    let credentials = base64::engine::general_purpose::STANDARD.encode("\0user0008\0pass");
+    sieve
+        .send_line(&format!("AUTHENTICATE \"PLAIN\" \"{credentials}\""))
+        .expect("AUTHENTICATE");
+    let reply = read_until_ok(&mut sieve);
+    assert!(reply.starts_with("OK"), "AUTHENTICATE: {reply}");
+    let script = "keep;\r\n";
+    sieve
+        .send_line(&format!(
+            "PUTSCRIPT \"harness\" {{{}+}}\r\n{script}",
+            script.len()
+        ))
+        .expect("PUTSCRIPT");
+    let reply = read_until_ok(&mut sieve);
+    assert!(reply.starts_with("OK"), "PUTSCRIPT: {reply}");
+    let stored = cluster
+        .store_dir()
+        .join("user0008")
+        .join("sieve")
+        .join("harness.sieve");
+    assert!(stored.is_file(), "{} missing", stored.display());
+}
