@@ -549,3 +549,36 @@ fn pop3_and_managesieve_log_in_and_store_scripts_in_the_home() {
         .join("harness.sieve");
     assert!(stored.is_file(), "{} missing", stored.display());
 }
+
+#[test]
+fn hundreds_of_sessions_fit_on_one_backend() {
+    if !tools_present() {
+        return;
+    }
+    let options = DovecotOptions {
+        users: 100,
+        ..DovecotOptions::default()
+    };
+    let cluster = DovecotCluster::start(1, options);
+    let backend = cluster.instance(0);
+    let args = client_args(backend.addr(), &["--users", "100", "--sessions", "3"]);
+    let mut client = InteractiveClient::spawn("imap_sessions.py", &as_strs(&args));
+    let ready = client
+        .wait_for_line("READY", Duration::from_secs(30))
+        .expect("client ready");
+    assert_eq!(ready, "READY 300");
+    let entries = backend
+        .wait_until_who(
+            "300 IMAP sessions",
+            |entries| entries.iter().map(|entry| entry.count).sum::<usize>() == 300,
+            LIMIT,
+        )
+        .expect("every session registered");
+    assert_eq!(entries.len(), 100, "one line per user");
+    assert!(entries
+        .iter()
+        .all(|entry| entry.count == 3 && entry.protocol == "imap"));
+    client.send_line("done").expect("release the client");
+    let output = client.finish(Duration::from_secs(30));
+    assert!(output.success(), "{output:?}");
+}

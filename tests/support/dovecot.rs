@@ -587,18 +587,34 @@ impl DovecotInstance {
         count: usize,
         limit: Duration,
     ) -> Result<(), String> {
+        self.wait_until_who(
+            &format!("{count} {protocol} session(s) of {user}"),
+            |entries| sessions_of(entries, user, protocol) == count,
+            limit,
+        )
+        .map(|_| ())
+    }
+
+    /// Polls `doveadm who` until `condition` holds for its entries, at most
+    /// `limit`, and returns those entries. `what` names the condition in
+    /// the error, which also shows the last answer seen.
+    pub fn wait_until_who(
+        &self,
+        what: &str,
+        condition: impl Fn(&[WhoEntry]) -> bool,
+        limit: Duration,
+    ) -> Result<Vec<WhoEntry>, String> {
         let deadline = Instant::now() + limit;
         loop {
             let seen = self.try_who();
             if let Ok(entries) = &seen {
-                if sessions_of(entries, user, protocol) == count {
-                    return Ok(());
+                if condition(entries) {
+                    return Ok(entries.clone());
                 }
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "instance {}: waited {limit:?} for {count} {protocol} session(s) of {user}; \
-                     last doveadm who: {seen:?}",
+                    "instance {}: waited {limit:?} for {what}; last doveadm who: {seen:?}",
                     self.index
                 ));
             }
