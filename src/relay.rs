@@ -205,22 +205,27 @@ mod tests {
     }
 
     #[monoio::test(driver = "uring", timer_enabled = true)]
-    async fn stop_future_ends_an_idle_relay() {
-        let (_client, client_side) = pair().await;
-        let (backend_side, _backend) = pair().await;
+    async fn stop_future_ends_an_idle_relay_with_a_goodbye() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
         let (tx, rx) = local_sync::oneshot::channel::<()>();
-        let relay_task = monoio::spawn(relay(
-            client_side,
-            backend_side,
-            vec![],
-            vec![],
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let stop = async move {
+            let _ = rx.await;
+            b"* BYE [UNAVAILABLE] bye\r\n".to_vec()
+        };
+        let relay_task = monoio::spawn(relay(client_side, backend_side, vec![], vec![], stop));
         tx.send(()).unwrap();
         let (end, stats) = relay_task.await;
         assert_eq!(end, RelayEnd::Stopped);
         assert_eq!(stats, RelayStats::default());
+        assert_eq!(
+            read_to_end(&mut client).await,
+            b"* BYE [UNAVAILABLE] bye\r\n"
+        );
+        assert_eq!(
+            read_to_end(&mut backend).await,
+            b"",
+            "the backend connection is closed"
+        );
     }
 }

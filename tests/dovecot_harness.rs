@@ -178,12 +178,26 @@ fn wrong_password_gets_no_and_is_never_printed() {
         output.stdout
     );
     assert!(!output.stdout.contains(password) && !output.stderr.contains(password));
+    cluster
+        .instance(0)
+        .wait_for_log("Password mismatch", LIMIT)
+        .expect("the failure logged");
     assert!(!cluster.instance(0).log().contains(password));
 
-    // The same client without --expect-fail reports the failure.
+    // The same client without --expect-fail reports the failure. Another
+    // client address: Dovecot's auth penalty would delay 127.0.0.1 now.
     let args = client_args(
         cluster.instance(0).addr(),
-        &["--user", "user0001", "--password", password, "--hold", "0"],
+        &[
+            "--user",
+            "user0001",
+            "--password",
+            password,
+            "--id",
+            "x-originating-ip=192.0.2.80",
+            "--hold",
+            "0",
+        ],
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert_eq!(output.code, Some(1), "{output:?}");
@@ -230,8 +244,10 @@ fn literal_login_and_authenticate_plain_work() {
     let output = run_client("imap_sessions.py", &as_strs(&plain), LIMIT);
     assert!(output.success(), "AUTHENTICATE PLAIN: {output:?}");
     assert!(output.stdout.starts_with("READY 4"), "{}", output.stdout);
-    let log = cluster.instance(0).log();
-    assert!(log.contains("user=<user0002>, method=PLAIN"), "log: {log}");
+    cluster
+        .instance(0)
+        .wait_for_log("user=<user0002>, method=PLAIN", LIMIT)
+        .expect("AUTHENTICATE PLAIN login logged");
 }
 
 #[test]
@@ -255,11 +271,13 @@ fn forwarded_client_address_reaches_the_log() {
     );
     let output = run_client("imap_sessions.py", &as_strs(&args), LIMIT);
     assert!(output.success(), "{output:?}");
-    let log = cluster.instance(0).log();
-    assert!(
-        log.contains("user=<user0004>, method=PLAIN, rip=192.0.2.44, rport=40044"),
-        "log: {log}"
-    );
+    cluster
+        .instance(0)
+        .wait_for_log(
+            "user=<user0004>, method=PLAIN, rip=192.0.2.44, rport=40044",
+            LIMIT,
+        )
+        .expect("the forwarded address in the login line");
 }
 
 #[test]
@@ -286,11 +304,12 @@ fn proxy_v2_header_sets_the_client_address() {
     assert!(client.read_line().expect("greeting").starts_with("* OK"));
     let reply = client.imap("LOGIN user0005 pass").expect("LOGIN");
     assert!(reply.is_ok(), "{}", reply.status);
-    let log = backend.log();
-    assert!(
-        log.contains("user=<user0005>, method=PLAIN, rip=192.0.2.55, rport=40055"),
-        "log: {log}"
-    );
+    backend
+        .wait_for_log(
+            "user=<user0005>, method=PLAIN, rip=192.0.2.55, rport=40055",
+            LIMIT,
+        )
+        .expect("the PROXY source address in the login line");
 }
 
 #[test]
@@ -458,4 +477,108 @@ fn who_output_is_parsed_robustly() {
         1
     );
     assert_eq!(user_name(7), "user0007");
+}
+
+#[test]
+fn missing_tool_skips_off_ci() {
+    assert!(support::tools::tool_path("mailpin-no-such-tool-x9").is_none());
+    assert!(!support::tools::skip_or_fail_on(
+        "mailpin-no-such-tool-x9 not installed",
+        false
+    ));
+    assert!(support::tools::tool_path("sh").is_some());
+}
+
+#[test]
+#[should_panic(expected = "CI=true: run scripts/install-test-deps")]
+fn missing_tool_fails_on_ci() {
+    support::tools::skip_or_fail_on("mailpin-no-such-tool-x9 not installed", true);
+}
+
+/// Reads ManageSieve lines up to the final OK, NO or BYE and returns it.
+fn read_until_ok(sieve: &mut LineClient) -> String {
+    loop {
+        let line = sieve.read_line().expect("ManageSieve line");
+        if line.starts_with("OK") || line.starts_with("NO") || line.starts_with("BYE") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn pop3_and_managesieve_log_in_and_store_scripts_in_the_home() {
+    use base64::Engine as _;
+    if !require_dovecot() {
+        return;
+    }
+    let cluster = DovecotCluster::start(1, DovecotOptions::default());
+    let backend = cluster.instance(0);
+
+    let mut pop3 = LineClient::connect(backend.pop3_addr()).expect("connect POP3");
+    assert!(pop3.read_line().expect("POP3 greeting").starts_with("+OK"));
+    pop3.send_line("USER user0007").expect("USER");
+    assert!(pop3.read_line().expect("USER reply").starts_with("+OK"));
+    pop3.send_line("PASS pass").expect("PASS");
+    let reply = pop3.read_line().expect("PASS reply");
+    assert!(reply.starts_with("+OK"), "PASS: {reply}");
+    backend
+        .wait_for_who("user0007", "pop3", 1, LIMIT)
+        .expect("the POP3 session in doveadm who");
+
+    let mut sieve = LineClient::connect(backend.sieve_addr()).expect("connect ManageSieve");
+    assert!(read_until_ok(&mut sieve).starts_with("OK"), "greeting");
+    let credentials = base64::engine::general_purpose::STANDARD.encode("\0user0008\0pass");
+    sieve
+        .send_line(&format!("AUTHENTICATE \"PLAIN\" \"{credentials}\""))
+        .expect("AUTHENTICATE");
+    let reply = read_until_ok(&mut sieve);
+    assert!(reply.starts_with("OK"), "AUTHENTICATE: {reply}");
+    let script = "keep;\r\n";
+    sieve
+        .send_line(&format!(
+            "PUTSCRIPT \"harness\" {{{}+}}\r\n{script}",
+            script.len()
+        ))
+        .expect("PUTSCRIPT");
+    let reply = read_until_ok(&mut sieve);
+    assert!(reply.starts_with("OK"), "PUTSCRIPT: {reply}");
+    let stored = cluster
+        .store_dir()
+        .join("user0008")
+        .join("sieve")
+        .join("harness.sieve");
+    assert!(stored.is_file(), "{} missing", stored.display());
+}
+
+#[test]
+fn hundreds_of_sessions_fit_on_one_backend() {
+    if !tools_present() {
+        return;
+    }
+    let options = DovecotOptions {
+        users: 100,
+        ..DovecotOptions::default()
+    };
+    let cluster = DovecotCluster::start(1, options);
+    let backend = cluster.instance(0);
+    let args = client_args(backend.addr(), &["--users", "100", "--sessions", "3"]);
+    let mut client = InteractiveClient::spawn("imap_sessions.py", &as_strs(&args));
+    let ready = client
+        .wait_for_line("READY", Duration::from_secs(30))
+        .expect("client ready");
+    assert_eq!(ready, "READY 300");
+    let entries = backend
+        .wait_until_who(
+            "300 IMAP sessions",
+            |entries| entries.iter().map(|entry| entry.count).sum::<usize>() == 300,
+            LIMIT,
+        )
+        .expect("every session registered");
+    assert_eq!(entries.len(), 100, "one line per user");
+    assert!(entries
+        .iter()
+        .all(|entry| entry.count == 3 && entry.protocol == "imap"));
+    client.send_line("done").expect("release the client");
+    let output = client.finish(Duration::from_secs(30));
+    assert!(output.success(), "{output:?}");
 }

@@ -15,8 +15,8 @@
 //!
 //! Each instance runs `dovecot -F` (foreground) as a child of the test
 //! process, with its own base_dir, state_dir, instance_name, log and
-//! config under one temp dir per cluster. Dropping the cluster stops every
-//! instance by PID and removes the temp dir. The master is started with a
+//! config under one temp dir per cluster. Dropping the cluster kills every
+//! instance by PID (master and children) and removes the temp dir. The master is started with a
 //! parent-death signal (SIGTERM) bound to the *thread* that started it, so
 //! a test process killed by a timeout does not leave backends behind:
 //! start, restart and drop a cluster on the test's own thread.
@@ -54,6 +54,9 @@ pub const DEFAULT_PASSWORD: &str = "pass";
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a graceful stop may take before the instance is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long the processes a stopped master leaves behind get after
+/// their SIGTERM.
+const CHILD_STOP_LIMIT: Duration = Duration::from_secs(2);
 /// How long killed processes may take to vanish.
 const KILL_LIMIT: Duration = Duration::from_secs(5);
 /// The PROXY v2 header of a LOCAL connection (health checks, readiness):
@@ -81,6 +84,13 @@ pub struct DovecotOptions {
     pub tls: Option<TlsFiles>,
     /// Dovecot's `auth_failure_delay`, whole seconds. Default zero so
     /// bad-password tests stay fast (Dovecot's own default is 2 s).
+    ///
+    /// Dovecot 2.3 also keeps an *auth penalty* per client address (in
+    /// anvil, not configurable): after one failed login from an address,
+    /// every later authentication from that address on that instance waits
+    /// 4 s or more, successful ones included. Tests that log in after a
+    /// failure should fail from another client address (ID
+    /// `x-originating-ip`, a PROXY header, or a director forwarding one).
     pub auth_failure_delay: Duration,
     /// How long an instance may take to greet after its start.
     pub ready_timeout: Duration,
@@ -219,9 +229,12 @@ impl DovecotCluster {
 }
 
 impl Drop for DovecotCluster {
+    /// Kills every instance (as [`DovecotInstance::kill_hard`]: a graceful
+    /// Dovecot shutdown takes about a second, and nothing of a test's
+    /// backends is needed afterwards), then the temp dir goes.
     fn drop(&mut self) {
         for instance in &mut self.instances {
-            instance.stop_quietly();
+            instance.kill_quietly();
         }
     }
 }
@@ -461,11 +474,36 @@ impl DovecotInstance {
     }
 
     /// The whole log file so far (empty if not yet written). Login lines
-    /// show the client address as `rip=`.
+    /// show the client address as `rip=`. Lines arrive asynchronously: to
+    /// assert that one appears, use [`wait_for_log`](Self::wait_for_log).
     pub fn log(&self) -> String {
         fs::read(&self.log_path)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Polls the log until it contains `needle`, at most `limit`. Dovecot's
+    /// log process writes asynchronously: a login line may land a moment
+    /// after the client saw OK, so assert on log lines through this. The
+    /// error carries the log's last lines.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!(
+                    "instance {}: no {needle:?} in the log within {limit:?}; last lines:\n{}",
+                    self.index,
+                    tail.join("\n")
+                ));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// The master's PID while it runs.
@@ -549,18 +587,34 @@ impl DovecotInstance {
         count: usize,
         limit: Duration,
     ) -> Result<(), String> {
+        self.wait_until_who(
+            &format!("{count} {protocol} session(s) of {user}"),
+            |entries| sessions_of(entries, user, protocol) == count,
+            limit,
+        )
+        .map(|_| ())
+    }
+
+    /// Polls `doveadm who` until `condition` holds for its entries, at most
+    /// `limit`, and returns those entries. `what` names the condition in
+    /// the error, which also shows the last answer seen.
+    pub fn wait_until_who(
+        &self,
+        what: &str,
+        condition: impl Fn(&[WhoEntry]) -> bool,
+        limit: Duration,
+    ) -> Result<Vec<WhoEntry>, String> {
         let deadline = Instant::now() + limit;
         loop {
             let seen = self.try_who();
             if let Ok(entries) = &seen {
-                if sessions_of(entries, user, protocol) == count {
-                    return Ok(());
+                if condition(entries) {
+                    return Ok(entries.clone());
                 }
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "instance {}: waited {limit:?} for {count} {protocol} session(s) of {user}; \
-                     last doveadm who: {seen:?}",
+                    "instance {}: waited {limit:?} for {what}; last doveadm who: {seen:?}",
                     self.index
                 ));
             }
@@ -573,8 +627,19 @@ impl DovecotInstance {
     /// master, and waits until all are gone. Its ports then refuse
     /// connections. A no-op when it is not running.
     pub fn kill_hard(&mut self) {
+        let left = self.kill_all();
+        assert!(
+            left.is_empty(),
+            "processes of dovecot instance {} survived SIGKILL: {left:?}",
+            self.index
+        );
+    }
+
+    /// The work of [`kill_hard`](Self::kill_hard); returns the PIDs still
+    /// alive after the bounded wait.
+    fn kill_all(&mut self) -> Vec<u32> {
         let Some(mut master) = self.master.take() else {
-            return;
+            return Vec::new();
         };
         let master_pid = master.id();
         procs::send_signal(master_pid, libc::SIGSTOP);
@@ -584,17 +649,15 @@ impl DovecotInstance {
         }
         let _ = master.kill();
         let _ = master.wait();
-        let left = procs::wait_gone(&children, KILL_LIMIT);
-        assert!(
-            left.is_empty(),
-            "processes of dovecot instance {} survived SIGKILL: {left:?}",
-            self.index
-        );
+        procs::wait_gone(&children, KILL_LIMIT)
     }
 
-    /// Stops the instance gracefully: SIGTERM to the master, then waits
-    /// (bounded) for it and every process it forked to exit; whatever is
-    /// left after the limit is killed. A no-op when it is not running.
+    /// Stops the instance gracefully: SIGTERM to the master and a bounded
+    /// wait for it to exit (about a second). Dovecot 2.3 leaves mail
+    /// processes that still serve clients (and its log and stats
+    /// processes) running after the master exits; they get SIGTERM then
+    /// (clients see Dovecot's shutdown BYE), and whatever is left after
+    /// [`CHILD_STOP_LIMIT`] is killed. A no-op when it is not running.
     pub fn stop(&mut self) {
         let Some(mut master) = self.master.take() else {
             return;
@@ -610,10 +673,11 @@ impl DovecotInstance {
             let _ = master.kill();
         }
         let _ = master.wait();
-        let left = procs::wait_gone(
-            &children,
-            deadline.saturating_duration_since(Instant::now()),
-        );
+        let orphans = procs::wait_gone(&children, Duration::ZERO);
+        for &pid in &orphans {
+            procs::send_signal(pid, libc::SIGTERM);
+        }
+        let left = procs::wait_gone(&orphans, CHILD_STOP_LIMIT);
         for &pid in &left {
             procs::send_signal(pid, libc::SIGKILL);
         }
@@ -629,18 +693,12 @@ impl DovecotInstance {
         self.wait_ready();
     }
 
-    /// Stop for Drop: never panics.
-    fn stop_quietly(&mut self) {
-        let Some(master) = self.master.as_ref() else {
-            return;
-        };
-        let master_pid = master.id();
-        let children = procs::descendants(master_pid);
-        self.stop();
-        let left = procs::wait_gone(&children, Duration::ZERO);
+    /// Kill for Drop: never panics, reports survivors on stderr.
+    fn kill_quietly(&mut self) {
+        let left = self.kill_all();
         if !left.is_empty() {
             eprintln!(
-                "dovecot instance {}: processes {left:?} outlived the stop",
+                "dovecot instance {}: processes {left:?} survived SIGKILL",
                 self.index
             );
         }

@@ -2,6 +2,12 @@
 //! running several real Dovecot backends on loopback, and driving the
 //! Python mail clients in `tests/clients/`.
 //!
+//! - [`tools`]: is a program installed; skip locally, fail on CI (`CI=true`).
+//! - [`dovecot`] (+ [`dovecot_conf`], [`loopback`], [`procs`], [`tempdir`]):
+//!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
+//! - [`python`]: run `tests/clients/*.py`, once or interactively.
+//! - [`wire`]: a tiny line client for raw IMAP/POP3/LMTP/ManageSieve talk.
+//!
 //! Every integration test file that needs it says `mod support;`. Not every
 //! file uses every helper, hence the `dead_code` and `unused_imports`
 //! allowances below.

@@ -44,6 +44,15 @@ impl ClientOutput {
     }
 }
 
+/// The interpreter: `$MAILPIN_TEST_PYTHON` when set (say, `/usr/bin/python3`
+/// to skip a slow pyenv shim), else `python3` from `PATH`.
+pub fn python_interpreter() -> PathBuf {
+    std::env::var_os("MAILPIN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| tools::tool_path("python3"))
+        .expect("python3 is installed (check with require_tool(\"python3\") first)")
+}
+
 /// The path of the client script `name` in `tests/clients/`.
 pub fn client_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -139,7 +148,7 @@ struct RunningClient {
 
 impl RunningClient {
     fn spawn(script: &str, args: &[&str], interactive: bool) -> RunningClient {
-        let python = tools::tool_path("python3").expect("python3 is installed");
+        let python = python_interpreter();
         let mut child = Command::new(python)
             .arg("-u")
             .arg(client_path(script))

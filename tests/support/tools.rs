@@ -45,7 +45,12 @@ fn is_executable(path: &Path) -> bool {
 /// fails there), otherwise prints a skip line to stderr. Returns false so
 /// callers can write `if !skip_or_fail(..) { return; }`.
 fn skip_or_fail(reason: &str) -> bool {
-    if on_ci() {
+    skip_or_fail_on(reason, on_ci())
+}
+
+/// [`skip_or_fail`] with the CI decision made by the caller.
+pub fn skip_or_fail_on(reason: &str, ci: bool) -> bool {
+    if ci {
         panic!("{reason} and CI=true: run scripts/install-test-deps (as root) before the tests");
     }
     eprintln!("skipping: {reason} (run scripts/install-test-deps)");
