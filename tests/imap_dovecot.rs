@@ -42,7 +42,7 @@ fn test_cert() -> TestCert {
 /// 2 implicit TLS, all on 127.0.0.1 with kernel-chosen ports.
 fn director_config(cluster: &DovecotCluster, cert: &TestCert) -> String {
     let mut c = format!(
-        "[server]\ncores = 2\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n",
+        "[server]\ncores = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n",
         cert.cert, cert.key
     );
     for tls in ["none", "starttls", "implicit"] {

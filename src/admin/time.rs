@@ -44,7 +44,7 @@ mod tests {
             "2000-02-29T00:00:00Z"
         );
         assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_869_296)),
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_782_896)),
             "2026-11-27T12:34:56Z"
         );
     }

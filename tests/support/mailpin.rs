@@ -29,6 +29,8 @@ pub struct Mailpin {
     log: Arc<SharedLog>,
     /// The bound listener addresses, in `[[listen]]` order.
     pub listen: Vec<SocketAddr>,
+    /// Where the admin API listens.
+    pub admin: SocketAddr,
     dir: TempDir,
 }
 
@@ -85,9 +87,18 @@ impl Mailpin {
             child,
             log,
             listen: Vec::new(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
         };
         m.listen = m.wait_for_listeners(listeners, Duration::from_secs(30));
+        let admin = m
+            .wait_for_log(&["admin API ready"], Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no admin API:\n{}", m.log()));
+        m.admin = admin
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .expect("admin address in the log");
         m
     }
 
@@ -141,6 +152,23 @@ impl Mailpin {
     /// The temp dir holding the config.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Runs `mailpin ctl --admin ADDR ARGS...`; returns (exit code, stdout,
+    /// stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpin"))
+            .arg("ctl")
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .args(args)
+            .output()
+            .expect("run mailpin ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The director's process id.
