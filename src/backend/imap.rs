@@ -166,7 +166,9 @@ async fn converse<W: WriteSide>(
         out.extend_from_slice(plain.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    write_bytes(stream, &out).await.map_err(BackendError::Io)?;
+    write_bytes(stream, &out)
+        .await
+        .map_err(BackendError::Lost)?;
 
     if send_id {
         // Skip the answer to our ID: `* ID (...)` and the tagged reply,
@@ -175,18 +177,26 @@ async fn converse<W: WriteSide>(
             let line = lines
                 .read_line(stream, MAX_BACKEND_LINE)
                 .await
-                .map_err(BackendError::Io)?;
+                .map_err(BackendError::Lost)?;
             if tagged_status(&line, id_tag).is_some() {
                 break;
             }
         }
     }
     let mut sent_response = sasl_ir;
+    // Until something reached the client, a lost backend is retried elsewhere.
+    let mut relayed_any = false;
     loop {
         let line = lines
             .read_line(stream, MAX_BACKEND_LINE)
             .await
-            .map_err(BackendError::Io)?;
+            .map_err(|e| {
+                if relayed_any {
+                    BackendError::Io(e)
+                } else {
+                    BackendError::Lost(e)
+                }
+            })?;
         if line.starts_with(b"+") {
             if sent_response {
                 return Err(BackendError::Protocol(
@@ -195,7 +205,9 @@ async fn converse<W: WriteSide>(
             }
             let mut resp = plain.as_bytes().to_vec();
             resp.extend_from_slice(b"\r\n");
-            write_bytes(stream, &resp).await.map_err(BackendError::Io)?;
+            write_bytes(stream, &resp)
+                .await
+                .map_err(BackendError::Lost)?;
             sent_response = true;
             continue;
         }
@@ -214,6 +226,7 @@ async fn converse<W: WriteSide>(
             return Ok(None);
         }
         // Untagged lines of the login answer (e.g. * CAPABILITY) go through.
+        relayed_any = true;
         write_bytes(client, &relayed)
             .await
             .map_err(BackendError::Io)?;

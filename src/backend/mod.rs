@@ -49,6 +49,9 @@ pub enum BackendError {
     /// The connection opened but no proper greeting came within
     /// `connect_timeout` (a backend that is starting, stopping or stuck).
     Greeting(String),
+    /// The backend connection broke during login before any of its answer
+    /// reached the client (the backend crashed mid-login): safe to retry.
+    Lost(io::Error),
     /// The backend stopped answering during login.
     Timeout,
     /// The connection failed after it was established.
@@ -63,6 +66,7 @@ impl std::fmt::Display for BackendError {
             BackendError::Connect(e) => write!(f, "connect failed: {e}"),
             BackendError::ConnectTimeout(d) => write!(f, "no connection within {d:?}"),
             BackendError::Greeting(m) => write!(f, "no greeting: {m}"),
+            BackendError::Lost(e) => write!(f, "connection lost during login: {e}"),
             BackendError::Timeout => write!(f, "no answer within {LOGIN_TIMEOUT:?}"),
             BackendError::Io(e) => write!(f, "connection failed: {e}"),
             BackendError::Protocol(m) => write!(f, "unexpected answer: {m}"),
@@ -80,7 +84,10 @@ impl BackendError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            BackendError::Connect(_) | BackendError::ConnectTimeout(_) | BackendError::Greeting(_)
+            BackendError::Connect(_)
+                | BackendError::ConnectTimeout(_)
+                | BackendError::Greeting(_)
+                | BackendError::Lost(_)
         )
     }
 }

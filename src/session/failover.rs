@@ -21,7 +21,7 @@ use crate::route::router::RouteError;
 use crate::runtime::core::Core;
 
 /// Backends one login tries at most.
-pub const MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 4;
 
 /// The routing state of one login.
 pub struct Failover<'a> {
