@@ -346,6 +346,8 @@ impl CommandReader {
     /// [`Step::Continue`] nothing is drained. On error the offending bytes
     /// are drained (see [`ParseError`] for what the caller does next).
     pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Step, ParseError> {
+        // take_line's progress is only valid until someone else drains.
+        self.line_scanned = 0;
         loop {
             if !self.skip_discarded(buf) {
                 return Ok(Step::NeedMore);
@@ -421,7 +423,13 @@ impl CommandReader {
     ///
     /// A line longer than [`Limits::max_line`] is [`ParseError::LineTooLong`]
     /// (tag `None`); its bytes are dropped as with [`CommandReader::next`].
+    ///
+    /// Call it only between commands: a command partly read by
+    /// [`CommandReader::next`] is abandoned.
     pub fn take_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ParseError> {
+        if self.partial.tag.is_some() || self.partial.scanned > 0 {
+            self.partial = Partial::new();
+        }
         if !self.skip_discarded(buf) {
             return Ok(None);
         }
