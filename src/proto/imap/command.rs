@@ -348,6 +348,11 @@ impl CommandReader {
     pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Step, ParseError> {
         // take_line's progress is only valid until someone else drains.
         self.line_scanned = 0;
+        if self.partial.scanned > buf.len() {
+            // The caller broke the append-only contract (the buffer shrank):
+            // start over rather than index past its end.
+            self.partial = Partial::new();
+        }
         loop {
             if !self.skip_discarded(buf) {
                 return Ok(Step::NeedMore);

@@ -620,6 +620,18 @@ fn take_line_and_next_may_alternate() {
 }
 
 #[test]
+fn a_shrunken_buffer_restarts_instead_of_panicking() {
+    let mut reader = CommandReader::default();
+    let mut buf = b"A1 LOGIN {5}\r\nal".to_vec();
+    assert_eq!(reader.next(&mut buf), Ok(Step::Continue));
+    assert_eq!(reader.next(&mut buf), Ok(Step::NeedMore));
+    buf.clear();
+    assert_eq!(reader.next(&mut buf), Ok(Step::NeedMore));
+    buf.extend_from_slice(b"A2 NOOP\r\n");
+    assert!(matches!(reader.next(&mut buf), Ok(Step::Command(c)) if c.tag == "A2"));
+}
+
+#[test]
 fn take_line_enforces_the_line_limit() {
     let limits = Limits {
         max_line: 8,
