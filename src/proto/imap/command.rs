@@ -267,8 +267,10 @@ enum LineEnd {
 struct Partial {
     tag: Option<String>,
     name: Option<String>,
-    /// Open argument lists; `lists[0]` is the top level, never popped.
-    lists: Vec<Vec<Arg>>,
+    /// The top-level arguments read so far.
+    args: Vec<Arg>,
+    /// Parenthesised lists opened and not yet closed, innermost last.
+    open: Vec<Vec<Arg>>,
     /// Bytes at the front of the buffer that belong to this command and
     /// have been parsed (the command always starts at offset 0).
     parsed: usize,
@@ -284,7 +286,8 @@ impl Partial {
         Partial {
             tag: None,
             name: None,
-            lists: vec![Vec::new()],
+            args: Vec::new(),
+            open: Vec::new(),
             parsed: 0,
             scanned: 0,
             literal: None,
@@ -294,8 +297,9 @@ impl Partial {
 
     /// Appends a finished argument to the innermost open list.
     fn push(&mut self, arg: Arg) {
-        if let Some(list) = self.lists.last_mut() {
-            list.push(arg);
+        match self.open.last_mut() {
+            Some(list) => list.push(arg),
+            None => self.args.push(arg),
         }
         self.last = Last::Token;
     }
@@ -342,6 +346,13 @@ impl CommandReader {
     /// [`Step::Continue`] nothing is drained. On error the offending bytes
     /// are drained (see [`ParseError`] for what the caller does next).
     pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Step, ParseError> {
+        // take_line's progress is only valid until someone else drains.
+        self.line_scanned = 0;
+        if self.partial.scanned > buf.len() {
+            // The caller broke the append-only contract (the buffer shrank):
+            // start over rather than index past its end.
+            self.partial = Partial::new();
+        }
         loop {
             if !self.skip_discarded(buf) {
                 return Ok(Step::NeedMore);
@@ -417,7 +428,13 @@ impl CommandReader {
     ///
     /// A line longer than [`Limits::max_line`] is [`ParseError::LineTooLong`]
     /// (tag `None`); its bytes are dropped as with [`CommandReader::next`].
+    ///
+    /// Call it only between commands: a command partly read by
+    /// [`CommandReader::next`] is abandoned.
     pub fn take_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ParseError> {
+        if self.partial.tag.is_some() || self.partial.scanned > 0 {
+            self.partial = Partial::new();
+        }
         if !self.skip_discarded(buf) {
             return Ok(None);
         }
@@ -520,7 +537,7 @@ impl CommandReader {
         loop {
             let Some(&c) = line.get(i) else {
                 return match state.last {
-                    Last::Token if state.lists.len() == 1 => Ok(LineEnd::Complete),
+                    Last::Token if state.open.is_empty() => Ok(LineEnd::Complete),
                     Last::Token | Last::Open => Err(Fault::Syntax("unclosed parenthesised list")),
                     Last::Space => Err(Fault::Syntax("trailing space")),
                 };
@@ -536,10 +553,10 @@ impl CommandReader {
             }
             match c {
                 b'(' => {
-                    if state.lists.len() > MAX_LIST_DEPTH {
+                    if state.open.len() >= MAX_LIST_DEPTH {
                         return Err(Fault::Syntax("parenthesised lists nested too deeply"));
                     }
-                    state.lists.push(Vec::new());
+                    state.open.push(Vec::new());
                     state.last = Last::Open;
                     i += 1;
                 }
@@ -611,20 +628,19 @@ impl Default for CommandReader {
 }
 
 /// Builds the command from a complete parse.
-fn finish(mut partial: Partial) -> Command {
+fn finish(partial: Partial) -> Command {
     Command {
         tag: partial.tag.unwrap_or_default(),
         name: partial.name.unwrap_or_default(),
-        args: partial.lists.swap_remove(0),
+        args: partial.args,
     }
 }
 
 /// Closes the innermost list, which must not be the top level.
 fn close_list(state: &mut Partial) -> Result<(), Fault> {
-    if state.lists.len() < 2 {
+    let Some(items) = state.open.pop() else {
         return Err(Fault::Syntax("unbalanced ')'"));
-    }
-    let items = state.lists.pop().unwrap_or_default();
+    };
     state.push(Arg::List(items));
     Ok(())
 }
@@ -669,6 +685,12 @@ fn parse_quoted(line: &[u8], start: usize) -> Result<(Vec<u8>, usize), Fault> {
     let mut value = Vec::new();
     let mut i = start + 1;
     loop {
+        let plain = line[i..]
+            .iter()
+            .take_while(|&&b| !matches!(b, b'"' | b'\\' | 0 | b'\r'))
+            .count();
+        value.extend_from_slice(&line[i..i + plain]);
+        i += plain;
         match line.get(i) {
             None => return Err(Fault::Syntax("unterminated quoted string")),
             Some(b'"') => return Ok((value, i + 1)),
@@ -743,9 +765,9 @@ fn is_tag_char(b: u8) -> bool {
     (is_atom_char(b) || b == b']') && b != b'+'
 }
 
-/// Text of bytes already checked to be ASCII.
+/// Text of bytes already checked to be ASCII (so never lossy).
 fn ascii_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Offset of the first LF in `bytes`.

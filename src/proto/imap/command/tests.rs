@@ -606,6 +606,32 @@ fn take_line_returns_raw_lines() {
 }
 
 #[test]
+fn take_line_and_next_may_alternate() {
+    let mut reader = CommandReader::default();
+    let mut buf = b"A1 NOOP".to_vec();
+    assert_eq!(reader.next(&mut buf), Ok(Step::NeedMore));
+    buf.extend_from_slice(b"\r\nDONE");
+    assert_eq!(reader.take_line(&mut buf), Ok(Some(b"A1 NOOP".to_vec())));
+    assert_eq!(reader.take_line(&mut buf), Ok(None));
+    buf.extend_from_slice(b"\r\nA2 NOOP\r\n");
+    assert_eq!(reader.take_line(&mut buf), Ok(Some(b"DONE".to_vec())));
+    assert!(matches!(reader.next(&mut buf), Ok(Step::Command(c)) if c.tag == "A2"));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn a_shrunken_buffer_restarts_instead_of_panicking() {
+    let mut reader = CommandReader::default();
+    let mut buf = b"A1 LOGIN {5}\r\nal".to_vec();
+    assert_eq!(reader.next(&mut buf), Ok(Step::Continue));
+    assert_eq!(reader.next(&mut buf), Ok(Step::NeedMore));
+    buf.clear();
+    assert_eq!(reader.next(&mut buf), Ok(Step::NeedMore));
+    buf.extend_from_slice(b"A2 NOOP\r\n");
+    assert!(matches!(reader.next(&mut buf), Ok(Step::Command(c)) if c.tag == "A2"));
+}
+
+#[test]
 fn take_line_enforces_the_line_limit() {
     let limits = Limits {
         max_line: 8,
@@ -712,4 +738,66 @@ fn random_input_never_panics_and_never_over_consumes() {
         commands > 0,
         "the generator should produce some valid commands"
     );
+}
+
+/// Events up to and including the first one after which the connection
+/// must be closed (what follows it is not meaningful).
+fn until_close(mut events: Vec<Event>) -> Vec<Event> {
+    if let Some(i) = events
+        .iter()
+        .position(|e| matches!(e, Event::Error(err) if err.must_close()))
+    {
+        events.truncate(i + 1);
+    }
+    events
+}
+
+#[test]
+fn random_input_parses_the_same_whole_or_byte_at_a_time() {
+    const PIECES: &[&[u8]] = &[
+        b"a1",
+        b" ",
+        b"LOGIN",
+        b"\"x\\\"y\"",
+        b"{3}\r\n",
+        b"{2+}\r\n",
+        b"~{1}\r\n",
+        b"(",
+        b")",
+        b"NIL",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\0",
+        b"\xc3\xa9",
+        b"BODY[A (B)]",
+        b"abcdefgh",
+        b"*",
+        b"{99999999999999999999}\r\n",
+    ];
+    let limits = Limits {
+        max_line: 48,
+        max_literal: 8,
+        max_command: 96,
+    };
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut seen = [0usize; 3];
+    for round in 0..3000 {
+        let mut input = Vec::new();
+        for _ in 0..rng.below(30) {
+            input.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+        }
+        input.splice(0..0, b"t ID ".iter().copied());
+        let whole = until_close(events_with(limits, &input));
+        let bytewise = until_close(events_bytewise(limits, &input));
+        assert_eq!(bytewise, whole, "round {round}, input {input:?}");
+        for event in &whole {
+            match event {
+                Event::Command(_) => seen[0] += 1,
+                Event::Continue => seen[1] += 1,
+                Event::Error(_) => seen[2] += 1,
+            }
+        }
+    }
+    assert!(seen.iter().all(|&n| n > 20), "too little variety: {seen:?}");
 }
