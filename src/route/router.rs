@@ -297,3 +297,165 @@ impl Router {
         self.shard.borrow().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::backends::tests::set_of;
+    use crate::route::backends::Health;
+    use std::rc::Rc;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Lets every other ready task of this runtime run once.
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Collects posted messages instead of delivering them.
+    #[derive(Default)]
+    struct Outbox(Mutex<Vec<(usize, RouterMsg)>>);
+
+    impl CorePost for Outbox {
+        fn post(&self, core: usize, msg: RouterMsg) -> bool {
+            self.0.lock().unwrap().push((core, msg));
+            true
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn router(core: usize, cores: usize, post: Arc<dyn CorePost>) -> Router {
+        Router::new(
+            core,
+            cores,
+            post,
+            Arc::new(set_of(3)),
+            ShardTable::new(Duration::from_secs(60)),
+        )
+    }
+
+    #[test]
+    fn older_snapshots_are_ignored_so_every_core_ends_in_the_same_state() {
+        let r = router(0, 1, Arc::new(Outbox::default()));
+        let v1 = set_of(3);
+        let v2 = v1.with_change(0, |b| b.health = Health::Unhealthy);
+        let v3 = v2.with_change(0, |b| b.health = Health::Healthy);
+        r.apply_backends(Arc::new(v3.clone()));
+        r.apply_backends(Arc::new(v2));
+        assert_eq!(r.backends().version, v3.version);
+        assert!(r.backends().get(0).unwrap().routable());
+    }
+
+    #[test]
+    fn a_held_user_waits_for_the_move_and_gets_the_new_backend() {
+        block_on(async {
+            let r = Rc::new(router(0, 1, Arc::new(Outbox::default())));
+            let key = "mover";
+            let first = r.acquire(key).await.unwrap();
+            r.release(key, first);
+            let target = (first + 1) % 3;
+            r.hold(key);
+            let waiting = monoio::spawn({
+                let r = r.clone();
+                async move { r.acquire(key).await }
+            });
+            // Let the login reach the hold before the move ends.
+            while r.holds.borrow().get(key).map_or(0, Vec::len) == 0 {
+                yield_once().await;
+            }
+            r.unhold(key, Some(target));
+            assert_eq!(waiting.await, Ok(target));
+        });
+    }
+
+    #[test]
+    fn a_hold_that_never_ends_times_out() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            r.hold("stuck");
+            assert_eq!(r.acquire("stuck").await, Err(RouteError::Held));
+        });
+    }
+
+    #[test]
+    fn remote_acquires_of_a_held_user_are_answered_when_the_hold_ends() {
+        let outbox = Arc::new(Outbox::default());
+        let owner = router(0, 2, outbox.clone());
+        owner.hold("bob");
+        owner.handle(RouterMsg::Acquire {
+            key: "bob".into(),
+            from: 1,
+            req: 7,
+        });
+        assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
+        owner.unhold("bob", Some(2));
+        let sent = std::mem::take(&mut *outbox.0.lock().unwrap());
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [(
+                    1,
+                    RouterMsg::Acquired {
+                        req: 7,
+                        result: Ok(2)
+                    }
+                )]
+            ),
+            "{sent:?}"
+        );
+        assert_eq!(owner.local_assignment("bob").unwrap().sessions, 1);
+    }
+
+    #[test]
+    fn acquire_on_another_core_goes_through_the_owner() {
+        block_on(async {
+            let outbox = Arc::new(Outbox::default());
+            let key = (0..100)
+                .map(|i| format!("k{i}"))
+                .find(|k| owner_of(k, 2) == 1)
+                .unwrap();
+            let asker = Rc::new(router(0, 2, outbox.clone()));
+            let owner = router(1, 2, Arc::new(Outbox::default()));
+            let pending = monoio::spawn({
+                let asker = asker.clone();
+                let key = key.clone();
+                async move { asker.acquire(&key).await }
+            });
+            while outbox.0.lock().unwrap().is_empty() {
+                yield_once().await;
+            }
+            let (to, msg) = outbox.0.lock().unwrap().remove(0);
+            assert_eq!(to, 1);
+            // The owner answers into its own outbox; hand the answer back.
+            let owner_out = Arc::new(Outbox::default());
+            let owner = Router {
+                post: owner_out.clone(),
+                ..owner
+            };
+            owner.handle(msg);
+            let (back, answer) = owner_out.0.lock().unwrap().remove(0);
+            assert_eq!(back, 0);
+            asker.handle(answer);
+            let got = pending.await.unwrap();
+            assert_eq!(Some(got), owner.backends().first_choice(&key));
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
+        });
+    }
+}

@@ -157,10 +157,15 @@ impl Mailpin {
     /// Runs `mailpin ctl --admin ADDR ARGS...`; returns (exit code, stdout,
     /// stderr).
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        Self::ctl_at(&self.admin.to_string(), args)
+    }
+
+    /// Runs `mailpin ctl --admin ADMIN ARGS...` against any address.
+    pub fn ctl_at(admin: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_mailpin"))
             .arg("ctl")
             .arg("--admin")
-            .arg(self.admin.to_string())
+            .arg(admin)
             .args(args)
             .output()
             .expect("run mailpin ctl");
