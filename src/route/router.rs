@@ -303,23 +303,13 @@ mod tests {
     use super::*;
     use crate::route::backends::tests::set_of;
     use crate::route::backends::Health;
-    use std::rc::Rc;
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Lets every other ready task of this runtime run once.
-    async fn yield_once() {
-        let mut yielded = false;
-        std::future::poll_fn(|cx| {
-            if yielded {
-                std::task::Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        })
-        .await
+    /// Polls `fut` once (it must then be waiting) without a runtime turn.
+    fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(fut.poll(&mut cx).is_pending(), "the future waits");
     }
 
     /// Collects posted messages instead of delivering them.
@@ -366,20 +356,19 @@ mod tests {
     #[test]
     fn a_held_user_waits_for_the_move_and_gets_the_new_backend() {
         block_on(async {
-            let r = Rc::new(router(0, 1, Arc::new(Outbox::default())));
+            let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
             let first = r.acquire(key).await.unwrap();
             r.release(key, first);
             let target = (first + 1) % 3;
             r.hold(key);
-            let waiting = monoio::spawn({
-                let r = r.clone();
-                async move { r.acquire(key).await }
-            });
-            // Let the login reach the hold before the move ends.
-            while r.holds.borrow().get(key).map_or(0, Vec::len) == 0 {
-                yield_once().await;
-            }
+            let mut waiting = std::pin::pin!(r.acquire(key));
+            poll_once(waiting.as_mut());
+            assert_eq!(
+                r.holds.borrow()[key].len(),
+                1,
+                "the login waits on the hold"
+            );
             r.unhold(key, Some(target));
             assert_eq!(waiting.await, Ok(target));
         });
@@ -431,16 +420,10 @@ mod tests {
                 .map(|i| format!("k{i}"))
                 .find(|k| owner_of(k, 2) == 1)
                 .unwrap();
-            let asker = Rc::new(router(0, 2, outbox.clone()));
+            let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let pending = monoio::spawn({
-                let asker = asker.clone();
-                let key = key.clone();
-                async move { asker.acquire(&key).await }
-            });
-            while outbox.0.lock().unwrap().is_empty() {
-                yield_once().await;
-            }
+            let mut pending = std::pin::pin!(asker.acquire(&key));
+            poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);
             // The owner answers into its own outbox; hand the answer back.
