@@ -11,8 +11,9 @@ use std::cell::RefCell;
 /// rate (4 KiB chunks reached a seventh of it, see the stack notes).
 pub const CHUNK: usize = 64 * 1024;
 
-/// How many free buffers a core keeps; more are freed on return.
-const KEEP: usize = 256;
+/// How many free buffers a core keeps (4 MiB of address space, of which
+/// only the pages ever written are resident); more are freed on return.
+const KEEP: usize = 64;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

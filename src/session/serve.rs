@@ -72,48 +72,60 @@ fn end_name(end: RelayEnd) -> &'static str {
     }
 }
 
+/// A client connection that logged in, ready to relay.
+enum Ready {
+    /// Plaintext client.
+    Plain(TcpStream, LoggedIn),
+    /// TLS client (implicit or after STARTTLS).
+    Tls(tls::TlsStream, LoggedIn),
+}
+
 /// An IMAP session: TLS as the listener says, pre-login, then the relay.
-async fn imap(
-    core: &Rc<Core>,
-    listen: &Listen,
-    mut tcp: TcpStream,
-    client: ClientInfo,
-) -> (Option<RelayEnd>, RelayStats) {
-    let none = (None, RelayStats::default());
+///
+/// Pre-login and the relay each run in their own heap allocation: the
+/// pre-login state machine is large (parsers, the backend login) but short
+/// lived, and is freed before the relay starts, so an idle session keeps
+/// only the relay's state.
+async fn imap(core: &Rc<Core>, listen: &Listen, tcp: TcpStream, client: ClientInfo) -> (Option<RelayEnd>, RelayStats) {
+    match Box::pin(imap_prelogin(core, listen, tcp, client)).await {
+        Some(Ready::Plain(tcp, l)) => Box::pin(relay_session(core, tcp, l)).await,
+        Some(Ready::Tls(tls, l)) => Box::pin(relay_session(core, tls, l)).await,
+        None => (None, RelayStats::default()),
+    }
+}
+
+/// TLS and the IMAP dialogue up to a successful login.
+async fn imap_prelogin(core: &Rc<Core>, listen: &Listen, mut tcp: TcpStream, client: ClientInfo) -> Option<Ready> {
     let policy = ImapPolicy {
         starttls: listen.tls == TlsMode::Starttls,
         plaintext_auth: listen.plaintext_auth,
     };
     let mut pre = Prelogin::new(core, policy, client);
     if listen.tls == TlsMode::Implicit {
-        let Some(mut tls) = handshake(core, tcp).await else {
-            return none;
-        };
+        let mut tls = handshake(core, tcp).await?;
         pre.upgraded();
         if !pre.greet(&mut tls).await {
-            return none;
+            return None;
         }
         return match pre.run(&mut tls).await {
-            Outcome::LoggedIn(l) => relay_session(core, tls, l).await,
-            _ => none,
+            Outcome::LoggedIn(l) => Some(Ready::Tls(tls, l)),
+            _ => None,
         };
     }
     if !pre.greet(&mut tcp).await {
-        return none;
+        return None;
     }
     match pre.run(&mut tcp).await {
-        Outcome::LoggedIn(l) => relay_session(core, tcp, l).await,
+        Outcome::LoggedIn(l) => Some(Ready::Plain(tcp, l)),
         Outcome::StartTls => {
-            let Some(mut tls) = handshake(core, tcp).await else {
-                return none;
-            };
+            let mut tls = handshake(core, tcp).await?;
             pre.upgraded();
             match pre.run(&mut tls).await {
-                Outcome::LoggedIn(l) => relay_session(core, tls, l).await,
-                _ => none,
+                Outcome::LoggedIn(l) => Some(Ready::Tls(tls, l)),
+                _ => None,
             }
         }
-        Outcome::Closed => none,
+        Outcome::Closed => None,
     }
 }
 
