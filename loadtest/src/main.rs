@@ -1,2 +1,56 @@
-//! mailpin-loadtest.
-fn main() {}
+//! `mailpin-loadtest`: the load generator and sizing tool for mailpin.
+//!
+//! It starts simulated backends (the library's dev backends, one store and
+//! one live-session registry) in this process, a director in front of them
+//! in a child process (or loads an external one with `--target`, for the
+//! peers), plays mail clients against it, and reports latency, throughput,
+//! the director's memory and CPU, and the invariant violations the
+//! backends saw. See `PERF.md` for the method and the figures.
+
+mod client;
+mod director;
+mod harness;
+mod metrics;
+mod plot;
+mod procstat;
+mod report;
+mod runner;
+mod scenario;
+mod timeline;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator and sizing tool for mailpin.
+#[derive(Parser)]
+#[command(name = "mailpin-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Hold N idle sessions (LOGIN, SELECT, IDLE); director RSS per session.
+    Idle(scenario::idle::IdleArgs),
+    /// Run a director in front of given backends until SIGTERM (used by
+    /// the harness itself, so the director's memory is its own).
+    #[command(hide = true)]
+    Director(director::DirectorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Director(args) => return director::run_subcommand(&args),
+        Command::Idle(args) => scenario::idle::run(&args).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailpin-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
