@@ -34,6 +34,12 @@ struct Cli {
 enum Command {
     /// Hold N idle sessions (LOGIN, SELECT, IDLE); director RSS per session.
     Idle(scenario::idle::IdleArgs),
+    /// Open-loop logins at a rate; HDR latency percentiles; --find the
+    /// highest rate with p99 under a bound.
+    Logins(scenario::logins::LoginsArgs),
+    /// Large FETCH throughput through the director against straight to a
+    /// backend.
+    Relay(scenario::relay::RelayArgs),
     /// Run a director in front of given backends until SIGTERM (used by
     /// the harness itself, so the director's memory is its own).
     #[command(hide = true)]
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Director(args) => return director::run_subcommand(&args),
         Command::Idle(args) => scenario::idle::run(&args).map(|_| ()),
+        Command::Logins(args) => scenario::logins::run(&args).map(|_| ()),
+        Command::Relay(args) => scenario::relay::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -111,6 +111,21 @@ pub fn own_threads_cpu(prefix: &str) -> Duration {
     total
 }
 
+/// CPU time (user + system) the calling thread has used.
+pub fn this_thread_cpu() -> Duration {
+    // SAFETY: getrusage writes the struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// Raises the soft open-file limit to the hard one (20000 here), so
 /// thousands of sessions fit.
 pub fn raise_fd_limit() -> u64 {

@@ -23,7 +23,10 @@ pub const CLIENT_THREAD_PREFIX: &str = "lt-client";
 
 /// Starts `threads` client threads; thread `i` runs `make(i)` to completion
 /// on its own runtime.
-pub fn spawn_clients<R, F, Fut>(threads: usize, make: F) -> Vec<JoinHandle<Option<R>>>
+pub fn spawn_clients<R, F, Fut>(
+    threads: usize,
+    make: F,
+) -> Vec<JoinHandle<Option<(R, Duration)>>>
 where
     R: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -47,7 +50,8 @@ where
                         .build()
                         .map_err(|e| eprintln!("client thread {i}: no io_uring runtime: {e}"))
                         .ok()?;
-                    Some(rt.block_on(make(i)))
+                    let result = rt.block_on(make(i));
+                    Some((result, crate::procstat::this_thread_cpu()))
                 })
                 .map_err(|e| eprintln!("cannot start client thread {i}: {e}"))
                 .ok()
@@ -55,12 +59,19 @@ where
         .collect()
 }
 
-/// Joins client threads, keeping the results of those that ran.
-pub fn join<R>(handles: Vec<JoinHandle<Option<R>>>) -> Vec<R> {
-    handles
+/// Joins client threads: the results of those that ran, and the CPU time
+/// all of them used.
+pub fn join<R>(handles: Vec<JoinHandle<Option<(R, Duration)>>>) -> (Vec<R>, Duration) {
+    let mut cpu = Duration::ZERO;
+    let results = handles
         .into_iter()
         .filter_map(|h| h.join().ok().flatten())
-        .collect()
+        .map(|(r, c)| {
+            cpu += c;
+            r
+        })
+        .collect();
+    (results, cpu)
 }
 
 /// How the monitor shows progress.

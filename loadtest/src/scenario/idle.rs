@@ -171,7 +171,7 @@ pub fn measure(
     let held = harness.target_sample();
     let backend_sessions = harness.backends().registry().total_sessions();
     release.give();
-    let latencies = join(handles);
+    let (latencies, _) = join(handles);
     let setup = merged(latencies.iter()).summary();
     let (ok, errors, _, _) = counters.snapshot();
     let result = IdleResult {

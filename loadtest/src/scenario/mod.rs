@@ -9,9 +9,9 @@
 
 // pub mod failover;
 pub mod idle;
-// pub mod logins;
+pub mod logins;
 // pub mod mixed;
-// pub mod relay;
+pub mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
