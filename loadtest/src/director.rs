@@ -74,7 +74,7 @@ fn parse_backend(s: &str) -> Result<(String, SocketAddr), String> {
 /// Runs the `director` subcommand: serves until SIGTERM.
 pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILPIN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -64,7 +64,7 @@ pub struct CommonArgs {
 pub struct Harness {
     /// The options it was started with.
     pub args: CommonArgs,
-    backends: DevBackends,
+    backends: Arc<DevBackends>,
     director: Option<DirectorProcess>,
     counters: Arc<Counters>,
 }
@@ -90,7 +90,7 @@ impl Harness {
             .map_err(|e| format!("simulated backends: {e}"))?;
         let mut harness = Harness {
             args: args.clone(),
-            backends,
+            backends: Arc::new(backends),
             director: None,
             counters: Arc::new(Counters::default()),
         };
@@ -150,6 +150,12 @@ impl Harness {
         &self.backends
     }
 
+    /// A shared handle to the simulated backends (for events that kill
+    /// one while the monitor runs).
+    pub fn backends_handle(&self) -> Arc<DevBackends> {
+        self.backends.clone()
+    }
+
     /// Their names, in order.
     pub fn backend_names(&self) -> Vec<String> {
         self.backends
@@ -157,11 +163,6 @@ impl Harness {
             .iter()
             .map(|(n, _)| n.clone())
             .collect()
-    }
-
-    /// The counters of the current phase.
-    pub fn counters(&self) -> Arc<Counters> {
-        self.counters.clone()
     }
 
     /// Starts a new phase with zeroed counters and returns them.

@@ -16,6 +16,7 @@ mod procstat;
 mod report;
 mod runner;
 mod scenario;
+mod size;
 mod timeline;
 
 use std::process::ExitCode;
@@ -40,6 +41,15 @@ enum Command {
     /// Large FETCH throughput through the director against straight to a
     /// backend.
     Relay(scenario::relay::RelayArgs),
+    /// Kill a simulated backend under login load: failed logins, time to
+    /// recovery, violations.
+    Failover(scenario::failover::FailoverArgs),
+    /// A day in the life: IDLE sessions woken by deliveries, short
+    /// sessions that log in, fetch and log out.
+    Mixed(scenario::mixed::MixedArgs),
+    /// Size a director host: idle sessions per GiB, logins/s per core at
+    /// a p99 bound, relay throughput.
+    Size(size::SizeArgs),
     /// Run a director in front of given backends until SIGTERM (used by
     /// the harness itself, so the director's memory is its own).
     #[command(hide = true)]
@@ -53,6 +63,9 @@ fn main() -> ExitCode {
         Command::Idle(args) => scenario::idle::run(&args).map(|_| ()),
         Command::Logins(args) => scenario::logins::run(&args).map(|_| ()),
         Command::Relay(args) => scenario::relay::run(&args).map(|_| ()),
+        Command::Mixed(args) => scenario::mixed::run(&args).map(|_| ()),
+        Command::Size(args) => size::run(&args).map(|_| ()),
+        Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

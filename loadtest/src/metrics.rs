@@ -71,9 +71,11 @@ impl Latency {
     /// An empty histogram.
     pub fn new() -> Latency {
         // The bounds are constants that hdrhistogram accepts.
-        Latency(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
-            Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
-        }))
+        Latency(
+            Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+                Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
+            }),
+        )
     }
 
     /// Records one latency (saturating at the upper bound).
@@ -85,11 +87,6 @@ impl Latency {
     /// Adds another histogram's samples.
     pub fn merge(&mut self, other: &Latency) {
         let _ = self.0.add(&other.0);
-    }
-
-    /// How many samples.
-    pub fn count(&self) -> u64 {
-        self.0.len()
     }
 
     /// Percentiles in milliseconds.

@@ -78,7 +78,11 @@ impl Panel {
             .iter()
             .map(|(t, v)| format!("{:.1},{:.1}", self.x(*t), self.y(*v)))
             .collect();
-        let dash = if dash { r#" stroke-dasharray="4 3""# } else { "" };
+        let dash = if dash {
+            r#" stroke-dasharray="4 3""#
+        } else {
+            ""
+        };
         let _ = write!(
             out,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{}"/>"#,
@@ -115,12 +119,7 @@ fn legend(out: &mut String, x: f64, y: f64, items: &[(&str, String)]) {
 
 /// Renders `timeline` as a standalone SVG document.
 pub fn svg(timeline: &Timeline, title: &str) -> String {
-    let t_max = timeline
-        .samples
-        .last()
-        .map(|s| s.t)
-        .unwrap_or(1.0)
-        .max(1.0);
+    let t_max = timeline.samples.last().map(|s| s.t).unwrap_or(1.0).max(1.0);
     let height = TOP + 2.0 * PANEL + GAP + 40.0;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="18" font-size="15" font-weight="bold">{}</text>"#,

@@ -72,15 +72,11 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// Samples `pid` alone, or with all its descendants when `tree` is set.
 pub fn sample(pid: u32, tree: bool) -> ProcSample {
     let pids = if tree { process_tree(pid) } else { vec![pid] };
-    pids.into_iter().fold(ProcSample::default(), |acc, p| ProcSample {
-        rss_bytes: acc.rss_bytes + rss_bytes(p).unwrap_or(0),
-        cpu: acc.cpu + cpu_time(p).unwrap_or_default(),
-    })
-}
-
-/// CPU time this (client) process has used so far.
-pub fn own_cpu() -> Duration {
-    cpu_time(std::process::id()).unwrap_or_default()
+    pids.into_iter()
+        .fold(ProcSample::default(), |acc, p| ProcSample {
+            rss_bytes: acc.rss_bytes + rss_bytes(p).unwrap_or(0),
+            cpu: acc.cpu + cpu_time(p).unwrap_or_default(),
+        })
 }
 
 /// CPU time used so far by this process's threads whose name starts with

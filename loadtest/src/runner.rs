@@ -23,10 +23,7 @@ pub const CLIENT_THREAD_PREFIX: &str = "lt-client";
 
 /// Starts `threads` client threads; thread `i` runs `make(i)` to completion
 /// on its own runtime.
-pub fn spawn_clients<R, F, Fut>(
-    threads: usize,
-    make: F,
-) -> Vec<JoinHandle<Option<(R, Duration)>>>
+pub fn spawn_clients<R, F, Fut>(threads: usize, make: F) -> Vec<JoinHandle<Option<(R, Duration)>>>
 where
     R: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,

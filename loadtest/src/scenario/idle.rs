@@ -48,8 +48,6 @@ pub struct IdleArgs {
 /// The figures of one transport.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleResult {
-    /// Plain or TLS.
-    pub tls: bool,
     /// Sessions established and held.
     pub established: u64,
     /// Set-ups that failed.
@@ -175,7 +173,6 @@ pub fn measure(
     let setup = merged(latencies.iter()).summary();
     let (ok, errors, _, _) = counters.snapshot();
     let result = IdleResult {
-        tls,
         established: ok,
         failed: errors,
         rss_before: before.rss_bytes,

@@ -287,7 +287,8 @@ pub fn run(args: &LoginsArgs) -> Result<Report, String> {
                     args.p99_ms
                 )),
             }
-            results.push(json!({ "mode": mode_name(tls), "find_p99_ms": args.p99_ms, "best": best }));
+            results
+                .push(json!({ "mode": mode_name(tls), "find_p99_ms": args.p99_ms, "best": best }));
         } else {
             let prefix = if tls { "logint" } else { "loginp" };
             let (r, timeline) = run_step(&mut harness, &args.load, tls, prefix, Vec::new())?;

@@ -7,10 +7,10 @@
 //! [`crate::harness::Harness`]. A new protocol (POP3, LMTP) adds a client
 //! under [`crate::client`] and its scenarios here.
 
-// pub mod failover;
+pub mod failover;
 pub mod idle;
 pub mod logins;
-// pub mod mixed;
+pub mod mixed;
 pub mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
