@@ -48,6 +48,11 @@ pub struct CommonArgs {
     /// configured for 127.0.0.1:PORT, PORT+1, ...
     #[arg(long, default_value_t = 0)]
     pub backend_port: u16,
+    /// Loopback addresses for the simulated backends, one each, all on
+    /// --backend-port (Dovecot director tells backends apart by address):
+    /// e.g. 127.0.0.11,127.0.0.12,127.0.0.13. Overrides --backends.
+    #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
+    pub backend_hosts: Vec<std::net::IpAddr>,
     /// Client threads (each its own io_uring runtime, pinned from the
     /// highest core down).
     #[arg(long, default_value_t = 1)]
@@ -74,18 +79,31 @@ impl Harness {
     /// director in front of them.
     pub fn start(args: &CommonArgs) -> Result<Harness, String> {
         procstat::raise_fd_limit();
-        let configs = (0..args.backends.max(1))
-            .map(|i| {
-                let port = match args.backend_port {
-                    0 => 0,
-                    p => p + u16::try_from(i).unwrap_or(0),
-                };
-                DevBackendConfig::new(
-                    format!("sim{}", i + 1),
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                )
-            })
-            .collect();
+        let configs: Vec<DevBackendConfig> = if args.backend_hosts.is_empty() {
+            (0..args.backends.max(1))
+                .map(|i| {
+                    let port = match args.backend_port {
+                        0 => 0,
+                        p => p + u16::try_from(i).unwrap_or(0),
+                    };
+                    DevBackendConfig::new(
+                        format!("sim{}", i + 1),
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    )
+                })
+                .collect()
+        } else {
+            args.backend_hosts
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| {
+                    DevBackendConfig::new(
+                        format!("sim{}", i + 1),
+                        SocketAddr::new(*ip, args.backend_port),
+                    )
+                })
+                .collect()
+        };
         let backends = spawn_backends(configs, Store::new(), Registry::new())
             .map_err(|e| format!("simulated backends: {e}"))?;
         let mut harness = Harness {
