@@ -353,6 +353,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((conn, peer)) => {
+                // Responses go out in several writes (untagged lines, then
+                // the tagged one); without TCP_NODELAY, Nagle holds the
+                // last one back until the peer's delayed ACK, ~40 ms.
+                let _ = conn.set_nodelay(true);
                 let guard = tasks.enter();
                 let kill = kill.clone();
                 let context = context.clone();

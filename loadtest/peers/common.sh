@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Shared settings of the peer scripts: where the simulated backends listen
+# (the harness binds them with --backend-hosts/--backend-port), each peer's
+# ports, the work directory and a throw-away certificate.
+set -euo pipefail
+
+BACKEND_HOSTS=(127.0.0.11 127.0.0.12 127.0.0.13)
+BACKEND_PORT=21143
+WORK=${PEERS_WORK:-/tmp/mailpin-peers}
+mkdir -p "$WORK"
+
+# A self-signed ECDSA P-256 certificate, like mailpin's dev certificate.
+peer_cert() {
+    if [ ! -f "$WORK/cert.pem" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 \
+            -subj "/CN=localhost" >/dev/null 2>&1
+        cat "$WORK/cert.pem" "$WORK/key.pem" > "$WORK/bundle.pem"
+    fi
+}
+
+# apt-get install the named packages when a command is missing.
+need() {
+    local cmd=$1; shift
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+
+# Stops the process whose pid is in file $1, if it runs.
+stop_pidfile() {
+    if [ -f "$1" ]; then
+        kill "$(cat "$1")" 2>/dev/null || true
+        rm -f "$1"
+    fi
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# HAProxy (Debian's package) as an IMAP TCP balancer, leastconn, in front of
+# the simulated backends: plain on 127.0.0.1:22143, TLS terminated on
+# 127.0.0.1:22993. It cannot see the user, so sessions of one user may land
+# on several backends: the harness counts those as invariant violations.
+# Usage: haproxy.sh start|stop|pid
+source "$(dirname "$0")/common.sh"
+
+case ${1:-start} in
+start)
+    need haproxy haproxy
+    peer_cert
+    {
+        echo "global"
+        echo "    maxconn 20000"
+        echo "defaults"
+        echo "    mode tcp"
+        echo "    timeout connect 2s"
+        echo "    timeout client 1h"
+        echo "    timeout server 1h"
+        echo "backend imap"
+        echo "    balance leastconn"
+        i=1
+        for h in "${BACKEND_HOSTS[@]}"; do
+            echo "    server sim$i $h:$BACKEND_PORT"
+            i=$((i + 1))
+        done
+        echo "frontend plain"
+        echo "    bind 127.0.0.1:22143"
+        echo "    default_backend imap"
+        echo "frontend tls"
+        echo "    bind 127.0.0.1:22993 ssl crt $WORK/bundle.pem"
+        echo "    default_backend imap"
+    } > "$WORK/haproxy.cfg"
+    haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
+    ;;
+stop) stop_pidfile "$WORK/haproxy.pid" ;;
+pid) head -1 "$WORK/haproxy.pid" ;;
+esac

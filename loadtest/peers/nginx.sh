@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# nginx mail proxy (Debian's nginx + libnginx-mod-mail) in front of the
+# simulated backends, routing by user through auth_http.py (hash of the
+# user): plain IMAP on 127.0.0.1:23143, implicit TLS on 127.0.0.1:23993.
+# Usage: nginx.sh start|stop|pid
+source "$(dirname "$0")/common.sh"
+DIR=$(cd "$(dirname "$0")" && pwd)
+
+case ${1:-start} in
+start)
+    need nginx nginx-light libnginx-mod-mail
+    peer_cert
+    targets=()
+    for h in "${BACKEND_HOSTS[@]}"; do targets+=("$h:$BACKEND_PORT"); done
+    python3 "$DIR/auth_http.py" 23080 "${targets[@]}" &
+    echo $! > "$WORK/auth_http.pid"
+    mkdir -p "$WORK/nginx"
+    cat > "$WORK/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log error;
+events { worker_connections 19000; }
+mail {
+    auth_http 127.0.0.1:23080/auth;
+    proxy_pass_error_message on;
+    imap_auth login plain;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    server { listen 127.0.0.1:23143; protocol imap; }
+    server { listen 127.0.0.1:23993 ssl; protocol imap; }
+}
+CONF
+    nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
+    ;;
+stop)
+    stop_pidfile "$WORK/nginx.pid"
+    stop_pidfile "$WORK/auth_http.pid"
+    ;;
+pid) head -1 "$WORK/nginx.pid" ;;
+esac

@@ -1,0 +1,249 @@
+//! A minimal IMAP4rev1 client for load: greeting, LOGIN, SELECT, IDLE,
+//! FETCH of whole bodies, LOGOUT. It parses just enough to find tagged
+//! replies and to skip literals (counting their bytes), so it costs little
+//! CPU per byte and per session.
+
+use std::io;
+use std::sync::Arc;
+
+use super::conn::{Conn, Endpoint};
+
+/// How much spare room a read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// A server line longer than this (outside literals) is an error.
+const MAX_LINE: usize = 64 * 1024;
+
+/// The status of a tagged reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `OK`.
+    Ok,
+    /// `NO`.
+    No,
+    /// `BAD` (or anything else).
+    Bad,
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The tagged status.
+    pub status: Status,
+    /// Bytes of literal data in the untagged responses (message bodies).
+    pub literal_bytes: u64,
+}
+
+/// An IMAP client session.
+pub struct ImapClient {
+    conn: Conn,
+    /// Bytes read and not yet consumed start at `start`.
+    buf: Vec<u8>,
+    start: usize,
+    next_tag: u32,
+}
+
+fn protocol_error(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// The literal length `{N}` or `{N+}` at the end of a line, if any.
+fn trailing_literal(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"}")?;
+    let open = line.iter().rposition(|b| *b == b'{')?;
+    let digits = &line[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+impl ImapClient {
+    /// Connects and reads the greeting, which must be `* OK`.
+    pub async fn connect(
+        endpoint: Endpoint,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> io::Result<ImapClient> {
+        let conn = Conn::connect(endpoint, tls).await?;
+        let mut client = ImapClient {
+            conn,
+            buf: Vec::new(),
+            start: 0,
+            next_tag: 1,
+        };
+        let greeting = client.read_line().await?;
+        if !greeting.starts_with(b"* OK") {
+            return Err(protocol_error(format!(
+                "greeting: {}",
+                String::from_utf8_lossy(&greeting)
+            )));
+        }
+        Ok(client)
+    }
+
+    /// Reads more bytes; end of stream is an error.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(READ_CHUNK);
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = self.conn.read_append(buf).await;
+        self.buf = buf;
+        match res? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next line without its CRLF.
+    async fn read_line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            let pending = &self.buf[self.start..];
+            if let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let mut line = pending[..nl].to_vec();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.start += nl + 1;
+                return Ok(line);
+            }
+            if pending.len() > MAX_LINE {
+                return Err(protocol_error("server line too long"));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Consumes `n` bytes of literal data without keeping them.
+    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        loop {
+            let available = (self.buf.len() - self.start) as u64;
+            let take = available.min(n);
+            self.start += take as usize;
+            n -= take;
+            if n == 0 {
+                return Ok(());
+            }
+            self.fill().await?;
+        }
+    }
+
+    fn tag(&mut self) -> String {
+        let tag = format!("a{}", self.next_tag);
+        self.next_tag += 1;
+        tag
+    }
+
+    /// Reads until the tagged reply of `tag`, skipping literals.
+    async fn await_tagged(&mut self, tag: &str) -> io::Result<Reply> {
+        let mut literal_bytes = 0;
+        loop {
+            let mut line = self.read_line().await?;
+            // A line may continue after each literal.
+            while let Some(n) = trailing_literal(&line) {
+                self.skip(n).await?;
+                literal_bytes += n;
+                line = self.read_line().await?;
+            }
+            let Some(rest) = line
+                .strip_prefix(tag.as_bytes())
+                .and_then(|r| r.strip_prefix(b" "))
+            else {
+                continue;
+            };
+            let status = if rest.starts_with(b"OK") {
+                Status::Ok
+            } else if rest.starts_with(b"NO") {
+                Status::No
+            } else {
+                Status::Bad
+            };
+            return Ok(Reply {
+                status,
+                literal_bytes,
+            });
+        }
+    }
+
+    /// Sends `command` (without tag and CRLF) and awaits its reply.
+    pub async fn command(&mut self, command: &str) -> io::Result<Reply> {
+        let tag = self.tag();
+        self.conn
+            .write_all(format!("{tag} {command}\r\n").into_bytes())
+            .await?;
+        self.await_tagged(&tag).await
+    }
+
+    /// Sends a command that must succeed.
+    pub async fn expect_ok(&mut self, command: &str, what: &str) -> io::Result<Reply> {
+        let reply = self.command(command).await?;
+        if reply.status != Status::Ok {
+            return Err(protocol_error(format!("{what}: {:?}", reply.status)));
+        }
+        Ok(reply)
+    }
+
+    /// `LOGIN user password`; the user name is a plain atom.
+    pub async fn login(&mut self, user: &str, password: &str) -> io::Result<()> {
+        self.expect_ok(&format!("LOGIN {user} \"{password}\""), "LOGIN")
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts IDLE and waits for the continuation.
+    pub async fn idle(&mut self) -> io::Result<String> {
+        let tag = self.tag();
+        self.conn
+            .write_all(format!("{tag} IDLE\r\n").into_bytes())
+            .await?;
+        loop {
+            let line = self.read_line().await?;
+            if line.starts_with(b"+") {
+                return Ok(tag);
+            }
+            if line.starts_with(tag.as_bytes()) {
+                return Err(protocol_error("IDLE refused"));
+            }
+        }
+    }
+
+    /// Waits for an untagged line during IDLE (e.g. `* 2 EXISTS`).
+    pub async fn idle_wait(&mut self) -> io::Result<Vec<u8>> {
+        self.read_line().await
+    }
+
+    /// Ends IDLE started with `tag`.
+    pub async fn idle_done(&mut self, tag: &str) -> io::Result<()> {
+        self.conn.write_all(b"DONE\r\n".to_vec()).await?;
+        let reply = self.await_tagged(tag).await?;
+        if reply.status != Status::Ok {
+            return Err(protocol_error("IDLE ended badly"));
+        }
+        Ok(())
+    }
+
+    /// `LOGOUT`, then closes.
+    pub async fn logout(mut self) -> io::Result<()> {
+        let result = self.command("LOGOUT").await.map(|_| ());
+        self.conn.shutdown().await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_literal_lengths_at_line_end() {
+        assert_eq!(trailing_literal(b"* 1 FETCH (BODY[] {1024}"), Some(1024));
+        assert_eq!(trailing_literal(b"a1 APPEND x {5+}"), Some(5));
+        assert_eq!(trailing_literal(b"* OK done"), None);
+        assert_eq!(trailing_literal(b"* OK {x}"), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! The scenarios, one module each, and what they share: user names, test
+//! messages, a small random generator, and the release signal that ends
+//! held sessions.
+//!
+//! A scenario is a function from its options to a [`crate::report::Report`];
+//! it drives client threads through [`crate::runner`] against a
+//! [`crate::harness::Harness`]. A new protocol (POP3, LMTP) adds a client
+//! under [`crate::client`] and its scenarios here.
+
+pub mod failover;
+pub mod idle;
+pub mod logins;
+pub mod mixed;
+pub mod relay;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The password the simulated backends accept.
+pub const PASSWORD: &str = mailpin::dev::DEV_PASSWORD;
+
+/// The name of simulated user `i` of a run's `prefix`.
+pub fn user_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:06}")
+}
+
+/// A message of about `size` bytes (headers, then lines of text).
+pub fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: loadtest@example.org\r\nTo: user@example.org\r\n\
+Subject: load test message\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
+        .to_vec();
+    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line);
+    }
+    while m.len() + 2 < size {
+        m.push(b'.');
+    }
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+/// A tiny xorshift generator: think times and choices, reproducible per
+/// thread, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (0 if n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    /// A duration uniformly in `[lo, hi)`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = hi.saturating_sub(lo).as_micros() as u64;
+        lo + Duration::from_micros(self.below(span))
+    }
+}
+
+/// Set once by the harness to let client threads end held sessions.
+#[derive(Debug, Default)]
+pub struct Release(AtomicBool);
+
+impl Release {
+    /// A release not yet given.
+    pub fn new() -> Arc<Release> {
+        Arc::new(Release::default())
+    }
+
+    /// Lets the waiting threads go.
+    pub fn give(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether it was given.
+    pub fn given(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Waits (on a client runtime) until given, checking every 20 ms.
+    pub async fn wait(&self) {
+        while !self.given() {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Which transports a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Modes {
+    /// Plaintext only.
+    Plain,
+    /// Implicit TLS only.
+    Tls,
+    /// Plaintext, then TLS.
+    Both,
+}
+
+impl Modes {
+    /// The TLS flags to run, in order.
+    pub fn list(self) -> Vec<bool> {
+        match self {
+            Modes::Plain => vec![false],
+            Modes::Tls => vec![true],
+            Modes::Both => vec![false, true],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_asked_size() {
+        for size in [200, 1000, 65_536] {
+            let m = message(size);
+            assert!(m.len() >= size - 2 && m.len() <= size + 2, "{}", m.len());
+            assert!(m.ends_with(b"\r\n"));
+        }
+    }
+
+    #[test]
+    fn rng_stays_in_range() {
+        let mut r = Rng::new(7);
+        for _ in 0..1000 {
+            assert!(r.below(10) < 10);
+            let d = r.between(Duration::from_millis(5), Duration::from_millis(6));
+            assert!(d >= Duration::from_millis(5) && d < Duration::from_millis(6));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! CI smoke: every scenario for a second or two at tiny scale against a
+//! director the harness starts, checking the JSON report shows work done
+//! and no invariant violation. Figures are never asserted here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A fresh path for a scenario's JSON report.
+fn report_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "mailpin-loadtest-smoke-{}-{name}.json",
+        std::process::id()
+    ))
+}
+
+/// Runs `mailpin-loadtest SCENARIO ARGS --json FILE` and returns the report.
+fn run(scenario: &str, args: &[&str]) -> serde_json::Value {
+    let path = report_path(scenario);
+    let output = Command::new(env!("CARGO_BIN_EXE_mailpin-loadtest"))
+        .arg(scenario)
+        .args(args)
+        .arg("--json")
+        .arg(&path)
+        .output()
+        .expect("run mailpin-loadtest");
+    assert!(
+        output.status.success(),
+        "{scenario} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&path).expect("JSON report written");
+    let _ = std::fs::remove_file(&path);
+    serde_json::from_str(&text).expect("valid JSON report")
+}
+
+/// The checks every report must pass.
+fn assert_healthy(report: &serde_json::Value) {
+    assert_eq!(report["violations"], 0, "violations in {report}");
+    assert!(
+        report["work"].as_u64().unwrap_or(0) > 0,
+        "no work in {report}"
+    );
+    assert!(
+        !report["timeline"]["samples"]
+            .as_array()
+            .map(Vec::is_empty)
+            .unwrap_or(true),
+        "empty timeline"
+    );
+}
+
+#[test]
+fn idle_holds_sessions_plain_and_tls() {
+    let r = run("idle", &["--sessions", "40", "--hold", "0.2"]);
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["modes"][1]["sessions"], 40);
+}
+
+#[test]
+fn logins_complete_at_a_low_rate() {
+    let r = run("logins", &["--rate", "50", "--duration", "1"]);
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+}
+
+#[test]
+fn relay_moves_message_bodies() {
+    let r = run(
+        "relay",
+        &["--size", "100000", "--conns", "2", "--duration", "0.5"],
+    );
+    assert_healthy(&r);
+    for path in r["results"]["paths"].as_array().expect("paths") {
+        assert!(path["bytes_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{path}");
+    }
+}
+
+#[test]
+fn mixed_runs_a_short_day() {
+    let r = run("mixed", &["--users", "10", "--duration", "1"]);
+    assert_healthy(&r);
+}
+
+#[test]
+fn failover_kills_a_backend_without_violations() {
+    let r = run("failover", &["--rate", "50", "--duration", "2"]);
+    assert_healthy(&r);
+    assert_eq!(r["results"]["killed"], "sim2");
+    assert_eq!(r["timeline"]["marks"][0]["label"], "kill sim2");
+}
