@@ -94,14 +94,20 @@ where
         down: down.get(),
     };
 
-    if !to_backend.is_empty() {
+    // Read-ahead buffers may have kilobytes of spare capacity: write them
+    // out, and free them either way, before the relay starts to wait.
+    if to_backend.is_empty() {
+        drop(to_backend);
+    } else {
         let n = to_backend.len() as u64;
         if bw.write_all(to_backend).await.0.is_err() {
             return (RelayEnd::Error, stats(&up, &down));
         }
         up.set(n);
     }
-    if !to_client.is_empty() {
+    if to_client.is_empty() {
+        drop(to_client);
+    } else {
         let n = to_client.len() as u64;
         if cw.write_all(to_client).await.0.is_err() {
             return (RelayEnd::Error, stats(&up, &down));

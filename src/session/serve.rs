@@ -86,7 +86,12 @@ enum Ready {
 /// pre-login state machine is large (parsers, the backend login) but short
 /// lived, and is freed before the relay starts, so an idle session keeps
 /// only the relay's state.
-async fn imap(core: &Rc<Core>, listen: &Listen, tcp: TcpStream, client: ClientInfo) -> (Option<RelayEnd>, RelayStats) {
+async fn imap(
+    core: &Rc<Core>,
+    listen: &Listen,
+    tcp: TcpStream,
+    client: ClientInfo,
+) -> (Option<RelayEnd>, RelayStats) {
     match Box::pin(imap_prelogin(core, listen, tcp, client)).await {
         Some(Ready::Plain(tcp, l)) => Box::pin(relay_session(core, tcp, l)).await,
         Some(Ready::Tls(tls, l)) => Box::pin(relay_session(core, tls, l)).await,
@@ -95,7 +100,12 @@ async fn imap(core: &Rc<Core>, listen: &Listen, tcp: TcpStream, client: ClientIn
 }
 
 /// TLS and the IMAP dialogue up to a successful login.
-async fn imap_prelogin(core: &Rc<Core>, listen: &Listen, mut tcp: TcpStream, client: ClientInfo) -> Option<Ready> {
+async fn imap_prelogin(
+    core: &Rc<Core>,
+    listen: &Listen,
+    mut tcp: TcpStream,
+    client: ClientInfo,
+) -> Option<Ready> {
     let policy = ImapPolicy {
         starttls: listen.tls == TlsMode::Starttls,
         plaintext_auth: listen.plaintext_auth,
