@@ -32,6 +32,12 @@ pub trait ReadSide {
     /// how many bytes were appended; `Ok(0)` means the peer closed its side.
     /// The caller makes sure `buf` has spare capacity.
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+
+    /// The plain TCP socket underneath, if bytes read here are the bytes on
+    /// the wire (so the relay may splice them); `None` for TLS.
+    fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
+        None
+    }
 }
 
 /// The write side of a connection.
@@ -43,6 +49,12 @@ pub trait WriteSide {
     /// Ends our direction of the stream (a half-close: TCP FIN, or a TLS
     /// close_notify followed by FIN). Reading may go on.
     async fn shutdown(&mut self) -> io::Result<()>;
+
+    /// The plain TCP socket underneath, if bytes written here go to the
+    /// wire unchanged (so the relay may splice into it); `None` for TLS.
+    fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
+        None
+    }
 }
 
 /// A whole connection: both sides, and a way to split them so the two
@@ -126,6 +138,10 @@ impl ReadSide for TcpHalf {
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         tcp_read_into(self.stream(), buf).await
     }
+
+    fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
+        Some(self.stream())
+    }
 }
 
 impl WriteSide for TcpHalf {
@@ -135,6 +151,10 @@ impl WriteSide for TcpHalf {
 
     async fn shutdown(&mut self) -> io::Result<()> {
         AsyncWriteRent::shutdown(self.stream()).await
+    }
+
+    fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
+        Some(self.stream())
     }
 }
 

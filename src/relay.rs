@@ -14,6 +14,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::bufpool;
+use monoio::net::TcpStream;
+
 use crate::io::{Connection, ReadSide, WriteSide};
 
 /// How long the second direction may go on after the first one closed.
@@ -41,12 +43,19 @@ pub struct RelayStats {
     pub down: u64,
 }
 
-/// Moves bytes from `r` to `w` until `r` ends, then half-closes `w`.
+/// Moves bytes from `r` to `w` until `r` ends, then half-closes `w`;
+/// with `splice` and plain TCP on both sides, through a pipe in the kernel.
 async fn pump<R: ReadSide, W: WriteSide>(
     r: &mut R,
     w: &mut W,
     moved: &Cell<u64>,
+    splice: bool,
 ) -> io::Result<()> {
+    if splice {
+        if let (Some(from), Some(to)) = (r.as_plain_tcp(), w.as_plain_tcp()) {
+            return splice_pump(from, to, moved).await;
+        }
+    }
     loop {
         r.readable().await?;
         let (res, buf) = r.read_into(bufpool::take()).await;
@@ -69,16 +78,47 @@ async fn pump<R: ReadSide, W: WriteSide>(
     }
 }
 
+/// The splice variant of [`pump`]: socket → pipe → socket, never through
+/// user space. The pipe (two descriptors) is made when the first bytes
+/// arrive, so an idle session costs no extra descriptors.
+async fn splice_pump(r: &mut TcpStream, w: &mut TcpStream, moved: &Cell<u64>) -> io::Result<()> {
+    use monoio::io::splice::{SpliceDestination, SpliceSource};
+    let mut pipe = None;
+    loop {
+        TcpStream::readable(r, false).await?;
+        let (pipe_r, pipe_w) = match &mut pipe {
+            Some(p) => p,
+            None => pipe.insert(monoio::net::unix::new_pipe()?),
+        };
+        let n = r.splice_to_pipe(pipe_w, bufpool::CHUNK as u32).await?;
+        if n == 0 {
+            let _ = monoio::io::AsyncWriteRent::shutdown(w).await;
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = w.splice_from_pipe(pipe_r, left).await?;
+            if m == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= m;
+        }
+        moved.set(moved.get() + u64::from(n));
+    }
+}
+
 /// Relays between `client` and `backend` until both directions end, one
 /// fails, or `stop` completes with the goodbye for the client.
 /// `to_backend` and `to_client` are bytes read ahead during login, written
-/// first.
+/// first. `splice` moves plaintext-to-plaintext bytes with splice(2)
+/// (`server.splice`); TLS sessions always copy.
 pub async fn relay<C, B, F>(
     client: C,
     backend: B,
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
     stop: F,
+    splice: bool,
 ) -> (RelayEnd, RelayStats)
 where
     C: Connection,
@@ -116,8 +156,8 @@ where
     }
 
     let outcome = {
-        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up));
-        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down));
+        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up, splice));
+        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down, splice));
         let mut stop = std::pin::pin!(stop);
         monoio::select! {
             r = &mut upward => Ok(match r {
@@ -180,6 +220,15 @@ mod tests {
 
     #[monoio::test(driver = "uring", timer_enabled = true)]
     async fn relays_both_ways_with_read_ahead_and_half_close() {
+        relay_both_ways(false).await;
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn splice_relays_both_ways_with_read_ahead_and_half_close() {
+        relay_both_ways(true).await;
+    }
+
+    async fn relay_both_ways(splice: bool) {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -190,6 +239,7 @@ mod tests {
             b"ahead-up ".to_vec(),
             b"ahead-down ".to_vec(),
             std::future::pending::<Vec<u8>>(),
+            splice,
         ));
         let client_task = monoio::spawn(async move {
             let (r, _) = client.write_all(payload).await;
@@ -219,7 +269,14 @@ mod tests {
             let _ = rx.await;
             b"* BYE [UNAVAILABLE] bye\r\n".to_vec()
         };
-        let relay_task = monoio::spawn(relay(client_side, backend_side, vec![], vec![], stop));
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            stop,
+            false,
+        ));
         tx.send(()).unwrap();
         let (end, stats) = relay_task.await;
         assert_eq!(end, RelayEnd::Stopped);

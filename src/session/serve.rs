@@ -180,7 +180,8 @@ async fn relay_session<C: Connection>(
         info!(?reason, "closing session");
         imap_goodbye(reason)
     };
-    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, stop).await;
+    let splice = core.shared.config.server.splice;
+    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, stop, splice).await;
     drop(registration);
     core.router.release(&l.key, l.backend_id);
     (Some(end), stats)
