@@ -12,7 +12,7 @@ start)
     peer_cert
     {
         echo "global"
-        echo "    maxconn 20000"
+        echo "    maxconn 9900"
         echo "defaults"
         echo "    mode tcp"
         echo "    timeout connect 2s"

@@ -2,7 +2,7 @@
 # Runs the same scenarios against mailpin and each installed peer, over the
 # same simulated backends (127.0.0.11-13:21143), writing one JSON report per
 # scenario and target into $OUT (default /tmp/mailpin-peers/results).
-# Usage: run.sh [SESSIONS] [LOGIN_RATE]
+# Usage: [TARGETS="mailpin haproxy nginx"] run.sh [SESSIONS] [LOGIN_RATE]
 set -euo pipefail
 DIR=$(cd "$(dirname "$0")" && pwd)
 source "$DIR/common.sh"
@@ -11,6 +11,7 @@ RATE=${2:-300}
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 LT=${MAILPIN_LOADTEST:-$DIR/../../target/release/mailpin-loadtest}
+TARGETS=${TARGETS:-"mailpin haproxy nginx"}
 HOSTS=$(IFS=,; echo "${BACKEND_HOSTS[*]}")
 BACK=(--backend-hosts "$HOSTS" --backend-port "$BACKEND_PORT")
 
@@ -27,7 +28,9 @@ scenarios() {
         --json "$OUT/$name-relay.json"
 }
 
-scenarios mailpin
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+if wants mailpin; then scenarios mailpin; fi
 
 # A peer must be restarted for each idle run so its RSS baseline is fresh.
 peer() {
@@ -52,6 +55,6 @@ peer() {
     "$DIR/$script" stop
 }
 
-peer haproxy haproxy.sh 127.0.0.1:22143 127.0.0.1:22993
-peer nginx nginx.sh 127.0.0.1:23143 127.0.0.1:23993
+if wants haproxy; then peer haproxy haproxy.sh 127.0.0.1:22143 127.0.0.1:22993; fi
+if wants nginx; then peer nginx nginx.sh 127.0.0.1:23143 127.0.0.1:23993; fi
 echo "reports in $OUT"
