@@ -56,6 +56,8 @@ pub fn config(backends: &[(String, SocketAddr)], cores: usize, splice: bool) -> 
     };
     config.server.cores = cores;
     config.server.splice = splice;
+    // Several directors may run at once (tests, peers side by side).
+    config.admin.listen = loopback;
     config.server.drain_timeout = Duration::from_secs(1);
     config
 }
