@@ -16,6 +16,9 @@ use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
 pub mod imap;
+pub mod lmtp;
+pub mod pop3;
+pub mod sieve;
 
 /// How long a backend may take to greet and to answer a login. Dovecot
 /// delays failed logins (`auth_failure_delay`, 2 s by default), so this is

@@ -11,7 +11,12 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod imap;
+pub mod input;
+pub mod lmtp;
+pub mod pop3;
+pub mod proxy_header;
 pub mod serve;
+pub mod sieve;
 
 /// What the director knows about a client connection.
 #[derive(Debug, Clone)]
