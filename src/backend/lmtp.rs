@@ -15,7 +15,7 @@ use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
 use crate::config::{Forward, Protocol};
 use crate::io::WriteSide;
 use crate::proto::lines::LineReader;
-use crate::proto::smtp::{parse_reply_line, Reply};
+use crate::proto::smtp::{filter_mail_params, parse_reply_line, Reply};
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
@@ -74,7 +74,16 @@ pub async fn open(
         }
     }
     conn.chunking = has_capability(&caps, "CHUNKING");
-    let mail = conn.command(mail_line).await?;
+    // The director announces SIZE, 8BITMIME and SMTPUTF8 itself; pass
+    // their parameters on only to a backend that announced them too.
+    let mail_line = filter_mail_params(mail_line, |name| match name {
+        "SIZE" => has_capability(&caps, "SIZE"),
+        "BODY" => has_capability(&caps, "8BITMIME"),
+        "SMTPUTF8" => has_capability(&caps, "SMTPUTF8"),
+        _ => true,
+    })
+    .unwrap_or_else(|| mail_line.to_vec());
+    let mail = conn.command(&mail_line).await?;
     Ok((conn, mail))
 }
 

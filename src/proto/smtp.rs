@@ -140,6 +140,30 @@ pub fn mailbox_user(inner: &[u8]) -> Option<String> {
     })
 }
 
+/// Rewrites a `MAIL FROM:<path> params` line keeping only the parameters
+/// for which `keep(NAME)` (upper-cased keyword) is true; the path and the
+/// kept parameters stay byte for byte. `None` when the line is not a MAIL
+/// command with a path.
+pub fn filter_mail_params(line: &[u8], keep: impl Fn(&str) -> bool) -> Option<Vec<u8>> {
+    let cmd = parse_command(line)?;
+    let arg = strip_keyword(cmd.rest, b"FROM:")?;
+    let path = parse_path(arg).ok()?;
+    let head = line.len() - path.params.len();
+    let mut out = line[..head].to_vec();
+    while out.last() == Some(&b' ') {
+        out.pop();
+    }
+    for param in path.params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+        let name = param.split(|&b| b == b'=').next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        if keep(&name) {
+            out.push(b' ');
+            out.extend_from_slice(param);
+        }
+    }
+    Some(out)
+}
+
 /// A `BDAT <size> [LAST]` argument.
 pub fn parse_bdat(rest: &[u8]) -> Option<(u64, bool)> {
     let text = std::str::from_utf8(rest).ok()?;
@@ -332,6 +356,16 @@ mod tests {
             mailbox_user("jörg@bücher.de".as_bytes()).as_deref(),
             Some("jörg@bücher.de")
         );
+    }
+
+    #[test]
+    fn mail_parameters_are_filtered() {
+        let line = b"MAIL FROM:<\"a b\"@x> SIZE=100 BODY=8BITMIME SMTPUTF8";
+        let out = filter_mail_params(line, |n| n != "SIZE").unwrap();
+        assert_eq!(out, b"MAIL FROM:<\"a b\"@x> BODY=8BITMIME SMTPUTF8");
+        let out = filter_mail_params(b"mail from:<> size=5", |_| false).unwrap();
+        assert_eq!(out, b"mail from:<>");
+        assert_eq!(filter_mail_params(b"RCPT TO:<a>", |_| true), None);
     }
 
     #[test]

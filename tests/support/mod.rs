@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod director;
 pub mod dovecot;
 pub mod dovecot_conf;
 pub mod loopback;
