@@ -38,6 +38,8 @@ pub struct LmtpBackend {
     lines: LineReader,
     /// The backend announced CHUNKING (BDAT) in its LHLO reply.
     pub chunking: bool,
+    /// Its LHLO reply (capabilities).
+    caps: Reply,
 }
 
 /// Connects, greets, forwards the client's address and starts the
@@ -53,6 +55,7 @@ pub async fn open(
         stream,
         lines: LineReader::new(),
         chunking: false,
+        caps: Reply::new(250, ""),
     };
     let greeting = conn.reply(COMMAND_TIMEOUT).await?;
     if greeting.code != 220 {
@@ -74,16 +77,8 @@ pub async fn open(
         }
     }
     conn.chunking = has_capability(&caps, "CHUNKING");
-    // The director announces SIZE, 8BITMIME and SMTPUTF8 itself; pass
-    // their parameters on only to a backend that announced them too.
-    let mail_line = filter_mail_params(mail_line, |name| match name {
-        "SIZE" => has_capability(&caps, "SIZE"),
-        "BODY" => has_capability(&caps, "8BITMIME"),
-        "SMTPUTF8" => has_capability(&caps, "SMTPUTF8"),
-        _ => true,
-    })
-    .unwrap_or_else(|| mail_line.to_vec());
-    let mail = conn.command(&mail_line).await?;
+    conn.caps = caps;
+    let mail = conn.mail(mail_line).await?;
     Ok((conn, mail))
 }
 
@@ -128,6 +123,22 @@ fn xclient_command(fields: &[String], info: &ClientInfo) -> String {
 }
 
 impl LmtpBackend {
+    /// Starts a transaction with the client's `MAIL FROM:` line (on a new
+    /// connection, or one whose previous transaction ended cleanly). The
+    /// director announces SIZE, 8BITMIME and SMTPUTF8 itself; their
+    /// parameters go on only to a backend that announced them too.
+    pub async fn mail(&mut self, mail_line: &[u8]) -> Result<Reply, BackendError> {
+        let caps = &self.caps;
+        let line = filter_mail_params(mail_line, |name| match name {
+            "SIZE" => has_capability(caps, "SIZE"),
+            "BODY" => has_capability(caps, "8BITMIME"),
+            "SMTPUTF8" => has_capability(caps, "SMTPUTF8"),
+            _ => true,
+        })
+        .unwrap_or_else(|| mail_line.to_vec());
+        self.command(&line).await
+    }
+
     async fn lhlo(&mut self) -> Result<Reply, BackendError> {
         let reply = self.command(format!("LHLO {LHLO_NAME}").as_bytes()).await?;
         if !reply.is_positive() {

@@ -167,6 +167,7 @@ async fn accept_loop(
 ) {
     // An accept error here is the shutdown from Drop: stop.
     while let Ok((conn, _)) = listener.accept().await {
+        let _ = conn.set_nodelay(true);
         let store = store.clone();
         let password = password.clone();
         monoio::spawn(async move {

@@ -60,6 +60,9 @@ pub struct Lmtp<'a> {
     input: ClientInput,
     greeted: bool,
     tx: Option<Transaction>,
+    /// Backend connections whose last transaction ended cleanly, kept for
+    /// the client's next transaction (one per backend).
+    idle: Vec<(BackendId, LmtpBackend)>,
     bad: u32,
 }
 
@@ -107,6 +110,7 @@ impl<'a> Lmtp<'a> {
             input: ClientInput::new(),
             greeted: false,
             tx: None,
+            idle: Vec::new(),
             bad: 0,
         }
     }
@@ -118,6 +122,7 @@ impl<'a> Lmtp<'a> {
         self.input.reset();
         self.greeted = false;
         self.end_transaction();
+        self.close_idle();
     }
 
     /// Writes the greeting.
@@ -147,6 +152,7 @@ impl<'a> Lmtp<'a> {
         };
         if !matches!(outcome, Outcome::StartTls) {
             self.end_transaction();
+            self.close_idle();
         }
         outcome
     }
@@ -345,7 +351,20 @@ impl<'a> Lmtp<'a> {
         let index = match tx.backends.iter().position(|b| b.id == id) {
             Some(i) => i,
             None => {
-                let (conn, failed) = match open(backend, &self.client, &tx.mail_line).await {
+                // A connection kept from the previous transaction first;
+                // one the backend closed meanwhile is replaced.
+                let mut reused = None;
+                if let Some(pos) = self.idle.iter().position(|(b, _)| *b == id) {
+                    let (_, mut conn) = self.idle.swap_remove(pos);
+                    if let Ok(mail) = conn.mail(&tx.mail_line).await {
+                        reused = Some((conn, mail));
+                    }
+                }
+                let opened = match reused {
+                    Some(r) => Ok(r),
+                    None => open(backend, &self.client, &tx.mail_line).await,
+                };
+                let (conn, failed) = match opened {
                     Ok((conn, mail)) if mail.is_positive() => (Some(conn), None),
                     Ok((conn, mail)) => {
                         conn.quit().await;
@@ -388,7 +407,30 @@ impl<'a> Lmtp<'a> {
         }
     }
 
-    /// Releases every recipient and drops the backend connections.
+    /// Releases every recipient; backend connections that finished their
+    /// part cleanly are kept for the next transaction, the rest are closed.
+    fn finish_transaction(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            for r in &tx.accepted {
+                self.core.router.release(&r.key, tx.backends[r.backend].id);
+            }
+            for b in tx.backends {
+                if let Some(conn) = b.conn {
+                    self.idle.push((b.id, conn));
+                }
+            }
+        }
+    }
+
+    /// Closes the kept backend connections (STARTTLS, end of session).
+    fn close_idle(&mut self) {
+        for (_, conn) in self.idle.drain(..) {
+            monoio::spawn(conn.quit());
+        }
+    }
+
+    /// Releases every recipient and closes the transaction's backend
+    /// connections (RSET, LHLO, end of session).
     fn end_transaction(&mut self) {
         if let Some(tx) = self.tx.take() {
             for r in &tx.accepted {
@@ -643,7 +685,7 @@ impl<'a> Lmtp<'a> {
             "message delivered"
         );
         self.tx = Some(tx);
-        self.end_transaction();
+        self.finish_transaction();
         write_bytes(s, &out).await.map_err(|_| Close)
     }
 }
