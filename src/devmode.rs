@@ -4,13 +4,18 @@
 //! one shared in-memory store, makes a fresh self-signed certificate, and
 //! builds the director's configuration around them: IMAP with STARTTLS on
 //! 10143 (LOGIN allowed before TLS, dev mode only) and implicit TLS on
-//! 10993, all on 127.0.0.1. Any user name logs in with password `dev`.
+//! 10993, POP3 (STLS) on 10110, LMTP on 10024 and ManageSieve (STARTTLS)
+//! on 14190, all on 127.0.0.1. Each dev backend serves all four protocols
+//! over the one store. Any user name logs in with password `dev`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::config::{Backend, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
-use crate::dev::{spawn_backends, DevBackendConfig, DevBackends, Registry, Store, DEV_PASSWORD};
+use crate::dev::{
+    spawn_backends, spawn_protocol_servers, DevBackendConfig, DevBackends, DevProtocolServers,
+    Registry, Store, DEV_PASSWORD,
+};
 use crate::launch::LaunchError;
 use crate::tls::DevCert;
 
@@ -21,17 +26,32 @@ pub struct DevPorts {
     pub imap: u16,
     /// IMAP over implicit TLS.
     pub imaps: u16,
+    /// POP3 with STLS.
+    pub pop3: u16,
+    /// LMTP.
+    pub lmtp: u16,
+    /// ManageSieve with STARTTLS.
+    pub sieve: u16,
 }
 
 impl DevPorts {
-    /// The documented ports: 10143 and 10993.
+    /// The documented ports: 10143, 10993, 10110, 10024 and 14190.
     pub const STANDARD: DevPorts = DevPorts {
         imap: 10143,
         imaps: 10993,
+        pop3: 10110,
+        lmtp: 10024,
+        sieve: 14190,
     };
 
     /// Ports the kernel picks (for tests that run side by side).
-    pub const EPHEMERAL: DevPorts = DevPorts { imap: 0, imaps: 0 };
+    pub const EPHEMERAL: DevPorts = DevPorts {
+        imap: 0,
+        imaps: 0,
+        pop3: 0,
+        lmtp: 0,
+        sieve: 0,
+    };
 }
 
 /// A dev setup: the director's configuration and the backends behind it.
@@ -40,6 +60,8 @@ pub struct DevSetup {
     pub config: Config,
     /// The running dev backends; dropping them stops them.
     pub backends: DevBackends,
+    /// Their POP3, LMTP and ManageSieve servers; dropping them stops them.
+    pub protocols: DevProtocolServers,
     /// Where the certificate was written, for clients to trust.
     pub cert_path: Option<PathBuf>,
 }
@@ -57,8 +79,11 @@ pub fn setup(ports: DevPorts) -> Result<DevSetup, LaunchError> {
         .iter()
         .map(|n| DevBackendConfig::new(*n, SocketAddr::from((LOOPBACK, 0))))
         .collect();
-    let backends = spawn_backends(configs, Store::default(), Registry::new())
+    let store = Store::default();
+    let backends = spawn_backends(configs, store.clone(), Registry::new())
         .map_err(|e| LaunchError(format!("dev backends: {e}")))?;
+    let protocols = spawn_protocol_servers(&names, store, DEV_PASSWORD)
+        .map_err(|e| LaunchError(format!("dev POP3/LMTP/ManageSieve servers: {e}")))?;
 
     let config = Config {
         tls: Some(TlsConfig {
@@ -69,6 +94,9 @@ pub fn setup(ports: DevPorts) -> Result<DevSetup, LaunchError> {
         listen: vec![
             listen(Protocol::Imap, ports.imap, TlsMode::Starttls),
             listen(Protocol::Imap, ports.imaps, TlsMode::Implicit),
+            listen(Protocol::Pop3, ports.pop3, TlsMode::Starttls),
+            listen(Protocol::Lmtp, ports.lmtp, TlsMode::None),
+            listen(Protocol::Sieve, ports.sieve, TlsMode::Starttls),
         ],
         backend: backends
             .addrs()
@@ -76,6 +104,11 @@ pub fn setup(ports: DevPorts) -> Result<DevSetup, LaunchError> {
             .map(|(name, addr)| {
                 let mut b = Backend::new(name.clone(), addr.ip().to_string());
                 b.imap = Some(addr.port());
+                if let Some(p) = protocols.addr(name) {
+                    b.pop3 = Some(p.pop3.port());
+                    b.lmtp = Some(p.lmtp.port());
+                    b.sieve = Some(p.sieve.port());
+                }
                 b
             })
             .collect(),
@@ -84,6 +117,7 @@ pub fn setup(ports: DevPorts) -> Result<DevSetup, LaunchError> {
     Ok(DevSetup {
         config,
         backends,
+        protocols,
         cert_path,
     })
 }

@@ -16,6 +16,9 @@ use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
 pub mod imap;
+pub mod lmtp;
+pub mod pop3;
+pub mod sieve;
 
 /// Reads a backend's greeting line within `limit`; any failure is a
 /// [`BackendError::Greeting`].

@@ -16,16 +16,23 @@
 //! * [`format`]: IMAP response syntax (strings, dates, envelopes).
 //! * [`fetch`] and [`search`]: the data items of FETCH and the keys of
 //!   SEARCH.
+//! * [`protocols`]: POP3, LMTP and ManageSieve dev servers over the same
+//!   store (`pop3`, `lmtp`, `sieve`).
 
 pub mod fetch;
 pub mod format;
 mod imap;
+mod lmtp;
+mod pop3;
+pub mod protocols;
 pub mod registry;
 pub mod search;
 pub mod server;
 pub mod sessions;
+mod sieve;
 pub mod store;
 
+pub use protocols::{spawn_protocol_servers, DevProtocolServers, ProtocolAddrs};
 pub use registry::{LiveSession, Registry, Violation};
 pub use server::{spawn_backends, DevBackendConfig, DevBackends, DEV_PASSWORD};
 pub use sessions::SessionInfo;

@@ -7,8 +7,16 @@
 //!   AUTHENTICATE in every protocol that carries SASL.
 //! - [`lines`]: bounded line reading from backends.
 //! - [`proxy_v2`]: the PROXY v2 header sent to backends.
+//! - [`proxy_in`]: PROXY v1/v2 headers received from load balancers.
+//! - [`pop3`]: POP3 command lines, reply statuses, XCLIENT.
+//! - [`smtp`]: LMTP/SMTP command lines, paths, replies, the DATA end.
+//! - [`sieve`]: ManageSieve command lines, strings and responses.
 
 pub mod imap;
 pub mod lines;
+pub mod pop3;
+pub mod proxy_in;
 pub mod proxy_v2;
 pub mod sasl;
+pub mod sieve;
+pub mod smtp;

@@ -12,7 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod failover;
 pub mod imap;
+pub mod input;
+pub mod lmtp;
+pub mod pop3;
+pub mod proxy_header;
 pub mod serve;
+pub mod sieve;
 
 /// What the director knows about a client connection.
 #[derive(Debug, Clone)]

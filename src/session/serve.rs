@@ -1,26 +1,89 @@
 //! The life of one client connection, from accept to close.
 //!
 //! `serve` sets up the session's log span (session id, client, and once
-//! known the user key and backend, on every line), runs TLS and the
-//! protocol's pre-login phase, relays after login, releases the user's
-//! session count and writes one closing line with bytes each way and
-//! duration.
+//! known the user key and backend, on every line), reads the PROXY header
+//! on `proxy_protocol` listeners, runs TLS and the protocol's pre-login
+//! phase (IMAP, POP3, ManageSieve) or the LMTP dialogue, relays after
+//! login, releases the user's session count and writes one closing line
+//! with bytes each way and duration.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use tracing::{debug, info, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::Connection;
 use crate::relay::{relay, RelayEnd, RelayStats};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::runtime::sessions::KickReason;
-use crate::session::imap::{ImapPolicy, LoggedIn, Outcome, Prelogin};
-use crate::session::{new_session_id, ClientInfo};
+use crate::session::imap::{ImapPolicy, LoggedIn, Outcome};
+use crate::session::lmtp::{Lmtp, LmtpPolicy};
+use crate::session::pop3::Pop3Policy;
+use crate::session::sieve::SievePolicy;
+use crate::session::{imap, new_session_id, pop3, proxy_header, sieve, ClientInfo};
 use crate::tls;
+
+/// What [`run_prelogin`] needs from a protocol's pre-login phase.
+#[allow(async_fn_in_trait)]
+pub trait PreloginPhase {
+    /// The connection is under TLS from now on (implicit or after STARTTLS).
+    fn upgraded(&mut self);
+    /// Writes the greeting; false when the client is gone.
+    async fn greet<S: Connection>(&mut self, s: &mut S) -> bool;
+    /// Runs the dialogue until login, STARTTLS or the end.
+    async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome;
+}
+
+impl PreloginPhase for imap::Prelogin<'_> {
+    fn upgraded(&mut self) {
+        imap::Prelogin::upgraded(self)
+    }
+    async fn greet<S: Connection>(&mut self, s: &mut S) -> bool {
+        imap::Prelogin::greet(self, s).await
+    }
+    async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        imap::Prelogin::run(self, s).await
+    }
+}
+
+impl PreloginPhase for pop3::Prelogin<'_> {
+    fn upgraded(&mut self) {
+        pop3::Prelogin::upgraded(self)
+    }
+    async fn greet<S: Connection>(&mut self, s: &mut S) -> bool {
+        pop3::Prelogin::greet(self, s).await
+    }
+    async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        pop3::Prelogin::run(self, s).await
+    }
+}
+
+impl PreloginPhase for sieve::Prelogin<'_> {
+    fn upgraded(&mut self) {
+        sieve::Prelogin::upgraded(self)
+    }
+    async fn greet<S: Connection>(&mut self, s: &mut S) -> bool {
+        sieve::Prelogin::greet(self, s).await
+    }
+    async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        sieve::Prelogin::run(self, s).await
+    }
+}
+
+impl PreloginPhase for Lmtp<'_> {
+    fn upgraded(&mut self) {
+        Lmtp::upgraded(self)
+    }
+    async fn greet<S: Connection>(&mut self, s: &mut S) -> bool {
+        Lmtp::greet(self, s).await
+    }
+    async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        Lmtp::run(self, s).await
+    }
+}
 
 /// Serves one accepted connection to its end.
 pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: SocketAddr) {
@@ -31,24 +94,77 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
         sid = %session_id,
         proto = listen.protocol.as_str(),
         client = %peer,
+        lb = tracing::field::Empty,
         user = tracing::field::Empty,
         backend = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();
+        let mut tcp = tcp;
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(listen.addr);
+        let mut local = tcp.local_addr().unwrap_or(listen.addr);
+        let mut peer = peer;
+        if listen.proxy_protocol {
+            let limit = core.shared.config.server.handshake_timeout;
+            match proxy_header::receive(&mut tcp, peer, &listen, limit).await {
+                Ok(header) => {
+                    let span = tracing::Span::current();
+                    if let Some(source) = header.source {
+                        span.record("lb", tracing::field::display(peer));
+                        span.record("client", tracing::field::display(source));
+                        peer = source;
+                    }
+                    if let Some(destination) = header.destination {
+                        local = destination;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "PROXY header refused, closing");
+                    return;
+                }
+            }
+        }
         let client = ClientInfo {
             peer,
             local,
             session_id,
             tls: false,
         };
+        let server = &core.shared.config.server;
+        let starttls = listen.tls == TlsMode::Starttls;
+        let plaintext_auth = listen.plaintext_auth;
         let (end, stats) = match listen.protocol {
-            Protocol::Imap => imap(&core, &listen, tcp, client).await,
-            other => {
-                debug!(protocol = other.as_str(), "protocol not served yet");
-                (None, RelayStats::default())
+            Protocol::Imap => {
+                let policy = ImapPolicy {
+                    starttls,
+                    plaintext_auth,
+                };
+                let pre = imap::Prelogin::new(&core, policy, client);
+                run_prelogin(&core, &listen, tcp, pre).await
+            }
+            Protocol::Pop3 => {
+                let policy = Pop3Policy {
+                    starttls,
+                    plaintext_auth,
+                };
+                let pre = pop3::Prelogin::new(&core, policy, client);
+                run_prelogin(&core, &listen, tcp, pre).await
+            }
+            Protocol::Sieve => {
+                let policy = SievePolicy {
+                    starttls,
+                    plaintext_auth,
+                };
+                let pre = sieve::Prelogin::new(&core, policy, client);
+                run_prelogin(&core, &listen, tcp, pre).await
+            }
+            Protocol::Lmtp => {
+                let policy = LmtpPolicy {
+                    starttls,
+                    idle_timeout: server.prelogin_timeout,
+                };
+                let lmtp = Lmtp::new(&core, policy, client);
+                run_prelogin(&core, &listen, tcp, lmtp).await
             }
         };
         info!(
@@ -80,37 +196,34 @@ enum Ready {
     Tls(tls::TlsStream, LoggedIn),
 }
 
-/// An IMAP session: TLS as the listener says, pre-login, then the relay.
+/// A session of any protocol: TLS as the listener says, the pre-login
+/// phase (STARTTLS included), then the relay once a backend took the login.
 ///
 /// Pre-login and the relay each run in their own heap allocation: the
 /// pre-login state machine is large (parsers, the backend login) but short
 /// lived, and is freed before the relay starts, so an idle session keeps
 /// only the relay's state.
-async fn imap(
+async fn run_prelogin<P: PreloginPhase>(
     core: &Rc<Core>,
     listen: &Listen,
     tcp: TcpStream,
-    client: ClientInfo,
+    pre: P,
 ) -> (Option<RelayEnd>, RelayStats) {
-    match Box::pin(imap_prelogin(core, listen, tcp, client)).await {
-        Some(Ready::Plain(tcp, l)) => Box::pin(relay_session(core, tcp, l)).await,
-        Some(Ready::Tls(tls, l)) => Box::pin(relay_session(core, tls, l)).await,
+    let protocol = listen.protocol;
+    match Box::pin(prelogin(core, listen, tcp, pre)).await {
+        Some(Ready::Plain(tcp, l)) => Box::pin(relay_session(core, protocol, tcp, l)).await,
+        Some(Ready::Tls(tls, l)) => Box::pin(relay_session(core, protocol, tls, l)).await,
         None => (None, RelayStats::default()),
     }
 }
 
-/// TLS and the IMAP dialogue up to a successful login.
-async fn imap_prelogin(
+/// TLS and the protocol's dialogue up to a successful login.
+async fn prelogin<P: PreloginPhase>(
     core: &Rc<Core>,
     listen: &Listen,
     mut tcp: TcpStream,
-    client: ClientInfo,
+    mut pre: P,
 ) -> Option<Ready> {
-    let policy = ImapPolicy {
-        starttls: listen.tls == TlsMode::Starttls,
-        plaintext_auth: listen.plaintext_auth,
-    };
-    let mut pre = Prelogin::new(core, policy, client);
     if listen.tls == TlsMode::Implicit {
         let mut tls = handshake(core, tcp).await?;
         pre.upgraded();
@@ -153,32 +266,36 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
     }
 }
 
-/// What an IMAP client is told when the director ends its session.
-fn imap_goodbye(reason: KickReason) -> Vec<u8> {
-    let text: &[u8] = match reason {
-        KickReason::BackendDown => {
-            b"* BYE [UNAVAILABLE] Mail server unavailable, please reconnect.\r\n"
-        }
-        KickReason::Admin => b"* BYE Session closed by the administrator, please reconnect.\r\n",
-        KickReason::Shutdown => {
-            b"* BYE [UNAVAILABLE] Director shutting down, please reconnect.\r\n"
-        }
+/// What a client is told when the director ends its session: IMAP and
+/// ManageSieve have a BYE for it; POP3 has no unsolicited reply, so the
+/// connection just closes.
+fn goodbye(protocol: Protocol, reason: KickReason) -> Vec<u8> {
+    let text = match reason {
+        KickReason::BackendDown => "Mail server unavailable, please reconnect.",
+        KickReason::Admin => "Session closed by the administrator, please reconnect.",
+        KickReason::Shutdown => "Director shutting down, please reconnect.",
     };
-    text.to_vec()
+    match protocol {
+        Protocol::Imap if reason == KickReason::Admin => format!("* BYE {text}\r\n").into_bytes(),
+        Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}\r\n").into_bytes(),
+        Protocol::Sieve => format!("BYE (TRYLATER) \"{text}\"\r\n").into_bytes(),
+        Protocol::Pop3 | Protocol::Lmtp => Vec::new(),
+    }
 }
 
 /// Relays a logged-in session, registered so it can be kicked, and
 /// releases its count afterwards.
 async fn relay_session<C: Connection>(
     core: &Core,
+    protocol: Protocol,
     client: C,
     l: LoggedIn,
 ) -> (Option<RelayEnd>, RelayStats) {
-    let (registration, kick) = core.sessions.register(&l.key, l.backend_id, Protocol::Imap);
+    let (registration, kick) = core.sessions.register(&l.key, l.backend_id, protocol);
     let stop = async move {
         let reason = kick.kicked().await;
         info!(?reason, "closing session");
-        imap_goodbye(reason)
+        goodbye(protocol, reason)
     };
     let splice = core.shared.config.server.splice;
     let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, stop, splice).await;

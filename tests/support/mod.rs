@@ -14,6 +14,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod director;
 pub mod dovecot;
 pub mod dovecot_conf;
 pub mod loopback;

@@ -51,6 +51,30 @@ impl LineClient {
         })
     }
 
+    /// Wraps a connected stream (say, one bound to a chosen source
+    /// address), with the same 5-second timeouts.
+    pub fn from_stream(stream: TcpStream) -> io::Result<LineClient> {
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(LineClient {
+            reader: BufReader::new(stream),
+            next_tag: 1,
+        })
+    }
+
+    /// Connects from the local address `from` (any 127.0.0.0/8 address
+    /// works on Linux), so a test can tell the client's address apart.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> io::Result<LineClient> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+        LineClient::from_stream(socket.into())
+    }
+
     /// The next line, without CRLF; an error at end of stream.
     pub fn read_line(&mut self) -> io::Result<String> {
         let mut line = String::new();

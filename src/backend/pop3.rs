@@ -1,0 +1,130 @@
+//! Logging a client in on a POP3 backend (RFC 1939, RFC 5034).
+//!
+//! The director connects, reads the `+OK` greeting, forwards the client's
+//! address with Dovecot's `XCLIENT ADDR= PORT= SESSION= TTL=` when
+//! `forward = "id"` (Dovecot honours it from `login_trusted_networks`; a
+//! refusal is not fatal), then replays the credentials as `AUTH PLAIN` with
+//! an initial response. The backend's answer — `+OK ...` or `-ERR [AUTH]
+//! ...` — reaches the client word for word.
+
+use monoio::net::TcpStream;
+
+use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::config::{Forward, Protocol};
+use crate::io::{write_bytes, WriteSide};
+use crate::proto::lines::LineReader;
+use crate::proto::pop3::{reply_status, xclient_command, Reply};
+use crate::proto::sasl::{encode_plain, Credentials};
+use crate::route::backends::Backend;
+use crate::session::ClientInfo;
+
+/// Hop count sent with XCLIENT: how many more proxies may forward it.
+pub const XCLIENT_TTL: u8 = 5;
+
+/// How a backend login ended.
+pub enum Login {
+    /// `+OK`: relay from here on; `to_client` holds bytes read past it.
+    Accepted {
+        /// The logged-in backend connection.
+        stream: TcpStream,
+        /// Backend bytes read past the `+OK` line, for the client.
+        to_client: Vec<u8>,
+    },
+    /// `-ERR`; the backend's line has been relayed to the client.
+    Rejected,
+}
+
+/// Logs `creds` in on `backend`, relaying its answer to `client`.
+pub async fn login<W: WriteSide>(
+    backend: &Backend,
+    creds: &Credentials,
+    info: &ClientInfo,
+    client: &mut W,
+) -> Result<Login, BackendError> {
+    let mut stream = connect(backend, Protocol::Pop3, info).await?;
+    let talk = converse(
+        &mut stream,
+        backend.forward == Forward::Id,
+        creds,
+        info,
+        client,
+    );
+    match monoio::time::timeout(LOGIN_TIMEOUT, talk).await {
+        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
+        Ok(Ok(None)) => Ok(Login::Rejected),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BackendError::Timeout),
+    }
+}
+
+async fn read_line(
+    lines: &mut LineReader,
+    stream: &mut TcpStream,
+) -> Result<Vec<u8>, BackendError> {
+    lines
+        .read_line(stream, MAX_BACKEND_LINE)
+        .await
+        .map_err(BackendError::Io)
+}
+
+fn unexpected(what: &str, line: &[u8]) -> BackendError {
+    BackendError::Protocol(format!(
+        "{what} {:?}",
+        String::from_utf8_lossy(&line[..line.len().min(80)])
+    ))
+}
+
+async fn converse<W: WriteSide>(
+    stream: &mut TcpStream,
+    forward_id: bool,
+    creds: &Credentials,
+    info: &ClientInfo,
+    client: &mut W,
+) -> Result<Option<Vec<u8>>, BackendError> {
+    let mut lines = LineReader::new();
+    let greeting = read_line(&mut lines, stream).await?;
+    if reply_status(&greeting) != Some(Reply::Ok) {
+        return Err(unexpected("greeting", &greeting));
+    }
+    if forward_id {
+        let xclient = xclient_command(
+            info.peer.ip(),
+            info.peer.port(),
+            &info.session_id,
+            XCLIENT_TTL,
+        );
+        write_bytes(stream, xclient.as_bytes())
+            .await
+            .map_err(BackendError::Io)?;
+        // `-ERR` (an untrusted director) still serves the user, without
+        // the client's address.
+        let answer = read_line(&mut lines, stream).await?;
+        if reply_status(&answer).is_none() {
+            return Err(unexpected("XCLIENT answer", &answer));
+        }
+    }
+    let plain = encode_plain(creds);
+    let mut auth = zeroize::Zeroizing::new(Vec::with_capacity(plain.len() + 16));
+    auth.extend_from_slice(b"AUTH PLAIN ");
+    auth.extend_from_slice(plain.as_bytes());
+    auth.extend_from_slice(b"\r\n");
+    write_bytes(stream, &auth).await.map_err(BackendError::Io)?;
+    drop(auth);
+    let answer = read_line(&mut lines, stream).await?;
+    let status = reply_status(&answer);
+    let mut relayed = answer;
+    relayed.extend_from_slice(b"\r\n");
+    match status {
+        Some(Reply::Ok) => {
+            write_bytes(client, &relayed)
+                .await
+                .map_err(BackendError::Io)?;
+            Ok(Some(lines.into_leftover()))
+        }
+        Some(Reply::Err) => {
+            let _ = write_bytes(client, &relayed).await;
+            Ok(None)
+        }
+        _ => Err(unexpected("AUTH answer", &relayed)),
+    }
+}

@@ -1,0 +1,136 @@
+//! Logging a client in on a ManageSieve backend (RFC 5804).
+//!
+//! The director connects and reads the capability greeting up to its `OK`;
+//! with `forward = "id"` and a backend that lists `XCLIENT` (Pigeonhole's
+//! managesieve-login does for `login_trusted_networks`) it forwards the
+//! client's address with `XCLIENT ADDR= PORT= SESSION= TTL=`; then it
+//! replays the credentials as `AUTHENTICATE "PLAIN" "<base64>"`. The
+//! backend's answer — `OK`, `NO` or `BYE` with their codes — reaches the
+//! client word for word.
+
+use monoio::net::TcpStream;
+
+use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::config::{Forward, Protocol};
+use crate::io::{write_bytes, WriteSide};
+use crate::proto::lines::LineReader;
+use crate::proto::sasl::{encode_plain, Credentials};
+use crate::proto::sieve::{response_status, Status};
+use crate::route::backends::Backend;
+use crate::session::ClientInfo;
+
+/// Hop count sent with XCLIENT.
+pub const XCLIENT_TTL: u8 = 5;
+
+/// How a backend login ended.
+pub enum Login {
+    /// `OK`: relay from here on; `to_client` holds bytes read past it.
+    Accepted {
+        /// The logged-in backend connection.
+        stream: TcpStream,
+        /// Backend bytes read past the `OK` line, for the client.
+        to_client: Vec<u8>,
+    },
+    /// `NO` or `BYE`; the backend's line has been relayed to the client.
+    Rejected,
+}
+
+/// Logs `creds` in on `backend`, relaying its answer to `client`.
+pub async fn login<W: WriteSide>(
+    backend: &Backend,
+    creds: &Credentials,
+    info: &ClientInfo,
+    client: &mut W,
+) -> Result<Login, BackendError> {
+    let mut stream = connect(backend, Protocol::Sieve, info).await?;
+    let talk = converse(
+        &mut stream,
+        backend.forward == Forward::Id,
+        creds,
+        info,
+        client,
+    );
+    match monoio::time::timeout(LOGIN_TIMEOUT, talk).await {
+        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
+        Ok(Ok(None)) => Ok(Login::Rejected),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BackendError::Timeout),
+    }
+}
+
+async fn read_line(
+    lines: &mut LineReader,
+    stream: &mut TcpStream,
+) -> Result<Vec<u8>, BackendError> {
+    lines
+        .read_line(stream, MAX_BACKEND_LINE)
+        .await
+        .map_err(BackendError::Io)
+}
+
+/// Reads data lines up to a status line; returns the data lines and it.
+async fn read_response(
+    lines: &mut LineReader,
+    stream: &mut TcpStream,
+) -> Result<(Vec<Vec<u8>>, Vec<u8>, Status), BackendError> {
+    let mut data = Vec::new();
+    for _ in 0..1000 {
+        let line = read_line(lines, stream).await?;
+        if let Some(status) = response_status(&line) {
+            return Ok((data, line, status));
+        }
+        data.push(line);
+    }
+    Err(BackendError::Protocol(
+        "response of more than 1000 lines".into(),
+    ))
+}
+
+async fn converse<W: WriteSide>(
+    stream: &mut TcpStream,
+    forward_id: bool,
+    creds: &Credentials,
+    info: &ClientInfo,
+    client: &mut W,
+) -> Result<Option<Vec<u8>>, BackendError> {
+    let mut lines = LineReader::new();
+    let (caps, _, status) = read_response(&mut lines, stream).await?;
+    if status != Status::Ok {
+        return Err(BackendError::Protocol("greeting is not OK".into()));
+    }
+    let xclient = caps.iter().any(|c| c.eq_ignore_ascii_case(b"\"XCLIENT\""));
+    if forward_id && xclient {
+        let cmd = format!(
+            "XCLIENT ADDR={} PORT={} SESSION={} TTL={XCLIENT_TTL}\r\n",
+            info.peer.ip(),
+            info.peer.port(),
+            info.session_id
+        );
+        write_bytes(stream, cmd.as_bytes())
+            .await
+            .map_err(BackendError::Io)?;
+        // NO (an untrusted director) still serves the user.
+        let _ = read_response(&mut lines, stream).await?;
+    }
+    let plain = encode_plain(creds);
+    let mut auth = zeroize::Zeroizing::new(Vec::with_capacity(plain.len() + 32));
+    auth.extend_from_slice(b"AUTHENTICATE \"PLAIN\" \"");
+    auth.extend_from_slice(plain.as_bytes());
+    auth.extend_from_slice(b"\"\r\n");
+    write_bytes(stream, &auth).await.map_err(BackendError::Io)?;
+    let (data, status_line, status) = read_response(&mut lines, stream).await?;
+    let mut relayed = Vec::new();
+    for l in data.iter().chain(std::iter::once(&status_line)) {
+        relayed.extend_from_slice(l);
+        relayed.extend_from_slice(b"\r\n");
+    }
+    if status == Status::Ok {
+        write_bytes(client, &relayed)
+            .await
+            .map_err(BackendError::Io)?;
+        Ok(Some(lines.into_leftover()))
+    } else {
+        let _ = write_bytes(client, &relayed).await;
+        Ok(None)
+    }
+}

@@ -1,0 +1,330 @@
+//! POP3 before login, as the director answers it (RFC 1939, RFC 2449 CAPA
+//! and response codes, RFC 5034 SASL, RFC 2595 STLS).
+//!
+//! The director greets, answers CAPA, STLS and QUIT itself, takes USER/PASS
+//! and `AUTH PLAIN` (with an initial response or after a `+ ` continuation;
+//! `*` cancels), routes the user and replays the credentials on its backend,
+//! whose `+OK` or `-ERR` the client gets word for word. When no backend can
+//! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines and
+//! the whole phase are bounded; too many bad commands end the session.
+
+use crate::runtime::stats::LoginOutcome;
+use crate::session::failover::Failover;
+use monoio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::backend::pop3::{login, Login};
+use crate::io::{write_bytes, Connection};
+use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
+use crate::proto::sasl::{self, Credentials};
+use crate::runtime::core::Core;
+use crate::session::imap::{LoggedIn, Outcome};
+use crate::session::input::{ClientInput, InputError};
+use crate::session::ClientInfo;
+
+/// What the listener allows before login.
+#[derive(Debug, Clone, Copy)]
+pub struct Pop3Policy {
+    /// STLS is offered (a `tls = "starttls"` listener).
+    pub starttls: bool,
+    /// USER/PASS and AUTH are allowed before TLS.
+    pub plaintext_auth: bool,
+}
+
+/// The state of one POP3 client before login; survives an STLS upgrade.
+pub struct Prelogin<'a> {
+    core: &'a Core,
+    policy: Pop3Policy,
+    client: ClientInfo,
+    input: ClientInput,
+    user: Option<String>,
+    bad: u32,
+    deadline: Instant,
+}
+
+/// The session must end.
+struct Close;
+
+impl<'a> Prelogin<'a> {
+    /// A new pre-login phase for `client`, bounded by `server.prelogin_timeout`.
+    pub fn new(core: &'a Core, policy: Pop3Policy, client: ClientInfo) -> Prelogin<'a> {
+        Prelogin {
+            core,
+            policy,
+            client,
+            input: ClientInput::new(),
+            user: None,
+            bad: 0,
+            deadline: Instant::now() + core.shared.config.server.prelogin_timeout,
+        }
+    }
+
+    /// Marks the connection as TLS from now on and drops anything the
+    /// client sent in plaintext after STLS, and the USER given before it
+    /// (RFC 2595 §4: the state is reset).
+    pub fn upgraded(&mut self) {
+        self.client.tls = true;
+        self.input.reset();
+        self.user = None;
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.client.tls || self.policy.plaintext_auth
+    }
+
+    /// The CAPA answer before login.
+    pub fn capabilities(&self) -> String {
+        let mut caps = String::from(
+            "+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n",
+        );
+        if self.login_allowed() {
+            caps.push_str("USER\r\nSASL PLAIN\r\n");
+        }
+        if self.policy.starttls && !self.client.tls {
+            caps.push_str("STLS\r\n");
+        }
+        caps.push_str(".\r\n");
+        caps
+    }
+
+    /// Writes the greeting.
+    pub async fn greet<S: Connection>(&self, s: &mut S) -> bool {
+        write_bytes(s, b"+OK mailpin ready.\r\n").await.is_ok()
+    }
+
+    /// Runs the dialogue until login, STLS or the end.
+    pub async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        loop {
+            let line = match self.read_line(s).await {
+                Ok(line) => line,
+                Err(Close) => return Outcome::Closed,
+            };
+            match self.handle(s, &line).await {
+                Ok(None) => {}
+                Ok(Some(outcome)) => return outcome,
+                Err(Close) => return Outcome::Closed,
+            }
+        }
+    }
+
+    async fn read_line<S: Connection>(&mut self, s: &mut S) -> Result<Vec<u8>, Close> {
+        match self.input.line(s, MAX_COMMAND_LINE, self.deadline).await {
+            Ok(line) => Ok(line),
+            Err(InputError::Closed) => Err(Close),
+            Err(InputError::Timeout) => {
+                info!("pre-login timeout");
+                let _ = write_bytes(s, b"-ERR Disconnected for inactivity.\r\n").await;
+                Err(Close)
+            }
+            Err(InputError::TooLong) => {
+                warn!("oversized line before login");
+                let _ = write_bytes(s, b"-ERR Line too long.\r\n").await;
+                Err(Close)
+            }
+        }
+    }
+
+    async fn reply<S: Connection>(&mut self, s: &mut S, text: &str) -> Result<(), Close> {
+        write_bytes(s, text.as_bytes()).await.map_err(|_| Close)
+    }
+
+    /// Counts a bad command; too many end the session.
+    async fn bad<S: Connection>(&mut self, s: &mut S, text: &str) -> Result<(), Close> {
+        self.bad += 1;
+        let mut reply = format!("-ERR {text}\r\n");
+        let too_many = self.bad >= self.core.shared.config.server.max_bad_commands;
+        if too_many {
+            reply = format!("-ERR {text}\r\n-ERR Too many invalid commands.\r\n");
+        }
+        self.reply(s, &reply).await?;
+        if too_many {
+            info!(bad_commands = self.bad, "too many invalid commands");
+            return Err(Close);
+        }
+        Ok(())
+    }
+
+    async fn handle<S: Connection>(
+        &mut self,
+        s: &mut S,
+        line: &[u8],
+    ) -> Result<Option<Outcome>, Close> {
+        let Some(cmd) = parse_command(line) else {
+            self.bad(s, "Unknown command.").await?;
+            return Ok(None);
+        };
+        match (cmd.keyword.as_str(), cmd.args.as_slice()) {
+            ("CAPA", []) => {
+                let caps = self.capabilities();
+                self.reply(s, &caps).await?;
+            }
+            ("QUIT", []) => {
+                let _ = self.reply(s, "+OK Logging out.\r\n").await;
+                return Err(Close);
+            }
+            ("NOOP", []) => self.reply(s, "+OK\r\n").await?,
+            ("STLS", []) => {
+                if self.client.tls {
+                    self.bad(s, "TLS is already active.").await?;
+                } else if !self.policy.starttls {
+                    self.bad(s, "STLS is not available on this port.").await?;
+                } else {
+                    self.reply(s, "+OK Begin TLS negotiation now.\r\n").await?;
+                    return Ok(Some(Outcome::StartTls));
+                }
+            }
+            ("USER", [name]) if !name.is_empty() => {
+                if !self.login_allowed() {
+                    return self.privacy_required(s).await;
+                }
+                let Ok(name) = String::from_utf8(name.to_vec()) else {
+                    self.bad(s, "User name is not UTF-8.").await?;
+                    return Ok(None);
+                };
+                self.user = Some(name);
+                self.reply(s, "+OK\r\n").await?;
+            }
+            ("PASS", _) => {
+                let Some(user) = self.user.take() else {
+                    self.bad(s, "No USER given.").await?;
+                    return Ok(None);
+                };
+                if !self.login_allowed() {
+                    return self.privacy_required(s).await;
+                }
+                let pass = pass_argument(line).unwrap_or_default();
+                return self.login(s, Credentials::new(user, pass)).await;
+            }
+            ("AUTH", []) => {
+                self.reply(s, "+OK\r\nPLAIN\r\n.\r\n").await?;
+            }
+            ("AUTH", [mech, rest @ ..]) if rest.len() <= 1 => {
+                let initial = rest.first().map(|ir| ir.to_vec());
+                return self.authenticate(s, mech, initial).await;
+            }
+            ("TOP" | "UIDL" | "STAT" | "LIST" | "RETR" | "DELE" | "RSET" | "LAST", _) => {
+                self.bad(s, "Log in first.").await?;
+            }
+            ("APOP", _) => {
+                self.bad(s, "APOP is not supported.").await?;
+            }
+            _ => self.bad(s, "Unknown command or bad arguments.").await?,
+        }
+        Ok(None)
+    }
+
+    async fn privacy_required<S: Connection>(
+        &mut self,
+        s: &mut S,
+    ) -> Result<Option<Outcome>, Close> {
+        self.bad(
+            s,
+            "[AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// AUTH PLAIN with or without an initial response (RFC 5034).
+    async fn authenticate<S: Connection>(
+        &mut self,
+        s: &mut S,
+        mech: &[u8],
+        initial: Option<Vec<u8>>,
+    ) -> Result<Option<Outcome>, Close> {
+        if !mech.eq_ignore_ascii_case(b"PLAIN") {
+            self.bad(s, "Unsupported authentication mechanism.").await?;
+            return Ok(None);
+        }
+        if !self.login_allowed() {
+            return self.privacy_required(s).await;
+        }
+        let response = match initial {
+            Some(ir) => ir,
+            None => {
+                self.reply(s, "+ \r\n").await?;
+                let line = self.read_line(s).await?;
+                if line == sasl::CANCEL {
+                    self.bad(s, "Authentication cancelled.").await?;
+                    return Ok(None);
+                }
+                line
+            }
+        };
+        match sasl::decode_plain(&response) {
+            Ok(creds) => self.login(s, creds).await,
+            Err(e) => {
+                debug!(error = %e, "bad SASL response");
+                self.bad(s, &format!("Invalid SASL response: {e}.")).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Routes the user and replays the credentials on its backend.
+    async fn login<S: Connection>(
+        &mut self,
+        s: &mut S,
+        creds: Credentials,
+    ) -> Result<Option<Outcome>, Close> {
+        let core = self.core;
+        let login_name = creds
+            .authzid
+            .as_deref()
+            .filter(|z| !z.is_empty())
+            .unwrap_or(&creds.user);
+        let key = core.shared.user_key.key(login_name);
+        let span = tracing::Span::current();
+        span.record("user", key.as_str());
+        let started = std::time::Instant::now();
+        let mut route = Failover::new(core, &key);
+        loop {
+            let (backend_id, set) = match route.next_backend().await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(?e, "no backend for user");
+                    core.counters
+                        .login(LoginOutcome::Unavailable, started.elapsed());
+                    self.reply(s, "-ERR [SYS/TEMP] No server is available for this account, try again later.\r\n").await?;
+                    return Ok(None);
+                }
+            };
+            let Some(backend) = set.get(backend_id) else {
+                return Err(Close);
+            };
+            match login(backend, &creds, &self.client, s).await {
+                Ok(Login::Accepted { stream, to_client }) => {
+                    core.counters.login(LoginOutcome::Ok, started.elapsed());
+                    info!("logged in");
+                    return Ok(Some(Outcome::LoggedIn(LoggedIn {
+                        backend: stream,
+                        backend_id,
+                        key,
+                        to_backend: self.input.take_buffered(),
+                        to_client,
+                    })));
+                }
+                Ok(Login::Rejected) => {
+                    core.counters
+                        .login(LoginOutcome::Refused, started.elapsed());
+                    info!("backend refused the login");
+                    core.router.release(&key, backend_id);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    if route.failed(backend_id, &e).await {
+                        continue;
+                    }
+                    core.counters
+                        .login(LoginOutcome::Unavailable, started.elapsed());
+                    self.reply(
+                        s,
+                        "-ERR [SYS/TEMP] Server unavailable, try again later.\r\n",
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
