@@ -78,7 +78,10 @@ fn v1_header_address_reaches_the_imap_backend() {
         "backend log:\n{}",
         s.cluster.instance(0).log()
     );
-    assert!(s.mailpin.log().contains("client=192.0.2.77:5555"));
+    assert!(s
+        .mailpin
+        .wait_for_log(&["client=192.0.2.77:5555"], Duration::from_secs(5))
+        .is_some());
 }
 
 #[test]
@@ -156,7 +159,10 @@ fn missing_broken_oversized_and_untrusted_headers_close_the_connection() {
         s.mailpin.listen[2],
         b"PROXY TCP4 192.0.2.1 127.0.0.1 1 143\r\n",
     );
-    assert!(s.mailpin.log().contains("not in proxy_trusted"));
+    assert!(s
+        .mailpin
+        .wait_for_log(&["not in proxy_trusted"], Duration::from_secs(5))
+        .is_some());
     // A client that never sends a header is cut off at handshake_timeout.
     let started = Instant::now();
     closed_silently(imap, b"");

@@ -45,6 +45,13 @@ impl Mailpin {
     pub fn start_with(config: &str, listeners: usize, env: &[(&str, &str)]) -> Mailpin {
         let dir = TempDir::new().expect("temp dir");
         let path = dir.path().join("mailpin.toml");
+        // Tests run side by side: unless told otherwise, the admin API
+        // takes a port the kernel chooses (its address is read from the log).
+        let config = if config.contains("[admin]") {
+            config.to_string()
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
+        };
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailpin"));
         cmd.arg("run")
