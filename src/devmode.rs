@@ -130,7 +130,7 @@ fn listen(protocol: Protocol, port: u16, tls: TlsMode) -> Listen {
 }
 
 /// The banner `run --dev` prints once the director runs.
-pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr]) -> String {
+pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr], admin: Option<SocketAddr>) -> String {
     let mut out = String::from("\nmailpin is running in dev mode.\n\n");
     for (l, addr) in setup.config.listen.iter().zip(listen_addrs) {
         out.push_str(&format!(
@@ -138,6 +138,9 @@ pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr]) -> String {
             l.protocol.as_str(),
             l.tls.as_str()
         ));
+    }
+    if let Some(admin) = admin {
+        out.push_str(&format!("  admin {:<9} http://{admin}/status  (mailpin ctl status)\n", "http"));
     }
     out.push_str("\n  backends (embedded, one shared in-memory store):\n");
     for (name, addr) in setup.backends.addrs() {
