@@ -209,3 +209,17 @@ fn dead_backend_gives_sys_temp_and_long_lines_are_refused() {
     let r = c.read_line().unwrap();
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
 }
+
+/// Waits (bounded) until `log()` has a line containing every needle.
+fn wait_for_line(log: impl Fn() -> String, needles: &[&str]) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if log().lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
