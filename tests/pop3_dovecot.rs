@@ -180,12 +180,13 @@ fn auth_plain_with_and_without_initial_response_and_address_forwarded() {
     c.send_line("RETR 1").unwrap();
     assert!(c.read_line().unwrap().starts_with("-ERR"), "log in first");
 
-    let log = s.cluster.instance(0).log();
     assert!(
-        log.lines().any(|l| l.contains("pop3-login")
-            && l.contains("user=<user0003>")
-            && l.contains("rip=127.0.0.56")),
-        "XCLIENT forwarded the client's address:\n{log}"
+        wait_for_line(
+            || s.cluster.instance(0).log(),
+            &["pop3-login", "user=<user0003>", "rip=127.0.0.56"]
+        ),
+        "XCLIENT forwarded the client's address:\n{}",
+        s.cluster.instance(0).log()
     );
 }
 
