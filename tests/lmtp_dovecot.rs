@@ -99,6 +99,20 @@ fn lmtp_session(s: &Setup) -> LineClient {
     c
 }
 
+/// The director's log once it holds a `recipient` line for every one of
+/// `users` (log lines arrive through a pipe, a moment after the replies).
+fn log_with_recipients(s: &Setup, users: &[String]) -> String {
+    for u in users {
+        s.mailpin
+            .wait_for_log(
+                &["recipient", &format!("user={u} ")],
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("{u} routed:\n{}", s.mailpin.log()));
+    }
+    s.mailpin.log()
+}
+
 fn command(c: &mut LineClient, line: &str) -> String {
     c.send_line(line).unwrap();
     c.smtp_reply().expect("reply").join("\n")
@@ -134,7 +148,7 @@ fn one_transaction_split_over_three_backends_each_delivered_once() {
             out.stdout
         );
     }
-    let log = s.mailpin.log();
+    let log = log_with_recipients(&s, &users);
     let used: BTreeSet<String> = users
         .iter()
         .map(|u| backend_of(&log, u, &s.cluster).unwrap_or_else(|| panic!("{u} routed:\n{log}")))
@@ -198,7 +212,7 @@ fn backend_killed_mid_transaction_fails_only_its_recipients() {
         let r = command(&mut c, &format!("RCPT TO:<{u}>"));
         assert!(r.starts_with("250"), "{u}: {r}");
     }
-    let log = s.mailpin.log();
+    let log = log_with_recipients(&s, &users);
     let placement: Vec<(String, String)> = users
         .iter()
         .map(|u| (u.clone(), backend_of(&log, u, &s.cluster).expect("routed")))

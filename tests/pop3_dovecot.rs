@@ -180,12 +180,13 @@ fn auth_plain_with_and_without_initial_response_and_address_forwarded() {
     c.send_line("RETR 1").unwrap();
     assert!(c.read_line().unwrap().starts_with("-ERR"), "log in first");
 
-    let log = s.cluster.instance(0).log();
     assert!(
-        log.lines().any(|l| l.contains("pop3-login")
-            && l.contains("user=<user0003>")
-            && l.contains("rip=127.0.0.56")),
-        "XCLIENT forwarded the client's address:\n{log}"
+        wait_for_line(
+            || s.cluster.instance(0).log(),
+            &["pop3-login", "user=<user0003>", "rip=127.0.0.56"]
+        ),
+        "XCLIENT forwarded the client's address:\n{}",
+        s.cluster.instance(0).log()
     );
 }
 
@@ -208,4 +209,18 @@ fn dead_backend_gives_sys_temp_and_long_lines_are_refused() {
     c.send_line("PASS pass").unwrap();
     let r = c.read_line().unwrap();
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+}
+
+/// Waits (bounded) until `log()` has a line containing every needle.
+fn wait_for_line(log: impl Fn() -> String, needles: &[&str]) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if log().lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -124,12 +124,13 @@ fn authenticate_three_ways_and_manage_scripts() {
     let (_, no) = response(&mut c);
     assert!(no.starts_with("NO"), "{no}");
 
-    let log = cluster.instance(0).log();
     assert!(
-        log.lines().any(|l| l.contains("managesieve-login")
-            && l.contains("user=<user0001>")
-            && l.contains("rip=127.0.0.57")),
-        "the client's address reached the backend:\n{log}"
+        wait_for_line(
+            || cluster.instance(0).log(),
+            &["managesieve-login", "user=<user0001>", "rip=127.0.0.57"]
+        ),
+        "the client's address reached the backend:\n{}",
+        cluster.instance(0).log()
     );
 }
 
@@ -151,4 +152,18 @@ fn hostile_input_before_login() {
     let _ = c.send_raw(&vec![b'a'; 10 << 20]);
     let (_, bye) = response(&mut c);
     assert!(bye.starts_with("BYE"), "{bye}");
+}
+
+/// Waits (bounded) until `log()` has a line containing every needle.
+fn wait_for_line(log: impl Fn() -> String, needles: &[&str]) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if log().lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

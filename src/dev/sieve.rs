@@ -27,7 +27,7 @@ struct Scripts {
 }
 
 thread_local! {
-    static SCRIPTS: RefCell<BTreeMap<String, Scripts>> = RefCell::new(BTreeMap::new());
+    static SCRIPTS: RefCell<BTreeMap<String, Scripts>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 const CAPABILITIES: &str = "\"IMPLEMENTATION\" \"mailpin dev\"\r\n\"SASL\" \"PLAIN\"\r\n\"SIEVE\" \"fileinto reject envelope vacation\"\r\n\"VERSION\" \"1.0\"\r\n\"XCLIENT\"\r\n";

@@ -404,7 +404,7 @@ mod tests {
         for _ in 0..20_000 {
             let mut buf = Vec::new();
             let n = (x % 64) as usize;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 buf.extend_from_slice(&V2_SIGNATURE);
             } else if x % 3 == 1 {
                 buf.extend_from_slice(b"PROXY ");

@@ -391,7 +391,7 @@ impl<'a> Lmtp<'a> {
         match conn.command(line).await {
             Ok(reply) => {
                 if reply.is_positive() {
-                    info!(user = key, backend = %b.name, "recipient");
+                    info!(user = %key, backend = %b.name, "recipient");
                     tx.accepted.push(Recipient {
                         key: key.to_owned(),
                         backend: index,
