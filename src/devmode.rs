@@ -140,7 +140,10 @@ pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr], admin: Option<Socke
         ));
     }
     if let Some(admin) = admin {
-        out.push_str(&format!("  admin {:<9} http://{admin}/status  (mailpin ctl status)\n", "http"));
+        out.push_str(&format!(
+            "  admin {:<9} http://{admin}/status  (mailpin ctl status)\n",
+            "http"
+        ));
     }
     out.push_str("\n  backends (embedded, one shared in-memory store):\n");
     for (name, addr) in setup.backends.addrs() {

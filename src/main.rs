@@ -193,7 +193,10 @@ fn run_dev() -> ExitCode {
     };
     match launch(setup.config.clone()) {
         Ok(director) => {
-            println!("{}", devmode::banner(&setup, &director.listen_addrs, director.admin_addr));
+            println!(
+                "{}",
+                devmode::banner(&setup, &director.listen_addrs, director.admin_addr)
+            );
             run_until_signal(director);
             drop(setup);
             ExitCode::SUCCESS
