@@ -7,11 +7,14 @@
 //! dead backend's users elsewhere within a second; without, their logins
 //! keep failing and the report says "not recovered".
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use mailpin::config::{Forward, Protocol};
+use mailpin::route::backends::{Backend, BackendId, BackendSet};
 use serde_json::json;
 
-use super::logins::{run_step, LoadArgs};
+use super::logins::{run_step, LoadArgs, LoginRecord};
 use crate::harness::{mode_name, CommonArgs, Harness};
 use crate::report::Report;
 use crate::runner::Event;
@@ -50,11 +53,19 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
     let mut events: Vec<Event<'_>> = Vec::new();
     let backends = harness.backends_handle();
     let name = args.kill.clone();
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let kill_clock = killed_at.clone();
     events.push((
         Duration::from_secs_f64(kill_at),
-        Box::new(move || match backends.kill(&name) {
-            Ok(()) => format!("kill {name}"),
-            Err(e) => format!("kill {name} failed: {e}"),
+        Box::new(move || {
+            let result = backends.kill(&name);
+            if let Ok(mut t) = kill_clock.lock() {
+                *t = Some(Instant::now());
+            }
+            match result {
+                Ok(()) => format!("kill {name}"),
+                Err(e) => format!("kill {name} failed: {e}"),
+            }
         }),
     ));
     if let Some(after) = args.restart_after {
@@ -68,7 +79,10 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
             }),
         ));
     }
-    let (step, timeline) = run_step(&mut harness, &args.load, args.tls, "failover", events)?;
+    let names = harness.backend_names();
+    let (step, timeline) = run_step(&mut harness, &args.load, args.tls, "failover", events, true)?;
+    let killed_at = killed_at.lock().ok().and_then(|t| *t);
+    let recovery = killed_at.map(|t| user_recovery(&step.records, &names, &args.kill, t));
     let kill_t = timeline.marks.first().map(|m| m.t).unwrap_or(kill_at);
     let end = timeline.last().map(|s| s.t).unwrap_or(0.0);
     let after_kill: Vec<_> = timeline.samples.iter().filter(|s| s.t > kill_t).collect();
@@ -107,6 +121,9 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
             None => format!("not recovered: logins still failing at the end ({end:.1} s)"),
         }
     ));
+    if let Some(r) = &recovery {
+        report.line(r.line());
+    }
     report.work = step.ok;
     report.errors = step.errors;
     report.timeline = timeline;
@@ -118,7 +135,101 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
         "failed_before_kill": failed_before_kill,
         "recovered": recovered,
         "recovery_s": recovery_s,
+        "affected_users": recovery.as_ref().map(|r| json!({
+            "users": r.users,
+            "recovered": r.recovered,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "max_ms": r.max_ms,
+        })),
         "step": step,
     });
     crate::report::finish(report, &harness)
+}
+
+/// How the users of the killed backend fared: from the kill to each one's
+/// first successful login after it.
+struct UserRecovery {
+    /// Users whose backend was killed and who tried to log in after it.
+    users: usize,
+    /// Of those, how many logged in successfully after the kill.
+    recovered: usize,
+    /// Kill → first successful login, over the recovered users.
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl UserRecovery {
+    fn line(&self) -> String {
+        format!(
+            "users of the killed backend: {} tried after the kill, {} logged in again; \
+             kill -> first successful login p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.users, self.recovered, self.p50_ms, self.p99_ms, self.max_ms
+        )
+    }
+}
+
+/// Which users lived on `killed`: every director ranks backends by weighted
+/// rendezvous hashing of the user key (`%Lu`, all weights equal here), and
+/// with every backend healthy at the start a user's assignment is its first
+/// choice. The library's own ranking answers, so the two cannot disagree.
+fn user_recovery(
+    records: &[LoginRecord],
+    names: &[String],
+    killed: &str,
+    at: Instant,
+) -> UserRecovery {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let set = BackendSet::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Backend::new(
+                    i as BackendId,
+                    n,
+                    String::new(),
+                    [addr; Protocol::COUNT],
+                    100,
+                    Forward::Id,
+                    Duration::from_secs(1),
+                )
+            })
+            .collect(),
+    );
+    let killed_id = set.by_name(killed).map(|b| b.id);
+    let mut first_ok: std::collections::BTreeMap<&str, Option<Duration>> = Default::default();
+    for (user, done, ok) in records {
+        if *done < at || set.first_choice(&user.to_lowercase()) != killed_id {
+            continue;
+        }
+        let entry = first_ok.entry(user.as_str()).or_insert(None);
+        if *ok {
+            let took = done.duration_since(at);
+            if entry.is_none_or(|t| took < t) {
+                *entry = Some(took);
+            }
+        }
+    }
+    let mut times: Vec<f64> = first_ok
+        .values()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        if times.is_empty() {
+            0.0
+        } else {
+            times[((times.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    UserRecovery {
+        users: first_ok.len(),
+        recovered: times.len(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: times.last().copied().unwrap_or(0.0),
+    }
 }

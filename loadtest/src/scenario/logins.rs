@@ -86,7 +86,14 @@ pub struct StepResult {
     pub client_cores_busy: f64,
     /// Simulated backends' CPU, in cores.
     pub backend_cores_busy: f64,
+    /// Every login (user, when it ended, whether it succeeded), when the
+    /// step was asked to record them.
+    #[serde(skip)]
+    pub records: Vec<LoginRecord>,
 }
+
+/// One login as seen by the client: user, when it ended, success.
+pub type LoginRecord = (String, Instant, bool);
 
 impl StepResult {
     /// Logins/s per busy director core.
@@ -142,6 +149,7 @@ pub fn run_step(
     tls: bool,
     prefix: &'static str,
     events: Vec<Event<'_>>,
+    record: bool,
 ) -> Result<(StepResult, Timeline), String> {
     let counters = harness.fresh_counters();
     let endpoint = harness.endpoint(tls)?;
@@ -160,6 +168,7 @@ pub fn run_step(
             async move {
                 let tls_config = client_config(resume);
                 let latency = Rc::new(RefCell::new(Latency::new()));
+                let records: Rc<RefCell<Vec<LoginRecord>>> = Rc::default();
                 let inflight = Rc::new(Cell::new(0usize));
                 let start = Instant::now();
                 let interval = Duration::from_secs_f64(1.0 / rate);
@@ -176,12 +185,14 @@ pub fn run_step(
                     let user = user_name(prefix, (k as usize * threads + t) % users);
                     let (latency, inflight) = (latency.clone(), inflight.clone());
                     let (counters, tls_config) = (counters.clone(), tls_config.clone());
+                    let records = records.clone();
                     monoio::spawn(async move {
                         let attempt = monoio::time::timeout(
                             LOGIN_TIMEOUT,
                             login_once(endpoint, &tls_config, &user, due),
                         )
                         .await;
+                        let ok = matches!(attempt, Ok(Ok(_)));
                         match attempt {
                             Ok(Ok(l)) => {
                                 latency.borrow_mut().record(l);
@@ -189,13 +200,16 @@ pub fn run_step(
                             }
                             _ => counters.error(),
                         }
+                        if record {
+                            records.borrow_mut().push((user, Instant::now(), ok));
+                        }
                         inflight.set(inflight.get() - 1);
                     });
                 }
                 while inflight.get() > 0 {
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
-                latency.take()
+                (latency.take(), records.take())
             }
         })
     };
@@ -208,7 +222,9 @@ pub fn run_step(
         events,
         |_| finished(),
     );
-    let (latencies, client_cpu) = join(handles);
+    let (per_thread, client_cpu) = join(handles);
+    let (latencies, records): (Vec<_>, Vec<_>) = per_thread.into_iter().unzip();
+    let records: Vec<LoginRecord> = records.into_iter().flatten().collect();
     let elapsed = started.elapsed().as_secs_f64();
     let after = harness.target_sample();
     let (ok, errors, _, _) = counters.snapshot();
@@ -223,6 +239,7 @@ pub fn run_step(
         director_cores_busy: busy(before.cpu, after.cpu),
         client_cores_busy: client_cpu.as_secs_f64() / elapsed,
         backend_cores_busy: busy(backend_before, procstat::own_threads_cpu("dev-backends")),
+        records,
     };
     Ok((result, timeline))
 }
@@ -245,7 +262,7 @@ pub fn find_rate(
             rate,
             ..load.clone()
         };
-        let (r, timeline) = run_step(harness, &step, tls, prefix, Vec::new())?;
+        let (r, timeline) = run_step(harness, &step, tls, prefix, Vec::new(), false)?;
         report.line(format!("step: {}", r.line()));
         report.timeline.append(timeline);
         report.work += r.ok;
@@ -291,7 +308,7 @@ pub fn run(args: &LoginsArgs) -> Result<Report, String> {
                 .push(json!({ "mode": mode_name(tls), "find_p99_ms": args.p99_ms, "best": best }));
         } else {
             let prefix = if tls { "logint" } else { "loginp" };
-            let (r, timeline) = run_step(&mut harness, &args.load, tls, prefix, Vec::new())?;
+            let (r, timeline) = run_step(&mut harness, &args.load, tls, prefix, Vec::new(), false)?;
             report.line(r.line());
             report.timeline.append(timeline);
             report.work += r.ok;
