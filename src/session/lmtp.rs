@@ -631,21 +631,25 @@ impl<'a> Lmtp<'a> {
         let Some(tx) = self.tx.as_mut() else {
             return bytes;
         };
+        let mut lost = false;
         for b in tx.backends.iter_mut() {
             let Some(conn) = b.conn.as_mut() else {
                 continue;
             };
+            if lost {
+                // The bytes are gone (a write timed out before): this
+                // backend would miss them, so it cannot deliver either.
+                let r = temp_failure(&b.name);
+                b.fail(r);
+                continue;
+            }
             let (res, buf) = conn.send(bytes).await;
+            lost = buf.is_none();
             bytes = buf.unwrap_or_default();
             if let Err(e) = res {
                 warn!(backend = %b.name, error = %e, "delivery server failed during the message");
                 let r = temp_failure(&b.name);
                 b.fail(r);
-                // A timed-out write lost the buffer: nothing more can be
-                // sent consistently to the others from it.
-                if bytes.is_empty() {
-                    break;
-                }
             }
         }
         bytes
