@@ -23,19 +23,7 @@ use crate::session::ClientInfo;
 /// The ID fields a client sent before login, kept to forward.
 pub type IdFields = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// How a backend login ended.
-pub enum Login {
-    /// The backend said OK: relay from here on. `to_client` holds bytes the
-    /// backend sent after its tagged OK.
-    Accepted {
-        /// The logged-in backend connection.
-        stream: TcpStream,
-        /// Backend bytes read past the tagged OK, for the client.
-        to_client: Vec<u8>,
-    },
-    /// The backend refused (NO or BAD); its answer has been relayed.
-    Rejected,
-}
+pub use super::Login;
 
 /// The tag of the director's own ID command; never the client's tag.
 fn id_tag(client_tag: &str) -> &'static str {

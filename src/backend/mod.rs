@@ -42,6 +42,20 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest line accepted from a backend before login completes.
 pub const MAX_BACKEND_LINE: usize = 64 * 1024;
 
+/// How a backend login ended (every protocol).
+pub enum Login {
+    /// The backend accepted: relay from here on. `to_client` holds bytes
+    /// the backend sent after its positive answer.
+    Accepted {
+        /// The logged-in backend connection.
+        stream: TcpStream,
+        /// Backend bytes read past the positive answer, for the client.
+        to_client: Vec<u8>,
+    },
+    /// The backend refused; its answer has been relayed to the client.
+    Rejected,
+}
+
 /// Why a backend could not take a session.
 #[derive(Debug)]
 pub enum BackendError {

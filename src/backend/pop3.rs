@@ -21,18 +21,7 @@ use crate::session::ClientInfo;
 /// Hop count sent with XCLIENT: how many more proxies may forward it.
 pub const XCLIENT_TTL: u8 = 5;
 
-/// How a backend login ended.
-pub enum Login {
-    /// `+OK`: relay from here on; `to_client` holds bytes read past it.
-    Accepted {
-        /// The logged-in backend connection.
-        stream: TcpStream,
-        /// Backend bytes read past the `+OK` line, for the client.
-        to_client: Vec<u8>,
-    },
-    /// `-ERR`; the backend's line has been relayed to the client.
-    Rejected,
-}
+pub use super::Login;
 
 /// Logs `creds` in on `backend`, relaying its answer to `client`.
 pub async fn login<W: WriteSide>(

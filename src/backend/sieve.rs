@@ -22,18 +22,7 @@ use crate::session::ClientInfo;
 /// Hop count sent with XCLIENT.
 pub const XCLIENT_TTL: u8 = 5;
 
-/// How a backend login ended.
-pub enum Login {
-    /// `OK`: relay from here on; `to_client` holds bytes read past it.
-    Accepted {
-        /// The logged-in backend connection.
-        stream: TcpStream,
-        /// Backend bytes read past the `OK` line, for the client.
-        to_client: Vec<u8>,
-    },
-    /// `NO` or `BYE`; the backend's line has been relayed to the client.
-    Rejected,
-}
+pub use super::Login;
 
 /// Logs `creds` in on `backend`, relaying its answer to `client`.
 pub async fn login<W: WriteSide>(

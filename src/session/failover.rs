@@ -10,15 +10,19 @@
 //! eyes (one bad connection) ends the login with the protocol's
 //! "unavailable" answer instead.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use monoio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::backend::BackendError;
-use crate::route::backends::{BackendId, BackendSet};
+use crate::backend::{BackendError, Login};
+use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
 use crate::runtime::core::Core;
+use crate::runtime::stats::LoginOutcome;
 
 /// Backends one login tries at most.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -88,6 +92,90 @@ impl<'a> Failover<'a> {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.core.wait_backend_change(left).await {
                 return false;
+            }
+        }
+    }
+}
+
+/// How a routed login ended.
+pub enum Routed {
+    /// The backend said OK: relay from here on.
+    Accepted {
+        /// The logged-in backend connection.
+        stream: TcpStream,
+        /// Backend bytes read past its OK, for the client.
+        to_client: Vec<u8>,
+        /// Which backend.
+        backend_id: BackendId,
+    },
+    /// The backend refused; its answer has been relayed to the client.
+    Rejected,
+    /// No backend can take the user: answer the protocol's "try later".
+    NoBackend,
+    /// The user's backends failed: answer the protocol's "unavailable".
+    Unavailable,
+}
+
+/// One protocol's backend login: replays the credentials on a backend and
+/// relays its answer to the client stream it is given.
+pub type Attempt<'x> = Pin<Box<dyn Future<Output = Result<Login, BackendError>> + 'x>>;
+
+/// Routes a login of `key` and runs `attempt` on the user's backend, with
+/// failover, counting the outcome and its latency. The session count of an
+/// accepted login stays acquired (the relay releases it).
+///
+/// `attempt` gets the backend, the client stream and a `&&'a ()` whose only
+/// job is to tell the compiler that what the closure borrows for `'a` (the
+/// credentials, the client's details) outlives each attempt.
+pub async fn login_routed<'a, S, F>(
+    core: &Core,
+    key: &str,
+    client: &mut S,
+    mut attempt: F,
+) -> Routed
+where
+    F: for<'x> FnMut(&'x Backend, &'x mut S, &'x &'a ()) -> Attempt<'x>,
+{
+    let anchor: &'a () = &();
+    let started = Instant::now();
+    let mut route = Failover::new(core, key);
+    loop {
+        let (backend_id, set) = match route.next_backend().await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(?e, "no backend for user");
+                core.counters
+                    .login(LoginOutcome::Unavailable, started.elapsed());
+                return Routed::NoBackend;
+            }
+        };
+        let Some(backend) = set.get(backend_id) else {
+            return Routed::NoBackend;
+        };
+        match attempt(backend, client, &anchor).await {
+            Ok(Login::Accepted { stream, to_client }) => {
+                core.counters.login(LoginOutcome::Ok, started.elapsed());
+                info!("logged in");
+                return Routed::Accepted {
+                    stream,
+                    to_client,
+                    backend_id,
+                };
+            }
+            Ok(Login::Rejected) => {
+                core.counters
+                    .login(LoginOutcome::Refused, started.elapsed());
+                info!("backend refused the login");
+                core.router.release(key, backend_id);
+                return Routed::Rejected;
+            }
+            Err(e) => {
+                if route.failed(backend_id, &e).await {
+                    continue;
+                }
+                core.counters
+                    .login(LoginOutcome::Unavailable, started.elapsed());
+                return Routed::Unavailable;
             }
         }
     }

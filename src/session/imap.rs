@@ -12,14 +12,13 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::backend::imap::{login, IdFields, Login};
+use crate::backend::imap::{login, IdFields};
 use crate::io::{write_bytes, Connection};
 use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
 use crate::proto::sasl::{self, Credentials};
 use crate::route::backends::BackendId;
 use crate::runtime::core::Core;
-use crate::runtime::stats::LoginOutcome;
-use crate::session::failover::Failover;
+use crate::session::failover::{login_routed, Routed};
 use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
@@ -480,58 +479,37 @@ impl<'a> Prelogin<'a> {
         let key = core.shared.user_key.key(login_name);
         let span = tracing::Span::current();
         span.record("user", key.as_str());
-        let started = std::time::Instant::now();
-        let mut route = Failover::new(core, &key);
-        loop {
-            let (backend_id, set) = match route.next_backend().await {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(?e, "no backend for user");
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(
-                        s,
-                        format!("{tag} NO [UNAVAILABLE] No server is available for this account, try again later.\r\n"),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
-            };
-            let Some(backend) = set.get(backend_id) else {
-                return Err(Bye);
-            };
-            match login(backend, &creds, tag, &self.client, &self.id_fields, s).await {
-                Ok(Login::Accepted { stream, to_client }) => {
-                    core.counters.login(LoginOutcome::Ok, started.elapsed());
-                    info!("logged in");
-                    return Ok(Some(Outcome::LoggedIn(LoggedIn {
-                        backend: stream,
-                        backend_id,
-                        key,
-                        to_backend: std::mem::take(&mut self.buf),
-                        to_client,
-                    })));
-                }
-                Ok(Login::Rejected) => {
-                    core.counters
-                        .login(LoginOutcome::Refused, started.elapsed());
-                    info!("backend refused the login");
-                    core.router.release(&key, backend_id);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    if route.failed(backend_id, &e).await {
-                        continue;
-                    }
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(
-                        s,
-                        format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
+        let (client, id_fields) = (&self.client, &self.id_fields);
+        let routed = login_routed(core, &key, s, |backend, s, _| {
+            Box::pin(login(backend, &creds, tag, client, id_fields, s))
+        })
+        .await;
+        match routed {
+            Routed::Accepted {
+                stream,
+                to_client,
+                backend_id,
+            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
+                backend: stream,
+                backend_id,
+                key,
+                to_backend: std::mem::take(&mut self.buf),
+                to_client,
+            }))),
+            Routed::Rejected => Ok(None),
+            Routed::NoBackend => {
+                let text =
+                    "NO [UNAVAILABLE] No server is available for this account, try again later.";
+                self.reply(s, format!("{tag} {text}\r\n")).await?;
+                Ok(None)
+            }
+            Routed::Unavailable => {
+                self.reply(
+                    s,
+                    format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"),
+                )
+                .await?;
+                Ok(None)
             }
         }
     }

@@ -8,12 +8,11 @@
 //! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines and
 //! the whole phase are bounded; too many bad commands end the session.
 
-use crate::runtime::stats::LoginOutcome;
-use crate::session::failover::Failover;
+use crate::session::failover::{login_routed, Routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::backend::pop3::{login, Login};
+use crate::backend::pop3::login;
 use crate::io::{write_bytes, Connection};
 use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
 use crate::proto::sasl::{self, Credentials};
@@ -276,54 +275,39 @@ impl<'a> Prelogin<'a> {
         let key = core.shared.user_key.key(login_name);
         let span = tracing::Span::current();
         span.record("user", key.as_str());
-        let started = std::time::Instant::now();
-        let mut route = Failover::new(core, &key);
-        loop {
-            let (backend_id, set) = match route.next_backend().await {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(?e, "no backend for user");
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(s, "-ERR [SYS/TEMP] No server is available for this account, try again later.\r\n").await?;
-                    return Ok(None);
-                }
-            };
-            let Some(backend) = set.get(backend_id) else {
-                return Err(Close);
-            };
-            match login(backend, &creds, &self.client, s).await {
-                Ok(Login::Accepted { stream, to_client }) => {
-                    core.counters.login(LoginOutcome::Ok, started.elapsed());
-                    info!("logged in");
-                    return Ok(Some(Outcome::LoggedIn(LoggedIn {
-                        backend: stream,
-                        backend_id,
-                        key,
-                        to_backend: self.input.take_buffered(),
-                        to_client,
-                    })));
-                }
-                Ok(Login::Rejected) => {
-                    core.counters
-                        .login(LoginOutcome::Refused, started.elapsed());
-                    info!("backend refused the login");
-                    core.router.release(&key, backend_id);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    if route.failed(backend_id, &e).await {
-                        continue;
-                    }
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(
-                        s,
-                        "-ERR [SYS/TEMP] Server unavailable, try again later.\r\n",
-                    )
-                    .await?;
-                    return Ok(None);
-                }
+        let client = &self.client;
+        let routed = login_routed(core, &key, s, |backend, s, _| {
+            Box::pin(login(backend, &creds, client, s))
+        })
+        .await;
+        match routed {
+            Routed::Accepted {
+                stream,
+                to_client,
+                backend_id,
+            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
+                backend: stream,
+                backend_id,
+                key,
+                to_backend: self.input.take_buffered(),
+                to_client,
+            }))),
+            Routed::Rejected => Ok(None),
+            Routed::NoBackend => {
+                self.reply(
+                    s,
+                    "-ERR [SYS/TEMP] No server is available for this account, try again later.\r\n",
+                )
+                .await?;
+                Ok(None)
+            }
+            Routed::Unavailable => {
+                self.reply(
+                    s,
+                    "-ERR [SYS/TEMP] Server unavailable, try again later.\r\n",
+                )
+                .await?;
+                Ok(None)
             }
         }
     }

@@ -9,12 +9,11 @@
 //! (§1.3). The SIEVE extension list before login is Pigeonhole's usual
 //! set; after login, CAPABILITY goes to the backend and is authoritative.
 
-use crate::runtime::stats::LoginOutcome;
-use crate::session::failover::Failover;
+use crate::session::failover::{login_routed, Routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::backend::sieve::{login, Login};
+use crate::backend::sieve::login;
 use crate::io::{write_bytes, Connection};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sieve::{parse_line, quote, SieveArg, MAX_COMMAND_LINE, MAX_LITERAL};
@@ -338,54 +337,35 @@ impl<'a> Prelogin<'a> {
         let key = core.shared.user_key.key(login_name);
         let span = tracing::Span::current();
         span.record("user", key.as_str());
-        let started = std::time::Instant::now();
-        let mut route = Failover::new(core, &key);
-        loop {
-            let (backend_id, set) = match route.next_backend().await {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(?e, "no backend for user");
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(s, "NO (TRYLATER) \"No server is available for this account, try again later.\"\r\n").await?;
-                    return Ok(None);
-                }
-            };
-            let Some(backend) = set.get(backend_id) else {
-                return Err(Close);
-            };
-            match login(backend, &creds, &self.client, s).await {
-                Ok(Login::Accepted { stream, to_client }) => {
-                    core.counters.login(LoginOutcome::Ok, started.elapsed());
-                    info!("logged in");
-                    return Ok(Some(Outcome::LoggedIn(LoggedIn {
-                        backend: stream,
-                        backend_id,
-                        key,
-                        to_backend: self.input.take_buffered(),
-                        to_client,
-                    })));
-                }
-                Ok(Login::Rejected) => {
-                    core.counters
-                        .login(LoginOutcome::Refused, started.elapsed());
-                    info!("backend refused the login");
-                    core.router.release(&key, backend_id);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    if route.failed(backend_id, &e).await {
-                        continue;
-                    }
-                    core.counters
-                        .login(LoginOutcome::Unavailable, started.elapsed());
-                    self.reply(
-                        s,
-                        "NO (TRYLATER) \"Server unavailable, try again later.\"\r\n",
-                    )
-                    .await?;
-                    return Ok(None);
-                }
+        let client = &self.client;
+        let routed = login_routed(core, &key, s, |backend, s, _| {
+            Box::pin(login(backend, &creds, client, s))
+        })
+        .await;
+        match routed {
+            Routed::Accepted {
+                stream,
+                to_client,
+                backend_id,
+            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
+                backend: stream,
+                backend_id,
+                key,
+                to_backend: self.input.take_buffered(),
+                to_client,
+            }))),
+            Routed::Rejected => Ok(None),
+            Routed::NoBackend => {
+                self.reply(s, "NO (TRYLATER) \"No server is available for this account, try again later.\"\r\n").await?;
+                Ok(None)
+            }
+            Routed::Unavailable => {
+                self.reply(
+                    s,
+                    "NO (TRYLATER) \"Server unavailable, try again later.\"\r\n",
+                )
+                .await?;
+                Ok(None)
             }
         }
     }
