@@ -53,7 +53,8 @@ async fn pump<R: ReadSide, W: WriteSide>(
 ) -> io::Result<()> {
     if splice {
         if let (Some(from), Some(to)) = (r.as_plain_tcp(), w.as_plain_tcp()) {
-            return splice_pump(from, to, moved).await;
+            // Boxed: the copy loop's sessions should not carry its state.
+            return Box::pin(splice_pump(from, to, moved)).await;
         }
     }
     loop {

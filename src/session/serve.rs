@@ -85,9 +85,14 @@ impl PreloginPhase for Lmtp<'_> {
     }
 }
 
-/// Serves one accepted connection to its end.
+/// Serves one accepted connection.
+///
+/// Everything up to a successful login runs in one heap allocation that is
+/// freed when it ends; a logged-in session then continues as its own task
+/// ([`relayed`]) whose state is only the relay's, so an idle session costs
+/// as little memory as the relay needs.
 pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: SocketAddr) {
-    let _guard = SessionGuard::new(core.clone());
+    let guard = SessionGuard::new(core.clone());
     let session_id = new_session_id(core.id);
     let span = tracing::info_span!(
         "session",
@@ -98,85 +103,128 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
         user = tracing::field::Empty,
         backend = tracing::field::Empty,
     );
-    async move {
-        let started = Instant::now();
-        let mut tcp = tcp;
-        let _ = tcp.set_nodelay(true);
-        let mut local = tcp.local_addr().unwrap_or(listen.addr);
-        let mut peer = peer;
-        if listen.proxy_protocol {
-            let limit = core.shared.config.server.handshake_timeout;
-            match proxy_header::receive(&mut tcp, peer, &listen, limit).await {
-                Ok(header) => {
-                    let span = tracing::Span::current();
-                    if let Some(source) = header.source {
-                        span.record("lb", tracing::field::display(peer));
-                        span.record("client", tracing::field::display(source));
-                        peer = source;
-                    }
-                    if let Some(destination) = header.destination {
-                        local = destination;
-                    }
+    let started = Instant::now();
+    let mut opening =
+        Box::pin(open(&core, &listen, tcp, peer, session_id).instrument(span.clone()));
+    let opened = (&mut opening).await;
+    let protocol = listen.protocol;
+    match opened {
+        Some(Ready::Plain(tcp, l)) => {
+            monoio::spawn(relayed(core.clone(), protocol, tcp, l, guard, started).instrument(span));
+        }
+        Some(Ready::Tls(tls, l)) => {
+            monoio::spawn(relayed(core.clone(), protocol, tls, l, guard, started).instrument(span));
+        }
+        None => closed(&span, None, RelayStats::default(), started),
+    }
+    // Freed only now, after the relay task's allocation: were it freed
+    // first, the relay's smaller block would be cut from it and the rest
+    // left as a hole the next session's pre-login block does not fit in.
+    drop(opening);
+}
+
+/// The session's closing line: bytes each way and duration.
+fn closed(span: &tracing::Span, end: Option<RelayEnd>, stats: RelayStats, started: Instant) {
+    info!(
+        parent: span,
+        bytes_up = stats.up,
+        bytes_down = stats.down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = end.map_or("prelogin", end_name),
+        "session closed"
+    );
+}
+
+/// A logged-in session until its end, as a task of its own.
+async fn relayed<C: Connection>(
+    core: Rc<Core>,
+    protocol: Protocol,
+    client: C,
+    l: LoggedIn,
+    guard: SessionGuard,
+    started: Instant,
+) {
+    let (end, stats) = relay_session(&core, protocol, client, l).await;
+    closed(&tracing::Span::current(), end, stats, started);
+    drop(guard);
+}
+
+/// The PROXY header (if the listener wants one) and the protocol's
+/// pre-login phase, up to a successful login.
+async fn open(
+    core: &Rc<Core>,
+    listen: &Listen,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    session_id: String,
+) -> Option<Ready> {
+    let mut tcp = tcp;
+    let _ = tcp.set_nodelay(true);
+    let mut local = tcp.local_addr().unwrap_or(listen.addr);
+    let mut peer = peer;
+    if listen.proxy_protocol {
+        let limit = core.shared.config.server.handshake_timeout;
+        match proxy_header::receive(&mut tcp, peer, listen, limit).await {
+            Ok(header) => {
+                let span = tracing::Span::current();
+                if let Some(source) = header.source {
+                    span.record("lb", tracing::field::display(peer));
+                    span.record("client", tracing::field::display(source));
+                    peer = source;
                 }
-                Err(e) => {
-                    warn!(error = %e, "PROXY header refused, closing");
-                    return;
+                if let Some(destination) = header.destination {
+                    local = destination;
                 }
+            }
+            Err(e) => {
+                warn!(error = %e, "PROXY header refused, closing");
+                return None;
             }
         }
-        let client = ClientInfo {
-            peer,
-            local,
-            session_id,
-            tls: false,
-        };
-        let server = &core.shared.config.server;
-        let starttls = listen.tls == TlsMode::Starttls;
-        let plaintext_auth = listen.plaintext_auth;
-        let (end, stats) = match listen.protocol {
-            Protocol::Imap => {
-                let policy = ImapPolicy {
-                    starttls,
-                    plaintext_auth,
-                };
-                let pre = imap::Prelogin::new(&core, policy, client);
-                run_prelogin(&core, &listen, tcp, pre).await
-            }
-            Protocol::Pop3 => {
-                let policy = Pop3Policy {
-                    starttls,
-                    plaintext_auth,
-                };
-                let pre = pop3::Prelogin::new(&core, policy, client);
-                run_prelogin(&core, &listen, tcp, pre).await
-            }
-            Protocol::Sieve => {
-                let policy = SievePolicy {
-                    starttls,
-                    plaintext_auth,
-                };
-                let pre = sieve::Prelogin::new(&core, policy, client);
-                run_prelogin(&core, &listen, tcp, pre).await
-            }
-            Protocol::Lmtp => {
-                let policy = LmtpPolicy {
-                    starttls,
-                    idle_timeout: server.prelogin_timeout,
-                };
-                let lmtp = Lmtp::new(&core, policy, client);
-                run_prelogin(&core, &listen, tcp, lmtp).await
-            }
-        };
-        info!(
-            bytes_up = stats.up,
-            bytes_down = stats.down,
-            duration_ms = started.elapsed().as_millis() as u64,
-            end = end.map_or("prelogin", end_name),
-            "session closed"
-        );
     }
-    .instrument(span)
-    .await
+    let client = ClientInfo {
+        peer,
+        local,
+        session_id,
+        tls: false,
+    };
+    let server = &core.shared.config.server;
+    let starttls = listen.tls == TlsMode::Starttls;
+    let plaintext_auth = listen.plaintext_auth;
+    match listen.protocol {
+        Protocol::Imap => {
+            let policy = ImapPolicy {
+                starttls,
+                plaintext_auth,
+            };
+            let pre = imap::Prelogin::new(core, policy, client);
+            prelogin(core, listen, tcp, Box::new(pre)).await
+        }
+        Protocol::Pop3 => {
+            let policy = Pop3Policy {
+                starttls,
+                plaintext_auth,
+            };
+            let pre = pop3::Prelogin::new(core, policy, client);
+            prelogin(core, listen, tcp, Box::new(pre)).await
+        }
+        Protocol::Sieve => {
+            let policy = SievePolicy {
+                starttls,
+                plaintext_auth,
+            };
+            let pre = sieve::Prelogin::new(core, policy, client);
+            prelogin(core, listen, tcp, Box::new(pre)).await
+        }
+        Protocol::Lmtp => {
+            let policy = LmtpPolicy {
+                starttls,
+                idle_timeout: server.prelogin_timeout,
+            };
+            let lmtp = Lmtp::new(core, policy, client);
+            prelogin(core, listen, tcp, Box::new(lmtp)).await
+        }
+    }
 }
 
 fn end_name(end: RelayEnd) -> &'static str {
@@ -196,33 +244,12 @@ enum Ready {
     Tls(tls::TlsStream, LoggedIn),
 }
 
-/// A session of any protocol: TLS as the listener says, the pre-login
-/// phase (STARTTLS included), then the relay once a backend took the login.
-///
-/// Pre-login and the relay each run in their own heap allocation: the
-/// pre-login state machine is large (parsers, the backend login) but short
-/// lived, and is freed before the relay starts, so an idle session keeps
-/// only the relay's state.
-async fn run_prelogin<P: PreloginPhase>(
-    core: &Rc<Core>,
-    listen: &Listen,
-    tcp: TcpStream,
-    pre: P,
-) -> (Option<RelayEnd>, RelayStats) {
-    let protocol = listen.protocol;
-    match Box::pin(prelogin(core, listen, tcp, pre)).await {
-        Some(Ready::Plain(tcp, l)) => Box::pin(relay_session(core, protocol, tcp, l)).await,
-        Some(Ready::Tls(tls, l)) => Box::pin(relay_session(core, protocol, tls, l)).await,
-        None => (None, RelayStats::default()),
-    }
-}
-
 /// TLS and the protocol's dialogue up to a successful login.
 async fn prelogin<P: PreloginPhase>(
     core: &Rc<Core>,
     listen: &Listen,
     mut tcp: TcpStream,
-    mut pre: P,
+    mut pre: Box<P>,
 ) -> Option<Ready> {
     if listen.tls == TlsMode::Implicit {
         let mut tls = handshake(core, tcp).await?;
