@@ -162,11 +162,11 @@ where
         let mut stop = std::pin::pin!(stop);
         monoio::select! {
             r = &mut upward => Ok(match r {
-                Ok(()) => finish(downward, RelayEnd::Client).await,
+                Ok(()) => Box::pin(finish(downward, RelayEnd::Client)).await,
                 Err(_) => RelayEnd::Error,
             }),
             r = &mut downward => Ok(match r {
-                Ok(()) => finish(upward, RelayEnd::Backend).await,
+                Ok(()) => Box::pin(finish(upward, RelayEnd::Backend)).await,
                 Err(_) => RelayEnd::Error,
             }),
             goodbye = &mut stop => Err(goodbye),
@@ -176,10 +176,14 @@ where
         Ok(end) => end,
         Err(goodbye) => {
             // Bounded: a client that reads nothing must not hold a kick up.
-            if !goodbye.is_empty() {
-                let _ = monoio::time::timeout(FIN_TIMEOUT, cw.write_all(goodbye)).await;
-            }
-            let _ = monoio::time::timeout(FIN_TIMEOUT, cw.shutdown()).await;
+            // Boxed, like `finish`, for the size of its timers.
+            Box::pin(async {
+                if !goodbye.is_empty() {
+                    let _ = monoio::time::timeout(FIN_TIMEOUT, cw.write_all(goodbye)).await;
+                }
+                let _ = monoio::time::timeout(FIN_TIMEOUT, cw.shutdown()).await;
+            })
+            .await;
             RelayEnd::Stopped
         }
     };
@@ -187,6 +191,8 @@ where
 }
 
 /// Lets the remaining direction run out, bounded by [`FIN_TIMEOUT`].
+/// Its timer is most of its size (~750 bytes), so callers box it: every
+/// idle session would otherwise carry room for it.
 async fn finish<F: Future<Output = io::Result<()>>>(rest: F, first: RelayEnd) -> RelayEnd {
     match monoio::time::timeout(FIN_TIMEOUT, rest).await {
         Ok(Ok(())) => first,
