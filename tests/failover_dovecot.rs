@@ -145,10 +145,23 @@ fn a_killed_backend_moves_its_users_within_the_login() {
                 .filter(|x| x.as_f64().unwrap_or(0.0) > killed_at)
                 .count()
         });
-        assert!(
-            after_kill > 0,
-            "{user} (on the dead backend) logged in again after the kill"
-        );
+        if after_kill == 0 {
+            // Say everything needed to chase it: the client's view and the
+            // director's log lines about this user.
+            let log = mailpin.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&format!("user=\"{user}\"")))
+                .collect();
+            panic!(
+                "{user} (on the dead backend) did not log in again after the kill at {killed_at}: \
+                 ok {} failed {} closed {}\ndirector:\n{}",
+                ok[user],
+                failed[user],
+                summary["closed"][user],
+                lines.join("\n")
+            );
+        }
     }
     let mut victim_failures = 0;
     for (user, fails) in failed.as_object().into_iter().flatten() {
