@@ -19,6 +19,7 @@ use monoio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, Login};
+use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
 use crate::runtime::core::Core;
@@ -95,6 +96,20 @@ impl<'a> Failover<'a> {
             }
         }
     }
+}
+
+/// The user key a login routes by — the authorization identity when the
+/// client gave one (a master-user login acts as that user), else the user
+/// name — recorded on the session's log span.
+pub fn login_key(core: &Core, creds: &Credentials) -> String {
+    let login_name = creds
+        .authzid
+        .as_deref()
+        .filter(|z| !z.is_empty())
+        .unwrap_or(&creds.user);
+    let key = core.shared.user_key.key(login_name);
+    tracing::Span::current().record("user", key.as_str());
+    key
 }
 
 /// How a routed login ended.

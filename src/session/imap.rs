@@ -18,7 +18,7 @@ use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseErro
 use crate::proto::sasl::{self, Credentials};
 use crate::route::backends::BackendId;
 use crate::runtime::core::Core;
-use crate::session::failover::{login_routed, Routed};
+use crate::session::failover::{login_key, login_routed, Routed};
 use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
@@ -471,14 +471,7 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Bye> {
         let core = self.core;
-        let login_name = creds
-            .authzid
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .unwrap_or(&creds.user);
-        let key = core.shared.user_key.key(login_name);
-        let span = tracing::Span::current();
-        span.record("user", key.as_str());
+        let key = login_key(core, &creds);
         let (client, id_fields) = (&self.client, &self.id_fields);
         let routed = login_routed(core, &key, s, |backend, s, _| {
             Box::pin(login(backend, &creds, tag, client, id_fields, s))

@@ -8,7 +8,7 @@
 //! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines and
 //! the whole phase are bounded; too many bad commands end the session.
 
-use crate::session::failover::{login_routed, Routed};
+use crate::session::failover::{login_key, login_routed, Routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -267,14 +267,7 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Close> {
         let core = self.core;
-        let login_name = creds
-            .authzid
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .unwrap_or(&creds.user);
-        let key = core.shared.user_key.key(login_name);
-        let span = tracing::Span::current();
-        span.record("user", key.as_str());
+        let key = login_key(core, &creds);
         let client = &self.client;
         let routed = login_routed(core, &key, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))

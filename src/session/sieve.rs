@@ -9,7 +9,7 @@
 //! (§1.3). The SIEVE extension list before login is Pigeonhole's usual
 //! set; after login, CAPABILITY goes to the backend and is authoritative.
 
-use crate::session::failover::{login_routed, Routed};
+use crate::session::failover::{login_key, login_routed, Routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -329,14 +329,7 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Close> {
         let core = self.core;
-        let login_name = creds
-            .authzid
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .unwrap_or(&creds.user);
-        let key = core.shared.user_key.key(login_name);
-        let span = tracing::Span::current();
-        span.record("user", key.as_str());
+        let key = login_key(core, &creds);
         let client = &self.client;
         let routed = login_routed(core, &key, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
