@@ -172,3 +172,37 @@ impl Connection for TcpStream {
         )
     }
 }
+
+/// Helpers for unit tests of code written against these traits.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::ReadSide;
+    use std::io;
+
+    /// A reader that hands out a script of chunks, then end of stream.
+    pub(crate) struct Script(pub(crate) Vec<&'static [u8]>);
+
+    impl ReadSide for Script {
+        async fn readable(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+
+        async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+            if self.0.is_empty() {
+                return (Ok(0), buf);
+            }
+            let chunk = self.0.remove(0);
+            buf.extend_from_slice(chunk);
+            (Ok(chunk.len()), buf)
+        }
+    }
+
+    /// Runs `f` to completion on a fresh single-threaded runtime with timers.
+    pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("test runtime")
+            .block_on(f)
+    }
+}

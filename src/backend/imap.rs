@@ -11,7 +11,9 @@
 
 use monoio::net::TcpStream;
 
-use crate::backend::{connect, read_greeting, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::backend::{
+    connect, login_outcome, read_greeting, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE,
+};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
 use crate::proto::imap::quote::{write_string, LiteralStyle};
@@ -99,7 +101,7 @@ pub async fn login<W: WriteSide>(
     client: &mut W,
 ) -> Result<Login, BackendError> {
     let mut stream = connect(backend, Protocol::Imap, info).await?;
-    match monoio::time::timeout(
+    let dialogue = monoio::time::timeout(
         LOGIN_TIMEOUT,
         converse(
             &mut stream,
@@ -111,13 +113,8 @@ pub async fn login<W: WriteSide>(
             client,
         ),
     )
-    .await
-    {
-        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
-        Ok(Ok(None)) => Ok(Login::Rejected),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(BackendError::Timeout),
-    }
+    .await;
+    login_outcome(stream, dialogue)
 }
 
 /// The dialogue after connect. `Some(leftover)` on OK, `None` on NO/BAD.

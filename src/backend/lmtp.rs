@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
-use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE, XCLIENT_TTL};
 use crate::config::{Forward, Protocol};
 use crate::io::WriteSide;
 use crate::proto::lines::LineReader;
@@ -28,9 +28,6 @@ pub const COMMAND_TIMEOUT: Duration = LOGIN_TIMEOUT;
 /// How long a backend may take to answer after the end of a message
 /// (it writes the message to every recipient's mailbox, runs Sieve).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Hop count sent with XCLIENT.
-pub const XCLIENT_TTL: u8 = 5;
 
 /// A backend connection inside one LMTP transaction.
 pub struct LmtpBackend {

@@ -20,6 +20,37 @@ pub mod lmtp;
 pub mod pop3;
 pub mod sieve;
 
+/// Hop count sent with Dovecot's XCLIENT (POP3, LMTP, ManageSieve): how
+/// many more proxies may forward it.
+pub const XCLIENT_TTL: u8 = 5;
+
+/// Reads one line of a backend's answer; an I/O failure is
+/// [`BackendError::Io`].
+pub async fn read_line(
+    lines: &mut crate::proto::lines::LineReader,
+    stream: &mut TcpStream,
+) -> Result<Vec<u8>, BackendError> {
+    lines
+        .read_line(stream, MAX_BACKEND_LINE)
+        .await
+        .map_err(BackendError::Io)
+}
+
+/// Turns a protocol's login dialogue, run under [`LOGIN_TIMEOUT`], into a
+/// [`Login`]: `Some(bytes read past the positive answer)` is accepted,
+/// `None` refused.
+pub fn login_outcome(
+    stream: TcpStream,
+    dialogue: Result<Result<Option<Vec<u8>>, BackendError>, monoio::time::error::Elapsed>,
+) -> Result<Login, BackendError> {
+    match dialogue {
+        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
+        Ok(Ok(None)) => Ok(Login::Rejected),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BackendError::Timeout),
+    }
+}
+
 /// Reads a backend's greeting line within `limit`; any failure is a
 /// [`BackendError::Greeting`].
 pub async fn read_greeting(

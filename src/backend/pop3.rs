@@ -9,7 +9,9 @@
 
 use monoio::net::TcpStream;
 
-use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::backend::{
+    connect, login_outcome, read_greeting, read_line, BackendError, LOGIN_TIMEOUT, XCLIENT_TTL,
+};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
 use crate::proto::lines::LineReader;
@@ -17,9 +19,6 @@ use crate::proto::pop3::{reply_status, xclient_command, Reply};
 use crate::proto::sasl::{encode_plain, Credentials};
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
-
-/// Hop count sent with XCLIENT: how many more proxies may forward it.
-pub const XCLIENT_TTL: u8 = 5;
 
 pub use super::Login;
 
@@ -34,26 +33,13 @@ pub async fn login<W: WriteSide>(
     let talk = converse(
         &mut stream,
         backend.forward == Forward::Id,
+        backend.connect_timeout,
         creds,
         info,
         client,
     );
-    match monoio::time::timeout(LOGIN_TIMEOUT, talk).await {
-        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
-        Ok(Ok(None)) => Ok(Login::Rejected),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(BackendError::Timeout),
-    }
-}
-
-async fn read_line(
-    lines: &mut LineReader,
-    stream: &mut TcpStream,
-) -> Result<Vec<u8>, BackendError> {
-    lines
-        .read_line(stream, MAX_BACKEND_LINE)
-        .await
-        .map_err(BackendError::Io)
+    let dialogue = monoio::time::timeout(LOGIN_TIMEOUT, talk).await;
+    login_outcome(stream, dialogue)
 }
 
 fn unexpected(what: &str, line: &[u8]) -> BackendError {
@@ -66,14 +52,18 @@ fn unexpected(what: &str, line: &[u8]) -> BackendError {
 async fn converse<W: WriteSide>(
     stream: &mut TcpStream,
     forward_id: bool,
+    greeting_limit: std::time::Duration,
     creds: &Credentials,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Option<Vec<u8>>, BackendError> {
     let mut lines = LineReader::new();
-    let greeting = read_line(&mut lines, stream).await?;
+    let greeting = read_greeting(stream, &mut lines, greeting_limit).await?;
     if reply_status(&greeting) != Some(Reply::Ok) {
-        return Err(unexpected("greeting", &greeting));
+        return Err(BackendError::Greeting(format!(
+            "{:?}",
+            String::from_utf8_lossy(&greeting[..greeting.len().min(80)])
+        )));
     }
     if forward_id {
         let xclient = xclient_command(

@@ -10,7 +10,7 @@
 
 use monoio::net::TcpStream;
 
-use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE};
+use crate::backend::{connect, login_outcome, read_line, BackendError, LOGIN_TIMEOUT, XCLIENT_TTL};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
 use crate::proto::lines::LineReader;
@@ -18,9 +18,6 @@ use crate::proto::sasl::{encode_plain, Credentials};
 use crate::proto::sieve::{response_status, Status};
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
-
-/// Hop count sent with XCLIENT.
-pub const XCLIENT_TTL: u8 = 5;
 
 pub use super::Login;
 
@@ -35,26 +32,13 @@ pub async fn login<W: WriteSide>(
     let talk = converse(
         &mut stream,
         backend.forward == Forward::Id,
+        backend.connect_timeout,
         creds,
         info,
         client,
     );
-    match monoio::time::timeout(LOGIN_TIMEOUT, talk).await {
-        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
-        Ok(Ok(None)) => Ok(Login::Rejected),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(BackendError::Timeout),
-    }
-}
-
-async fn read_line(
-    lines: &mut LineReader,
-    stream: &mut TcpStream,
-) -> Result<Vec<u8>, BackendError> {
-    lines
-        .read_line(stream, MAX_BACKEND_LINE)
-        .await
-        .map_err(BackendError::Io)
+    let dialogue = monoio::time::timeout(LOGIN_TIMEOUT, talk).await;
+    login_outcome(stream, dialogue)
 }
 
 /// Reads data lines up to a status line; returns the data lines and it.
@@ -78,15 +62,26 @@ async fn read_response(
 async fn converse<W: WriteSide>(
     stream: &mut TcpStream,
     forward_id: bool,
+    greeting_limit: std::time::Duration,
     creds: &Credentials,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Option<Vec<u8>>, BackendError> {
     let mut lines = LineReader::new();
-    let (caps, _, status) = read_response(&mut lines, stream).await?;
-    if status != Status::Ok {
-        return Err(BackendError::Protocol("greeting is not OK".into()));
-    }
+    let greeting = monoio::time::timeout(greeting_limit, read_response(&mut lines, stream)).await;
+    let caps = match greeting {
+        Ok(Ok((caps, _, Status::Ok))) => caps,
+        Ok(Ok((_, line, _))) => {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+            return Err(BackendError::Greeting(format!("{shown:?}")));
+        }
+        Ok(Err(e)) => return Err(BackendError::Greeting(e.to_string())),
+        Err(_) => {
+            return Err(BackendError::Greeting(format!(
+                "none within {greeting_limit:?}"
+            )))
+        }
+    };
     let xclient = caps.iter().any(|c| c.eq_ignore_ascii_case(b"\"XCLIENT\""));
     if forward_id && xclient {
         let cmd = format!(

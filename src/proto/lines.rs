@@ -68,30 +68,7 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A reader that hands out a script of chunks.
-    struct Script(Vec<&'static [u8]>);
-
-    impl ReadSide for Script {
-        async fn readable(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-        async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-            if self.0.is_empty() {
-                return (Ok(0), buf);
-            }
-            let chunk = self.0.remove(0);
-            buf.extend_from_slice(chunk);
-            (Ok(chunk.len()), buf)
-        }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::io::testing::{block_on, Script};
 
     #[test]
     fn splits_lines_across_chunks_and_keeps_leftover() {

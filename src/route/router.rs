@@ -301,6 +301,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::testing::block_on;
     use crate::route::backends::tests::set_of;
     use crate::route::backends::Health;
     use std::sync::Mutex;
@@ -321,14 +322,6 @@ mod tests {
             self.0.lock().unwrap().push((core, msg));
             true
         }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     fn router(core: usize, cores: usize, post: Arc<dyn CorePost>) -> Router {

@@ -212,13 +212,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::io::testing::block_on;
 
     #[test]
     fn kick_user_signals_only_that_user_and_closed_waits_for_the_end() {

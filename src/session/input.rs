@@ -135,31 +135,7 @@ impl ClientInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
-
-    struct Script(Vec<&'static [u8]>);
-
-    impl ReadSide for Script {
-        async fn readable(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-        async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-            if self.0.is_empty() {
-                return (Ok(0), buf);
-            }
-            let chunk = self.0.remove(0);
-            buf.extend_from_slice(chunk);
-            (Ok(chunk.len()), buf)
-        }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::io::testing::{block_on, Script};
 
     fn later() -> Instant {
         Instant::now() + std::time::Duration::from_secs(5)
