@@ -45,6 +45,11 @@ pub struct RelayStats {
 
 /// Moves bytes from `r` to `w` until `r` ends, then half-closes `w`;
 /// with `splice` and plain TCP on both sides, through a pipe in the kernel.
+///
+/// While it waits it holds only the readiness future: the read and the
+/// write (several hundred bytes of future state, plus the buffer) live in
+/// a [`transfer`] boxed for as long as bytes move, so an idle session
+/// carries none of them.
 async fn pump<R: ReadSide, W: WriteSide>(
     r: &mut R,
     w: &mut W,
@@ -59,24 +64,45 @@ async fn pump<R: ReadSide, W: WriteSide>(
     }
     loop {
         r.readable().await?;
-        let (res, buf) = r.read_into(bufpool::take()).await;
-        let n = match res {
-            Ok(n) => n,
-            Err(e) => {
-                bufpool::give(buf);
-                return Err(e);
-            }
-        };
-        if n == 0 {
-            bufpool::give(buf);
-            let _ = w.shutdown().await;
+        if Box::pin(transfer(r, w, moved)).await? == Flow::Ended {
             return Ok(());
         }
-        let (res, buf) = w.write_all(buf).await;
-        bufpool::give(buf);
-        res?;
-        moved.set(moved.get() + n as u64);
     }
+}
+
+/// Whether a direction goes on after a [`transfer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Bytes were passed on; wait for more.
+    More,
+    /// The reading side ended and the writing side was half-closed.
+    Ended,
+}
+
+/// One read into a pool buffer and its write to the other side.
+async fn transfer<R: ReadSide, W: WriteSide>(
+    r: &mut R,
+    w: &mut W,
+    moved: &Cell<u64>,
+) -> io::Result<Flow> {
+    let (res, buf) = r.read_into(bufpool::take()).await;
+    let n = match res {
+        Ok(n) => n,
+        Err(e) => {
+            bufpool::give(buf);
+            return Err(e);
+        }
+    };
+    if n == 0 {
+        bufpool::give(buf);
+        let _ = w.shutdown().await;
+        return Ok(Flow::Ended);
+    }
+    let (res, buf) = w.write_all(buf).await;
+    bufpool::give(buf);
+    res?;
+    moved.set(moved.get() + n as u64);
+    Ok(Flow::More)
 }
 
 /// The splice variant of [`pump`]: socket → pipe → socket, never through
@@ -113,47 +139,101 @@ async fn splice_pump(r: &mut TcpStream, w: &mut TcpStream, moved: &Cell<u64>) ->
 /// `to_backend` and `to_client` are bytes read ahead during login, written
 /// first. `splice` moves plaintext-to-plaintext bytes with splice(2)
 /// (`server.splice`); TLS sessions always copy.
-pub async fn relay<C, B, F>(
+///
+/// The connections are split here, before the future is made, so the
+/// future holds only their halves: a value an async fn takes stays in its
+/// state for the whole session even after it is moved on.
+pub fn relay<C, B, F>(
     client: C,
     backend: B,
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
     stop: F,
     splice: bool,
-) -> (RelayEnd, RelayStats)
+) -> impl Future<Output = (RelayEnd, RelayStats)>
 where
     C: Connection,
     B: Connection,
     F: Future<Output = Vec<u8>>,
 {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut br, mut bw) = backend.into_split();
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    relay_halves(
+        cr,
+        cw,
+        br,
+        bw,
+        ReadAhead {
+            to_backend,
+            to_client,
+        },
+        stop,
+        splice,
+    )
+}
+
+/// Bytes read ahead during login, to be written before relaying.
+struct ReadAhead {
+    to_backend: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+/// Writes the read-ahead bytes (frees the buffers either way: they may have
+/// kilobytes of spare capacity) and counts them; false if a write failed.
+async fn write_read_ahead<CW: WriteSide, BW: WriteSide>(
+    cw: &mut CW,
+    bw: &mut BW,
+    ahead: ReadAhead,
+    up: &Cell<u64>,
+    down: &Cell<u64>,
+) -> bool {
+    if !ahead.to_backend.is_empty() {
+        let n = ahead.to_backend.len() as u64;
+        if bw.write_all(ahead.to_backend).await.0.is_err() {
+            return false;
+        }
+        up.set(n);
+    }
+    if !ahead.to_client.is_empty() {
+        let n = ahead.to_client.len() as u64;
+        if cw.write_all(ahead.to_client).await.0.is_err() {
+            return false;
+        }
+        down.set(n);
+    }
+    true
+}
+
+/// The body of [`relay`], over split halves.
+async fn relay_halves<CR, CW, BR, BW, F>(
+    mut cr: CR,
+    mut cw: CW,
+    mut br: BR,
+    mut bw: BW,
+    ahead: ReadAhead,
+    stop: F,
+    splice: bool,
+) -> (RelayEnd, RelayStats)
+where
+    CR: ReadSide,
+    CW: WriteSide,
+    BR: ReadSide,
+    BW: WriteSide,
+    F: Future<Output = Vec<u8>>,
+{
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let stats = |up: &Cell<u64>, down: &Cell<u64>| RelayStats {
         up: up.get(),
         down: down.get(),
     };
-
-    // Read-ahead buffers may have kilobytes of spare capacity: write them
-    // out, and free them either way, before the relay starts to wait.
-    if to_backend.is_empty() {
-        drop(to_backend);
-    } else {
-        let n = to_backend.len() as u64;
-        if bw.write_all(to_backend).await.0.is_err() {
-            return (RelayEnd::Error, stats(&up, &down));
-        }
-        up.set(n);
-    }
-    if to_client.is_empty() {
-        drop(to_client);
-    } else {
-        let n = to_client.len() as u64;
-        if cw.write_all(to_client).await.0.is_err() {
-            return (RelayEnd::Error, stats(&up, &down));
-        }
-        down.set(n);
+    if ahead.to_backend.is_empty() && ahead.to_client.is_empty() {
+        // Empty, but maybe with kilobytes of spare capacity: freed before
+        // the relay starts to wait.
+        drop(ahead);
+    } else if !Box::pin(write_read_ahead(&mut cw, &mut bw, ahead, &up, &down)).await {
+        // (Boxed: its write futures are needed only once.)
+        return (RelayEnd::Error, stats(&up, &down));
     }
 
     let outcome = {

@@ -19,6 +19,13 @@ use mailpin::tls::DevCert;
 /// The line prefix by which the subcommand announces its addresses.
 const READY_PREFIX: &str = "director-ready";
 
+/// An environment variable holding a command to run the director under,
+/// e.g. `heaptrack -o /tmp/director` to see what its memory holds.
+pub const WRAPPER_ENV: &str = "MAILPIN_LOADTEST_DIRECTOR_WRAPPER";
+
+/// How many lines a wrapper may print before the director's ready line.
+const MAX_LINES_BEFORE_READY: usize = 100;
+
 /// Options of the `director` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirectorArgs {
@@ -142,7 +149,16 @@ impl DirectorProcess {
         splice: bool,
     ) -> Result<DirectorProcess, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let mut cmd = Command::new(exe);
+        let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.arg("director").arg("--cores").arg(cores.to_string());
         if splice {
             cmd.arg("--splice");
@@ -157,12 +173,23 @@ impl DirectorProcess {
             .spawn()
             .map_err(|e| format!("starting the director: {e}"))?;
         let stdout = child.stdout.take().ok_or("no director stdout")?;
+        // A wrapper (a profiler) may print lines of its own first.
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let parsed = read
-            .ok()
-            .and_then(|_| parse_ready(&line))
-            .ok_or_else(|| format!("the director did not start (said {line:?})"));
+        let mut parsed = None;
+        for _ in 0..MAX_LINES_BEFORE_READY {
+            line.clear();
+            match stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            parsed = parse_ready(&line);
+            if parsed.is_some() {
+                break;
+            }
+        }
+        let parsed =
+            parsed.ok_or_else(|| format!("the director did not start (last said {line:?})"));
         let mut process = DirectorProcess {
             child,
             plain: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

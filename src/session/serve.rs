@@ -135,7 +135,10 @@ fn closed(span: &tracing::Span, end: Option<RelayEnd>, stats: RelayStats, starte
     );
 }
 
-/// A logged-in session until its end, as a task of its own.
+/// A logged-in session until its end, as a task of its own: registered so
+/// it can be kicked, relayed, then released and logged. One async fn, not
+/// several nested ones: each layer would keep its own copy of the
+/// connections and login state for the whole life of the session.
 async fn relayed<C: Connection>(
     core: Rc<Core>,
     protocol: Protocol,
@@ -144,8 +147,24 @@ async fn relayed<C: Connection>(
     guard: SessionGuard,
     started: Instant,
 ) {
-    let (end, stats) = relay_session(&core, protocol, client, l).await;
-    closed(&tracing::Span::current(), end, stats, started);
+    let LoggedIn {
+        backend,
+        backend_id,
+        key,
+        to_backend,
+        to_client,
+    } = l;
+    let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
+    let stop = async move {
+        let reason = kick.kicked().await;
+        info!(?reason, "closing session");
+        goodbye(protocol, reason)
+    };
+    let splice = core.shared.config.server.splice;
+    let (end, stats) = relay(client, backend, to_backend, to_client, stop, splice).await;
+    drop(registration);
+    core.router.release(&key, backend_id);
+    closed(&tracing::Span::current(), Some(end), stats, started);
     drop(guard);
 }
 
@@ -308,25 +327,4 @@ fn goodbye(protocol: Protocol, reason: KickReason) -> Vec<u8> {
         Protocol::Sieve => format!("BYE (TRYLATER) \"{text}\"\r\n").into_bytes(),
         Protocol::Pop3 | Protocol::Lmtp => Vec::new(),
     }
-}
-
-/// Relays a logged-in session, registered so it can be kicked, and
-/// releases its count afterwards.
-async fn relay_session<C: Connection>(
-    core: &Core,
-    protocol: Protocol,
-    client: C,
-    l: LoggedIn,
-) -> (Option<RelayEnd>, RelayStats) {
-    let (registration, kick) = core.sessions.register(&l.key, l.backend_id, protocol);
-    let stop = async move {
-        let reason = kick.kicked().await;
-        info!(?reason, "closing session");
-        goodbye(protocol, reason)
-    };
-    let splice = core.shared.config.server.splice;
-    let (end, stats) = relay(client, l.backend, l.to_backend, l.to_client, stop, splice).await;
-    drop(registration);
-    core.router.release(&l.key, l.backend_id);
-    (Some(end), stats)
 }
