@@ -4,7 +4,8 @@
 //! Everything runs on one monoio io_uring runtime, as on one director core:
 //! a *source* task writes [`PAYLOAD`] bytes in 64 KiB writes into a
 //! loopback TCP socket and half-closes it, and a *sink* reads until end of
-//! stream. In between, one of:
+//! stream (plain 64 KiB reads on a plain socket; mailpin's `ReadSide` on a
+//! TLS one). In between, one of:
 //!
 //! * `direct`: nothing, the source's socket is the sink's peer (the
 //!   baseline: two TCP endpoints, one core);
@@ -12,6 +13,9 @@
 //!   the core's pool (the default, `server.splice = false`);
 //! * `relay-splice`: the relay with `server.splice = true` (socket → pipe →
 //!   socket in the kernel);
+//! * `reference-bare-copy`: not mailpin's code, the simplest one-way copy
+//!   loop (a 64 KiB read always pending, no readiness wait): what the hop
+//!   itself costs, apart from the relay's design;
 //! * `tls-direct`: the source is a TLS 1.3 client (monoio-rustls, AES-128-GCM,
 //!   aws-lc-rs) and the sink reads from mailpin's own server `TlsStream`
 //!   (decryption in the sink): the TLS baseline;
@@ -59,6 +63,8 @@ enum Path {
     Direct,
     /// mailpin's relay between two TCP connections, copying or splicing.
     Relay { splice: bool },
+    /// Not mailpin's relay: the bare one-way copy loop [`bare_copy`].
+    BareCopy,
     /// A TLS client writes; the sink reads from mailpin's `TlsStream`.
     TlsDirect,
     /// A TLS client writes; mailpin's `TlsStream` and relay hand the
@@ -139,6 +145,43 @@ async fn source<S: AsyncReadRent + AsyncWriteRent>(mut stream: S) {
     }
 }
 
+/// Reads a plain socket until end of stream with plain 64 KiB reads (no
+/// readiness wait), returns how many bytes came, and closes.
+async fn sink_tcp(mut r: TcpStream) -> usize {
+    let mut buf = Vec::with_capacity(CHUNK);
+    let mut total = 0;
+    loop {
+        let (res, back) = r.read(buf).await;
+        let n = res.expect("sink read");
+        if n == 0 {
+            return total;
+        }
+        total += n;
+        buf = back;
+    }
+}
+
+/// A reference copy loop, not mailpin's: 64 KiB pool buffers like the
+/// relay, but one direction only and no readiness wait before a read (a
+/// read is always pending, holding its buffer). The simplest copy there is,
+/// to tell the cost of the hop from the cost of the relay's design.
+async fn bare_copy(mut from: TcpStream, mut to: TcpStream) -> u64 {
+    let mut moved = 0;
+    loop {
+        let (res, buf) = from.read(mailpin::bufpool::take()).await;
+        let n = res.expect("copy read");
+        if n == 0 {
+            mailpin::bufpool::give(buf);
+            to.shutdown().await.expect("copy shutdown");
+            return moved;
+        }
+        let (res, buf) = to.write_all(buf).await;
+        mailpin::bufpool::give(buf);
+        res.expect("copy write");
+        moved += n as u64;
+    }
+}
+
 /// Reads until end of stream, returns how many bytes came, and closes.
 async fn sink<R: ReadSide>(mut r: R) -> usize {
     let mut buf = Vec::with_capacity(CHUNK);
@@ -164,7 +207,7 @@ async fn transfer(path: Path, listener: &TcpListener, addr: SocketAddr, tls: &Tl
             let (src, dst) = pair(listener, addr).await;
             let started = Instant::now();
             let source = monoio::spawn(source(src));
-            let received = sink(dst).await;
+            let received = sink_tcp(dst).await;
             let took = started.elapsed();
             source.await;
             (received, took)
@@ -182,12 +225,24 @@ async fn transfer(path: Path, listener: &TcpListener, addr: SocketAddr, tls: &Tl
                 splice,
             ));
             let source = monoio::spawn(source(src));
-            let received = sink(dst).await;
+            let received = sink_tcp(dst).await;
             let took = started.elapsed();
             source.await;
             let (end, stats) = relayed.await;
             assert_eq!(end, RelayEnd::Client);
             assert_eq!(stats.up, PAYLOAD as u64);
+            (received, took)
+        }
+        Path::BareCopy => {
+            let (src, client_side) = pair(listener, addr).await;
+            let (backend_side, dst) = pair(listener, addr).await;
+            let started = Instant::now();
+            let copied = monoio::spawn(bare_copy(client_side, backend_side));
+            let source = monoio::spawn(source(src));
+            let received = sink_tcp(dst).await;
+            let took = started.elapsed();
+            source.await;
+            assert_eq!(copied.await, PAYLOAD as u64);
             (received, took)
         }
         Path::TlsDirect | Path::TlsRelay => {
@@ -217,7 +272,7 @@ async fn transfer(path: Path, listener: &TcpListener, addr: SocketAddr, tls: &Tl
                     false,
                 ));
                 let source = monoio::spawn(source(client));
-                let received = sink(dst).await;
+                let received = sink_tcp(dst).await;
                 let took = started.elapsed();
                 source.await;
                 let (end, stats) = relayed.await;
@@ -247,6 +302,7 @@ fn bench_relay(c: &mut Criterion) {
         ("direct", Path::Direct),
         ("relay-copy", Path::Relay { splice: false }),
         ("relay-splice", Path::Relay { splice: true }),
+        ("reference-bare-copy", Path::BareCopy),
         ("tls-direct", Path::TlsDirect),
         ("tls-relay", Path::TlsRelay),
     ];
