@@ -6,6 +6,10 @@ set -euo pipefail
 
 BACKEND_HOSTS=(127.0.0.11 127.0.0.12 127.0.0.13)
 BACKEND_PORT=21143
+# Where the simulated backends' POP3 and LMTP servers are expected, on the
+# same addresses (the harness cannot place them there yet: see README).
+BACKEND_POP3_PORT=21110
+BACKEND_LMTP_PORT=21024
 WORK=${PEERS_WORK:-/tmp/mailpin-peers}
 mkdir -p "$WORK"
 
