@@ -14,6 +14,7 @@ start)
     for h in "${BACKEND_HOSTS[@]}"; do targets+=("$h:$BACKEND_PORT"); done
     python3 "$DIR/auth_http.py" 23080 "${targets[@]}" &
     echo $! > "$WORK/auth_http.pid"
+    wait_port 23080
     mkdir -p "$WORK/nginx"
     cat > "$WORK/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_mail_module.so;
@@ -33,6 +34,7 @@ mail {
 }
 CONF
     nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
+    wait_port 23143
     ;;
 stop)
     stop_pidfile "$WORK/nginx.pid"
