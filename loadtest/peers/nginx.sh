@@ -29,6 +29,8 @@ mail {
     imap_auth login plain;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
+    # nginx 1.22 offers TLS 1.2 at most by default; the other targets speak 1.3.
+    ssl_protocols TLSv1.2 TLSv1.3;
     server { listen 127.0.0.1:23143; protocol imap; }
     server { listen 127.0.0.1:23993 ssl; protocol imap; }
 }
