@@ -6,6 +6,10 @@ set -euo pipefail
 
 BACKEND_HOSTS=(127.0.0.11 127.0.0.12 127.0.0.13)
 BACKEND_PORT=21143
+# Where the simulated backends' POP3 and LMTP servers are expected, on the
+# same addresses (the harness cannot place them there yet: see README).
+BACKEND_POP3_PORT=21110
+BACKEND_LMTP_PORT=21024
 WORK=${PEERS_WORK:-/tmp/mailpin-peers}
 mkdir -p "$WORK"
 
@@ -28,10 +32,29 @@ need() {
     fi
 }
 
-# Stops the process whose pid is in file $1, if it runs.
+# Stops the processes whose pids are in file $1 (one a line), if they run,
+# and waits (up to 10 s) until they are gone.
 stop_pidfile() {
     if [ -f "$1" ]; then
-        kill "$(cat "$1")" 2>/dev/null || true
+        local pids pid
+        mapfile -t pids < "$1"
+        for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+        for pid in "${pids[@]}"; do
+            for _ in $(seq 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        done
         rm -f "$1"
     fi
+}
+
+# Waits (up to 10 s) until something accepts on 127.0.0.1:$1.
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
 }

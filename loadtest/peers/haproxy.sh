@@ -3,6 +3,9 @@
 # the simulated backends: plain on 127.0.0.1:22143, TLS terminated on
 # 127.0.0.1:22993. It cannot see the user, so sessions of one user may land
 # on several backends: the harness counts those as invariant violations.
+# Health checks as a deployment would have them (TCP connect every 500 ms,
+# down after 2 failures: mailpin's defaults), and a refused connection is
+# retried once on another server.
 # Usage: haproxy.sh start|stop|pid
 source "$(dirname "$0")/common.sh"
 
@@ -18,11 +21,13 @@ start)
         echo "    timeout connect 2s"
         echo "    timeout client 1h"
         echo "    timeout server 1h"
+        echo "    retries 1"
+        echo "    option redispatch"
         echo "backend imap"
         echo "    balance leastconn"
         i=1
         for h in "${BACKEND_HOSTS[@]}"; do
-            echo "    server sim$i $h:$BACKEND_PORT"
+            echo "    server sim$i $h:$BACKEND_PORT check inter 500ms fall 2 rise 2"
             i=$((i + 1))
         done
         echo "frontend plain"
@@ -33,6 +38,7 @@ start)
         echo "    default_backend imap"
     } > "$WORK/haproxy.cfg"
     haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
+    wait_port 22143
     ;;
 stop) stop_pidfile "$WORK/haproxy.pid" ;;
 pid) head -1 "$WORK/haproxy.pid" ;;

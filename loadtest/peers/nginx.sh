@@ -14,6 +14,7 @@ start)
     for h in "${BACKEND_HOSTS[@]}"; do targets+=("$h:$BACKEND_PORT"); done
     python3 "$DIR/auth_http.py" 23080 "${targets[@]}" &
     echo $! > "$WORK/auth_http.pid"
+    wait_port 23080
     mkdir -p "$WORK/nginx"
     cat > "$WORK/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_mail_module.so;
@@ -28,11 +29,14 @@ mail {
     imap_auth login plain;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
+    # nginx 1.22 offers TLS 1.2 at most by default; the other targets speak 1.3.
+    ssl_protocols TLSv1.2 TLSv1.3;
     server { listen 127.0.0.1:23143; protocol imap; }
     server { listen 127.0.0.1:23993 ssl; protocol imap; }
 }
 CONF
     nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
+    wait_port 23143
     ;;
 stop)
     stop_pidfile "$WORK/nginx.pid"
