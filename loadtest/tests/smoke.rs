@@ -78,6 +78,54 @@ fn relay_moves_message_bodies() {
 }
 
 #[test]
+fn lmtp_delivers_everything_it_acknowledges() {
+    let r = run(
+        "lmtp",
+        &[
+            "--duration",
+            "1",
+            "--conns",
+            "2",
+            "--recipients",
+            "3",
+            "--users",
+            "30",
+        ],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["lost"], 0);
+    assert_eq!(r["results"]["unacknowledged"], 0);
+    let paths = r["results"]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "through the director and direct");
+    for path in paths {
+        assert!(path["deliveries"].as_u64().unwrap_or(0) > 0, "{path}");
+        assert_eq!(path["stored"], path["deliveries"], "{path}");
+        assert_eq!(path["failed_recipients"], 0, "{path}");
+    }
+}
+
+#[test]
+fn lmtp_open_loop_meets_its_schedule() {
+    let r = run(
+        "lmtp",
+        &[
+            "--duration",
+            "1",
+            "--rate",
+            "50",
+            "--recipients",
+            "2",
+            "--no-direct",
+        ],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["lost"], 0);
+    assert_eq!(r["results"]["paths"][0]["offered"], 50.0);
+}
+
+#[test]
 fn mixed_runs_a_short_day() {
     let r = run("mixed", &["--users", "10", "--duration", "1"]);
     assert_healthy(&r);

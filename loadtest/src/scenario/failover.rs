@@ -15,7 +15,8 @@ use mailpin::route::backends::{Backend, BackendId, BackendSet};
 use serde_json::json;
 
 use super::logins::{run_step, LoadArgs, LoginRecord};
-use crate::harness::{mode_name, CommonArgs, Harness};
+use crate::client::conn::Transport;
+use crate::harness::{CommonArgs, Harness};
 use crate::report::Report;
 use crate::runner::Event;
 
@@ -80,7 +81,19 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
         ));
     }
     let names = harness.backend_names();
-    let (step, timeline) = run_step(&mut harness, &args.load, args.tls, "failover", events, true)?;
+    let transport = if args.tls {
+        Transport::Tls
+    } else {
+        Transport::Plain
+    };
+    let (step, timeline) = run_step(
+        &mut harness,
+        &args.load,
+        transport,
+        "failover",
+        events,
+        true,
+    )?;
     let killed_at = killed_at.lock().ok().and_then(|t| *t);
     let recovery = killed_at.map(|t| user_recovery(&step.records, &names, &args.kill, t));
     let kill_t = timeline.marks.first().map(|m| m.t).unwrap_or(kill_at);
@@ -128,7 +141,7 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
     report.errors = step.errors;
     report.timeline = timeline;
     report.results = json!({
-        "mode": mode_name(args.tls),
+        "mode": transport.name(),
         "killed": args.kill,
         "kill_at_s": kill_t,
         "failed_after_kill": failed_after_kill,

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{message, user_name, Rng, PASSWORD};
-use crate::client::conn::Endpoint;
+use mailpin::config::Protocol;
+
+use crate::client::conn::{Endpoint, Transport};
 use crate::client::imap::ImapClient;
 use crate::client::tls::client_config;
 use crate::harness::{CommonArgs, Harness};
@@ -141,7 +143,10 @@ pub fn run(args: &MixedArgs) -> Result<Report, String> {
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("mixed", &harness);
     let counters = harness.fresh_counters();
-    let endpoints = (harness.endpoint(false)?, harness.endpoint(true)?);
+    let endpoints = (
+        harness.endpoint(Protocol::Imap, Transport::Plain)?,
+        harness.endpoint(Protocol::Imap, Transport::Tls)?,
+    );
     let threads = harness.args.client_threads.max(1);
     let duration = Duration::from_secs_f64(args.duration.max(0.5));
     let store = harness.backends().store().clone();

@@ -4,11 +4,12 @@
 //!
 //! A scenario is a function from its options to a [`crate::report::Report`];
 //! it drives client threads through [`crate::runner`] against a
-//! [`crate::harness::Harness`]. A new protocol (POP3, LMTP) adds a client
-//! under [`crate::client`] and its scenarios here.
+//! [`crate::harness::Harness`]. Each protocol has its client under
+//! [`crate::client`].
 
 pub mod failover;
 pub mod idle;
+pub mod lmtp;
 pub mod logins;
 pub mod mixed;
 pub mod relay;
@@ -16,6 +17,8 @@ pub mod relay;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::client::conn::Transport;
 
 /// The password the simulated backends accept.
 pub const PASSWORD: &str = mailpin::dev::DEV_PASSWORD;
@@ -112,17 +115,23 @@ pub enum Modes {
     Plain,
     /// Implicit TLS only.
     Tls,
-    /// Plaintext, then TLS.
+    /// STARTTLS (IMAP) or STLS (POP3) only.
+    Starttls,
+    /// Plaintext, then implicit TLS.
     Both,
+    /// Plaintext, STARTTLS, then implicit TLS.
+    All,
 }
 
 impl Modes {
-    /// The TLS flags to run, in order.
-    pub fn list(self) -> Vec<bool> {
+    /// The transports to run, in order.
+    pub fn list(self) -> Vec<Transport> {
         match self {
-            Modes::Plain => vec![false],
-            Modes::Tls => vec![true],
-            Modes::Both => vec![false, true],
+            Modes::Plain => vec![Transport::Plain],
+            Modes::Tls => vec![Transport::Tls],
+            Modes::Starttls => vec![Transport::Starttls],
+            Modes::Both => vec![Transport::Plain, Transport::Tls],
+            Modes::All => vec![Transport::Plain, Transport::Starttls, Transport::Tls],
         }
     }
 }
