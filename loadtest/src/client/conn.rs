@@ -38,11 +38,6 @@ impl Transport {
             Transport::Tls => "TLS",
         }
     }
-
-    /// Whether the session ends up encrypted.
-    pub fn encrypted(self) -> bool {
-        self != Transport::Plain
-    }
 }
 
 /// How to reach a listener: address, and how the connection is secured.

@@ -14,7 +14,7 @@ use mailpin::config::{Forward, Protocol};
 use mailpin::route::backends::{Backend, BackendId, BackendSet};
 use serde_json::json;
 
-use super::logins::{run_step, LoadArgs, LoginRecord};
+use super::logins::{run_step, LoadArgs, LoginProtocol, LoginRecord};
 use crate::client::conn::Transport;
 use crate::harness::{CommonArgs, Harness};
 use crate::report::Report;
@@ -45,6 +45,10 @@ pub struct FailoverArgs {
 
 /// Runs `failover`.
 pub fn run(args: &FailoverArgs) -> Result<Report, String> {
+    if args.load.protocol != LoginProtocol::Imap {
+        // The simulated POP3 servers have no kill switch.
+        return Err("failover kills simulated IMAP backends: use --protocol imap".into());
+    }
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("failover", &harness);
     if !harness.backend_names().contains(&args.kill) {

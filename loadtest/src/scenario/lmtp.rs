@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailpin::config::Protocol;
-use mailpin::dev::store::{FlagChange, INBOX};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{message, user_name};
+use super::{message, stored_and_cleared, user_name};
 use crate::client::conn::{Endpoint, Transport};
 use crate::client::lmtp::{DataBody, LmtpClient};
 use crate::client::tls::client_config;
@@ -228,27 +227,6 @@ async fn connection(plan: Rc<Plan>) {
     }
 }
 
-/// Counts the messages the store holds for users `0..users` of `prefix`,
-/// then empties their INBOXes (created if need be, so the welcome message
-/// a new account gets is not counted later). Called before a measurement
-/// and after it; long runs then do not hold every message either.
-fn stored_and_cleared(harness: &Harness, prefix: &str, users: usize) -> u64 {
-    let store = harness.backends().store();
-    let mut stored = 0u64;
-    for i in 0..users {
-        let user = user_name(prefix, i);
-        store.ensure_user(&user);
-        let Ok((_, uids)) = store.uids(&user, INBOX) else {
-            continue;
-        };
-        stored += uids.len() as u64;
-        let deleted = ["\\Deleted".to_owned()];
-        let _ = store.change_flags(&user, INBOX, &uids, FlagChange::Add, &deleted);
-        let _ = store.expunge(&user, INBOX, Some(&uids));
-    }
-    stored
-}
-
 /// Runs one measurement against `endpoint`; `prefix` names its users.
 pub fn measure(
     harness: &mut Harness,
@@ -266,7 +244,7 @@ pub fn measure(
     let recipients = args.recipients.max(1);
     let body = DataBody::new(&message(args.size));
     let rate = args.rate.filter(|r| *r > 0.0);
-    stored_and_cleared(harness, prefix, users);
+    stored_and_cleared(harness.backends().store(), prefix, users);
     let before = harness.target_sample();
     let started = Instant::now();
     let handles = {
@@ -316,7 +294,7 @@ pub fn measure(
     let after = harness.target_sample();
     let (ok, errors, _, _) = counters.snapshot();
     let deliveries: u64 = tallies.iter().map(|t| t.deliveries).sum();
-    let stored = stored_and_cleared(harness, prefix, users);
+    let stored = stored_and_cleared(harness.backends().store(), prefix, users);
     let measured = duration.as_secs_f64().min(elapsed);
     let result = LmtpResult {
         path: path.to_owned(),

@@ -28,6 +28,10 @@ use crate::report::Report;
 use crate::runner::{join, monitor, spawn_clients, Event, Progress};
 use crate::timeline::Timeline;
 
+/// The name prefix of the simulated backends' threads ("dev-backends",
+/// "dev-protocols").
+const DEV_THREADS: &str = "dev-";
+
 /// A login that takes longer than this counts as failed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,7 +121,7 @@ pub struct StepResult {
     pub director_cores_busy: f64,
     /// Client threads' CPU, in cores.
     pub client_cores_busy: f64,
-    /// Simulated backends' CPU, in cores.
+    /// Simulated backends' CPU (IMAP, POP3 and LMTP threads), in cores.
     pub backend_cores_busy: f64,
     /// TLS handshakes of the successful logins.
     pub tls_handshakes: u64,
@@ -232,7 +236,7 @@ pub fn run_step(
     let per_thread = (rate * duration.as_secs_f64()).ceil() as u64;
     let (users, resume, max_inflight) = (load.users.max(1), load.resume, load.max_inflight);
     let before = harness.target_sample();
-    let backend_before = procstat::own_threads_cpu("dev-backends");
+    let backend_before = procstat::own_threads_cpu(DEV_THREADS);
     let started = Instant::now();
     let handles = {
         let counters = counters.clone();
@@ -317,7 +321,7 @@ pub fn run_step(
         latency: merged(tallies.iter().map(|t| &t.latency)).summary(),
         director_cores_busy: busy(before.cpu, after.cpu),
         client_cores_busy: client_cpu.as_secs_f64() / elapsed,
-        backend_cores_busy: busy(backend_before, procstat::own_threads_cpu("dev-backends")),
+        backend_cores_busy: busy(backend_before, procstat::own_threads_cpu(DEV_THREADS)),
         tls_handshakes: tallies.iter().map(|t| t.tls_handshakes).sum(),
         tls_resumed: tallies.iter().map(|t| t.tls_resumed).sum(),
         records: tallies.into_iter().flat_map(|t| t.records).collect(),

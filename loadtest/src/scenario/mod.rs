@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mailpin::dev::store::{FlagChange, INBOX};
+use mailpin::dev::Store;
+
 use crate::client::conn::Transport;
 
 /// The password the simulated backends accept.
@@ -42,6 +45,39 @@ Subject: load test message\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
     }
     m.extend_from_slice(b"\r\n");
     m
+}
+
+/// Counts the messages the store holds in the INBOXes of users `0..users`
+/// of `prefix`, creating missing accounts first (each then holds the
+/// welcome message a new account gets).
+pub fn stored(store: &Store, prefix: &str, users: usize) -> u64 {
+    (0..users)
+        .map(|i| {
+            let user = user_name(prefix, i);
+            store.ensure_user(&user);
+            store
+                .uids(&user, INBOX)
+                .map(|(_, uids)| uids.len() as u64)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Like [`stored`], then empties those INBOXes. Called before a
+/// measurement and after it, it counts what the measurement delivered
+/// (the welcome messages gone); long runs then do not hold every message
+/// either.
+pub fn stored_and_cleared(store: &Store, prefix: &str, users: usize) -> u64 {
+    let deleted = ["\\Deleted".to_owned()];
+    let total = stored(store, prefix, users);
+    for i in 0..users {
+        let user = user_name(prefix, i);
+        if let Ok((_, uids)) = store.uids(&user, INBOX) {
+            let _ = store.change_flags(&user, INBOX, &uids, FlagChange::Add, &deleted);
+            let _ = store.expunge(&user, INBOX, Some(&uids));
+        }
+    }
+    total
 }
 
 /// A tiny xorshift generator: think times and choices, reproducible per
@@ -71,6 +107,11 @@ impl Rng {
         } else {
             self.next_u64() % n
         }
+    }
+
+    /// True with probability `p` (0 to 1, in steps of one in a million).
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.below(1_000_000) as f64) < p * 1_000_000.0
     }
 
     /// A duration uniformly in `[lo, hi)`.
@@ -150,12 +191,29 @@ mod tests {
     }
 
     #[test]
+    fn counting_stored_mail_ignores_the_welcome_and_clears() {
+        let store = Store::new();
+        assert_eq!(stored(&store, "t", 2), 2, "one welcome message each");
+        assert_eq!(stored_and_cleared(&store, "t", 2), 2);
+        assert_eq!(stored(&store, "t", 2), 0, "cleared");
+        store
+            .deliver("t000001", INBOX, b"a\r\n".to_vec())
+            .expect("delivered");
+        store
+            .deliver("t000001", INBOX, b"b\r\n".to_vec())
+            .expect("delivered");
+        assert_eq!(stored_and_cleared(&store, "t", 2), 2);
+        assert_eq!(stored_and_cleared(&store, "t", 2), 0, "cleared");
+    }
+
+    #[test]
     fn rng_stays_in_range() {
         let mut r = Rng::new(7);
         for _ in 0..1000 {
             assert!(r.below(10) < 10);
             let d = r.between(Duration::from_millis(5), Duration::from_millis(6));
             assert!(d >= Duration::from_millis(5) && d < Duration::from_millis(6));
+            assert!(!r.chance(0.0) && r.chance(1.0));
         }
     }
 }
