@@ -5,7 +5,9 @@
 //! its resident memory and CPU time can be read from `/proc` without the
 //! load generator's own mixed in. [`DirectorProcess`] starts that
 //! subcommand, learns the bound addresses from the one line it prints, and
-//! stops it with SIGTERM (then SIGKILL) when dropped.
+//! stops it with SIGTERM (then SIGKILL) when dropped. It listens for IMAP
+//! (plain, implicit TLS, STARTTLS), POP3 (plain, implicit TLS, STLS) and
+//! LMTP.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 use mailpin::config::{Backend, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
 use mailpin::launch::{launch, run_until_signal};
 use mailpin::tls::DevCert;
+
+use crate::client::conn::Transport;
 
 /// The line prefix by which the subcommand announces its addresses.
 const READY_PREFIX: &str = "director-ready";
@@ -26,10 +30,60 @@ pub const WRAPPER_ENV: &str = "MAILPIN_LOADTEST_DIRECTOR_WRAPPER";
 /// How many lines a wrapper may print before the director's ready line.
 const MAX_LINES_BEFORE_READY: usize = 100;
 
+/// One listener of the director the harness runs.
+struct ListenerSpec {
+    /// Its key in the ready line.
+    key: &'static str,
+    protocol: Protocol,
+    transport: Transport,
+}
+
+/// The director's listeners, in config order. The plain IMAP and POP3
+/// listeners allow passwords without TLS (as in dev mode); the STARTTLS
+/// ones do not, so their clients must upgrade first.
+const LISTENERS: [ListenerSpec; 7] = [
+    ListenerSpec {
+        key: "plain",
+        protocol: Protocol::Imap,
+        transport: Transport::Plain,
+    },
+    ListenerSpec {
+        key: "tls",
+        protocol: Protocol::Imap,
+        transport: Transport::Tls,
+    },
+    ListenerSpec {
+        key: "starttls",
+        protocol: Protocol::Imap,
+        transport: Transport::Starttls,
+    },
+    ListenerSpec {
+        key: "pop3",
+        protocol: Protocol::Pop3,
+        transport: Transport::Plain,
+    },
+    ListenerSpec {
+        key: "pop3-tls",
+        protocol: Protocol::Pop3,
+        transport: Transport::Tls,
+    },
+    ListenerSpec {
+        key: "pop3-starttls",
+        protocol: Protocol::Pop3,
+        transport: Transport::Starttls,
+    },
+    ListenerSpec {
+        key: "lmtp",
+        protocol: Protocol::Lmtp,
+        transport: Transport::Plain,
+    },
+];
+
 /// Options of the `director` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirectorArgs {
-    /// A backend as NAME=HOST:PORT (IMAP); repeat for each.
+    /// A backend as NAME=HOST:IMAP_PORT[,pop3=PORT][,lmtp=PORT]; repeat
+    /// for each.
     #[arg(long = "backend", required = true)]
     pub backends: Vec<String>,
     /// server.cores: worker threads, one pinned core each.
@@ -40,22 +94,59 @@ pub struct DirectorArgs {
     pub splice: bool,
 }
 
-/// The director configuration the harness runs: a plaintext IMAP listener
-/// (LOGIN allowed, as in dev mode) and an implicit-TLS one with a fresh
-/// self-signed certificate, both on an ephemeral loopback port.
-pub fn config(backends: &[(String, SocketAddr)], cores: usize, splice: bool) -> Config {
+/// Where one simulated backend listens, as the director must know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Its name.
+    pub name: String,
+    /// Its IMAP address (the host of every protocol).
+    pub imap: SocketAddr,
+    /// Its POP3 port, if it serves POP3.
+    pub pop3: Option<u16>,
+    /// Its LMTP port, if it serves LMTP.
+    pub lmtp: Option<u16>,
+}
+
+impl BackendSpec {
+    /// The `--backend` argument that stands for it.
+    fn argument(&self) -> String {
+        let mut arg = format!("{}={}", self.name, self.imap);
+        if let Some(p) = self.pop3 {
+            arg.push_str(&format!(",pop3={p}"));
+        }
+        if let Some(p) = self.lmtp {
+            arg.push_str(&format!(",lmtp={p}"));
+        }
+        arg
+    }
+}
+
+/// The director configuration the harness runs: the [`LISTENERS`], each on
+/// an ephemeral loopback port, in front of `backends`.
+pub fn config(backends: &[BackendSpec], cores: usize, splice: bool) -> Config {
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut plain = Listen::new(Protocol::Imap, loopback);
-    plain.plaintext_auth = true;
-    let mut implicit = Listen::new(Protocol::Imap, loopback);
-    implicit.tls = TlsMode::Implicit;
+    let listen = LISTENERS
+        .iter()
+        .map(|spec| {
+            let mut l = Listen::new(spec.protocol, loopback);
+            l.tls = match spec.transport {
+                Transport::Plain => TlsMode::None,
+                Transport::Starttls => TlsMode::Starttls,
+                Transport::Tls => TlsMode::Implicit,
+            };
+            l.plaintext_auth = spec.transport == Transport::Plain;
+            l
+        })
+        .collect();
     let mut config = Config {
-        listen: vec![plain, implicit],
+        listen,
         backend: backends
             .iter()
-            .map(|(name, addr)| {
-                let mut b = Backend::new(name.clone(), addr.ip().to_string());
-                b.imap = Some(addr.port());
+            .map(|spec| {
+                let mut b = Backend::new(spec.name.clone(), spec.imap.ip().to_string());
+                b.imap = Some(spec.imap.port());
+                b.pop3 = spec.pop3;
+                b.lmtp = spec.lmtp;
                 b
             })
             .collect(),
@@ -69,15 +160,37 @@ pub fn config(backends: &[(String, SocketAddr)], cores: usize, splice: bool) -> 
     config
 }
 
-/// Parses `NAME=HOST:PORT`.
-fn parse_backend(s: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = s
+/// Parses `NAME=HOST:PORT[,pop3=PORT][,lmtp=PORT]`.
+fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+    let (name, rest) = s
         .split_once('=')
         .ok_or_else(|| format!("--backend {s:?}: expected NAME=HOST:PORT"))?;
-    let addr = addr
+    let mut parts = rest.split(',');
+    let imap = parts
+        .next()
+        .unwrap_or_default()
         .parse()
         .map_err(|e| format!("--backend {s:?}: bad address: {e}"))?;
-    Ok((name.to_owned(), addr))
+    let mut spec = BackendSpec {
+        name: name.to_owned(),
+        imap,
+        pop3: None,
+        lmtp: None,
+    };
+    for part in parts {
+        let (key, port) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--backend {s:?}: expected KEY=PORT after a comma"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|e| format!("--backend {s:?}: bad port: {e}"))?;
+        match key {
+            "pop3" => spec.pop3 = Some(port),
+            "lmtp" => spec.lmtp = Some(port),
+            _ => return Err(format!("--backend {s:?}: unknown key {key:?}")),
+        }
+    }
+    Ok(spec)
 }
 
 /// Runs the `director` subcommand: serves until SIGTERM.
@@ -113,12 +226,11 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
     });
     match launch(config) {
         Ok(director) => {
-            let addrs = &director.listen_addrs;
-            println!(
-                "{READY_PREFIX} plain={} tls={}",
-                addrs.first().map(|a| a.to_string()).unwrap_or_default(),
-                addrs.get(1).map(|a| a.to_string()).unwrap_or_default()
-            );
+            let mut line = READY_PREFIX.to_owned();
+            for (spec, addr) in LISTENERS.iter().zip(&director.listen_addrs) {
+                line.push_str(&format!(" {}={addr}", spec.key));
+            }
+            println!("{line}");
             run_until_signal(director);
             ExitCode::SUCCESS
         }
@@ -129,13 +241,25 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
     }
 }
 
+/// The addresses of the director's listeners.
+#[derive(Debug, Clone, Default)]
+pub struct DirectorAddrs(Vec<(Protocol, Transport, SocketAddr)>);
+
+impl DirectorAddrs {
+    /// The listener for `protocol` over `transport`, if there is one.
+    pub fn get(&self, protocol: Protocol, transport: Transport) -> Option<SocketAddr> {
+        self.0
+            .iter()
+            .find(|(p, t, _)| *p == protocol && *t == transport)
+            .map(|(_, _, a)| *a)
+    }
+}
+
 /// A director child process started by the harness.
 pub struct DirectorProcess {
     child: Child,
-    /// The plaintext IMAP listener.
-    pub plain: SocketAddr,
-    /// The implicit-TLS IMAP listener.
-    pub tls: SocketAddr,
+    /// Its listeners.
+    pub addrs: DirectorAddrs,
     /// server.cores it runs with.
     pub cores: usize,
 }
@@ -144,7 +268,7 @@ impl DirectorProcess {
     /// Starts `mailpin-loadtest director` in front of `backends` and waits
     /// for its listeners.
     pub fn spawn(
-        backends: &[(String, SocketAddr)],
+        backends: &[BackendSpec],
         cores: usize,
         splice: bool,
     ) -> Result<DirectorProcess, String> {
@@ -163,8 +287,8 @@ impl DirectorProcess {
         if splice {
             cmd.arg("--splice");
         }
-        for (name, addr) in backends {
-            cmd.arg("--backend").arg(format!("{name}={addr}"));
+        for b in backends {
+            cmd.arg("--backend").arg(b.argument());
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -190,15 +314,13 @@ impl DirectorProcess {
         }
         let parsed =
             parsed.ok_or_else(|| format!("the director did not start (last said {line:?})"));
+        // Built before the check so a failed start still stops the child.
         let mut process = DirectorProcess {
             child,
-            plain: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            addrs: DirectorAddrs::default(),
             cores,
         };
-        let (plain, tls) = parsed?;
-        process.plain = plain;
-        process.tls = tls;
+        process.addrs = parsed?;
         Ok(process)
     }
 
@@ -235,18 +357,16 @@ impl Drop for DirectorProcess {
     }
 }
 
-fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// Reads the ready line: every listener of [`LISTENERS`] with its address.
+fn parse_ready(line: &str) -> Option<DirectorAddrs> {
     let rest = line.trim().strip_prefix(READY_PREFIX)?;
-    let mut plain = None;
-    let mut tls = None;
+    let mut addrs = Vec::new();
     for word in rest.split_whitespace() {
-        if let Some(a) = word.strip_prefix("plain=") {
-            plain = a.parse().ok();
-        } else if let Some(a) = word.strip_prefix("tls=") {
-            tls = a.parse().ok();
-        }
+        let (key, addr) = word.split_once('=')?;
+        let spec = LISTENERS.iter().find(|s| s.key == key)?;
+        addrs.push((spec.protocol, spec.transport, addr.parse().ok()?));
     }
-    Some((plain?, tls?))
+    (addrs.len() == LISTENERS.len()).then_some(DirectorAddrs(addrs))
 }
 
 #[cfg(test)]
@@ -255,16 +375,44 @@ mod tests {
 
     #[test]
     fn ready_line_round_trips() {
-        let line = format!("{READY_PREFIX} plain=127.0.0.1:1000 tls=127.0.0.1:1001\n");
-        let (p, t) = parse_ready(&line).expect("parsed");
-        assert_eq!((p.port(), t.port()), (1000, 1001));
+        let mut line = READY_PREFIX.to_owned();
+        for (i, spec) in LISTENERS.iter().enumerate() {
+            line.push_str(&format!(" {}=127.0.0.1:{}", spec.key, 1000 + i));
+        }
+        let addrs = parse_ready(&format!("{line}\n")).expect("parsed");
+        let port = |p, t| addrs.get(p, t).map(|a| a.port());
+        assert_eq!(port(Protocol::Imap, Transport::Plain), Some(1000));
+        assert_eq!(port(Protocol::Imap, Transport::Tls), Some(1001));
+        assert_eq!(port(Protocol::Lmtp, Transport::Plain), Some(1006));
+        assert_eq!(port(Protocol::Lmtp, Transport::Tls), None);
         assert!(parse_ready("something else").is_none());
+        assert!(parse_ready(&format!("{READY_PREFIX} plain=127.0.0.1:1")).is_none());
     }
 
     #[test]
-    fn backend_argument_parses() {
-        let (name, addr) = parse_backend("b1=127.0.0.1:143").expect("parsed");
-        assert_eq!((name.as_str(), addr.port()), ("b1", 143));
+    fn backend_argument_round_trips() {
+        let spec = BackendSpec {
+            name: "b1".into(),
+            imap: "127.0.0.1:143".parse().expect("address"),
+            pop3: Some(110),
+            lmtp: Some(24),
+        };
+        assert_eq!(parse_backend(&spec.argument()), Ok(spec.clone()));
+        let imap_only = parse_backend("b1=127.0.0.1:143").expect("parsed");
+        assert_eq!((imap_only.imap.port(), imap_only.lmtp), (143, None));
         assert!(parse_backend("b1").is_err());
+        assert!(parse_backend("b1=127.0.0.1:143,smtp=25").is_err());
+    }
+
+    #[test]
+    fn config_has_every_listener_and_backend_port() {
+        let spec = parse_backend("b1=127.0.0.1:143,pop3=110,lmtp=24").expect("parsed");
+        let c = config(&[spec], 1, false);
+        assert_eq!(c.listen.len(), LISTENERS.len());
+        assert!(c.listen.iter().any(|l| l.protocol == Protocol::Lmtp));
+        assert_eq!(
+            (c.backend[0].pop3, c.backend[0].lmtp),
+            (Some(110), Some(24))
+        );
     }
 }

@@ -1,18 +1,23 @@
 //! What every scenario runs against: the simulated backends (the library's
 //! dev backends over one store and one live-session registry, in this
-//! process), and the director under test — a `mailpin-loadtest director`
-//! child process this harness starts, or an external one (`--target`, for
-//! the peers).
+//! process: IMAP, and POP3/LMTP/ManageSieve on the same hosts), and the
+//! director under test — a `mailpin-loadtest director` child process this
+//! harness starts, or an external one (`--target` and friends, for the
+//! peers).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mailpin::dev::{spawn_backends, DevBackendConfig, DevBackends, Registry, Store};
+use mailpin::config::Protocol;
+use mailpin::dev::{
+    spawn_backends, spawn_protocol_servers_at, DevBackendConfig, DevBackends, DevProtocolServers,
+    ProtocolAddrs, Registry, Store, DEV_PASSWORD,
+};
 
-use crate::client::conn::Endpoint;
-use crate::director::DirectorProcess;
+use crate::client::conn::{Endpoint, Transport};
+use crate::director::{BackendSpec, DirectorProcess};
 use crate::metrics::Counters;
 use crate::procstat;
 use crate::timeline::Observation;
@@ -28,6 +33,23 @@ pub struct CommonArgs {
     /// The external target's implicit-TLS IMAP address.
     #[arg(long, value_name = "HOST:PORT")]
     pub target_tls: Option<SocketAddr>,
+    /// The external target's IMAP address offering STARTTLS (default:
+    /// --target).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target_starttls: Option<SocketAddr>,
+    /// The external target's plaintext POP3 address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target_pop3: Option<SocketAddr>,
+    /// The external target's implicit-TLS POP3 address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target_pop3_tls: Option<SocketAddr>,
+    /// The external target's POP3 address offering STLS (default:
+    /// --target-pop3).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target_pop3_starttls: Option<SocketAddr>,
+    /// The external target's LMTP address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target_lmtp: Option<SocketAddr>,
     /// The external target's main process: its memory and CPU (with all
     /// its descendants) are read from /proc.
     #[arg(long, value_name = "PID")]
@@ -53,6 +75,14 @@ pub struct CommonArgs {
     /// e.g. 127.0.0.11,127.0.0.12,127.0.0.13. Overrides --backends.
     #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
     pub backend_hosts: Vec<std::net::IpAddr>,
+    /// First POP3 port of the simulated backends, numbered like
+    /// --backend-port (0: any free ports).
+    #[arg(long, default_value_t = 0)]
+    pub backend_pop3_port: u16,
+    /// First LMTP port of the simulated backends, numbered like
+    /// --backend-port (0: any free ports).
+    #[arg(long, default_value_t = 0)]
+    pub backend_lmtp_port: u16,
     /// Client threads (each its own io_uring runtime, pinned from the
     /// highest core down).
     #[arg(long, default_value_t = 1)]
@@ -70,6 +100,7 @@ pub struct Harness {
     /// The options it was started with.
     pub args: CommonArgs,
     backends: Arc<DevBackends>,
+    protocols: DevProtocolServers,
     director: Option<DirectorProcess>,
     counters: Arc<Counters>,
 }
@@ -79,43 +110,76 @@ impl Harness {
     /// director in front of them.
     pub fn start(args: &CommonArgs) -> Result<Harness, String> {
         procstat::raise_fd_limit();
-        let configs: Vec<DevBackendConfig> = if args.backend_hosts.is_empty() {
-            (0..args.backends.max(1))
-                .map(|i| {
-                    let port = match args.backend_port {
-                        0 => 0,
-                        p => p + u16::try_from(i).unwrap_or(0),
-                    };
-                    DevBackendConfig::new(
-                        format!("sim{}", i + 1),
-                        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                    )
-                })
-                .collect()
+        let hosts: Vec<IpAddr> = if args.backend_hosts.is_empty() {
+            vec![IpAddr::from(Ipv4Addr::LOCALHOST); args.backends.max(1)]
         } else {
-            args.backend_hosts
-                .iter()
-                .enumerate()
-                .map(|(i, ip)| {
-                    DevBackendConfig::new(
-                        format!("sim{}", i + 1),
-                        SocketAddr::new(*ip, args.backend_port),
-                    )
-                })
-                .collect()
+            args.backend_hosts.clone()
         };
-        let backends = spawn_backends(configs, Store::new(), Registry::new())
+        // Distinct hosts share each port; backends on one host count up.
+        let shared_ports = !args.backend_hosts.is_empty();
+        let port = |first: u16, i: usize| match (first, shared_ports) {
+            (0, _) => 0,
+            (p, true) => p,
+            (p, false) => p.saturating_add(u16::try_from(i).unwrap_or(0)),
+        };
+        let configs: Vec<DevBackendConfig> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                DevBackendConfig::new(
+                    format!("sim{}", i + 1),
+                    SocketAddr::new(*ip, port(args.backend_port, i)),
+                )
+            })
+            .collect();
+        let store = Store::new();
+        let registry = Registry::new();
+        let protocol_addrs: Vec<(String, ProtocolAddrs)> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let ip = c.addr.ip();
+                let addrs = ProtocolAddrs {
+                    pop3: SocketAddr::new(ip, port(args.backend_pop3_port, i)),
+                    lmtp: SocketAddr::new(ip, port(args.backend_lmtp_port, i)),
+                    sieve: SocketAddr::new(ip, 0),
+                };
+                (c.name.clone(), addrs)
+            })
+            .collect();
+        let backends = spawn_backends(configs, store.clone(), registry.clone())
             .map_err(|e| format!("simulated backends: {e}"))?;
+        let protocols =
+            spawn_protocol_servers_at(&protocol_addrs, store, Some(registry), DEV_PASSWORD)
+                .map_err(|e| format!("simulated POP3/LMTP backends: {e}"))?;
         let mut harness = Harness {
             args: args.clone(),
             backends: Arc::new(backends),
+            protocols,
             director: None,
             counters: Arc::new(Counters::default()),
         };
-        if args.target.is_none() && args.target_tls.is_none() {
+        if !harness.is_external() {
             harness.restart_director()?;
         }
         Ok(harness)
+    }
+
+    /// What the director must know of each simulated backend.
+    fn backend_specs(&self) -> Vec<BackendSpec> {
+        self.backends
+            .addrs()
+            .iter()
+            .map(|(name, imap)| {
+                let more = self.protocols.addr(name);
+                BackendSpec {
+                    name: name.clone(),
+                    imap: *imap,
+                    pop3: more.map(|a| a.pop3.port()),
+                    lmtp: more.map(|a| a.lmtp.port()),
+                }
+            })
+            .collect()
     }
 
     /// Starts (again) the director the harness runs, so a measurement
@@ -126,28 +190,77 @@ impl Harness {
         }
         self.director = None;
         self.director = Some(DirectorProcess::spawn(
-            self.backends.addrs(),
+            &self.backend_specs(),
             self.args.cores,
             self.args.splice,
         )?);
         Ok(())
     }
 
-    /// Whether the target is someone else's process.
+    /// Whether the target is someone else's process (any --target*
+    /// address given).
     pub fn is_external(&self) -> bool {
-        self.args.target.is_some() || self.args.target_tls.is_some()
+        let a = &self.args;
+        [
+            a.target,
+            a.target_tls,
+            a.target_starttls,
+            a.target_pop3,
+            a.target_pop3_tls,
+            a.target_pop3_starttls,
+            a.target_lmtp,
+        ]
+        .iter()
+        .any(Option::is_some)
     }
 
-    /// Where clients connect, plain or TLS.
-    pub fn endpoint(&self, tls: bool) -> Result<Endpoint, String> {
-        let addr = match (&self.director, tls) {
-            (Some(d), false) => Some(d.plain),
-            (Some(d), true) => Some(d.tls),
-            (None, false) => self.args.target,
-            (None, true) => self.args.target_tls,
+    /// The external target's address for `protocol` over `transport`.
+    fn external_addr(&self, protocol: Protocol, transport: Transport) -> Option<SocketAddr> {
+        let a = &self.args;
+        match (protocol, transport) {
+            (Protocol::Imap, Transport::Plain) => a.target,
+            (Protocol::Imap, Transport::Tls) => a.target_tls,
+            (Protocol::Imap, Transport::Starttls) => a.target_starttls.or(a.target),
+            (Protocol::Pop3, Transport::Plain) => a.target_pop3,
+            (Protocol::Pop3, Transport::Tls) => a.target_pop3_tls,
+            (Protocol::Pop3, Transport::Starttls) => a.target_pop3_starttls.or(a.target_pop3),
+            (Protocol::Lmtp, Transport::Plain) => a.target_lmtp,
+            _ => None,
+        }
+    }
+
+    /// Where clients of `protocol` connect over `transport`.
+    pub fn endpoint(&self, protocol: Protocol, transport: Transport) -> Result<Endpoint, String> {
+        let addr = match &self.director {
+            Some(d) => d.addrs.get(protocol, transport),
+            None => self.external_addr(protocol, transport),
         };
-        addr.map(|addr| Endpoint { addr, tls })
-            .ok_or_else(|| format!("no {} address for the target", mode_name(tls)))
+        addr.map(|addr| Endpoint { addr, transport })
+            .ok_or_else(|| {
+                format!(
+                    "no {} {} address for the target",
+                    protocol.as_str(),
+                    transport.name()
+                )
+            })
+    }
+
+    /// The first simulated backend's own `protocol` listener (plain), for
+    /// baselines that bypass the director.
+    pub fn direct_endpoint(&self, protocol: Protocol) -> Result<Endpoint, String> {
+        let (name, imap) = self.backends.addrs().first().ok_or("no backend")?;
+        let more = self.protocols.addr(name);
+        let addr = match protocol {
+            Protocol::Imap => Some(*imap),
+            Protocol::Pop3 => more.map(|a| a.pop3),
+            Protocol::Lmtp => more.map(|a| a.lmtp),
+            Protocol::Sieve => more.map(|a| a.sieve),
+        };
+        addr.map(|addr| Endpoint {
+            addr,
+            transport: Transport::Plain,
+        })
+        .ok_or_else(|| format!("no simulated {} backend", protocol.as_str()))
     }
 
     /// The target's process, if known.
@@ -221,14 +334,5 @@ impl Harness {
             rss_bytes: target.rss_bytes,
             director_cpu_s: target.cpu.as_secs_f64(),
         }
-    }
-}
-
-/// "plain" or "TLS".
-pub fn mode_name(tls: bool) -> &'static str {
-    if tls {
-        "TLS"
-    } else {
-        "plain"
     }
 }

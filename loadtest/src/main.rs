@@ -41,6 +41,9 @@ enum Command {
     /// Large FETCH throughput through the director against straight to a
     /// backend.
     Relay(scenario::relay::RelayArgs),
+    /// LMTP deliveries through the director against straight into a
+    /// backend: transactions/s, deliveries/s, latency, nothing lost.
+    Lmtp(scenario::lmtp::LmtpArgs),
     /// Kill a simulated backend under login load: failed logins, time to
     /// recovery, violations.
     Failover(scenario::failover::FailoverArgs),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Idle(args) => scenario::idle::run(&args).map(|_| ()),
         Command::Logins(args) => scenario::logins::run(&args).map(|_| ()),
         Command::Relay(args) => scenario::relay::run(&args).map(|_| ()),
+        Command::Lmtp(args) => scenario::lmtp::run(&args).map(|_| ()),
         Command::Mixed(args) => scenario::mixed::run(&args).map(|_| ()),
         Command::Size(args) => size::run(&args).map(|_| ()),
         Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::harness::CommonArgs;
 use crate::scenario::idle::{self, IdleArgs};
-use crate::scenario::logins::{self, LoadArgs, LoginsArgs};
+use crate::scenario::logins::{self, LoadArgs, LoginProtocol, LoginsArgs};
 use crate::scenario::relay::{self, RelayArgs};
 use crate::scenario::Modes;
 
@@ -55,6 +55,7 @@ pub fn run(args: &SizeArgs) -> Result<Value, String> {
     })?;
     let logins = logins::run(&LoginsArgs {
         load: LoadArgs {
+            protocol: LoginProtocol::Imap,
             rate: args.rate,
             duration: args.step,
             users: 10_000,

@@ -66,6 +66,73 @@ fn logins_complete_at_a_low_rate() {
 }
 
 #[test]
+fn logins_use_starttls_and_resume_tls_sessions() {
+    let r = run(
+        "logins",
+        &[
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--mode",
+            "all",
+            "--resume",
+        ],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    let modes = r["results"]["modes"].as_array().expect("modes");
+    let names: Vec<_> = modes.iter().map(|m| m["mode"].clone()).collect();
+    assert_eq!(names, ["plain", "STARTTLS", "TLS"]);
+    for m in &modes[1..] {
+        let step = &m["step"];
+        let handshakes = step["tls_handshakes"].as_u64().unwrap_or(0);
+        assert_eq!(handshakes, step["ok"].as_u64().unwrap_or(u64::MAX), "{m}");
+        // Only a thread's first handshake (and those racing it) is full.
+        assert!(
+            step["tls_resumed"].as_u64().unwrap_or(0) * 2 > handshakes,
+            "few resumed: {m}"
+        );
+    }
+}
+
+#[test]
+fn pop3_logins_complete_plain_stls_and_tls() {
+    let r = run(
+        "logins",
+        &[
+            "--protocol",
+            "pop3",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--mode",
+            "all",
+        ],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["protocol"], "pop3");
+    assert_eq!(r["results"]["modes"].as_array().map(Vec::len), Some(3));
+    for m in r["results"]["modes"].as_array().expect("modes") {
+        assert_eq!(m["step"]["tls_resumed"], 0, "no --resume: {m}");
+    }
+}
+
+#[test]
+fn idle_holds_starttls_sessions() {
+    let r = run(
+        "idle",
+        &["--sessions", "20", "--hold", "0.2", "--mode", "starttls"],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["modes"][0]["mode"], "STARTTLS");
+    assert_eq!(r["results"]["modes"][0]["sessions"], 20);
+}
+
+#[test]
 fn relay_moves_message_bodies() {
     let r = run(
         "relay",
@@ -78,9 +145,86 @@ fn relay_moves_message_bodies() {
 }
 
 #[test]
-fn mixed_runs_a_short_day() {
-    let r = run("mixed", &["--users", "10", "--duration", "1"]);
+fn lmtp_delivers_everything_it_acknowledges() {
+    let r = run(
+        "lmtp",
+        &[
+            "--duration",
+            "1",
+            "--conns",
+            "2",
+            "--recipients",
+            "3",
+            "--users",
+            "30",
+        ],
+    );
     assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["lost"], 0);
+    assert_eq!(r["results"]["unacknowledged"], 0);
+    let paths = r["results"]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "through the director and direct");
+    for path in paths {
+        assert!(path["deliveries"].as_u64().unwrap_or(0) > 0, "{path}");
+        assert_eq!(path["stored"], path["deliveries"], "{path}");
+        assert_eq!(path["failed_recipients"], 0, "{path}");
+    }
+}
+
+#[test]
+fn lmtp_open_loop_meets_its_schedule() {
+    let r = run(
+        "lmtp",
+        &[
+            "--duration",
+            "1",
+            "--rate",
+            "50",
+            "--recipients",
+            "2",
+            "--no-direct",
+        ],
+    );
+    assert_healthy(&r);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["results"]["lost"], 0);
+    assert_eq!(r["results"]["paths"][0]["offered"], 50.0);
+}
+
+#[test]
+fn mixed_runs_a_short_day() {
+    let r = run(
+        "mixed",
+        &[
+            "--users",
+            "10",
+            "--duration",
+            "1.5",
+            "--think-ms",
+            "100",
+            "--pop3-share",
+            "0.5",
+        ],
+    );
+    assert_healthy(&r);
+    let results = &r["results"];
+    assert!(
+        results["pop3_sessions"].as_u64().unwrap_or(0) > 0,
+        "{results}"
+    );
+    assert!(
+        results["imap_sessions"].as_u64().unwrap_or(0) > 0,
+        "{results}"
+    );
+    let deliveries = &results["deliveries"];
+    assert_eq!(deliveries["via_lmtp"], true);
+    assert!(
+        deliveries["acknowledged"].as_u64().unwrap_or(0) > 0,
+        "{deliveries}"
+    );
+    assert_eq!(deliveries["lost"], 0, "{deliveries}");
+    assert_eq!(deliveries["unacknowledged"], 0, "{deliveries}");
 }
 
 #[test]

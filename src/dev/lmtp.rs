@@ -9,6 +9,8 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::dev::protocols::Liveness;
+use crate::dev::registry::LiveSession;
 use crate::dev::store::{Store, INBOX};
 use crate::io::write_bytes;
 use crate::proto::smtp::{
@@ -34,8 +36,10 @@ fn unstuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Serves one LMTP connection.
-pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
+/// Serves one LMTP connection; each accepted recipient is live in
+/// `liveness` from its RCPT until its delivery (or RSET, or the end of the
+/// connection).
+pub(crate) async fn serve(mut conn: TcpStream, store: Store, liveness: Liveness) {
     let mut input = ClientInput::new();
     if write_bytes(&mut conn, b"220 dev LMTP ready\r\n")
         .await
@@ -45,6 +49,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
     }
     let mut mail = false;
     let mut rcpts: Vec<String> = Vec::new();
+    let mut live: Vec<LiveSession> = Vec::new();
     let mut chunks: Vec<u8> = Vec::new();
     loop {
         let deadline = Instant::now() + IDLE;
@@ -67,6 +72,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
             "RSET" => {
                 mail = false;
                 rcpts.clear();
+                live.clear();
                 chunks.clear();
                 b"250 2.0.0 OK\r\n".to_vec()
             }
@@ -83,6 +89,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
                 .and_then(|p| mailbox_user(p.inner))
             {
                 Some(user) => {
+                    live.extend(liveness.login(&user));
                     rcpts.push(user);
                     b"250 2.1.5 OK\r\n".to_vec()
                 }
@@ -109,6 +116,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
                         break;
                     }
                 }
+                live.clear();
                 deliver(&store, &mut rcpts, &unstuff(&body))
             }
             "BDAT" if !rcpts.is_empty() => {
@@ -124,6 +132,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store) {
                 }
                 if last {
                     let body = std::mem::take(&mut chunks);
+                    live.clear();
                     deliver(&store, &mut rcpts, &body)
                 } else {
                     format!("250 2.0.0 {size} octets\r\n").into_bytes()

@@ -32,7 +32,9 @@ pub mod sessions;
 mod sieve;
 pub mod store;
 
-pub use protocols::{spawn_protocol_servers, DevProtocolServers, ProtocolAddrs};
+pub use protocols::{
+    spawn_protocol_servers, spawn_protocol_servers_at, DevProtocolServers, ProtocolAddrs,
+};
 pub use registry::{LiveSession, Registry, Violation};
 pub use server::{spawn_backends, DevBackendConfig, DevBackends, DEV_PASSWORD};
 pub use sessions::SessionInfo;

@@ -8,6 +8,8 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::dev::protocols::Liveness;
+use crate::dev::registry::LiveSession;
 use crate::dev::store::{FlagChange, Store, INBOX};
 use crate::io::write_bytes;
 use crate::proto::pop3::{parse_command, pass_argument};
@@ -16,8 +18,9 @@ use crate::session::input::ClientInput;
 
 const IDLE: Duration = Duration::from_secs(600);
 
-/// Serves one POP3 connection.
-pub(crate) async fn serve(mut conn: TcpStream, store: Store, password: String) {
+/// Serves one POP3 connection; a logged-in session is live in `liveness`
+/// until QUIT or the end of the connection.
+pub(crate) async fn serve(mut conn: TcpStream, store: Store, liveness: Liveness, password: String) {
     let mut input = ClientInput::new();
     if write_bytes(&mut conn, b"+OK dev POP3 ready.\r\n")
         .await
@@ -27,6 +30,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store, password: String) {
     }
     let mut user: Option<String> = None;
     let mut logged_in: Option<String> = None;
+    let mut live: Option<LiveSession> = None;
     let mut uids: Vec<u32> = Vec::new();
     let mut deleted: Vec<u32> = Vec::new();
     loop {
@@ -56,6 +60,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store, password: String) {
                 if let Some(u) = &logged_in {
                     let _ = store.expunge(u, INBOX, Some(&deleted));
                 }
+                drop(live.take());
                 let _ = write_bytes(&mut conn, b"+OK Bye.\r\n").await;
                 return;
             }
@@ -81,6 +86,7 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store, password: String) {
                             .uids(&c.user, INBOX)
                             .map(|(_, u)| u)
                             .unwrap_or_default();
+                        live = liveness.login(&c.user);
                         logged_in = Some(c.user.clone());
                         b"+OK Logged in.\r\n".to_vec()
                     }

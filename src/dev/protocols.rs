@@ -7,12 +7,16 @@
 //! connection is one task. Dropping the handle shuts the listeners down
 //! and joins the thread (sessions still open are dropped with it). Unlike
 //! the IMAP dev backends these have no kill/restart control.
+//! [`spawn_protocol_servers_at`] does the same on given addresses and can
+//! report POP3 sessions and LMTP recipients to a [`Registry`], so the load
+//! test checks the invariant for them as it does for IMAP.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
+use super::registry::{LiveSession, Registry};
 use super::store::Store;
 
 /// Which protocol a dev listener serves.
@@ -32,6 +36,20 @@ pub struct ProtocolAddrs {
     pub lmtp: SocketAddr,
     /// ManageSieve.
     pub sieve: SocketAddr,
+}
+
+/// Reports one dev backend's live sessions to a [`Registry`], if any.
+#[derive(Debug, Clone)]
+pub(crate) struct Liveness {
+    backend: String,
+    registry: Option<Registry>,
+}
+
+impl Liveness {
+    /// Records `user` as live on this backend until the guard is dropped.
+    pub(crate) fn login(&self, user: &str) -> Option<LiveSession> {
+        self.registry.as_ref().map(|r| r.login(&self.backend, user))
+    }
 }
 
 /// The running POP3/LMTP/ManageSieve dev servers.
@@ -85,25 +103,59 @@ pub fn spawn_protocol_servers(
     store: Store,
     password: &str,
 ) -> io::Result<DevProtocolServers> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let backends: Vec<(String, ProtocolAddrs)> = names
+        .iter()
+        .map(|n| {
+            let addrs = ProtocolAddrs {
+                pop3: any,
+                lmtp: any,
+                sieve: any,
+            };
+            (n.to_string(), addrs)
+        })
+        .collect();
+    spawn_protocol_servers_at(&backends, store, None, password)
+}
+
+/// Starts POP3, LMTP and ManageSieve dev servers for each named backend on
+/// the given addresses (port 0: any free port) over `store`, accepting
+/// `password` for any user. With a `registry`, every logged-in POP3 session
+/// and every LMTP recipient (from its `RCPT` to the end of its transaction)
+/// counts as live on that backend. Listeners are bound before this returns.
+pub fn spawn_protocol_servers_at(
+    backends: &[(String, ProtocolAddrs)],
+    store: Store,
+    registry: Option<Registry>,
+    password: &str,
+) -> io::Result<DevProtocolServers> {
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     let mut fds = Vec::new();
-    for name in names {
+    for (name, wanted) in backends {
+        let liveness = Liveness {
+            backend: name.clone(),
+            registry: registry.clone(),
+        };
         let mut bound = [None, None, None];
-        for (slot, kind) in [Kind::Pop3, Kind::Lmtp, Kind::Sieve]
-            .into_iter()
-            .enumerate()
+        for (slot, (kind, addr)) in [
+            (Kind::Pop3, wanted.pop3),
+            (Kind::Lmtp, wanted.lmtp),
+            (Kind::Sieve, wanted.sieve),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let l = std::net::TcpListener::bind(addr)?;
             l.set_nonblocking(true)?;
             bound[slot] = Some(l.local_addr()?);
             fds.push(l.as_raw_fd());
-            listeners.push((kind, l));
+            listeners.push((kind, l, liveness.clone()));
         }
         let [Some(pop3), Some(lmtp), Some(sieve)] = bound else {
             return Err(io::Error::other("dev listener not bound"));
         };
-        addrs.push((name.to_string(), ProtocolAddrs { pop3, lmtp, sieve }));
+        addrs.push((name.clone(), ProtocolAddrs { pop3, lmtp, sieve }));
     }
     let password = password.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -122,12 +174,13 @@ pub fn spawn_protocol_servers(
             };
             rt.block_on(async move {
                 let mut loops = Vec::new();
-                for (kind, l) in listeners {
+                for (kind, l, liveness) in listeners {
                     match monoio::net::TcpListener::from_std(l) {
                         Ok(l) => loops.push(monoio::spawn(accept_loop(
                             kind,
                             l,
                             store.clone(),
+                            liveness,
                             password.clone(),
                         ))),
                         Err(e) => {
@@ -163,6 +216,7 @@ async fn accept_loop(
     kind: Kind,
     listener: monoio::net::TcpListener,
     store: Store,
+    liveness: Liveness,
     password: String,
 ) {
     // An accept error here is the shutdown from Drop: stop.
@@ -170,10 +224,11 @@ async fn accept_loop(
         let _ = conn.set_nodelay(true);
         let store = store.clone();
         let password = password.clone();
+        let liveness = liveness.clone();
         monoio::spawn(async move {
             match kind {
-                Kind::Pop3 => super::pop3::serve(conn, store, password).await,
-                Kind::Lmtp => super::lmtp::serve(conn, store).await,
+                Kind::Pop3 => super::pop3::serve(conn, store, liveness, password).await,
+                Kind::Lmtp => super::lmtp::serve(conn, store, liveness).await,
                 Kind::Sieve => super::sieve::serve(conn, password).await,
             }
         });

@@ -1,5 +1,11 @@
 //! One client connection, plaintext or TLS, with owned-buffer reads and
 //! writes (monoio's rent API).
+//!
+//! The TLS handshake is driven here rather than by monoio-rustls's
+//! connector, so the connection can tell whether the handshake resumed an
+//! earlier session (`rustls::HandshakeKind`); the finished rustls
+//! connection is then wrapped in monoio-rustls's stream for the session's
+//! reads and writes. STARTTLS upgrades a plain connection the same way.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,16 +14,39 @@ use std::sync::Arc;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, HandshakeKind};
 
-/// How to reach a listener: address, and whether it speaks implicit TLS.
+/// How a client secures its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plaintext throughout.
+    Plain,
+    /// Plaintext, upgraded by the protocol's STARTTLS (IMAP) or STLS
+    /// (POP3) before logging in.
+    Starttls,
+    /// TLS from the first byte (IMAPS, POP3S).
+    Tls,
+}
+
+impl Transport {
+    /// `plain`, `STARTTLS` or `TLS`, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Starttls => "STARTTLS",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// How to reach a listener: address, and how the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     /// The listener's address.
     pub addr: SocketAddr,
-    /// Implicit TLS (the handshake starts at once).
-    pub tls: bool,
+    /// Plain, STARTTLS or implicit TLS.
+    pub transport: Transport,
 }
 
 /// A connected stream.
@@ -29,21 +58,97 @@ pub enum Conn {
     Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
 }
 
+/// A connection and how its TLS handshake went.
+pub struct Connected {
+    /// The connection.
+    pub conn: Conn,
+    /// `Some(true)` if the TLS handshake resumed an earlier session,
+    /// `Some(false)` if it was a full one, `None` without TLS.
+    pub resumed: Option<bool>,
+}
+
+fn handshake_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS handshake: {e}"))
+}
+
+/// Writes whatever rustls has to send.
+async fn send_tls(tcp: &mut TcpStream, session: &mut ClientConnection) -> io::Result<()> {
+    while session.wants_write() {
+        let mut out = Vec::new();
+        session.write_tls(&mut out)?;
+        let (res, _) = tcp.write_all(out).await;
+        res?;
+    }
+    Ok(())
+}
+
+/// Runs a client handshake over `tcp`; returns the stream and whether it
+/// resumed. Every byte read is handed to rustls, so nothing is left in a
+/// buffer outside the session.
+async fn handshake(
+    mut tcp: TcpStream,
+    tls: &Arc<rustls::ClientConfig>,
+) -> io::Result<(monoio_rustls::ClientTlsStream<TcpStream>, bool)> {
+    let addr = tcp.peer_addr()?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut session = ClientConnection::new(tls.clone(), name).map_err(handshake_error)?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while session.is_handshaking() {
+        send_tls(&mut tcp, &mut session).await?;
+        if !session.is_handshaking() {
+            break;
+        }
+        buf.clear();
+        let (res, b) = tcp.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(handshake_error("the server closed the connection"));
+        }
+        let mut pending = &buf[..];
+        while !pending.is_empty() {
+            session.read_tls(&mut pending)?;
+            session.process_new_packets().map_err(handshake_error)?;
+        }
+    }
+    send_tls(&mut tcp, &mut session).await?;
+    let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
+    Ok((monoio_rustls::ClientTlsStream::new(tcp, session), resumed))
+}
+
 impl Conn {
-    /// Connects to `endpoint`, doing the TLS handshake if it uses TLS.
-    pub async fn connect(endpoint: Endpoint, tls: &Arc<rustls::ClientConfig>) -> io::Result<Conn> {
+    /// Connects to `endpoint`, doing the TLS handshake at once if it uses
+    /// implicit TLS (a STARTTLS endpoint starts plain: see
+    /// [`Conn::start_tls`]).
+    pub async fn connect(
+        endpoint: Endpoint,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> io::Result<Connected> {
         let tcp = TcpStream::connect(endpoint.addr).await?;
         tcp.set_nodelay(true)?;
-        if !endpoint.tls {
-            return Ok(Conn::Plain(tcp));
+        if endpoint.transport != Transport::Tls {
+            return Ok(Connected {
+                conn: Conn::Plain(tcp),
+                resumed: None,
+            });
         }
-        let connector = TlsConnector::from(tls.clone());
-        let name = ServerName::IpAddress(endpoint.addr.ip().into());
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| io::Error::other(format!("TLS handshake: {e}")))?;
-        Ok(Conn::Tls(Box::new(stream)))
+        let (stream, resumed) = handshake(tcp, tls).await?;
+        Ok(Connected {
+            conn: Conn::Tls(Box::new(stream)),
+            resumed: Some(resumed),
+        })
+    }
+
+    /// Upgrades a plain connection to TLS (after the server agreed to
+    /// STARTTLS/STLS); returns the TLS connection and whether the
+    /// handshake resumed.
+    pub async fn start_tls(self, tls: &Arc<rustls::ClientConfig>) -> io::Result<(Conn, bool)> {
+        match self {
+            Conn::Plain(tcp) => {
+                let (stream, resumed) = handshake(tcp, tls).await?;
+                Ok((Conn::Tls(Box::new(stream)), resumed))
+            }
+            Conn::Tls(_) => Err(io::Error::other("STARTTLS on a TLS connection")),
+        }
     }
 
     /// Reads into the spare capacity of `buf`, appending; returns the

@@ -1,17 +1,13 @@
-//! A minimal IMAP4rev1 client for load: greeting, LOGIN, SELECT, IDLE,
-//! FETCH of whole bodies, LOGOUT. It parses just enough to find tagged
+//! A minimal IMAP4rev1 client for load: greeting, STARTTLS, LOGIN,
+//! SELECT, IDLE, FETCH of whole bodies, LOGOUT. It parses just enough to find tagged
 //! replies and to skip literals (counting their bytes), so it costs little
 //! CPU per byte and per session.
 
 use std::io;
 use std::sync::Arc;
 
-use super::conn::{Conn, Endpoint};
-
-/// How much spare room a read asks for.
-const READ_CHUNK: usize = 16 * 1024;
-/// A server line longer than this (outside literals) is an error.
-const MAX_LINE: usize = 64 * 1024;
+use super::conn::{Endpoint, Transport};
+use super::wire::{protocol_error, Wire};
 
 /// The status of a tagged reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +31,8 @@ pub struct Reply {
 
 /// An IMAP client session.
 pub struct ImapClient {
-    conn: Conn,
-    /// Bytes read and not yet consumed start at `start`.
-    buf: Vec<u8>,
-    start: usize,
+    wire: Wire,
     next_tag: u32,
-}
-
-fn protocol_error(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
 /// The literal length `{N}` or `{N+}` at the end of a line, if any.
@@ -56,81 +45,33 @@ fn trailing_literal(line: &[u8]) -> Option<u64> {
 }
 
 impl ImapClient {
-    /// Connects and reads the greeting, which must be `* OK`.
+    /// Connects and reads the greeting, which must be `* OK`; over a
+    /// STARTTLS endpoint, then upgrades with `STARTTLS`.
     pub async fn connect(
         endpoint: Endpoint,
         tls: &Arc<rustls::ClientConfig>,
     ) -> io::Result<ImapClient> {
-        let conn = Conn::connect(endpoint, tls).await?;
         let mut client = ImapClient {
-            conn,
-            buf: Vec::new(),
-            start: 0,
+            wire: Wire::connect(endpoint, tls).await?,
             next_tag: 1,
         };
-        let greeting = client.read_line().await?;
+        let greeting = client.wire.read_line().await?;
         if !greeting.starts_with(b"* OK") {
             return Err(protocol_error(format!(
                 "greeting: {}",
                 String::from_utf8_lossy(&greeting)
             )));
         }
+        if endpoint.transport == Transport::Starttls {
+            client.expect_ok("STARTTLS", "STARTTLS").await?;
+            client.wire = client.wire.start_tls(tls).await?;
+        }
         Ok(client)
     }
 
-    /// Reads more bytes; end of stream is an error.
-    async fn fill(&mut self) -> io::Result<()> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > READ_CHUNK {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.reserve(READ_CHUNK);
-        let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = self.conn.read_append(buf).await;
-        self.buf = buf;
-        match res? {
-            0 => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// The next line without its CRLF.
-    async fn read_line(&mut self) -> io::Result<Vec<u8>> {
-        loop {
-            let pending = &self.buf[self.start..];
-            if let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                let mut line = pending[..nl].to_vec();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.start += nl + 1;
-                return Ok(line);
-            }
-            if pending.len() > MAX_LINE {
-                return Err(protocol_error("server line too long"));
-            }
-            self.fill().await?;
-        }
-    }
-
-    /// Consumes `n` bytes of literal data without keeping them.
-    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        loop {
-            let available = (self.buf.len() - self.start) as u64;
-            let take = available.min(n);
-            self.start += take as usize;
-            n -= take;
-            if n == 0 {
-                return Ok(());
-            }
-            self.fill().await?;
-        }
+    /// Whether the TLS handshake resumed an earlier session (None: plain).
+    pub fn resumed(&self) -> Option<bool> {
+        self.wire.resumed()
     }
 
     fn tag(&mut self) -> String {
@@ -143,12 +84,12 @@ impl ImapClient {
     async fn await_tagged(&mut self, tag: &str) -> io::Result<Reply> {
         let mut literal_bytes = 0;
         loop {
-            let mut line = self.read_line().await?;
+            let mut line = self.wire.read_line().await?;
             // A line may continue after each literal.
             while let Some(n) = trailing_literal(&line) {
-                self.skip(n).await?;
+                self.wire.skip(n).await?;
                 literal_bytes += n;
-                line = self.read_line().await?;
+                line = self.wire.read_line().await?;
             }
             let Some(rest) = line
                 .strip_prefix(tag.as_bytes())
@@ -173,7 +114,7 @@ impl ImapClient {
     /// Sends `command` (without tag and CRLF) and awaits its reply.
     pub async fn command(&mut self, command: &str) -> io::Result<Reply> {
         let tag = self.tag();
-        self.conn
+        self.wire
             .write_all(format!("{tag} {command}\r\n").into_bytes())
             .await?;
         self.await_tagged(&tag).await
@@ -198,11 +139,11 @@ impl ImapClient {
     /// Starts IDLE and waits for the continuation.
     pub async fn idle(&mut self) -> io::Result<String> {
         let tag = self.tag();
-        self.conn
+        self.wire
             .write_all(format!("{tag} IDLE\r\n").into_bytes())
             .await?;
         loop {
-            let line = self.read_line().await?;
+            let line = self.wire.read_line().await?;
             if line.starts_with(b"+") {
                 return Ok(tag);
             }
@@ -214,12 +155,12 @@ impl ImapClient {
 
     /// Waits for an untagged line during IDLE (e.g. `* 2 EXISTS`).
     pub async fn idle_wait(&mut self) -> io::Result<Vec<u8>> {
-        self.read_line().await
+        self.wire.read_line().await
     }
 
     /// Ends IDLE started with `tag`.
     pub async fn idle_done(&mut self, tag: &str) -> io::Result<()> {
-        self.conn.write_all(b"DONE\r\n".to_vec()).await?;
+        self.wire.write_all(b"DONE\r\n".to_vec()).await?;
         let reply = self.await_tagged(tag).await?;
         if reply.status != Status::Ok {
             return Err(protocol_error("IDLE ended badly"));
@@ -230,7 +171,7 @@ impl ImapClient {
     /// `LOGOUT`, then closes.
     pub async fn logout(mut self) -> io::Result<()> {
         let result = self.command("LOGOUT").await.map(|_| ());
-        self.conn.shutdown().await;
+        self.wire.shutdown().await;
         result
     }
 }

@@ -1,8 +1,10 @@
-//! The simulated mail clients: a connection (plain or TLS) and the
-//! protocol dialogues spoken over it. One module per protocol, so POP3,
-//! LMTP and ManageSieve clients sit beside [`imap`] when the director
-//! speaks them.
+//! The simulated mail clients: a connection (plain, STARTTLS or TLS), the
+//! buffered byte stream over it, and the protocol dialogues spoken over
+//! that — one module per protocol.
 
 pub mod conn;
 pub mod imap;
+pub mod lmtp;
+pub mod pop3;
 pub mod tls;
+pub mod wire;

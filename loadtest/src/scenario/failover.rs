@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use mailpin::dev::{DevBackends, SessionInfo};
 use serde_json::json;
 
-use super::logins::{run_step, LoadArgs, LoginRecord};
-use crate::harness::{mode_name, CommonArgs, Harness};
+use super::logins::{run_step, LoadArgs, LoginProtocol, LoginRecord};
+use crate::client::conn::Transport;
+use crate::harness::{CommonArgs, Harness};
 use crate::report::Report;
 use crate::runner::Event;
 
@@ -53,6 +54,10 @@ pub struct FailoverArgs {
 
 /// Runs `failover`.
 pub fn run(args: &FailoverArgs) -> Result<Report, String> {
+    if args.load.protocol != LoginProtocol::Imap {
+        // The simulated POP3 servers have no kill switch.
+        return Err("failover kills simulated IMAP backends: use --protocol imap".into());
+    }
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("failover", &harness);
     if !harness.backend_names().contains(&args.kill) {
@@ -88,13 +93,25 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
             }),
         ));
     }
+    let transport = if args.tls {
+        Transport::Tls
+    } else {
+        Transport::Plain
+    };
     let stop_watch = Arc::new(AtomicBool::new(false));
     let watch = watch_placements(
         harness.backends_handle(),
         killed_at.clone(),
         stop_watch.clone(),
     )?;
-    let step = run_step(&mut harness, &args.load, args.tls, "failover", events, true);
+    let step = run_step(
+        &mut harness,
+        &args.load,
+        transport,
+        "failover",
+        events,
+        true,
+    );
     stop_watch.store(true, Ordering::Release);
     let placements = watch
         .join()
@@ -154,7 +171,7 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
     report.errors = step.errors;
     report.timeline = timeline;
     report.results = json!({
-        "mode": mode_name(args.tls),
+        "mode": transport.name(),
         "killed": args.kill,
         "kill_at_s": kill_t,
         "failed_after_kill": failed_after_kill,

@@ -17,7 +17,10 @@ use serde_json::json;
 use super::{user_name, Modes, Release, PASSWORD};
 use crate::client::imap::ImapClient;
 use crate::client::tls::client_config;
-use crate::harness::{mode_name, CommonArgs, Harness};
+use mailpin::config::Protocol;
+
+use crate::client::conn::Transport;
+use crate::harness::{CommonArgs, Harness};
 use crate::metrics::{merged, Latency};
 use crate::report::Report;
 use crate::runner::{join, monitor, spawn_clients, Progress};
@@ -83,16 +86,17 @@ async fn open_session(
     Ok(client)
 }
 
-/// Holds `args.sessions` sessions over `tls` and measures the director.
+/// Holds `args.sessions` sessions over `transport` and measures the
+/// director.
 pub fn measure(
     harness: &mut Harness,
     args: &IdleArgs,
-    tls: bool,
+    transport: Transport,
     report: &mut Report,
 ) -> Result<IdleResult, String> {
     harness.restart_director()?;
     let counters = harness.fresh_counters();
-    let endpoint = harness.endpoint(tls)?;
+    let endpoint = harness.endpoint(Protocol::Imap, transport)?;
     std::thread::sleep(Duration::from_millis(300));
     let before = harness.target_sample();
     let release = Release::new();
@@ -100,7 +104,11 @@ pub fn measure(
     let total = args.sessions;
     let per_user = args.sessions_per_user.max(1);
     let concurrency = args.concurrency.max(1);
-    let prefix = if tls { "idlet" } else { "idlep" };
+    let prefix = match transport {
+        Transport::Plain => "idlep",
+        Transport::Starttls => "idles",
+        Transport::Tls => "idlet",
+    };
     let handles = {
         let release = release.clone();
         let counters = counters.clone();
@@ -152,7 +160,7 @@ pub fn measure(
     };
     let mut all_open: Option<Instant> = None;
     let hold = Duration::from_secs_f64(args.hold.max(0.0));
-    let label = format!("idle {}", mode_name(tls));
+    let label = format!("idle {}", transport.name());
     let timeline = monitor(
         harness,
         &label,
@@ -181,7 +189,7 @@ pub fn measure(
     };
     report.line(format!(
         "{}: {} sessions held ({} failed, backends saw {}), RSS {:.1} -> {:.1} MiB: {:.2} KiB per session; set-up {}",
-        mode_name(tls),
+        transport.name(),
         ok,
         errors,
         backend_sessions,
@@ -201,10 +209,10 @@ pub fn run(args: &IdleArgs) -> Result<Report, String> {
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("idle", &harness);
     let mut results = Vec::new();
-    for tls in args.mode.list() {
-        let r = measure(&mut harness, args, tls, &mut report)?;
+    for transport in args.mode.list() {
+        let r = measure(&mut harness, args, transport, &mut report)?;
         results.push(json!({
-            "mode": mode_name(tls),
+            "mode": transport.name(),
             "sessions": r.established,
             "failed": r.failed,
             "backend_sessions": r.backend_sessions,

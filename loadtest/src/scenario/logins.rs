@@ -2,7 +2,10 @@
 //! login's *scheduled* start to the backend's `OK` (no coordinated
 //! omission: a late client thread or a slow director shows up as latency,
 //! not as a lower offered rate). `--find` searches the highest rate whose
-//! p99 stays within `--p99-ms` with under 0.1 % failures.
+//! p99 stays within `--p99-ms` with under 0.1 % failures. IMAP (LOGIN) or
+//! POP3 (USER/PASS), over plain, STARTTLS/STLS or implicit TLS; with
+//! `--resume` each client thread keeps one ticket store, and the report
+//! gives the share of TLS handshakes that resumed.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -11,23 +14,53 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use mailpin::config::Protocol;
+
 use super::{user_name, Modes, PASSWORD};
-use crate::client::conn::Endpoint;
+use crate::client::conn::{Endpoint, Transport};
 use crate::client::imap::ImapClient;
+use crate::client::pop3::Pop3Client;
 use crate::client::tls::client_config;
-use crate::harness::{mode_name, CommonArgs, Harness};
+use crate::harness::{CommonArgs, Harness};
 use crate::metrics::{merged, Latency, LatencySummary};
 use crate::procstat;
 use crate::report::Report;
 use crate::runner::{join, monitor, spawn_clients, Event, Progress};
 use crate::timeline::Timeline;
 
+/// The name prefix of the simulated backends' threads ("dev-backends",
+/// "dev-protocols").
+const DEV_THREADS: &str = "dev-";
+
 /// A login that takes longer than this counts as failed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The protocol a login load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LoginProtocol {
+    /// IMAP: greeting, LOGIN, LOGOUT.
+    #[default]
+    Imap,
+    /// POP3: greeting, USER, PASS, QUIT.
+    Pop3,
+}
+
+impl LoginProtocol {
+    /// The director's name for it.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            LoginProtocol::Imap => Protocol::Imap,
+            LoginProtocol::Pop3 => Protocol::Pop3,
+        }
+    }
+}
 
 /// Options of one open-loop login load.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
+    /// The protocol the clients log in with.
+    #[arg(long, value_enum, default_value = "imap")]
+    pub protocol: LoginProtocol,
     /// Offered logins per second (all client threads together).
     #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
@@ -37,7 +70,8 @@ pub struct LoadArgs {
     /// Distinct users the logins cycle through.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
-    /// Resume TLS sessions (tickets) on later connections.
+    /// Resume TLS sessions (tickets, one store per client thread) on later
+    /// connections.
     #[arg(long)]
     pub resume: bool,
     /// Logins in flight per client thread before new ones count as failed.
@@ -51,7 +85,8 @@ pub struct LoginsArgs {
     #[command(flatten)]
     /// The load.
     pub load: LoadArgs,
-    /// Transports to measure.
+    /// Transports to measure (`both`: plain and implicit TLS; `all`:
+    /// plain, STARTTLS and implicit TLS).
     #[arg(long, value_enum, default_value = "both")]
     pub mode: Modes,
     /// Search the highest rate with p99 <= --p99-ms, starting at --rate.
@@ -68,7 +103,9 @@ pub struct LoginsArgs {
 /// The figures of one load step.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
-    /// Plain or TLS.
+    /// imap or pop3.
+    pub protocol: &'static str,
+    /// plain, STARTTLS or TLS.
     pub mode: &'static str,
     /// Offered logins/s.
     pub offered: f64,
@@ -84,8 +121,12 @@ pub struct StepResult {
     pub director_cores_busy: f64,
     /// Client threads' CPU, in cores.
     pub client_cores_busy: f64,
-    /// Simulated backends' CPU, in cores.
+    /// Simulated backends' CPU (IMAP, POP3 and LMTP threads), in cores.
     pub backend_cores_busy: f64,
+    /// TLS handshakes of the successful logins.
+    pub tls_handshakes: u64,
+    /// How many of them resumed an earlier session.
+    pub tls_resumed: u64,
     /// Every login (user, when it ended, whether it succeeded), when the
     /// step was asked to record them.
     #[serde(skip)]
@@ -113,8 +154,18 @@ impl StepResult {
 
     /// One line for people.
     pub fn line(&self) -> String {
+        let resumed = if self.tls_handshakes > 0 {
+            format!(
+                "; {:.0} % of {} TLS handshakes resumed",
+                100.0 * self.tls_resumed as f64 / self.tls_handshakes as f64,
+                self.tls_handshakes
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} offered {:.0}/s: {:.0} logins/s, {} failed, {}; director {:.2} cores busy ({:.0} logins/s per core), client {:.2}, backends {:.2}",
+            "{} {} offered {:.0}/s: {:.0} logins/s, {} failed, {}; director {:.2} cores busy ({:.0} logins/s per core), client {:.2}, backends {:.2}{resumed}",
+            self.protocol,
             self.mode,
             self.offered,
             self.achieved,
@@ -128,38 +179,64 @@ impl StepResult {
     }
 }
 
-/// One login: connect, LOGIN, and LOGOUT after the measurement.
+/// One login: connect (and STARTTLS), log in, and log out after the
+/// measurement. Returns the latency from `due` and whether TLS resumed.
 async fn login_once(
+    protocol: LoginProtocol,
     endpoint: Endpoint,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     user: &str,
     due: Instant,
-) -> std::io::Result<Duration> {
-    let mut client = ImapClient::connect(endpoint, tls).await?;
-    client.login(user, PASSWORD).await?;
-    let latency = due.elapsed();
-    let _ = client.logout().await;
-    Ok(latency)
+) -> std::io::Result<(Duration, Option<bool>)> {
+    match protocol {
+        LoginProtocol::Imap => {
+            let mut client = ImapClient::connect(endpoint, tls).await?;
+            client.login(user, PASSWORD).await?;
+            let latency = due.elapsed();
+            let resumed = client.resumed();
+            let _ = client.logout().await;
+            Ok((latency, resumed))
+        }
+        LoginProtocol::Pop3 => {
+            let mut client = Pop3Client::connect(endpoint, tls).await?;
+            client.login(user, PASSWORD).await?;
+            let latency = due.elapsed();
+            let resumed = client.resumed();
+            let _ = client.quit().await;
+            Ok((latency, resumed))
+        }
+    }
 }
 
-/// Runs one open-loop step of `load` over `tls`; `events` fire during it.
+/// What one client thread of a step measured.
+#[derive(Default)]
+struct ThreadTally {
+    latency: Latency,
+    records: Vec<LoginRecord>,
+    tls_handshakes: u64,
+    tls_resumed: u64,
+}
+
+/// Runs one open-loop step of `load` over `transport`; `events` fire
+/// during it.
 pub fn run_step(
     harness: &mut Harness,
     load: &LoadArgs,
-    tls: bool,
+    transport: Transport,
     prefix: &'static str,
     events: Vec<Event<'_>>,
     record: bool,
 ) -> Result<(StepResult, Timeline), String> {
     let counters = harness.fresh_counters();
-    let endpoint = harness.endpoint(tls)?;
+    let protocol = load.protocol;
+    let endpoint = harness.endpoint(protocol.protocol(), transport)?;
     let threads = harness.args.client_threads.max(1);
     let rate = load.rate.max(0.1) / threads as f64;
     let duration = Duration::from_secs_f64(load.duration.max(0.1));
     let per_thread = (rate * duration.as_secs_f64()).ceil() as u64;
     let (users, resume, max_inflight) = (load.users.max(1), load.resume, load.max_inflight);
     let before = harness.target_sample();
-    let backend_before = procstat::own_threads_cpu("dev-backends");
+    let backend_before = procstat::own_threads_cpu(DEV_THREADS);
     let started = Instant::now();
     let handles = {
         let counters = counters.clone();
@@ -167,8 +244,7 @@ pub fn run_step(
             let counters = counters.clone();
             async move {
                 let tls_config = client_config(resume);
-                let latency = Rc::new(RefCell::new(Latency::new()));
-                let records: Rc<RefCell<Vec<LoginRecord>>> = Rc::default();
+                let tally: Rc<RefCell<ThreadTally>> = Rc::default();
                 let inflight = Rc::new(Cell::new(0usize));
                 let start = Instant::now();
                 let interval = Duration::from_secs_f64(1.0 / rate);
@@ -183,25 +259,29 @@ pub fn run_step(
                     }
                     inflight.set(inflight.get() + 1);
                     let user = user_name(prefix, (k as usize * threads + t) % users);
-                    let (latency, inflight) = (latency.clone(), inflight.clone());
+                    let (tally, inflight) = (tally.clone(), inflight.clone());
                     let (counters, tls_config) = (counters.clone(), tls_config.clone());
-                    let records = records.clone();
                     monoio::spawn(async move {
                         let attempt = monoio::time::timeout(
                             LOGIN_TIMEOUT,
-                            login_once(endpoint, &tls_config, &user, due),
+                            login_once(protocol, endpoint, &tls_config, &user, due),
                         )
                         .await;
                         let ok = matches!(attempt, Ok(Ok(_)));
+                        let mut tally = tally.borrow_mut();
                         match attempt {
-                            Ok(Ok(l)) => {
-                                latency.borrow_mut().record(l);
+                            Ok(Ok((latency, resumed))) => {
+                                tally.latency.record(latency);
+                                if let Some(resumed) = resumed {
+                                    tally.tls_handshakes += 1;
+                                    tally.tls_resumed += u64::from(resumed);
+                                }
                                 counters.ok();
                             }
                             _ => counters.error(),
                         }
                         if record {
-                            records.borrow_mut().push((user, Instant::now(), ok));
+                            tally.records.push((user, Instant::now(), ok));
                         }
                         inflight.set(inflight.get() - 1);
                     });
@@ -209,11 +289,15 @@ pub fn run_step(
                 while inflight.get() > 0 {
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
-                (latency.take(), records.take())
+                tally.take()
             }
         })
     };
-    let label = format!("logins {}", mode_name(tls));
+    let label = format!(
+        "logins {} {}",
+        protocol.protocol().as_str(),
+        transport.name()
+    );
     let finished = || handles.iter().all(|h| h.is_finished());
     let timeline = monitor(
         harness,
@@ -222,26 +306,36 @@ pub fn run_step(
         events,
         |_| finished(),
     );
-    let (per_thread, client_cpu) = join(handles);
-    let (latencies, records): (Vec<_>, Vec<_>) = per_thread.into_iter().unzip();
-    let records: Vec<LoginRecord> = records.into_iter().flatten().collect();
+    let (tallies, client_cpu) = join(handles);
     let elapsed = started.elapsed().as_secs_f64();
     let after = harness.target_sample();
     let (ok, errors, _, _) = counters.snapshot();
     let busy = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / elapsed;
     let result = StepResult {
-        mode: mode_name(tls),
+        protocol: protocol.protocol().as_str(),
+        mode: transport.name(),
         offered: load.rate,
         achieved: ok as f64 / duration.as_secs_f64().min(elapsed),
         ok,
         errors,
-        latency: merged(latencies.iter()).summary(),
+        latency: merged(tallies.iter().map(|t| &t.latency)).summary(),
         director_cores_busy: busy(before.cpu, after.cpu),
         client_cores_busy: client_cpu.as_secs_f64() / elapsed,
-        backend_cores_busy: busy(backend_before, procstat::own_threads_cpu("dev-backends")),
-        records,
+        backend_cores_busy: busy(backend_before, procstat::own_threads_cpu(DEV_THREADS)),
+        tls_handshakes: tallies.iter().map(|t| t.tls_handshakes).sum(),
+        tls_resumed: tallies.iter().map(|t| t.tls_resumed).sum(),
+        records: tallies.into_iter().flat_map(|t| t.records).collect(),
     };
     Ok((result, timeline))
+}
+
+/// The user-name prefix of a login load over `transport`.
+fn prefix(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Plain => "loginp",
+        Transport::Starttls => "logins",
+        Transport::Tls => "logint",
+    }
 }
 
 /// Searches the highest passing rate: ×1.5 steps up from `load.rate` until
@@ -249,20 +343,26 @@ pub fn run_step(
 pub fn find_rate(
     harness: &mut Harness,
     load: &LoadArgs,
-    tls: bool,
+    transport: Transport,
     p99_ms: f64,
     report: &mut Report,
 ) -> Result<Option<StepResult>, String> {
     let mut best: Option<StepResult> = None;
     let mut failed: Option<f64> = None;
     let mut rate = load.rate;
-    let prefix = if tls { "logint" } else { "loginp" };
     for _ in 0..12 {
         let step = LoadArgs {
             rate,
             ..load.clone()
         };
-        let (r, timeline) = run_step(harness, &step, tls, prefix, Vec::new(), false)?;
+        let (r, timeline) = run_step(
+            harness,
+            &step,
+            transport,
+            prefix(transport),
+            Vec::new(),
+            false,
+        )?;
         report.line(format!("step: {}", r.line()));
         report.timeline.append(timeline);
         report.work += r.ok;
@@ -287,35 +387,49 @@ pub fn run(args: &LoginsArgs) -> Result<Report, String> {
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("logins", &harness);
     let mut results = Vec::new();
-    for tls in args.mode.list() {
+    for transport in args.mode.list() {
+        let mode = transport.name();
         if args.find {
-            let best = find_rate(&mut harness, &args.load, tls, args.p99_ms, &mut report)?;
+            let best = find_rate(
+                &mut harness,
+                &args.load,
+                transport,
+                args.p99_ms,
+                &mut report,
+            )?;
             match &best {
                 Some(b) => report.line(format!(
-                    "{}: highest rate with p99 <= {} ms: {:.0} logins/s ({:.0} per busy director core)",
-                    mode_name(tls),
+                    "{mode}: highest rate with p99 <= {} ms: {:.0} logins/s ({:.0} per busy director core)",
                     args.p99_ms,
                     b.achieved,
                     b.per_director_core()
                 )),
                 None => report.line(format!(
-                    "{}: no rate met p99 <= {} ms",
-                    mode_name(tls),
+                    "{mode}: no rate met p99 <= {} ms",
                     args.p99_ms
                 )),
             }
-            results
-                .push(json!({ "mode": mode_name(tls), "find_p99_ms": args.p99_ms, "best": best }));
+            results.push(json!({ "mode": mode, "find_p99_ms": args.p99_ms, "best": best }));
         } else {
-            let prefix = if tls { "logint" } else { "loginp" };
-            let (r, timeline) = run_step(&mut harness, &args.load, tls, prefix, Vec::new(), false)?;
+            let (r, timeline) = run_step(
+                &mut harness,
+                &args.load,
+                transport,
+                prefix(transport),
+                Vec::new(),
+                false,
+            )?;
             report.line(r.line());
             report.timeline.append(timeline);
             report.work += r.ok;
             report.errors += r.errors;
-            results.push(json!({ "mode": mode_name(tls), "step": r }));
+            results.push(json!({ "mode": mode, "step": r }));
         }
     }
-    report.results = json!({ "resume": args.load.resume, "modes": results });
+    report.results = json!({
+        "protocol": args.load.protocol.protocol().as_str(),
+        "resume": args.load.resume,
+        "modes": results,
+    });
     crate::report::finish(report, &harness)
 }

@@ -4,11 +4,12 @@
 //!
 //! A scenario is a function from its options to a [`crate::report::Report`];
 //! it drives client threads through [`crate::runner`] against a
-//! [`crate::harness::Harness`]. A new protocol (POP3, LMTP) adds a client
-//! under [`crate::client`] and its scenarios here.
+//! [`crate::harness::Harness`]. Each protocol has its client under
+//! [`crate::client`].
 
 pub mod failover;
 pub mod idle;
+pub mod lmtp;
 pub mod logins;
 pub mod mixed;
 pub mod relay;
@@ -16,6 +17,11 @@ pub mod relay;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use mailpin::dev::store::{FlagChange, INBOX};
+use mailpin::dev::Store;
+
+use crate::client::conn::Transport;
 
 /// The password the simulated backends accept.
 pub const PASSWORD: &str = mailpin::dev::DEV_PASSWORD;
@@ -39,6 +45,39 @@ Subject: load test message\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n"
     }
     m.extend_from_slice(b"\r\n");
     m
+}
+
+/// Counts the messages the store holds in the INBOXes of users `0..users`
+/// of `prefix`, creating missing accounts first (each then holds the
+/// welcome message a new account gets).
+pub fn stored(store: &Store, prefix: &str, users: usize) -> u64 {
+    (0..users)
+        .map(|i| {
+            let user = user_name(prefix, i);
+            store.ensure_user(&user);
+            store
+                .uids(&user, INBOX)
+                .map(|(_, uids)| uids.len() as u64)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Like [`stored`], then empties those INBOXes. Called before a
+/// measurement and after it, it counts what the measurement delivered
+/// (the welcome messages gone); long runs then do not hold every message
+/// either.
+pub fn stored_and_cleared(store: &Store, prefix: &str, users: usize) -> u64 {
+    let deleted = ["\\Deleted".to_owned()];
+    let total = stored(store, prefix, users);
+    for i in 0..users {
+        let user = user_name(prefix, i);
+        if let Ok((_, uids)) = store.uids(&user, INBOX) {
+            let _ = store.change_flags(&user, INBOX, &uids, FlagChange::Add, &deleted);
+            let _ = store.expunge(&user, INBOX, Some(&uids));
+        }
+    }
+    total
 }
 
 /// A tiny xorshift generator: think times and choices, reproducible per
@@ -68,6 +107,11 @@ impl Rng {
         } else {
             self.next_u64() % n
         }
+    }
+
+    /// True with probability `p` (0 to 1, in steps of one in a million).
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.below(1_000_000) as f64) < p * 1_000_000.0
     }
 
     /// A duration uniformly in `[lo, hi)`.
@@ -112,17 +156,23 @@ pub enum Modes {
     Plain,
     /// Implicit TLS only.
     Tls,
-    /// Plaintext, then TLS.
+    /// STARTTLS (IMAP) or STLS (POP3) only.
+    Starttls,
+    /// Plaintext, then implicit TLS.
     Both,
+    /// Plaintext, STARTTLS, then implicit TLS.
+    All,
 }
 
 impl Modes {
-    /// The TLS flags to run, in order.
-    pub fn list(self) -> Vec<bool> {
+    /// The transports to run, in order.
+    pub fn list(self) -> Vec<Transport> {
         match self {
-            Modes::Plain => vec![false],
-            Modes::Tls => vec![true],
-            Modes::Both => vec![false, true],
+            Modes::Plain => vec![Transport::Plain],
+            Modes::Tls => vec![Transport::Tls],
+            Modes::Starttls => vec![Transport::Starttls],
+            Modes::Both => vec![Transport::Plain, Transport::Tls],
+            Modes::All => vec![Transport::Plain, Transport::Starttls, Transport::Tls],
         }
     }
 }
@@ -141,12 +191,29 @@ mod tests {
     }
 
     #[test]
+    fn counting_stored_mail_ignores_the_welcome_and_clears() {
+        let store = Store::new();
+        assert_eq!(stored(&store, "t", 2), 2, "one welcome message each");
+        assert_eq!(stored_and_cleared(&store, "t", 2), 2);
+        assert_eq!(stored(&store, "t", 2), 0, "cleared");
+        store
+            .deliver("t000001", INBOX, b"a\r\n".to_vec())
+            .expect("delivered");
+        store
+            .deliver("t000001", INBOX, b"b\r\n".to_vec())
+            .expect("delivered");
+        assert_eq!(stored_and_cleared(&store, "t", 2), 2);
+        assert_eq!(stored_and_cleared(&store, "t", 2), 0, "cleared");
+    }
+
+    #[test]
     fn rng_stays_in_range() {
         let mut r = Rng::new(7);
         for _ in 0..1000 {
             assert!(r.below(10) < 10);
             let d = r.between(Duration::from_millis(5), Duration::from_millis(6));
             assert!(d >= Duration::from_millis(5) && d < Duration::from_millis(6));
+            assert!(!r.chance(0.0) && r.chance(1.0));
         }
     }
 }

@@ -12,10 +12,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{message, user_name, Modes, PASSWORD};
+use mailpin::config::Protocol;
+
 use crate::client::conn::Endpoint;
 use crate::client::imap::ImapClient;
 use crate::client::tls::client_config;
-use crate::harness::{mode_name, CommonArgs, Harness};
+use crate::harness::{CommonArgs, Harness};
 use crate::metrics::{merged, Latency, LatencySummary};
 use crate::report::Report;
 use crate::runner::{join, monitor, spawn_clients, Progress};
@@ -190,19 +192,13 @@ pub fn run(args: &RelayArgs) -> Result<Report, String> {
     let mut harness = Harness::start(&args.common)?;
     let mut report = Report::new("relay", &harness);
     let mut results = Vec::new();
-    for tls in args.mode.list() {
-        let endpoint = harness.endpoint(tls)?;
-        let path = format!("{} {}", harness.args.target_name, mode_name(tls));
+    for transport in args.mode.list() {
+        let endpoint = harness.endpoint(Protocol::Imap, transport)?;
+        let path = format!("{} {}", harness.args.target_name, transport.name());
         results.push(measure(&mut harness, args, endpoint, &path, &mut report)?);
     }
     if !args.no_direct {
-        let addr = harness
-            .backends()
-            .addrs()
-            .first()
-            .map(|(_, a)| *a)
-            .ok_or("no backend")?;
-        let direct = Endpoint { addr, tls: false };
+        let direct = harness.direct_endpoint(Protocol::Imap)?;
         let r = measure(&mut harness, args, direct, "direct", &mut report)?;
         for d in &results {
             if r.bytes_per_s > 0.0 {
