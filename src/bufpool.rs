@@ -11,9 +11,12 @@ use std::cell::RefCell;
 /// rate (4 KiB chunks reached a seventh of it, see the stack notes).
 pub const CHUNK: usize = 64 * 1024;
 
-/// How many free buffers a core keeps (4 MiB of address space, of which
-/// only the pages ever written are resident); more are freed on return.
-const KEEP: usize = 64;
+/// How many free buffers a core keeps (1 MiB); more are freed on return.
+/// A buffer is out only while its bytes move, a few microseconds on
+/// loopback, so a busy core rarely has more out at once; a burst beyond
+/// this costs a malloc per buffer, not a resident pool that idle sessions
+/// would pay for.
+const KEEP: usize = 16;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

@@ -15,6 +15,7 @@
 
 use std::cell::UnsafeCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut, SliceMut};
@@ -33,6 +34,18 @@ pub trait ReadSide {
     /// The caller makes sure `buf` has spare capacity.
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
 
+    /// Reads what has already arrived into the spare capacity of `buf`
+    /// without waiting: `Some(Ok(n))` as [`ReadSide::read_into`],
+    /// `Some(Err(WouldBlock))` when nothing is there. `None` when this side
+    /// cannot read without waiting (then use `readable` and `read_into`).
+    ///
+    /// A plain socket drains what a readiness wake-up announced with direct
+    /// non-blocking reads: one io_uring round trip per burst, not two per
+    /// buffer.
+    fn try_read_into(&mut self, _buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        None
+    }
+
     /// The plain TCP socket underneath, if bytes read here are the bytes on
     /// the wire (so the relay may splice them); `None` for TLS.
     fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
@@ -45,6 +58,13 @@ pub trait ReadSide {
 pub trait WriteSide {
     /// Writes all of `buf` and hands the buffer back.
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+
+    /// Writes as much of `bytes` as the socket takes now, without waiting:
+    /// `Some(Ok(n))` for `n` bytes written (maybe 0), `None` when this side
+    /// cannot write without waiting (then use `write_all`).
+    fn try_write(&mut self, _bytes: &[u8]) -> Option<io::Result<usize>> {
+        None
+    }
 
     /// Ends our direction of the stream (a half-close: TCP FIN, or a TLS
     /// close_notify followed by FIN). Reading may go on.
@@ -76,6 +96,50 @@ pub async fn write_bytes<W: WriteSide + ?Sized>(w: &mut W, bytes: &[u8]) -> io::
     w.write_all(bytes.to_vec()).await.0
 }
 
+/// A non-blocking `recv` into the spare capacity of `buf`.
+fn tcp_try_read_into(s: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the vector's
+    // spare capacity; the length is raised only by what it wrote.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n` bytes after `len`.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// A non-blocking `send` of as much of `bytes` as the socket takes;
+/// 0 when its buffer is full.
+fn tcp_try_write(s: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most `bytes.len()` bytes from `bytes`.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(0),
+            _ => Err(e),
+        };
+    }
+    Ok(n as usize)
+}
+
 async fn tcp_read_into(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len();
     let slice: SliceMut<Vec<u8>> = buf.slice_mut(len..);
@@ -99,11 +163,19 @@ impl ReadSide for TcpStream {
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         tcp_read_into(self, buf).await
     }
+
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        Some(tcp_try_read_into(self, buf))
+    }
 }
 
 impl WriteSide for TcpStream {
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         tcp_write_all(self, buf).await
+    }
+
+    fn try_write(&mut self, bytes: &[u8]) -> Option<io::Result<usize>> {
+        Some(tcp_try_write(self, bytes))
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
@@ -139,6 +211,10 @@ impl ReadSide for TcpHalf {
         tcp_read_into(self.stream(), buf).await
     }
 
+    fn try_read_into(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        Some(tcp_try_read_into(self.stream(), buf))
+    }
+
     fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {
         Some(self.stream())
     }
@@ -147,6 +223,10 @@ impl ReadSide for TcpHalf {
 impl WriteSide for TcpHalf {
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         tcp_write_all(self.stream(), buf).await
+    }
+
+    fn try_write(&mut self, bytes: &[u8]) -> Option<io::Result<usize>> {
+        Some(tcp_try_write(self.stream(), bytes))
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {

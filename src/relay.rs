@@ -79,30 +79,63 @@ enum Flow {
     Ended,
 }
 
-/// One read into a pool buffer and its write to the other side.
+/// Passes on what a readiness wake-up announced, through one pool buffer:
+/// a side that can read without waiting ([`ReadSide::try_read_into`], a
+/// plain socket) is drained until it has nothing more; any other side
+/// gets one read per wake-up.
 async fn transfer<R: ReadSide, W: WriteSide>(
     r: &mut R,
     w: &mut W,
     moved: &Cell<u64>,
 ) -> io::Result<Flow> {
-    let (res, buf) = r.read_into(bufpool::take()).await;
-    let n = match res {
-        Ok(n) => n,
-        Err(e) => {
-            bufpool::give(buf);
-            return Err(e);
+    let mut buf = bufpool::take();
+    let result = loop {
+        let nonblocking = r.try_read_into(&mut buf);
+        let waited = nonblocking.is_none();
+        let res = match nonblocking {
+            Some(res) => res,
+            None => {
+                let (res, b) = r.read_into(buf).await;
+                buf = b;
+                res
+            }
+        };
+        let n = match res {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                break Ok(Flow::Ended);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flow::More),
+            Err(e) => break Err(e),
+        };
+        let (res, b) = write_out(w, buf).await;
+        buf = b;
+        if let Err(e) = res {
+            break Err(e);
+        }
+        moved.set(moved.get() + n as u64);
+        buf.clear();
+        if waited {
+            break Ok(Flow::More);
         }
     };
-    if n == 0 {
-        bufpool::give(buf);
-        let _ = w.shutdown().await;
-        return Ok(Flow::Ended);
-    }
-    let (res, buf) = w.write_all(buf).await;
     bufpool::give(buf);
-    res?;
-    moved.set(moved.get() + n as u64);
-    Ok(Flow::More)
+    result
+}
+
+/// Writes all of `buf`: straight away as far as the other side takes it,
+/// the rest (if any) through the runtime.
+async fn write_out<W: WriteSide>(w: &mut W, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    match w.try_write(&buf) {
+        Some(Ok(n)) if n == buf.len() => (Ok(()), buf),
+        Some(Ok(n)) => {
+            buf.drain(..n);
+            w.write_all(buf).await
+        }
+        Some(Err(e)) => (Err(e), buf),
+        None => w.write_all(buf).await,
+    }
 }
 
 /// The splice variant of [`pump`]: socket → pipe → socket, never through
