@@ -189,8 +189,48 @@ where
     B: Connection,
     F: Future<Output = Vec<u8>>,
 {
-    let (cr, cw) = client.into_split();
-    let (br, bw) = backend.into_split();
+    relay_split(
+        Split::new(client, backend),
+        to_backend,
+        to_client,
+        stop,
+        splice,
+    )
+}
+
+/// Both connections of a session, split into their halves: what a relay
+/// keeps of them (a few pointers, not the connections' full size).
+pub struct Split<C: Connection, B: Connection> {
+    cr: C::Reader,
+    cw: C::Writer,
+    br: B::Reader,
+    bw: B::Writer,
+}
+
+impl<C: Connection, B: Connection> Split<C, B> {
+    /// Splits the client and the backend connection.
+    pub fn new(client: C, backend: B) -> Self {
+        let (cr, cw) = client.into_split();
+        let (br, bw) = backend.into_split();
+        Split { cr, cw, br, bw }
+    }
+}
+
+/// [`relay`] over connections already split, for callers that build the
+/// session's future themselves and want to keep only the halves in it.
+pub fn relay_split<C, B, F>(
+    split: Split<C, B>,
+    to_backend: Vec<u8>,
+    to_client: Vec<u8>,
+    stop: F,
+    splice: bool,
+) -> impl Future<Output = (RelayEnd, RelayStats)>
+where
+    C: Connection,
+    B: Connection,
+    F: Future<Output = Vec<u8>>,
+{
+    let Split { cr, cw, br, bw } = split;
     relay_halves(
         cr,
         cw,

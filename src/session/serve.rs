@@ -7,6 +7,7 @@
 //! login, releases the user's session count and writes one closing line
 //! with bytes each way and duration.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::Connection;
-use crate::relay::{relay, RelayEnd, RelayStats};
+use crate::relay::{relay_split, RelayEnd, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::runtime::sessions::KickReason;
 use crate::session::imap::{ImapPolicy, LoggedIn, Outcome};
@@ -136,17 +137,20 @@ fn closed(span: &tracing::Span, end: Option<RelayEnd>, stats: RelayStats, starte
 }
 
 /// A logged-in session until its end, as a task of its own: registered so
-/// it can be kicked, relayed, then released and logged. One async fn, not
-/// several nested ones: each layer would keep its own copy of the
-/// connections and login state for the whole life of the session.
-async fn relayed<C: Connection>(
+/// it can be kicked, relayed, then released and logged.
+///
+/// Built by hand as one async block over the split connections, not as
+/// nested async fns: a value an async fn takes stays in its state for the
+/// whole session even after it was moved on, so each layer would keep its
+/// own copy of the connections and the login state.
+fn relayed<C: Connection>(
     core: Rc<Core>,
     protocol: Protocol,
     client: C,
     l: LoggedIn,
     guard: SessionGuard,
     started: Instant,
-) {
+) -> impl Future<Output = ()> {
     let LoggedIn {
         backend,
         backend_id,
@@ -154,18 +158,21 @@ async fn relayed<C: Connection>(
         to_backend,
         to_client,
     } = l;
-    let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
-    let stop = async move {
-        let reason = kick.kicked().await;
-        info!(?reason, "closing session");
-        goodbye(protocol, reason)
-    };
-    let splice = core.shared.config.server.splice;
-    let (end, stats) = relay(client, backend, to_backend, to_client, stop, splice).await;
-    drop(registration);
-    core.router.release(&key, backend_id);
-    closed(&tracing::Span::current(), Some(end), stats, started);
-    drop(guard);
+    let split = Split::new(client, backend);
+    async move {
+        let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
+        let stop = async move {
+            let reason = kick.kicked().await;
+            info!(?reason, "closing session");
+            goodbye(protocol, reason)
+        };
+        let splice = core.shared.config.server.splice;
+        let (end, stats) = relay_split(split, to_backend, to_client, stop, splice).await;
+        drop(registration);
+        core.router.release(&key, backend_id);
+        closed(&tracing::Span::current(), Some(end), stats, started);
+        drop(guard);
+    }
 }
 
 /// The PROXY header (if the listener wants one) and the protocol's
