@@ -6,6 +6,7 @@
 //! team's shared notes and the README for the whole picture.
 
 pub mod admin;
+pub mod alloc;
 pub mod backend;
 pub mod bufpool;
 pub mod config;

@@ -13,6 +13,10 @@ use mailpin::devmode::{self, DevPorts};
 use mailpin::launch::{launch, run_until_signal};
 use mailpin::signals;
 
+/// The allocator every thread uses (see `mailpin::alloc`).
+#[global_allocator]
+static GLOBAL: mailpin::alloc::Allocator = mailpin::alloc::Allocator;
+
 /// A high-availability mail director: every session of one user goes to one backend.
 #[derive(Parser)]
 #[command(name = "mailpin", version, about)]

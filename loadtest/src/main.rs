@@ -23,6 +23,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator every thread uses (see `mailpin::alloc`).
+#[global_allocator]
+static GLOBAL: mailpin::alloc::Allocator = mailpin::alloc::Allocator;
+
 /// Load generator and sizing tool for mailpin.
 #[derive(Parser)]
 #[command(name = "mailpin-loadtest", version, about)]
