@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::harness::CommonArgs;
 use crate::scenario::idle::{self, IdleArgs};
+use crate::scenario::lmtp::{self, LmtpArgs};
 use crate::scenario::logins::{self, LoadArgs, LoginProtocol, LoginsArgs};
 use crate::scenario::relay::{self, RelayArgs};
 use crate::scenario::Modes;
@@ -73,6 +74,16 @@ pub fn run(args: &SizeArgs) -> Result<Value, String> {
         duration: args.step,
         mode: Modes::Both,
         no_direct: false,
+        common: common.clone(),
+    })?;
+    let lmtp = lmtp::run(&LmtpArgs {
+        conns: 4,
+        recipients: 3,
+        size: 10_000,
+        duration: args.step,
+        rate: None,
+        users: 1000,
+        no_direct: false,
         common,
     })?;
     let cores = idle.director_cores;
@@ -131,9 +142,21 @@ pub fn run(args: &SizeArgs) -> Result<Value, String> {
         out[format!("relay_{}_bytes_per_s", p["path"].as_str().unwrap_or("?"))] =
             json!(f(&p["bytes_per_s"]));
     }
+    for p in lmtp.results["paths"].as_array().into_iter().flatten() {
+        println!(
+            "  LMTP {}: {:.0} deliveries/s ({} recipients per transaction, 10 KB messages)",
+            p["path"].as_str().unwrap_or("?"),
+            f(&p["deliveries_per_s"]),
+            3
+        );
+        out[format!(
+            "lmtp_{}_deliveries_per_s",
+            p["path"].as_str().unwrap_or("?")
+        )] = json!(f(&p["deliveries_per_s"]));
+    }
     println!(
-        "  invariant violations: idle {}, logins {}, relay {}",
-        idle.violations, logins.violations, relay.violations
+        "  invariant violations: idle {}, logins {}, relay {}, lmtp {}; LMTP messages lost: {}",
+        idle.violations, logins.violations, relay.violations, lmtp.violations, lmtp.results["lost"]
     );
     if let Some(path) = &args.common.json {
         crate::report::write_json(&out, path)?;
