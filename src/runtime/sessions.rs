@@ -8,10 +8,12 @@
 //! returned and both its sockets were dropped — so a move can wait for
 //! "closed" before it assigns the user elsewhere.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 use ahash::AHashMap;
-use local_sync::oneshot;
 
 use crate::config::Protocol;
 use crate::route::backends::BackendId;
@@ -27,48 +29,90 @@ pub enum KickReason {
     Shutdown,
 }
 
-/// Completes when the session is kicked; the relay's stop future.
-pub struct KickSignal(oneshot::Receiver<KickReason>);
+/// What a session and its registry entry share: the kick, and whether the
+/// session has ended. One small allocation per session (it lives as long
+/// as the session, so it counts in the memory of every idle one).
+#[derive(Default)]
+struct Signals {
+    kick: Cell<Option<KickReason>>,
+    kick_waiter: Cell<Option<Waker>>,
+    ended: Cell<bool>,
+    end_waiter: Cell<Option<Waker>>,
+}
 
-impl KickSignal {
-    /// Waits for a kick; never completes for a session nobody kicks.
-    pub async fn kicked(self) -> KickReason {
-        match self.0.await {
-            Ok(reason) => reason,
-            // The registry entry went away without a kick: wait forever.
-            Err(_) => std::future::pending().await,
+impl Signals {
+    fn kick(&self, reason: KickReason) {
+        if self.kick.get().is_none() {
+            self.kick.set(Some(reason));
+            if let Some(w) = self.kick_waiter.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn end(&self) {
+        self.ended.set(true);
+        if let Some(w) = self.end_waiter.take() {
+            w.wake();
         }
     }
 }
 
+/// Completes when the session is kicked; the relay's stop future.
+pub struct KickSignal(Rc<Signals>);
+
+impl KickSignal {
+    /// Waits for a kick; never completes for a session nobody kicks.
+    pub async fn kicked(self) -> KickReason {
+        poll_fn(|cx| match self.0.kick.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                self.0.kick_waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// Completes when a kicked session has ended.
-pub struct Closed(oneshot::Receiver<()>);
+pub struct Closed(Rc<Signals>);
 
 impl Closed {
     /// Waits until the session's registration is dropped.
     pub async fn wait(self) {
-        let _ = self.0.await;
+        poll_fn(|cx| {
+            if self.0.ended.get() {
+                Poll::Ready(())
+            } else {
+                self.0.end_waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
 struct Entry {
-    key: Box<str>,
+    key: Rc<str>,
     backend: BackendId,
     protocol: Protocol,
-    kick: Option<oneshot::Sender<KickReason>>,
-    closed: Option<oneshot::Receiver<()>>,
+    signals: Rc<Signals>,
+    /// Already kicked: a second kick hands out no second [`Closed`].
+    kicked: bool,
 }
 
 /// A registered session; dropping it unregisters (the session ended).
 pub struct Registration<'a> {
     sessions: &'a Sessions,
     id: u64,
-    _closed: oneshot::Sender<()>,
+    signals: Rc<Signals>,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         self.sessions.remove(self.id);
+        self.signals.end();
     }
 }
 
@@ -82,7 +126,7 @@ pub struct Sessions {
 struct Inner {
     next_id: u64,
     by_id: AHashMap<u64, Entry>,
-    by_key: AHashMap<Box<str>, Vec<u64>>,
+    by_key: AHashMap<Rc<str>, Vec<u64>>,
     per_backend: Vec<[u32; Protocol::COUNT]>,
 }
 
@@ -99,22 +143,25 @@ impl Sessions {
         backend: BackendId,
         protocol: Protocol,
     ) -> (Registration<'_>, KickSignal) {
-        let (kick_tx, kick_rx) = oneshot::channel();
-        let (closed_tx, closed_rx) = oneshot::channel();
+        let signals = Rc::new(Signals::default());
         let mut inner = self.inner.borrow_mut();
         let id = inner.next_id;
         inner.next_id += 1;
+        let key: Rc<str> = match inner.by_key.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => key.into(),
+        };
         inner.by_id.insert(
             id,
             Entry {
-                key: key.into(),
+                key: key.clone(),
                 backend,
                 protocol,
-                kick: Some(kick_tx),
-                closed: Some(closed_rx),
+                signals: signals.clone(),
+                kicked: false,
             },
         );
-        inner.by_key.entry(key.into()).or_default().push(id);
+        inner.by_key.entry(key).or_default().push(id);
         let b = usize::from(backend);
         if inner.per_backend.len() <= b {
             inner.per_backend.resize(b + 1, [0; Protocol::COUNT]);
@@ -124,9 +171,9 @@ impl Sessions {
             Registration {
                 sessions: self,
                 id,
-                _closed: closed_tx,
+                signals: signals.clone(),
             },
-            KickSignal(kick_rx),
+            KickSignal(signals),
         )
     }
 
@@ -152,11 +199,10 @@ impl Sessions {
         let mut closed = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(e) = inner.by_id.get_mut(&id) {
-                if let Some(tx) = e.kick.take() {
-                    let _ = tx.send(reason);
-                }
-                if let Some(rx) = e.closed.take() {
-                    closed.push(Closed(rx));
+                if !e.kicked {
+                    e.kicked = true;
+                    e.signals.kick(reason);
+                    closed.push(Closed(e.signals.clone()));
                 }
             }
         }
