@@ -513,3 +513,27 @@ fn devcert_serves_localhost_and_loopback_ip() {
         server.join().expect("server thread").expect("server");
     }
 }
+
+#[test]
+fn idle_stream_holds_no_buffers() {
+    let fx = Fixture::new();
+    let config = fx.server(MinVersion::Tls12);
+    let (addr, server) = serve_one(move |tcp| async move {
+        let mut stream = tls::accept(tcp, &config, HANDSHAKE_TIMEOUT).await?;
+        stream.readable().await?;
+        let (res, buf) = stream.read_into(Vec::with_capacity(1024)).await;
+        res?;
+        let (res, _) = stream.write_all(buf).await;
+        res?;
+        // Waiting for the client's next bytes: no ciphertext or plaintext
+        // buffer is kept.
+        let held = stream.held_bytes();
+        echo(&mut stream).await?;
+        std::io::Result::Ok(held)
+    });
+    let mut client = connect(addr, &fx.client(&[&rustls::version::TLS13]), "localhost");
+    round_trip(&mut client, b"a1 NOOP\r\n");
+    close_and_expect_close_notify(client);
+    let held = server.join().expect("server thread").expect("server");
+    assert_eq!(held, 0);
+}

@@ -5,7 +5,8 @@
 //! STARTTLS the caller must drop whatever the client pipelined in
 //! plaintext after the command (STARTTLS injection, CVE-2011-0411). Bytes
 //! the client sends *after* its Finished message, even in the same packet,
-//! are kept by rustls and are the first bytes read from the returned stream.
+//! are decrypted into the session's plaintext carry and are the first bytes
+//! read from the returned stream.
 
 use std::fmt;
 use std::io;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::ServerConfig;
 
 use super::stream::TlsStream;
 
@@ -82,8 +84,8 @@ pub async fn accept(
     config: &Arc<ServerConfig>,
     timeout: Duration,
 ) -> io::Result<TlsStream> {
-    let conn =
-        ServerConnection::new(config.clone()).map_err(|e| HandshakeError::Tls(e).into_io())?;
+    let conn = UnbufferedServerConnection::new(config.clone())
+        .map_err(|e| HandshakeError::Tls(e).into_io())?;
     let stream = TlsStream::new(tcp, conn);
     match monoio::time::timeout(timeout, handshake(&stream)).await {
         Ok(Ok(())) => Ok(stream),
@@ -95,22 +97,25 @@ pub async fn accept(
 async fn handshake(stream: &TlsStream) -> Result<(), HandshakeError> {
     let session = stream.session();
     loop {
-        session.flush_queued().await.map_err(HandshakeError::Io)?;
-        if !session.with_tls(|tls| tls.is_handshaking()) {
-            break;
+        let pass = session.with_records(|records| records.handshake_pass());
+        if let Err(e) = pass {
+            // Best effort: tell the client why (the alert rustls queued).
+            let _ = session.flush_queued().await;
+            return Err(HandshakeError::Tls(e));
         }
-        // Handshake messages only: plaintext that follows the client's
-        // Finished stays inside rustls for the first read.
-        match session.read_socket(0, None).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Err(HandshakeError::PeerClosed),
-            Ok(Err(e)) => {
-                let _ = session.fail(e.clone()).await;
-                return Err(HandshakeError::Tls(e));
-            }
+        session.flush_queued().await.map_err(HandshakeError::Io)?;
+        let (handshaking, peer_closed) =
+            session.with_records(|records| (records.is_handshaking(), records.peer_closed()));
+        if !handshaking {
+            return Ok(());
+        }
+        if peer_closed || session.tcp_eof() {
+            return Err(HandshakeError::PeerClosed);
+        }
+        match session.read_socket(0).await {
+            Ok(true) => {}
+            Ok(false) => return Err(HandshakeError::PeerClosed),
             Err(e) => return Err(HandshakeError::Io(e)),
         }
     }
-    session.settle();
-    Ok(())
 }

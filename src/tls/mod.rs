@@ -7,11 +7,14 @@
 //! * [`accept`] runs the handshake under a timeout, for implicit TLS and
 //!   STARTTLS alike.
 //! * [`stream`] is the session: [`TlsStream`] and its split halves.
+//! * [`records`] is the session's synchronous half: rustls' unbuffered
+//!   connection and the buffers mailpin owns for it.
 //! * [`devcert`] makes the self-signed certificate of `run --dev`.
 
 pub mod accept;
 pub mod config;
 pub mod devcert;
+pub mod records;
 pub mod stream;
 
 pub use accept::{accept, HandshakeError};

@@ -1,22 +1,26 @@
 //! A TLS server session over a monoio `TcpStream`, with no buffers of its
 //! own while idle.
 //!
-//! [`TlsStream`] drives a `rustls::ServerConnection` directly instead of
-//! using monoio-rustls' stream, which keeps a 16 KiB read and a 16 KiB write
-//! buffer per connection. Here ciphertext passes through buffers borrowed
-//! from [`crate::bufpool`] for the duration of one read or write, so an idle
-//! session holds only rustls' own state (its 4 KiB record reassembly buffer,
-//! the traffic keys) and the socket.
+//! [`TlsStream`] drives rustls' *unbuffered* server connection (see
+//! [`super::records`], which owns the ciphertext and plaintext buffers)
+//! instead of monoio-rustls' stream, which keeps a 16 KiB read and a 16 KiB
+//! write buffer per connection, or rustls' buffered connection, which
+//! keeps a 4 KiB record reassembly buffer. Ciphertext passes through
+//! buffers borrowed from [`crate::bufpool`] for the duration of one read
+//! or write, so an idle session holds only rustls' state (the traffic
+//! keys) and the socket; a partial record, when the client sent one, is
+//! kept in an allocation of its own size.
 //!
 //! # Reading
-//! [`ReadSide::readable`] returns at once when rustls already holds
-//! plaintext or a close, and otherwise waits for socket readiness without a
-//! buffer. [`ReadSide::read_into`] reads ciphertext into a pool buffer,
-//! hands it to rustls and copies the plaintext into the caller's buffer; it
-//! loops until it has at least one plaintext byte or the stream ended (a
-//! close_notify or a TCP EOF, both `Ok(0)`). Ciphertext rustls cannot take
-//! yet (its plaintext buffer is full and so is the caller's) is kept in a
-//! carry buffer that exists only in that case.
+//! [`ReadSide::readable`] returns at once when plaintext, unprocessed
+//! records, a close or an error are already there, and otherwise waits for
+//! socket readiness without a buffer. [`ReadSide::read_into`] reads
+//! ciphertext into a pool buffer (after the kept partial record, if any),
+//! lets rustls decrypt it and copies the plaintext into the caller's
+//! buffer; it loops until it has at least one plaintext byte or the stream
+//! ended (a close_notify or a TCP EOF, both `Ok(0)`). Plaintext the
+//! caller's buffer has no room for waits in a carry buffer that exists only
+//! in that case.
 //!
 //! # Writing, and the write turn
 //! Only one party may write to the socket at a time, because TLS records
@@ -24,13 +28,14 @@
 //! *write turn*, a `Cell<bool>` in the shared session:
 //! * The write half takes the turn for every `write_all` and `shutdown`,
 //!   waiting (with a stored waker) while the read half has it.
-//! * Processing input can make rustls queue records of its own (an alert, a
-//!   KeyUpdate answer). The read half then takes the turn if it is free and
-//!   flushes; if the write half holds it, the read half does **not** wait:
-//!   the holder always drains everything rustls has queued before it gives
-//!   the turn back (it checks `wants_write` after each socket write, and
-//!   releases the turn in the same synchronous step as the last check), so
-//!   the read half's records go out with the writer's.
+//! * Processing input can make rustls produce records of its own (an
+//!   alert, session tickets, a refusal of renegotiation); they wait in the
+//!   session's outbox, ahead of anything encrypted later. The read half
+//!   then takes the turn if it is free and flushes; if the write half holds
+//!   it, the read half does **not** wait: the holder always sends the
+//!   outbox before its own new records and checks it again after each
+//!   socket write, releasing the turn in the same synchronous step as the
+//!   last check, so the read half's records go out with the writer's.
 //! * A write that fails, or whose future is dropped mid-way, may leave a
 //!   partial record on the wire; the write side is then marked broken and
 //!   every later write fails.
@@ -45,35 +50,29 @@
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::future::poll_fn;
-use std::io::{self, BufRead, Write};
+use std::io;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 
+use super::records::Records;
 use crate::bufpool;
 use crate::io::{Connection, ReadSide, WriteSide};
 
-/// The most plaintext rustls encrypts ahead of the socket: one pool buffer
-/// minus room for record overhead (at most four records, under 32 bytes
-/// each), so one `write_all` round fills one pool buffer.
-const SEND_LIMIT: usize = bufpool::CHUNK - 1024;
-
-/// The smallest socket read, even when the caller's buffer has less room.
-const MIN_READ: usize = 4096;
+/// The least room a socket read gets after the kept partial record.
+const MIN_SPARE: usize = 4096;
 
 /// State shared by a [`TlsStream`] or by its two halves.
 pub(super) struct Session {
     /// The socket. See [`Session::tcp`] for the aliasing rules.
     tcp: UnsafeCell<TcpStream>,
-    /// The rustls state machine; borrowed only in synchronous sections.
-    tls: RefCell<ServerConnection>,
-    /// Ciphertext read from the socket that rustls could not take yet.
-    /// Empty, without an allocation, unless a reader's buffer filled up.
-    carry: RefCell<Vec<u8>>,
+    /// rustls and the session's buffers; borrowed only in synchronous
+    /// sections.
+    records: RefCell<Records>,
     /// Somebody is writing to the socket (holds the write turn).
     write_turn: Cell<bool>,
     /// The write half, waiting for the read half to give the turn back.
@@ -109,61 +108,6 @@ impl Drop for WriteTurn<'_> {
     }
 }
 
-/// What feeding ciphertext to rustls found.
-pub(super) enum Ingested {
-    /// All bytes were taken (some may wait in the carry buffer).
-    Taken,
-    /// rustls rejected the input; an alert may be queued for the peer.
-    Failed(rustls::Error),
-}
-
-/// Writes into the spare capacity of a `Vec` and never grows it.
-struct SpareWriter<'a>(&'a mut Vec<u8>);
-
-impl Write for SpareWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.0.capacity() - self.0.len();
-        let n = room.min(data.len());
-        self.0.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A reader that has nothing yet; makes rustls resize its buffer.
-struct NothingYet;
-
-impl io::Read for NothingYet {
-    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-}
-
-/// Moves plaintext held by rustls into the spare capacity of `buf`.
-/// Returns the bytes copied, and whether the peer ended the stream (only
-/// reported once no plaintext is left).
-fn drain_plaintext(tls: &mut ServerConnection, buf: &mut Vec<u8>) -> (usize, bool) {
-    let mut copied = 0;
-    let mut reader = tls.reader();
-    while buf.len() < buf.capacity() {
-        match reader.fill_buf() {
-            Ok([]) => return (copied, true),
-            Ok(chunk) => {
-                let n = chunk.len().min(buf.capacity() - buf.len());
-                buf.extend_from_slice(&chunk[..n]);
-                reader.consume(n);
-                copied += n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return (copied, true),
-        }
-    }
-    (copied, false)
-}
-
 fn broken_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
@@ -171,12 +115,16 @@ fn broken_error() -> io::Error {
     )
 }
 
+/// A rustls error as the `io::Error` a read or write reports.
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 impl Session {
-    fn new(tcp: TcpStream, tls: ServerConnection) -> Self {
+    fn new(tcp: TcpStream, conn: UnbufferedServerConnection) -> Self {
         Session {
             tcp: UnsafeCell::new(tcp),
-            tls: RefCell::new(tls),
-            carry: RefCell::new(Vec::new()),
+            records: RefCell::new(Records::new(conn)),
             write_turn: Cell::new(false),
             turn_waiter: Cell::new(None),
             write_broken: Cell::new(false),
@@ -196,9 +144,9 @@ impl Session {
         unsafe { &mut *self.tcp.get() }
     }
 
-    /// Runs `f` on the rustls connection.
-    pub(super) fn with_tls<R>(&self, f: impl FnOnce(&mut ServerConnection) -> R) -> R {
-        f(&mut self.tls.borrow_mut())
+    /// Runs `f` on rustls and the session's buffers (synchronously).
+    pub(super) fn with_records<R>(&self, f: impl FnOnce(&mut Records) -> R) -> R {
+        f(&mut self.records.borrow_mut())
     }
 
     fn try_write_turn(&self) -> Option<WriteTurn<'_>> {
@@ -228,60 +176,46 @@ impl Session {
         .await
     }
 
-    /// Encrypts `plaintext` and writes it, together with every record rustls
-    /// has queued, to the socket. The caller holds the write turn.
-    async fn send(&self, _turn: &WriteTurn<'_>, plaintext: &[u8]) -> io::Result<()> {
+    /// Encrypts `plaintext` (then a close_notify if `close`) and writes it,
+    /// after every record waiting in the outbox, to the socket. The caller
+    /// holds the write turn.
+    async fn send(&self, _turn: &WriteTurn<'_>, plaintext: &[u8], close: bool) -> io::Result<()> {
         let mut offset = 0;
-        let mut out = bufpool::take();
+        let mut close = close;
         loop {
-            {
-                let mut tls = self.tls.borrow_mut();
-                if offset < plaintext.len() {
-                    match tls.writer().write(&plaintext[offset..]) {
-                        Ok(n) => offset += n,
-                        Err(e) => {
-                            bufpool::give(out);
-                            return Err(e);
-                        }
-                    }
-                }
-                out.clear();
-                while tls.wants_write() && out.len() < out.capacity() {
-                    if let Err(e) = tls.write_tls(&mut SpareWriter(&mut out)) {
-                        bufpool::give(out);
-                        return Err(e);
-                    }
-                }
-            }
+            let mut out = bufpool::take();
+            let sealed =
+                self.records
+                    .borrow_mut()
+                    .seal(plaintext, &mut offset, &mut close, &mut out);
             if out.is_empty() {
-                if offset == plaintext.len() {
-                    bufpool::give(out);
-                    return Ok(());
-                }
                 bufpool::give(out);
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "rustls accepted no plaintext and had nothing to send",
-                ));
+                return sealed.map_err(tls_error);
             }
-            let (res, written) = AsyncWriteRentExt::write_all(self.tcp(), out).await;
-            out = written;
-            if let Err(e) = res {
-                bufpool::give(out);
-                return Err(e);
-            }
+            let (res, out) = AsyncWriteRentExt::write_all(self.tcp(), out).await;
+            bufpool::give(out);
+            res?;
+            sealed.map_err(tls_error)?;
         }
     }
 
-    /// Writes what rustls has queued (handshake messages, alerts, tickets),
-    /// unless the write turn is taken, in which case its holder will.
+    /// Writes the records waiting in the outbox (handshake messages,
+    /// tickets, alerts), unless the write turn is taken, in which case its
+    /// holder will.
     pub(super) async fn flush_queued(&self) -> io::Result<()> {
-        if !self.tls.borrow().wants_write() {
+        if !self.records.borrow().has_outgoing() {
             return Ok(());
         }
         match self.try_write_turn() {
             Some(turn) => {
-                self.send(&turn, &[]).await?;
+                loop {
+                    let out = self.records.borrow_mut().take_outgoing();
+                    if out.is_empty() {
+                        break;
+                    }
+                    let (res, _) = AsyncWriteRentExt::write_all(self.tcp(), out).await;
+                    res?;
+                }
                 turn.finish();
                 Ok(())
             }
@@ -290,97 +224,53 @@ impl Session {
         }
     }
 
-    /// Feeds ciphertext to rustls, moving plaintext into `out` when given.
-    /// What rustls cannot take (its plaintext buffer is full and `out` is
-    /// full or absent) goes to the carry buffer.
-    fn ingest(&self, mut cipher: &[u8], mut out: Option<&mut Vec<u8>>) -> Ingested {
-        let mut tls = self.tls.borrow_mut();
-        while !cipher.is_empty() {
-            match tls.read_tls(&mut cipher) {
-                // A close_notify was received: nothing after it counts.
-                Ok(0) => break,
-                Ok(_) => {
-                    if let Err(e) = tls.process_new_packets() {
-                        return Ingested::Failed(e);
-                    }
-                    if let Some(buf) = out.as_deref_mut() {
-                        drain_plaintext(&mut tls, buf);
-                    }
-                }
-                // rustls' plaintext buffer is full.
-                Err(_) => {
-                    let drained = match out.as_deref_mut() {
-                        Some(buf) => drain_plaintext(&mut tls, buf).0,
-                        None => 0,
-                    };
-                    if drained == 0 {
-                        self.carry.borrow_mut().extend_from_slice(cipher);
-                        break;
-                    }
-                }
-            }
-        }
-        Ingested::Taken
-    }
-
-    /// Feeds the carry buffer (if any) to rustls again.
-    fn ingest_carry(&self, out: Option<&mut Vec<u8>>) -> Ingested {
-        let carried = std::mem::take(&mut *self.carry.borrow_mut());
-        if carried.is_empty() {
-            return Ingested::Taken;
-        }
-        self.ingest(&carried, out)
-    }
-
-    /// Reads one batch of ciphertext from the socket and feeds it to rustls.
-    /// Returns `Ok(false)` at TCP end of stream.
-    pub(super) async fn read_socket(
-        &self,
-        want: usize,
-        out: Option<&mut Vec<u8>>,
-    ) -> io::Result<Result<bool, rustls::Error>> {
-        let cipher = bufpool::take();
-        let want = want.clamp(MIN_READ, cipher.capacity());
-        let (res, slice) = self.tcp().read(cipher.slice_mut(0..want)).await;
-        let cipher = slice.into_inner();
-        let outcome = match res {
-            Err(e) => Err(e),
-            Ok(0) => {
-                self.tcp_eof.set(true);
-                Ok(Ok(false))
-            }
-            Ok(n) => match self.ingest(&cipher[..n], out) {
-                Ingested::Taken => Ok(Ok(true)),
-                Ingested::Failed(e) => Ok(Err(e)),
-            },
+    /// Reads one batch of ciphertext from the socket into the inbox, after
+    /// the partial record it may hold; `room` is how much plaintext the
+    /// reader can take. Returns `Ok(false)` at TCP end of stream.
+    pub(super) async fn read_socket(&self, room: usize) -> io::Result<bool> {
+        let mut cipher = bufpool::take();
+        let (snapshot, want) = {
+            let records = self.records.borrow();
+            cipher.extend_from_slice(records.inbox());
+            (records.discarded(), records.read_size(room))
         };
-        bufpool::give(cipher);
-        outcome
+        let prefix = cipher.len();
+        if cipher.capacity() - prefix < MIN_SPARE {
+            // Only a pathological partial record gets here; the buffer is
+            // then no pool buffer and is freed, not pooled, afterwards.
+            cipher.reserve(want);
+        }
+        let want = want.min(cipher.capacity() - prefix);
+        let (res, slice) = self
+            .tcp()
+            .read(cipher.slice_mut(prefix..prefix + want))
+            .await;
+        let cipher = slice.into_inner();
+        match res {
+            Err(e) => {
+                bufpool::give(cipher);
+                Err(e)
+            }
+            Ok(0) => {
+                bufpool::give(cipher);
+                self.tcp_eof.set(true);
+                Ok(false)
+            }
+            Ok(_) => {
+                self.records.borrow_mut().append_read(cipher, snapshot);
+                Ok(true)
+            }
+        }
     }
 
-    /// After the handshake: bound what rustls buffers for sending and let go
-    /// of the handshake-sized record buffer.
-    pub(super) fn settle(&self) {
-        let mut tls = self.tls.borrow_mut();
-        tls.set_buffer_limit(Some(SEND_LIMIT));
-        Self::shrink(&mut tls);
-    }
-
-    /// Makes rustls shrink its record reassembly buffer to 4 KiB when it
-    /// holds no partial record (it does so at the start of each `read_tls`).
-    fn shrink(tls: &mut ServerConnection) {
-        let _ = tls.read_tls(&mut NothingYet);
+    /// Whether the TCP stream ended.
+    pub(super) fn tcp_eof(&self) -> bool {
+        self.tcp_eof.get()
     }
 
     /// Whether a read would return without touching the socket.
     fn input_pending(&self) -> bool {
-        if self.tcp_eof.get() || !self.carry.borrow().is_empty() {
-            return true;
-        }
-        match self.tls.borrow_mut().process_new_packets() {
-            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-            Err(_) => true,
-        }
+        self.tcp_eof.get() || self.records.borrow().input_pending()
     }
 
     async fn readable(&self) -> io::Result<()> {
@@ -400,46 +290,25 @@ impl Session {
         }
         let start = buf.len();
         loop {
-            let failed = match self.ingest_carry(Some(&mut buf)) {
-                Ingested::Failed(e) => Some(e),
-                Ingested::Taken => None,
-            };
-            let (failed, ended) = {
-                let mut tls = self.tls.borrow_mut();
-                // Also reports an error rustls met earlier: errors stick.
-                let failed = failed.or_else(|| tls.process_new_packets().err());
-                let drained = drain_plaintext(&mut tls, &mut buf);
-                if buf.len() > start || failed.is_some() || drained.1 {
-                    Self::shrink(&mut tls);
-                }
-                (failed, drained.1)
-            };
-            if let Some(e) = failed {
-                return (Err(self.fail(e).await), buf);
-            }
-            // Records rustls queued while reading (e.g. a KeyUpdate answer).
-            // A failure marks the write side broken; later writes report it.
+            let result = self.records.borrow_mut().read_plaintext(&mut buf);
+            // Records rustls made while reading (tickets, an alert). A
+            // failure marks the write side broken; later writes report it.
             let _ = self.flush_queued().await;
             if buf.len() > start {
+                // An error, if any, sticks and is reported by the next read.
                 return (Ok(buf.len() - start), buf);
             }
-            if ended || self.tcp_eof.get() {
+            if let Err(e) = result {
+                return (Err(tls_error(e)), buf);
+            }
+            if self.tcp_eof.get() || self.records.borrow().peer_closed() {
                 return (Ok(0), buf);
             }
             let room = buf.capacity() - buf.len();
-            match self.read_socket(room, Some(&mut buf)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return (Err(self.fail(e).await), buf),
-                Err(e) => return (Err(e), buf),
+            if let Err(e) = self.read_socket(room).await {
+                return (Err(e), buf);
             }
         }
-    }
-
-    /// Sends the alert rustls queued for a protocol error (best effort) and
-    /// turns the error into an `io::Error`.
-    pub(super) async fn fail(&self, e: rustls::Error) -> io::Error {
-        let _ = self.flush_queued().await;
-        io::Error::new(io::ErrorKind::InvalidData, e)
     }
 
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
@@ -447,7 +316,7 @@ impl Session {
             Ok(turn) => turn,
             Err(e) => return (Err(e), buf),
         };
-        let res = self.send(&turn, &buf).await;
+        let res = self.send(&turn, &buf, false).await;
         if res.is_ok() {
             turn.finish();
         }
@@ -456,8 +325,7 @@ impl Session {
 
     async fn shutdown(&self) -> io::Result<()> {
         let turn = self.write_turn().await?;
-        self.tls.borrow_mut().send_close_notify();
-        self.send(&turn, &[]).await?;
+        self.send(&turn, &[], true).await?;
         AsyncWriteRent::shutdown(self.tcp()).await?;
         turn.finish();
         Ok(())
@@ -472,9 +340,9 @@ pub struct TlsStream {
 impl TlsStream {
     /// Wraps a socket and a fresh rustls connection (the handshake is still
     /// to be done; see [`crate::tls::accept`]).
-    pub(super) fn new(tcp: TcpStream, tls: ServerConnection) -> Self {
+    pub(super) fn new(tcp: TcpStream, conn: UnbufferedServerConnection) -> Self {
         TlsStream {
-            session: Rc::new(Session::new(tcp, tls)),
+            session: Rc::new(Session::new(tcp, conn)),
         }
     }
 
@@ -483,9 +351,15 @@ impl TlsStream {
     }
 
     /// Runs `f` on the rustls connection, e.g. to read the negotiated
-    /// protocol version, the SNI name or whether the session was resumed.
-    pub fn with_connection<R>(&self, f: impl FnOnce(&ServerConnection) -> R) -> R {
-        self.session.with_tls(|tls| f(tls))
+    /// protocol version, cipher suite or whether the session was resumed.
+    pub fn with_connection<R>(&self, f: impl FnOnce(&UnbufferedServerConnection) -> R) -> R {
+        self.session.with_records(|records| f(records.conn()))
+    }
+
+    /// Bytes of buffers the session holds besides rustls' own state: 0
+    /// while idle, unless the client left a partial record.
+    pub fn held_bytes(&self) -> usize {
+        self.session.with_records(|records| records.held_bytes())
     }
 
     /// The peer's address.
