@@ -7,7 +7,8 @@ does), so every session of one user goes to one backend, and lets the
 backend check the password. Standard library only, as a small real
 deployment would run it.
 
-Usage: auth_http.py PORT HOST:PORT [HOST:PORT ...]
+Usage: auth_http.py PORT POP3_PORT HOST:IMAP_PORT [HOST:IMAP_PORT ...]
+(POP3 logins go to the same host as the user's IMAP logins, on POP3_PORT.)
 """
 
 import hashlib
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 BACKENDS = []
+POP3_PORT = ["110"]
 
 
 def backend_for(user):
@@ -40,6 +42,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         user = unquote(self.headers.get("Auth-User", ""))
         host, port = backend_for(user).rsplit(":", 1)
+        if self.headers.get("Auth-Protocol", "imap").lower() == "pop3":
+            port = POP3_PORT[0]
         self.send_response(200)
         self.send_header("Auth-Status", "OK")
         self.send_header("Auth-Server", host)
@@ -53,7 +57,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(sys.argv[1])
-    BACKENDS.extend(sys.argv[2:])
+    POP3_PORT[0] = sys.argv[2]
+    BACKENDS.extend(sys.argv[3:])
     server = Server(("127.0.0.1", port), Handler)
     server.serve_forever()
 

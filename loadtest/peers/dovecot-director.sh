@@ -5,7 +5,7 @@
 # A static passdb with proxy=y nopassword=y sends every login on and lets
 # the backend check the password. Listeners:
 #   IMAP 127.0.0.1:24143 plain, 127.0.0.1:24993 implicit TLS,
-#   POP3 127.0.0.1:24110, LMTP 127.0.0.1:24024 (lmtp_proxy = yes),
+#   POP3 127.0.0.1:24110 (24995 TLS), LMTP 127.0.0.1:24024 (lmtp_proxy = yes),
 #   director ring 127.0.0.1:24009.
 # The backends' POP3 and LMTP ports are BACKEND_POP3_PORT and
 # BACKEND_LMTP_PORT of common.sh on the same addresses.
@@ -113,7 +113,9 @@ service pop3-login {
     port = 24110
   }
   inet_listener pop3s {
-    port = 0
+    address = 127.0.0.1
+    port = 24995
+    ssl = yes
   }
   service_count = 0
   client_limit = 9900

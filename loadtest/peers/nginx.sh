@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nginx mail proxy (Debian's nginx + libnginx-mod-mail) in front of the
 # simulated backends, routing by user through auth_http.py (hash of the
-# user): plain IMAP on 127.0.0.1:23143, implicit TLS on 127.0.0.1:23993.
+# user): plain IMAP on 127.0.0.1:23143, implicit TLS on 127.0.0.1:23993;
+# POP3 on 23110 and 23995 (TLS). nginx's mail module has no LMTP.
 # Usage: nginx.sh start|stop|pid
 source "$(dirname "$0")/common.sh"
 DIR=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +13,7 @@ start)
     peer_cert
     targets=()
     for h in "${BACKEND_HOSTS[@]}"; do targets+=("$h:$BACKEND_PORT"); done
-    python3 "$DIR/auth_http.py" 23080 "${targets[@]}" &
+    python3 "$DIR/auth_http.py" 23080 "$BACKEND_POP3_PORT" "${targets[@]}" &
     echo $! > "$WORK/auth_http.pid"
     wait_port 23080
     mkdir -p "$WORK/nginx"
@@ -27,12 +28,15 @@ mail {
     auth_http 127.0.0.1:23080/auth;
     proxy_pass_error_message on;
     imap_auth login plain;
+    pop3_auth plain;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
     # nginx 1.22 offers TLS 1.2 at most by default; the other targets speak 1.3.
     ssl_protocols TLSv1.2 TLSv1.3;
     server { listen 127.0.0.1:23143; protocol imap; }
     server { listen 127.0.0.1:23993 ssl; protocol imap; }
+    server { listen 127.0.0.1:23110; protocol pop3; }
+    server { listen 127.0.0.1:23995 ssl; protocol pop3; }
 }
 CONF
     nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"

@@ -12,12 +12,18 @@
 #                         (skipped with FIND=0)
 #   relay                 1 MiB FETCH bodies over 4 connections, plain and TLS
 #                         (mailpin's report also has the direct baseline)
+#   pop3                  open-loop POP3 logins at RATE/s, plain then TLS
+#                         (targets with a POP3 listener)
+#   lmtp                  LMTP deliveries, 4 connections, 3 recipients per
+#                         transaction, 10 KB messages, nothing-lost check
+#                         (targets with an LMTP listener; mailpin's report
+#                         also has the direct baseline)
 #   failover              logins at RATE/s over RATE/2 users (each logs in
 #                         every 0.5 s), backend sim2 killed at 4 s of 12
 # A peer is started right before each run (scripts in this directory) and
 # stopped after it; HAProxy's health checks then see the backends at once.
 #
-# Usage: [TARGETS="mailpin haproxy nginx dovecot-director"] [FIND=0]
+# Usage: [TARGETS="mailpin haproxy nginx dovecot-director"] [FIND=0] [STEPS="pop3 lmtp"]
 #        [OUT=DIR] [MAILPIN_LOADTEST=BIN] run.sh [SESSIONS] [RATE]
 set -euo pipefail
 DIR=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +31,7 @@ source "$DIR/common.sh"
 SESSIONS=${1:-2000}
 RATE=${2:-300}
 FIND=${FIND:-1}
+STEPS=${STEPS:-"idle-plain idle-tls logins logins-find relay pop3 lmtp failover"}
 OUT=${OUT:-$WORK/results}
 TARGETS=${TARGETS:-"mailpin haproxy nginx dovecot-director"}
 LT=${MAILPIN_LOADTEST:-${CARGO_TARGET_DIR:-$DIR/../../target}/release/mailpin-loadtest}
@@ -34,7 +41,8 @@ if [ ! -x "$LT" ]; then
 fi
 mkdir -p "$OUT"
 HOSTS=$(IFS=,; echo "${BACKEND_HOSTS[*]}")
-BACK=(--backend-hosts "$HOSTS" --backend-port "$BACKEND_PORT")
+BACK=(--backend-hosts "$HOSTS" --backend-port "$BACKEND_PORT"
+    --backend-pop3-port "$BACKEND_POP3_PORT" --backend-lmtp-port "$BACKEND_LMTP_PORT")
 FAILOVER_USERS=$(( RATE / 2 > 1 ? RATE / 2 : 1 ))
 
 # The peer script that runs now, stopped on any exit.
@@ -52,19 +60,26 @@ scenario() {
         | tee "$OUT/$target-$name.txt"
 }
 
-# every TARGET [target options...]: each scenario; the options point the
-# harness at a running peer, and are empty for mailpin (the harness starts
-# a fresh director for each run).
+# every TARGET [SCRIPT IMAP IMAPS POP3 POP3S LMTP]: each scenario; the
+# addresses point the harness at the running peer ("-": it has no such
+# listener, the scenario is skipped), and are absent for mailpin (the
+# harness starts a fresh director for each run).
 every() {
     local target=$1; shift
     local step
-    for step in idle-plain idle-tls logins logins-find relay failover; do
+    for step in $STEPS; do
         if [ "$step" = logins-find ] && [ "$FIND" = 0 ]; then continue; fi
+        if [ $# -gt 0 ]; then
+            if [ "$step" = pop3 ] && [ "$4" = - ]; then continue; fi
+            if [ "$step" = lmtp ] && [ "$6" = - ]; then continue; fi
+        fi
         local opts=()
         if [ $# -gt 0 ]; then
             "$DIR/$1" start
             RUNNING=$1
             opts=(--target "$2" --target-tls "$3" --target-pid "$("$DIR/$1" pid)")
+            if [ "$4" != - ]; then opts+=(--target-pop3 "$4" --target-pop3-tls "$5"); fi
+            if [ "$6" != - ]; then opts+=(--target-lmtp "$6"); fi
         fi
         case $step in
         idle-plain) scenario "$target" "$step" idle --sessions "$SESSIONS" --mode plain "${opts[@]}" ;;
@@ -78,6 +93,16 @@ every() {
             local direct=()
             if [ $# -gt 0 ]; then direct=(--no-direct); fi
             scenario "$target" "$step" relay --duration 4 "${direct[@]}" "${opts[@]}"
+            ;;
+        pop3)
+            scenario "$target" "$step" logins --protocol pop3 --rate "$RATE" --duration 5 \
+                --mode both "${opts[@]}"
+            ;;
+        lmtp)
+            local direct=()
+            if [ $# -gt 0 ]; then direct=(--no-direct); fi
+            scenario "$target" "$step" lmtp --conns 4 --recipients 3 --size 10000 --duration 5 \
+                "${direct[@]}" "${opts[@]}"
             ;;
         failover)
             scenario "$target" "$step" failover --rate "$RATE" --duration 12 --kill-at 4 \
@@ -94,10 +119,16 @@ every() {
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 if wants mailpin; then every mailpin; fi
-if wants haproxy; then every haproxy haproxy.sh 127.0.0.1:22143 127.0.0.1:22993; fi
-if wants nginx; then every nginx nginx.sh 127.0.0.1:23143 127.0.0.1:23993; fi
+if wants haproxy; then
+    every haproxy haproxy.sh 127.0.0.1:22143 127.0.0.1:22993 \
+        127.0.0.1:22110 127.0.0.1:22995 127.0.0.1:22024
+fi
+if wants nginx; then
+    every nginx nginx.sh 127.0.0.1:23143 127.0.0.1:23993 127.0.0.1:23110 127.0.0.1:23995 -
+fi
 if wants dovecot-director; then
-    every dovecot-director dovecot-director.sh 127.0.0.1:24143 127.0.0.1:24993
+    every dovecot-director dovecot-director.sh 127.0.0.1:24143 127.0.0.1:24993 \
+        127.0.0.1:24110 127.0.0.1:24995 127.0.0.1:24024
 fi
 python3 "$DIR/table.py" "$OUT" | tee "$OUT/table.md"
 echo "reports in $OUT"

@@ -4,7 +4,7 @@ shows: mailpin and each peer side by side, every peer figure also as a
 ratio to mailpin's (the peer's figure divided by mailpin's).
 
 It reads DIR/TARGET-SCENARIO.json as run.sh names them (scenarios
-idle-plain, idle-tls, logins, logins-find, relay, failover); a missing
+idle-plain, idle-tls, logins, logins-find, relay, pop3, lmtp, failover); a missing
 report shows as a dash. Standard library only.
 
 Usage: table.py DIR
@@ -15,7 +15,8 @@ import os
 import sys
 
 TARGETS = ["mailpin", "haproxy", "nginx", "dovecot-director"]
-SCENARIOS = ["idle-plain", "idle-tls", "logins", "logins-find", "relay", "failover"]
+SCENARIOS = ["idle-plain", "idle-tls", "logins", "logins-find", "relay", "pop3", "lmtp",
+             "failover"]
 DASH = "—"
 
 
@@ -84,6 +85,41 @@ def relay_direct(report):
         if path.get("path") == "direct":
             return path["bytes_per_s"] / 1e9
     return None
+
+
+def lmtp_path(report):
+    """The through-the-target path of an lmtp report (not the direct one)."""
+    if not report:
+        return None
+    for path in report.get("results", {}).get("paths", []):
+        if path.get("path") != "direct":
+            return path
+    return None
+
+
+def lmtp_direct(report):
+    """Deliveries/s straight into a backend, if the report has them."""
+    if not report:
+        return None
+    for path in report.get("results", {}).get("paths", []):
+        if path.get("path") == "direct":
+            return path["deliveries_per_s"]
+    return None
+
+
+def login_text(step, base_step, is_base):
+    """A fixed-rate login step as text: rate, p50 / p99, failures, and the
+    p99 as a ratio to mailpin's."""
+    if step is None:
+        return DASH
+    p99 = step["latency"]["p99_ms"]
+    text = f"{step['achieved']:.0f}/s, p50 {step['latency']['p50_ms']:.1f} / p99 {p99:.1f} ms"
+    if step.get("errors"):
+        text += f", {step['errors']:,} failed"
+    r99 = times(p99, base_step["latency"]["p99_ms"]) if base_step and not is_base else None
+    if r99:
+        text += f" (p99 {r99})"
+    return text
 
 
 def times(value, base):
@@ -205,18 +241,8 @@ def main():
         r, is_base = reports[t], t == "mailpin"
         cells = [t]
         for mode in ("plain", "TLS"):
-            step, bstep = login_step(r["logins"], mode), login_step(base["logins"], mode)
-            if step is None:
-                cells.append(DASH)
-                continue
-            p99 = step["latency"]["p99_ms"]
-            text = f"{step['achieved']:.0f}/s, p50 {step['latency']['p50_ms']:.1f} / p99 {p99:.1f} ms"
-            if step.get("errors"):
-                text += f", {step['errors']:,} failed"
-            r99 = times(p99, bstep["latency"]["p99_ms"]) if bstep and not is_base else None
-            if r99:
-                text += f" (p99 {r99})"
-            cells.append(text)
+            cells.append(login_text(login_step(r["logins"], mode),
+                                    login_step(base["logins"], mode), is_base))
         for mode in ("plain", "TLS"):
             if r["logins-find"] is None:
                 cells.append(DASH)
@@ -252,6 +278,31 @@ def main():
           "no failed login in the last second. Violations: one user live on two backends "
           "at once, all runs)\n")
     print(table(["target", "relay plain", "relay TLS", "failover", "violations"], rows))
+
+    rows = []
+    for t in targets:
+        r, is_base = reports[t], t == "mailpin"
+        cells = [t]
+        for mode in ("plain", "TLS"):
+            cells.append(login_text(login_step(r["pop3"], mode),
+                                    login_step(base["pop3"], mode), is_base))
+        path, bpath = lmtp_path(r["lmtp"]), lmtp_path(base["lmtp"])
+        if path is None:
+            cells += [DASH, DASH]
+        else:
+            cells.append(cell(path["deliveries_per_s"], bpath and bpath["deliveries_per_s"],
+                              "{:,.0f}/s", is_base)
+                         + f" (p99 {path['latency']['p99_ms']:.1f} ms)")
+            cells.append(f"{path['failed_recipients']:,} failed, {path['lost']:,} lost, "
+                         f"{path['stored']:,} stored")
+        rows.append(cells)
+    direct = lmtp_direct(base["lmtp"])
+    note = f"; straight into one backend: {direct:,.0f} deliveries/s" if direct else ""
+    print(f"\n**POP3 and LMTP** (POP3: open-loop USER/PASS logins at {offered()}/s. "
+          f"LMTP: 4 connections, 3 recipients per transaction, 10 KB messages{note}; "
+          "a dash: the target has no such listener)\n")
+    print(table(["target", "POP3 plain", "POP3 TLS", "LMTP deliveries", "LMTP recipients"],
+                rows))
 
 
 if __name__ == "__main__":
