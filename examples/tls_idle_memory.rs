@@ -130,8 +130,8 @@ fn server(sessions: usize, mode: &str) {
     let heap_after = LIVE_HEAP.load(Ordering::Relaxed);
     let rss_after = rss_bytes();
     println!(
-        "size_of ServerConnection={} B",
-        std::mem::size_of::<rustls::ServerConnection>()
+        "size_of UnbufferedServerConnection={} B (what mailpin's TLS stream holds)",
+        std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
     );
     println!(
         "mode={mode} sessions={sessions} rss: {:.1} MiB -> {:.1} MiB, {:.0} B/session; \

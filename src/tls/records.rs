@@ -344,7 +344,7 @@ impl Records {
         match &result {
             Err(e) => {
                 self.failed = Some(e.clone());
-                self.collect_alert(consumed);
+                self.collect_alert();
                 consumed = self.inbox.len();
             }
             Ok(stop) => self.unprocessed = *stop == Stop::BufferFull,
@@ -356,11 +356,13 @@ impl Records {
         result
     }
 
-    /// After an error: moves the alert rustls queued into the outbox.
-    fn collect_alert(&mut self, consumed: usize) {
+    /// After an error: moves the alert rustls queued into the outbox. No
+    /// input is given again: rustls would deframe the bad bytes once more
+    /// and try to send a second fatal alert (a debug assertion in rustls).
+    fn collect_alert(&mut self) {
         // Bounded: rustls queues one alert, maybe split into few chunks.
         for _ in 0..8 {
-            let status = self.conn.process_tls_records(&mut self.inbox[consumed..]);
+            let status = self.conn.process_tls_records(&mut []);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     if encode_into(&mut encode, &mut self.outbox).is_err() {
