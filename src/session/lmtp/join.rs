@@ -55,7 +55,9 @@ mod tests {
                 vec![Box::pin(waits), Box::pin(sends)];
             let out = monoio::time::timeout(Duration::from_secs(5), join_all(both)).await;
             assert_eq!(out.ok(), Some(vec![42, 7]));
-            assert!(join_all(Vec::<std::future::Ready<u8>>::new()).await.is_empty());
+            assert!(join_all(Vec::<std::future::Ready<u8>>::new())
+                .await
+                .is_empty());
         });
     }
 }

@@ -21,9 +21,9 @@
 //! are.
 
 mod join;
-pub mod transaction;
 #[cfg(test)]
 mod tests;
+pub mod transaction;
 
 use std::time::Duration;
 

@@ -92,7 +92,11 @@ async fn serve(mut conn: TcpStream, script: Script, seen: &RefCell<Seen>) {
             let line = String::from_utf8_lossy(&line).trim_end().to_owned();
             lines_this_read += 1;
             seen.borrow_mut().commands.push(line.clone());
-            let verb = line.split(' ').next().unwrap_or_default().to_ascii_uppercase();
+            let verb = line
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
             let reply = match verb.as_str() {
                 "LHLO" if script.pipelining => "250-fake\r\n250 PIPELINING\r\n".to_owned(),
                 "LHLO" => "250-fake\r\n250 8BITMIME\r\n".to_owned(),
@@ -177,12 +181,21 @@ fn lines(wire: &[u8]) -> Vec<String> {
 
 /// Runs one DATA transaction of `rcpts` over the backends of `set` and
 /// returns the RCPT replies' first lines and the final replies' lines.
-async fn deliver(set: &BackendSet, rcpts: &[Routed], idle: &mut IdlePool) -> (Vec<String>, Vec<String>) {
+async fn deliver(
+    set: &BackendSet,
+    rcpts: &[Routed],
+    idle: &mut IdlePool,
+) -> (Vec<String>, Vec<String>) {
     let mut tx = Transaction::new(b"MAIL FROM:<s@example.org>".to_vec());
     let replies = tx.add_recipients(rcpts, set, &client(), idle, true).await;
     let rcpt_lines = replies.iter().flat_map(|r| lines(&r.wire)).collect();
-    assert!(tx.start_data().await.is_ok(), "some backend takes the message");
-    let _ = tx.stream(b"Subject: t\r\n\r\nhello\r\n.\r\n".to_vec()).await;
+    assert!(
+        tx.start_data().await.is_ok(),
+        "some backend takes the message"
+    );
+    let _ = tx
+        .stream(b"Subject: t\r\n\r\nhello\r\n.\r\n".to_vec())
+        .await;
     let (wire, _) = tx.final_replies().await;
     tx.keep_connections(idle);
     (rcpt_lines, lines(&wire))
@@ -246,7 +259,11 @@ fn replies_follow_rcpt_order_across_pipelining_and_plain_backends() {
         );
         assert!(seen_a.borrow().most_per_read >= 5, "pipelined to A");
         assert_eq!(seen_b.borrow().most_per_read, 1, "one at a time to B");
-        assert_eq!(seen_b.borrow().commands.len(), 5, "LHLO MAIL RCPT RCPT DATA");
+        assert_eq!(
+            seen_b.borrow().commands.len(),
+            5,
+            "LHLO MAIL RCPT RCPT DATA"
+        );
 
         // The next transaction reuses both connections.
         assert_eq!(idle.len(), 2);
@@ -280,9 +297,15 @@ fn a_backend_dying_after_the_message_fails_only_its_recipients() {
         let mut idle = IdlePool::new();
         let (_, finals) = deliver(&set, &rcpts, &mut idle).await;
         assert_eq!(finals.len(), 3);
-        assert!(finals[0].starts_with("451 4.4.0 Delivery server b0 failed"), "{finals:?}");
+        assert!(
+            finals[0].starts_with("451 4.4.0 Delivery server b0 failed"),
+            "{finals:?}"
+        );
         assert_eq!(finals[1], "250 2.0.0 <b1> saved by B");
-        assert!(finals[2].starts_with("451 4.4.0 Delivery server b0 failed"), "{finals:?}");
+        assert!(
+            finals[2].starts_with("451 4.4.0 Delivery server b0 failed"),
+            "{finals:?}"
+        );
         assert_eq!(idle.len(), 1, "only the live connection is kept");
     });
 }
