@@ -39,6 +39,7 @@ use crate::runtime::core::Core;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
 use crate::session::ClientInfo;
+use join::join_all;
 use transaction::{IdlePool, Routed, Transaction};
 
 /// Most recipients (accepted or not) in one transaction (RFC 5321
@@ -85,7 +86,8 @@ struct Close;
 enum RcptStep {
     /// The director answers it; `bad` counts towards the error limit.
     Local { text: &'static str, bad: bool },
-    /// The backend answers it: the index into the group's routed list.
+    /// The backend answers it: the index into the group's routed list
+    /// (before routing, into the list of recipients to route).
     Routed(usize),
 }
 
@@ -323,11 +325,17 @@ impl<'a> Lmtp<'a> {
             self.next_line(s).await?;
         }
         let mut steps = Vec::with_capacity(lines.len());
-        let mut routed = Vec::new();
+        let mut wanted = Vec::new();
         for line in lines {
-            let step = self.route_rcpt(line, &mut routed).await;
-            steps.push(step);
+            match self.check_rcpt(&line) {
+                Ok(key) => {
+                    steps.push(RcptStep::Routed(wanted.len()));
+                    wanted.push((key, line));
+                }
+                Err(local) => steps.push(local),
+            }
         }
+        let routed = self.route(&mut steps, wanted).await;
         let mut replies = Vec::new();
         if let Some(tx) = self.tx.as_mut() {
             if !routed.is_empty() {
@@ -374,53 +382,73 @@ impl<'a> Lmtp<'a> {
         }
     }
 
-    /// Checks one RCPT line and routes its recipient; the router's choice
-    /// is added to `routed` for the backends to answer.
-    async fn route_rcpt(&mut self, line: Vec<u8>, routed: &mut Vec<Routed>) -> RcptStep {
+    /// Checks one RCPT line and counts it; its recipient's user key, or
+    /// the director's own answer.
+    fn check_rcpt(&mut self, line: &[u8]) -> Result<String, RcptStep> {
         let Some(tx) = self.tx.as_mut() else {
-            return RcptStep::Local {
+            return Err(RcptStep::Local {
                 text: "503 5.5.1 MAIL first",
                 bad: true,
-            };
+            });
         };
         if tx.bdat {
-            return RcptStep::Local {
+            return Err(RcptStep::Local {
                 text: "503 5.5.1 RCPT after BDAT",
                 bad: true,
-            };
+            });
         }
         if tx.attempted >= MAX_RECIPIENTS {
-            return RcptStep::Local {
+            return Err(RcptStep::Local {
                 text: "452 4.5.3 Too many recipients",
                 bad: false,
-            };
+            });
         }
         tx.attempted += 1;
-        let user = parse_command(&line)
+        let user = parse_command(line)
             .and_then(|c| strip_keyword(c.rest, b"TO:"))
             .and_then(|a| parse_path(a).ok())
             .and_then(|p| mailbox_user(p.inner));
-        let Some(user) = user else {
-            return RcptStep::Local {
+        match user {
+            Some(user) => Ok(self.core.shared.user_key.key(&user)),
+            None => Err(RcptStep::Local {
                 text: "501 5.1.3 Syntax: RCPT TO:<address>",
                 bad: true,
-            };
-        };
-        let core = self.core;
-        let key = core.shared.user_key.key(&user);
-        match core.router.acquire(&key).await {
-            Ok(backend) => {
-                routed.push(Routed { key, backend, line });
-                RcptStep::Routed(routed.len() - 1)
-            }
-            Err(e) => {
-                warn!(user = %key, ?e, "no backend for recipient");
-                RcptStep::Local {
-                    text: "451 4.4.0 No delivery server is available for this recipient, try again later",
-                    bad: false,
+            }),
+        }
+    }
+
+    /// Routes a group's recipients, all at once (a key owned by another
+    /// core costs a message round trip). Each step that waits for the
+    /// router comes back routed, or answered when no backend is available.
+    async fn route(&self, steps: &mut [RcptStep], wanted: Vec<(String, Vec<u8>)>) -> Vec<Routed> {
+        let router = &self.core.router;
+        let chosen = join_all(wanted.iter().map(|(key, _)| router.acquire(key))).await;
+        let mut routed = Vec::with_capacity(wanted.len());
+        let mut placed = Vec::with_capacity(wanted.len());
+        for ((key, line), choice) in wanted.into_iter().zip(chosen) {
+            match choice {
+                Ok(backend) => {
+                    placed.push(Some(routed.len()));
+                    routed.push(Routed { key, backend, line });
+                }
+                Err(e) => {
+                    warn!(user = %key, ?e, "no backend for recipient");
+                    placed.push(None);
                 }
             }
         }
+        for step in steps.iter_mut() {
+            if let RcptStep::Routed(i) = *step {
+                *step = match placed.get(i).copied().flatten() {
+                    Some(r) => RcptStep::Routed(r),
+                    None => RcptStep::Local {
+                        text: "451 4.4.0 No delivery server is available for this recipient, try again later",
+                        bad: false,
+                    },
+                };
+            }
+        }
+        routed
     }
 
     /// Releases the transaction's recipients in the router.
