@@ -3,10 +3,14 @@
 //! The director opens it when the first recipient routed to that backend
 //! arrives: greeting, `LHLO`, Dovecot's `XCLIENT` with the client's address
 //! when `forward = "id"` and the backend offers it (after which the backend
-//! greets again and wants a new `LHLO`), then the client's own `MAIL FROM`
-//! line. From there the session code sends RCPTs, DATA or BDAT chunks and
-//! reads the backend's replies, each of which is relayed as it is.
+//! greets again and wants a new `LHLO`). From there the session code sends
+//! the client's `MAIL FROM`, RCPTs, DATA or BDAT chunks and reads the
+//! backend's replies, each of which is relayed as it is. To a backend that
+//! announces PIPELINING (RFC 2920) a group of commands goes out in one write
+//! and the replies are read afterwards, in order; to one that does not, one
+//! command at a time.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
@@ -29,29 +33,32 @@ pub const COMMAND_TIMEOUT: Duration = LOGIN_TIMEOUT;
 /// (it writes the message to every recipient's mailbox, runs Sieve).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Most commands written to a backend before its replies are read, so the
+/// replies waiting in the socket stay far below its buffer (RFC 2920 §3.1:
+/// no deadlock of both sides writing).
+const PIPELINE_GROUP: usize = 64;
+
 /// A backend connection inside one LMTP transaction.
 pub struct LmtpBackend {
     stream: TcpStream,
     lines: LineReader,
     /// The backend announced CHUNKING (BDAT) in its LHLO reply.
     pub chunking: bool,
+    /// The backend announced PIPELINING in its LHLO reply.
+    pub pipelining: bool,
     /// Its LHLO reply (capabilities).
     caps: Reply,
 }
 
-/// Connects, greets, forwards the client's address and starts the
-/// transaction with `mail_line` (the client's `MAIL FROM:` line, without
-/// CRLF). Returns the connection and the backend's reply to MAIL.
-pub async fn open(
-    backend: &Backend,
-    info: &ClientInfo,
-    mail_line: &[u8],
-) -> Result<(LmtpBackend, Reply), BackendError> {
+/// Connects, greets and forwards the client's address; the connection is
+/// ready for a transaction (see [`LmtpBackend::mail_command`]).
+pub async fn open(backend: &Backend, info: &ClientInfo) -> Result<LmtpBackend, BackendError> {
     let stream = connect(backend, Protocol::Lmtp, info).await?;
     let mut conn = LmtpBackend {
         stream,
         lines: LineReader::new(),
         chunking: false,
+        pipelining: false,
         caps: Reply::new(250, ""),
     };
     let greeting = conn.reply(COMMAND_TIMEOUT).await?;
@@ -74,9 +81,9 @@ pub async fn open(
         }
     }
     conn.chunking = has_capability(&caps, "CHUNKING");
+    conn.pipelining = has_capability(&caps, "PIPELINING");
     conn.caps = caps;
-    let mail = conn.mail(mail_line).await?;
-    Ok((conn, mail))
+    Ok(conn)
 }
 
 /// The attributes a backend's `XCLIENT` capability line names.
@@ -120,20 +127,45 @@ fn xclient_command(fields: &[String], info: &ClientInfo) -> String {
 }
 
 impl LmtpBackend {
-    /// Starts a transaction with the client's `MAIL FROM:` line (on a new
-    /// connection, or one whose previous transaction ended cleanly). The
-    /// director announces SIZE, 8BITMIME and SMTPUTF8 itself; their
-    /// parameters go on only to a backend that announced them too.
-    pub async fn mail(&mut self, mail_line: &[u8]) -> Result<Reply, BackendError> {
+    /// The `MAIL FROM:` line that starts a transaction on this connection,
+    /// made from the client's. The director announces SIZE, 8BITMIME and
+    /// SMTPUTF8 itself; their parameters go on only to a backend that
+    /// announced them too.
+    pub fn mail_command(&self, mail_line: &[u8]) -> Vec<u8> {
         let caps = &self.caps;
-        let line = filter_mail_params(mail_line, |name| match name {
+        filter_mail_params(mail_line, |name| match name {
             "SIZE" => has_capability(caps, "SIZE"),
             "BODY" => has_capability(caps, "8BITMIME"),
             "SMTPUTF8" => has_capability(caps, "SMTPUTF8"),
             _ => true,
         })
-        .unwrap_or_else(|| mail_line.to_vec());
-        self.command(&line).await
+        .unwrap_or_else(|| mail_line.to_vec())
+    }
+
+    /// Sends command lines (CRLF added) and reads one reply to each, in
+    /// order: pipelined in groups if the backend announced PIPELINING, one
+    /// at a time otherwise. Returns the replies read; an error ends the
+    /// list early (the connection is then unusable) and comes with it.
+    pub async fn commands(&mut self, lines: &[Vec<u8>]) -> (Vec<Reply>, Option<BackendError>) {
+        let mut replies = Vec::with_capacity(lines.len());
+        let group = if self.pipelining { PIPELINE_GROUP } else { 1 };
+        for batch in lines.chunks(group) {
+            let mut out = Vec::with_capacity(batch.iter().map(|l| l.len() + 2).sum());
+            for line in batch {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            if let (Err(e), _) = self.send(out).await {
+                return (replies, Some(e));
+            }
+            for _ in batch {
+                match self.reply(COMMAND_TIMEOUT).await {
+                    Ok(r) => replies.push(r),
+                    Err(e) => return (replies, Some(e)),
+                }
+            }
+        }
+        (replies, None)
     }
 
     async fn lhlo(&mut self) -> Result<Reply, BackendError> {
@@ -164,6 +196,17 @@ impl LmtpBackend {
             Ok((Ok(()), buf)) => (Ok(()), Some(buf)),
             Ok((Err(e), buf)) => (Err(BackendError::Io(e)), Some(buf)),
             Err(_) => (Err(BackendError::Timeout), None),
+        }
+    }
+
+    /// Writes a shared buffer as it is, within [`COMMAND_TIMEOUT`], so one
+    /// piece of a message can go to several backends at once.
+    pub async fn send_shared(&mut self, bytes: Rc<Vec<u8>>) -> Result<(), BackendError> {
+        let write = monoio::io::AsyncWriteRentExt::write_all(&mut self.stream, bytes);
+        match monoio::time::timeout(COMMAND_TIMEOUT, write).await {
+            Ok((Ok(_), _)) => Ok(()),
+            Ok((Err(e), _)) => Err(BackendError::Io(e)),
+            Err(_) => Err(BackendError::Timeout),
         }
     }
 
