@@ -234,3 +234,26 @@ fn failover_kills_a_backend_without_violations() {
     assert_eq!(r["results"]["killed"], "sim2");
     assert_eq!(r["timeline"]["marks"][0]["label"], "kill sim2");
 }
+
+#[test]
+fn size_reports_every_figure_it_sizes_with() {
+    let r = run(
+        "size",
+        &["--sessions", "20", "--step", "0.5", "--rate", "100"],
+    );
+    for key in [
+        "idle_plain_bytes_per_session",
+        "idle_TLS_bytes_per_session",
+        "logins_plain_per_s",
+        "logins_TLS_per_s",
+        "relay_direct_bytes_per_s",
+        "lmtp_mailpin_deliveries_per_s",
+        "lmtp_direct_deliveries_per_s",
+    ] {
+        assert!(
+            r[key].as_f64().unwrap_or(0.0) > 0.0,
+            "size report lacks {key}: {r}"
+        );
+    }
+    assert_eq!(r["server_cores"], 1);
+}
