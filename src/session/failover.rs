@@ -24,6 +24,7 @@ use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
 use crate::runtime::core::Core;
 use crate::runtime::stats::LoginOutcome;
+use crate::session::imap::LoggedIn;
 
 /// Backends one login tries at most.
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -129,6 +130,58 @@ pub enum Routed {
     NoBackend,
     /// The user's backends failed: answer the protocol's "unavailable".
     Unavailable,
+}
+
+/// Why a routed login did not log the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The backend refused; its answer has been relayed to the client.
+    Rejected,
+    /// No backend can take the user.
+    NoBackend,
+    /// The user's backends failed.
+    Unavailable,
+}
+
+impl Refusal {
+    /// The text the protocol's "try later" reply carries, if the client
+    /// has not been answered yet.
+    pub fn message(self) -> Option<&'static str> {
+        match self {
+            Refusal::Rejected => None,
+            Refusal::NoBackend => Some("No server is available for this account, try again later."),
+            Refusal::Unavailable => Some("Server unavailable, try again later."),
+        }
+    }
+}
+
+impl Routed {
+    /// The logged-in state the relay starts from, or why there is none.
+    /// `to_backend` is called only on success: it takes the bytes the
+    /// client pipelined after its login, which otherwise stay for the
+    /// next pre-login command.
+    pub fn into_logged_in(
+        self,
+        key: String,
+        to_backend: impl FnOnce() -> Vec<u8>,
+    ) -> Result<LoggedIn, Refusal> {
+        match self {
+            Routed::Accepted {
+                stream,
+                to_client,
+                backend_id,
+            } => Ok(LoggedIn {
+                backend: stream,
+                backend_id,
+                key,
+                to_backend: to_backend(),
+                to_client,
+            }),
+            Routed::Rejected => Err(Refusal::Rejected),
+            Routed::NoBackend => Err(Refusal::NoBackend),
+            Routed::Unavailable => Err(Refusal::Unavailable),
+        }
+    }
 }
 
 /// One protocol's backend login: replays the credentials on a backend and

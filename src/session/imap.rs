@@ -18,7 +18,7 @@ use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseErro
 use crate::proto::sasl::{self, Credentials};
 use crate::route::backends::BackendId;
 use crate::runtime::core::Core;
-use crate::session::failover::{login_key, login_routed, Routed};
+use crate::session::failover::{login_key, login_routed};
 use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
@@ -477,31 +477,13 @@ impl<'a> Prelogin<'a> {
             Box::pin(login(backend, &creds, tag, client, id_fields, s))
         })
         .await;
-        match routed {
-            Routed::Accepted {
-                stream,
-                to_client,
-                backend_id,
-            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
-                backend: stream,
-                backend_id,
-                key,
-                to_backend: std::mem::take(&mut self.buf),
-                to_client,
-            }))),
-            Routed::Rejected => Ok(None),
-            Routed::NoBackend => {
-                let text =
-                    "NO [UNAVAILABLE] No server is available for this account, try again later.";
-                self.reply(s, format!("{tag} {text}\r\n")).await?;
-                Ok(None)
-            }
-            Routed::Unavailable => {
-                self.reply(
-                    s,
-                    format!("{tag} NO [UNAVAILABLE] Server unavailable, try again later.\r\n"),
-                )
-                .await?;
+        match routed.into_logged_in(key, || std::mem::take(&mut self.buf)) {
+            Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
+            Err(refusal) => {
+                if let Some(text) = refusal.message() {
+                    self.reply(s, format!("{tag} NO [UNAVAILABLE] {text}\r\n"))
+                        .await?;
+                }
                 Ok(None)
             }
         }

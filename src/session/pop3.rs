@@ -8,7 +8,7 @@
 //! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines and
 //! the whole phase are bounded; too many bad commands end the session.
 
-use crate::session::failover::{login_key, login_routed, Routed};
+use crate::session::failover::{login_key, login_routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -17,7 +17,7 @@ use crate::io::{write_bytes, Connection};
 use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
 use crate::proto::sasl::{self, Credentials};
 use crate::runtime::core::Core;
-use crate::session::imap::{LoggedIn, Outcome};
+use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
 use crate::session::ClientInfo;
 
@@ -273,33 +273,13 @@ impl<'a> Prelogin<'a> {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;
-        match routed {
-            Routed::Accepted {
-                stream,
-                to_client,
-                backend_id,
-            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
-                backend: stream,
-                backend_id,
-                key,
-                to_backend: self.input.take_buffered(),
-                to_client,
-            }))),
-            Routed::Rejected => Ok(None),
-            Routed::NoBackend => {
-                self.reply(
-                    s,
-                    "-ERR [SYS/TEMP] No server is available for this account, try again later.\r\n",
-                )
-                .await?;
-                Ok(None)
-            }
-            Routed::Unavailable => {
-                self.reply(
-                    s,
-                    "-ERR [SYS/TEMP] Server unavailable, try again later.\r\n",
-                )
-                .await?;
+        match routed.into_logged_in(key, || self.input.take_buffered()) {
+            Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
+            Err(refusal) => {
+                if let Some(text) = refusal.message() {
+                    self.reply(s, &format!("-ERR [SYS/TEMP] {text}\r\n"))
+                        .await?;
+                }
                 Ok(None)
             }
         }

@@ -9,7 +9,7 @@
 //! (§1.3). The SIEVE extension list before login is Pigeonhole's usual
 //! set; after login, CAPABILITY goes to the backend and is authoritative.
 
-use crate::session::failover::{login_key, login_routed, Routed};
+use crate::session::failover::{login_key, login_routed};
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -18,7 +18,7 @@ use crate::io::{write_bytes, Connection};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sieve::{parse_line, quote, SieveArg, MAX_COMMAND_LINE, MAX_LITERAL};
 use crate::runtime::core::Core;
-use crate::session::imap::{LoggedIn, Outcome};
+use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
 use crate::session::ClientInfo;
 
@@ -335,29 +335,13 @@ impl<'a> Prelogin<'a> {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;
-        match routed {
-            Routed::Accepted {
-                stream,
-                to_client,
-                backend_id,
-            } => Ok(Some(Outcome::LoggedIn(LoggedIn {
-                backend: stream,
-                backend_id,
-                key,
-                to_backend: self.input.take_buffered(),
-                to_client,
-            }))),
-            Routed::Rejected => Ok(None),
-            Routed::NoBackend => {
-                self.reply(s, "NO (TRYLATER) \"No server is available for this account, try again later.\"\r\n").await?;
-                Ok(None)
-            }
-            Routed::Unavailable => {
-                self.reply(
-                    s,
-                    "NO (TRYLATER) \"Server unavailable, try again later.\"\r\n",
-                )
-                .await?;
+        match routed.into_logged_in(key, || self.input.take_buffered()) {
+            Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
+            Err(refusal) => {
+                if let Some(text) = refusal.message() {
+                    self.reply(s, &format!("NO (TRYLATER) \"{text}\"\r\n"))
+                        .await?;
+                }
                 Ok(None)
             }
         }
