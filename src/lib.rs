@@ -23,4 +23,5 @@ pub mod route;
 pub mod runtime;
 pub mod session;
 pub mod signals;
+pub mod sockopt;
 pub mod tls;

@@ -12,6 +12,7 @@ use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
 use crate::control::state::Control;
 use crate::route::backends::{AdminState, Backend, BackendId, Health};
+use crate::route::router::Reassign;
 
 /// Answers one request.
 pub async fn route(control: &Control, req: &Request) -> Response {
@@ -121,9 +122,20 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
         Err(r) => return r,
     };
     match action {
-        "up" => control.set_admin(id, AdminState::Up),
-        "down" => control.set_admin(id, AdminState::Down),
-        "drain" => control.set_admin(id, AdminState::Drain),
+        "up" => {
+            control.set_admin(id, AdminState::Up).await;
+        }
+        "down" => {
+            if !control.set_admin(id, AdminState::Down).await {
+                return Response::error(
+                    503,
+                    format!("{name} is down, but some of its sessions did not close in time"),
+                );
+            }
+        }
+        "drain" => {
+            control.set_admin(id, AdminState::Drain).await;
+        }
         "flush" => {
             let (users, sessions) = control.flush(id).await;
             return Response::json(
@@ -201,9 +213,11 @@ async fn move_user(control: &Control, user: &str, to: Option<String>) -> Respons
         Ok(id) => id,
         Err(r) => return r,
     };
-    let closed = control.move_user(&key, Some(id)).await;
-    Response::json(
-        200,
-        &json!({ "user": user, "key": key, "backend": to, "closed_sessions": closed }),
-    )
+    match control.move_user(&key, Reassign::To(id)).await {
+        Ok(closed) => Response::json(
+            200,
+            &json!({ "user": user, "key": key, "backend": to, "closed_sessions": closed }),
+        ),
+        Err(e) => Response::error(503, e.to_string()),
+    }
 }

@@ -46,6 +46,30 @@ pub struct ServerConfig {
     pub splice: bool,
     /// Which I/O driver the cores run.
     pub driver: Driver,
+    /// A logged-in session whose client (or backend) has not taken any of
+    /// the bytes waiting for it for this long is closed, backend first.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub stall_timeout: Duration,
+    /// TCP keepalive on client and backend connections: idle time before
+    /// the first probe; "0s" turns keepalive off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_idle: Duration,
+    /// TCP keepalive: time between probes.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_interval: Duration,
+    /// TCP keepalive: unanswered probes before the connection is dropped.
+    pub keepalive_probes: u32,
+}
+
+impl ServerConfig {
+    /// The keepalive settings of client and backend connections.
+    pub fn keepalive(&self) -> crate::sockopt::Keepalive {
+        crate::sockopt::Keepalive {
+            idle: self.keepalive_idle,
+            interval: self.keepalive_interval,
+            probes: self.keepalive_probes,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,6 +85,10 @@ impl Default for ServerConfig {
             max_bad_commands: 10,
             splice: false,
             driver: Driver::IoUring,
+            stall_timeout: Duration::from_secs(60),
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_probes: 6,
         }
     }
 }

@@ -46,6 +46,29 @@ fn check_server(config: &Config, errors: &mut ConfigErrors) {
     }
     require_positive(errors, "server.prelogin_timeout", server.prelogin_timeout);
     require_positive(errors, "server.handshake_timeout", server.handshake_timeout);
+    require_positive(errors, "server.stall_timeout", server.stall_timeout);
+    if !server.keepalive_idle.is_zero() {
+        for (path, value) in [
+            ("server.keepalive_idle", server.keepalive_idle),
+            ("server.keepalive_interval", server.keepalive_interval),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(32767) {
+                error(
+                    errors,
+                    path,
+                    "must be between 1s and 32767s (the kernel counts whole seconds); \
+                     keepalive_idle = \"0s\" turns keepalive off",
+                );
+            }
+        }
+        if !(1..=127).contains(&server.keepalive_probes) {
+            error(
+                errors,
+                "server.keepalive_probes",
+                format!("{} is out of range (1 to 127)", server.keepalive_probes),
+            );
+        }
+    }
     if server.max_line < MIN_MAX_LINE {
         error(
             errors,

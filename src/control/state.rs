@@ -17,16 +17,19 @@ use tracing::{info, warn};
 
 use crate::health::tracker::HealthTracker;
 use crate::route::backends::{AdminState, BackendId, BackendSet, Health};
-use crate::route::router::owner_of;
+use crate::route::router::{owner_of, Reassign};
 use crate::route::shard::Assignment;
 use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::MailboxSender;
 use crate::runtime::sessions::KickReason;
 use crate::runtime::stats::CoreStats;
 
-/// How long a move waits for the user's sessions to close before it
-/// assigns anyway (the held logins wait no longer than this either).
-pub const MOVE_KICK_LIMIT: Duration = Duration::from_secs(2);
+/// How long a move, kick or backend down waits for the backend
+/// connections of the sessions it ends to close. Each closes within
+/// [`crate::relay::BACKEND_CLOSE_TIMEOUT`] (a reset after that), so this is
+/// only reached when a core is stuck; a move then keeps the old assignment
+/// rather than risk two backends.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// At most this many users are moved at once by a flush, so their clients
 /// do not all reconnect in one storm.
@@ -161,8 +164,10 @@ impl Control {
     }
 
     /// Sets a backend's admin state. Down ends its sessions (every core
-    /// does so on applying the new snapshot) and frees its users.
-    pub fn set_admin(&self, id: BackendId, state: AdminState) {
+    /// does so on applying the new snapshot) and frees its users; it
+    /// returns once every core has closed its backend connections there
+    /// (false if that took longer than [`CLOSE_LIMIT`]).
+    pub async fn set_admin(&self, id: BackendId, state: AdminState) -> bool {
         let set = self.backends();
         if set.get(id).is_some_and(|b| b.admin != state) {
             info!(
@@ -172,6 +177,15 @@ impl Control {
             );
             self.publish(set.with_change(id, |b| b.admin = state));
         }
+        if state != AdminState::Down {
+            return true;
+        }
+        let closed = self.ask_all(|done| CoreMsg::WaitBackendClosed {
+            backend: id,
+            limit: CLOSE_LIMIT,
+            done,
+        });
+        closed.await.iter().all(|c| *c)
     }
 
     /// Sends a request to every core and gathers the answers.
@@ -222,39 +236,76 @@ impl Control {
         .flatten()
     }
 
-    /// Ends every session of `key` on every core; returns how many, once
-    /// all have closed (or [`MOVE_KICK_LIMIT`] passed).
+    /// Ends every session of `key` on every core, backend side first;
+    /// returns how many once their backend connections are all closed
+    /// (the kick covers logins of the user still on their way, too).
     pub async fn kick_user(&self, key: &str) -> usize {
+        let closed = self.kick_sessions(key).await;
+        self.end_kick(key);
+        closed
+    }
+
+    /// Kicks `key`'s sessions on every core and waits, at most
+    /// [`CLOSE_LIMIT`], until their backend connections are closed.
+    async fn kick_sessions(&self, key: &str) -> usize {
         let kicks = self.ask_all(|done| CoreMsg::KickUser {
             key: key.into(),
             reason: KickReason::Admin,
             done,
         });
-        bounded(MOVE_KICK_LIMIT, kicks)
+        bounded(CLOSE_LIMIT, kicks)
             .await
             .map_or(0, |v| v.iter().sum())
     }
 
+    /// Ends the kick of `key` on every core.
+    fn end_kick(&self, key: &str) {
+        for core in &self.cores {
+            let _ = core.send(CoreMsg::EndKick { key: key.into() });
+        }
+    }
+
     /// A safe move: hold the user's new logins, close its sessions
-    /// everywhere, then assign it to `to` (or drop the assignment, so its
-    /// next login goes to its first-ranked routable backend), then let the
-    /// held logins through. Returns the sessions closed.
-    pub async fn move_user(&self, key: &str, to: Option<BackendId>) -> usize {
+    /// everywhere and wait until the owner core counts none left — every
+    /// backend connection of the user closed, including logins that were
+    /// on their way — then change the assignment (`Reassign::To` a backend,
+    /// or `Forget` it so the next login goes to the first-ranked routable
+    /// backend), then let the held logins through. Returns the sessions
+    /// closed, or an error (and the assignment unchanged) when the old
+    /// sessions did not close within [`CLOSE_LIMIT`].
+    pub async fn move_user(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
         let owner = self.owner(key);
         self.ask(owner, |done| CoreMsg::Hold {
             key: key.into(),
             done,
         })
         .await;
-        let closed = self.kick_user(key).await;
+        let closed = self.kick_sessions(key).await;
+        let idle = self
+            .ask(owner, |done| CoreMsg::WaitIdle {
+                key: key.into(),
+                limit: CLOSE_LIMIT,
+                done,
+            })
+            .await
+            .unwrap_or(false);
+        let assign = if idle { to } else { Reassign::Keep };
         self.ask(owner, |done| CoreMsg::Unhold {
             key: key.into(),
-            assign: to,
+            assign,
             done,
         })
         .await;
+        self.end_kick(key);
+        if !idle {
+            warn!(
+                user = key,
+                "move abandoned: the user's sessions did not close in time"
+            );
+            return Err(MoveError::NotClosed);
+        }
         self.moves.set(self.moves.get() + 1);
-        closed
+        Ok(closed)
     }
 
     /// Drops every assignment to `backend` safely, a bounded number of
@@ -267,14 +318,16 @@ impl Control {
             .flatten()
             .collect();
         let mut closed = 0;
+        let mut moved = 0;
         for batch in users.chunks(FLUSH_PARALLEL) {
-            let moves = batch.iter().map(|k| self.move_user(k, None));
-            for n in join_all(moves).await {
+            let moves = batch.iter().map(|k| self.move_user(k, Reassign::Forget));
+            for n in join_all(moves).await.into_iter().flatten() {
                 closed += n;
+                moved += 1;
             }
         }
-        info!(backend, users = users.len(), sessions = closed, "flushed");
-        (users.len(), closed)
+        info!(backend, users = moved, sessions = closed, "flushed");
+        (moved, closed)
     }
 
     /// Sessions logged in, over all cores.
@@ -285,6 +338,25 @@ impl Control {
             .flat_map(|s| s.sessions.iter())
             .map(|per_proto| per_proto.iter().map(|n| u64::from(*n)).sum::<u64>())
             .sum()
+    }
+}
+
+/// Why a move did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveError {
+    /// The user's sessions did not close within [`CLOSE_LIMIT`]; the user
+    /// stays where it was.
+    NotClosed,
+}
+
+impl std::fmt::Display for MoveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MoveError::NotClosed => write!(
+                f,
+                "the user's sessions did not close within {CLOSE_LIMIT:?}; it stays on its backend"
+            ),
+        }
     }
 }
 

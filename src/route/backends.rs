@@ -136,18 +136,18 @@ impl BackendSet {
             .iter()
             .filter(|b| b.routable())
             .map(|b| (hrw::score(key, b.seed, b.weight), b))
-            .max_by(|(sa, a), (sb, b)| sa.total_cmp(sb).then_with(|| b.name.cmp(&a.name)))
+            .max_by(|(sa, a), (sb, b)| sa.cmp(sb).then_with(|| b.name.cmp(&a.name)))
             .map(|(_, b)| b.id)
     }
 
     /// All backends ranked for a user key, best first (routable or not).
     pub fn ranking(&self, key: &str) -> Vec<BackendId> {
-        let mut scored: Vec<(f64, &Backend)> = self
+        let mut scored: Vec<(hrw::Score, &Backend)> = self
             .backends
             .iter()
             .map(|b| (hrw::score(key, b.seed, b.weight), b))
             .collect();
-        scored.sort_by(|(sa, a), (sb, b)| sb.total_cmp(sa).then_with(|| a.name.cmp(&b.name)));
+        scored.sort_by(|(sa, a), (sb, b)| sb.cmp(sa).then_with(|| a.name.cmp(&b.name)));
         scored.into_iter().map(|(_, b)| b.id).collect()
     }
 

@@ -6,6 +6,13 @@
 //! back through this core's mailbox, a few microseconds later. Nothing
 //! blocks: the asking session awaits a single-core oneshot while its core
 //! goes on serving everyone else.
+//!
+//! A login may have to wait: while its user is being moved (a *hold*), or
+//! while the user's sessions on a backend that can no longer keep users are
+//! still closing (a *retiring* assignment, see [`ShardTable`]). Local and
+//! remote logins wait the same [`HOLD_WAIT`] at most. A remote login that
+//! gives up (or whose future is dropped) leaks nothing: an answer that
+//! finds no one waiting releases the session count it carried.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -33,6 +40,8 @@ pub enum RouterMsg {
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
+        /// The user key (to release the count if the asker gave up).
+        key: Box<str>,
         /// The request number.
         req: u64,
         /// The backend, or why there is none.
@@ -56,6 +65,18 @@ pub enum RouteError {
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+}
+
+/// What the end of a hold does with the user's assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reassign {
+    /// Assign the user to this backend (admin move).
+    To(BackendId),
+    /// Drop the assignment: the next login goes to the first-ranked
+    /// routable backend (flush).
+    Forget,
+    /// Leave it as it is (a move that could not close the old sessions).
+    Keep,
 }
 
 /// How long a login waits for a move of its user to finish.
@@ -97,6 +118,24 @@ pub struct Router {
     next_req: Cell<u64>,
     /// Users being moved: their logins wait here until the move ends.
     holds: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
+    /// Users whose retiring assignment still has sessions: their logins
+    /// wait here until the last one is released.
+    closing: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
+    /// Moves waiting for a user's last session to be released.
+    idle_watchers: RefCell<AHashMap<Box<str>, Vec<oneshot::Sender<()>>>>,
+}
+
+/// Removes a remote request from the pending table when the asking future
+/// ends, whether it got its answer, gave up or was dropped.
+struct PendingGuard<'a> {
+    router: &'a Router,
+    req: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.router.pending.borrow_mut().remove(&self.req);
+    }
 }
 
 impl Router {
@@ -117,6 +156,8 @@ impl Router {
             pending: RefCell::new(AHashMap::new()),
             next_req: Cell::new(0),
             holds: RefCell::new(AHashMap::new()),
+            closing: RefCell::new(AHashMap::new()),
+            idle_watchers: RefCell::new(AHashMap::new()),
         }
     }
 
@@ -131,44 +172,72 @@ impl Router {
     }
 
     /// Counts a new session of `key` and returns the backend it must use.
+    /// Waits (at most [`HOLD_WAIT`] in all) while the user is held by a move
+    /// or its old sessions are still closing.
     pub async fn acquire(&self, key: &str) -> Result<BackendId, RouteError> {
+        let deadline = monoio::time::Instant::now() + HOLD_WAIT;
         let owner = self.owner(key);
-        if owner == self.core {
+        if owner != self.core {
+            return self.acquire_remote(key, owner, deadline).await;
+        }
+        loop {
             let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
                 let (tx, rx) = oneshot::channel();
                 waiters.push(Deferred::Local(tx));
                 rx
             });
             if let Some(rx) = held {
-                if monoio::time::timeout(HOLD_WAIT, rx).await.is_err()
+                if monoio::time::timeout_at(deadline, rx).await.is_err()
                     || self.holds.borrow().contains_key(key)
                 {
                     return Err(RouteError::Held);
                 }
             }
             let set = self.backends();
-            return self
-                .shard
-                .borrow_mut()
-                .acquire(key, &set)
-                .map_err(|_| RouteError::NoBackend);
+            let result = self.shard.borrow_mut().acquire(key, &set);
+            match result {
+                Ok(b) => return Ok(b),
+                Err(NoBackend::Closing) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.closing
+                        .borrow_mut()
+                        .entry(key.into())
+                        .or_default()
+                        .push(Deferred::Local(tx));
+                    if monoio::time::timeout_at(deadline, rx).await.is_err() {
+                        return Err(RouteError::Held);
+                    }
+                }
+                Err(NoBackend::NoneRoutable) => return Err(RouteError::NoBackend),
+            }
         }
+    }
+
+    /// [`Router::acquire`] through the owner core.
+    async fn acquire_remote(
+        &self,
+        key: &str,
+        owner: usize,
+        deadline: monoio::time::Instant,
+    ) -> Result<BackendId, RouteError> {
         let req = self.next_req.get();
         self.next_req.set(req + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(req, tx);
+        let _pending = PendingGuard { router: self, req };
         let msg = RouterMsg::Acquire {
             key: key.into(),
             from: self.core,
             req,
         };
         if !self.post.post(owner, msg) {
-            self.pending.borrow_mut().remove(&req);
             return Err(RouteError::CoreGone);
         }
-        match rx.await {
-            Ok(result) => result.map_err(|_| RouteError::NoBackend),
-            Err(_) => Err(RouteError::CoreGone),
+        match monoio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(b))) => Ok(b),
+            Ok(Ok(Err(NoBackend::NoneRoutable))) => Err(RouteError::NoBackend),
+            Ok(Ok(Err(NoBackend::Closing))) | Err(_) => Err(RouteError::Held),
+            Ok(Err(_)) => Err(RouteError::CoreGone),
         }
     }
 
@@ -176,9 +245,7 @@ impl Router {
     pub fn release(&self, key: &str, backend: BackendId) {
         let owner = self.owner(key);
         if owner == self.core {
-            self.shard
-                .borrow_mut()
-                .release(key, backend, Instant::now());
+            self.release_local(key, backend);
         } else {
             let msg = RouterMsg::Release {
                 key: key.into(),
@@ -187,6 +254,52 @@ impl Router {
             // A gone owner means shutdown: nothing left to count.
             let _ = self.post.post(owner, msg);
         }
+    }
+
+    /// Releases on this core's shard; when that was the user's last
+    /// session, wakes the moves and logins that wait for it.
+    fn release_local(&self, key: &str, backend: BackendId) {
+        let idle = self
+            .shard
+            .borrow_mut()
+            .release(key, backend, Instant::now());
+        if !idle {
+            return;
+        }
+        let watchers = self.idle_watchers.borrow_mut().remove(key);
+        for tx in watchers.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+        let waiting = self.closing.borrow_mut().remove(key);
+        for w in waiting.into_iter().flatten() {
+            self.resume(key, w);
+        }
+    }
+
+    /// Lets a deferred login go on: a local one retries its acquire, a
+    /// remote one is acquired for and answered.
+    fn resume(&self, key: &str, waiting: Deferred) {
+        match waiting {
+            Deferred::Local(tx) => {
+                let _ = tx.send(());
+            }
+            Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
+        }
+    }
+
+    /// Waits until `key` (owned by this core) has no session left, at most
+    /// `limit`; true if it has none.
+    pub async fn wait_idle(&self, key: &str, limit: std::time::Duration) -> bool {
+        if self.shard.borrow().sessions(key) == 0 {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.idle_watchers
+            .borrow_mut()
+            .entry(key.into())
+            .or_default()
+            .push(tx);
+        monoio::time::timeout(limit, rx).await.is_ok() || self.shard.borrow().sessions(key) == 0
     }
 
     /// Handles a message from another core.
@@ -199,27 +312,46 @@ impl Router {
                 }
                 self.answer_acquire(&key, from, req);
             }
-            RouterMsg::Acquired { req, result } => {
-                if let Some(tx) = self.pending.borrow_mut().remove(&req) {
-                    let _ = tx.send(result);
+            RouterMsg::Acquired { key, req, result } => {
+                let asker = self.pending.borrow_mut().remove(&req);
+                let delivered = match asker {
+                    Some(tx) => tx.send(result).is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    // The login gave up or was dropped: it will never
+                    // release the count this answer took for it.
+                    if let Ok(b) = result {
+                        self.release(&key, b);
+                    }
                 }
             }
-            RouterMsg::Release { key, backend } => {
-                self.shard
-                    .borrow_mut()
-                    .release(&key, backend, Instant::now());
-            }
+            RouterMsg::Release { key, backend } => self.release_local(&key, backend),
         }
     }
 
-    /// Acquires for a remote core and posts the answer.
+    /// Acquires for a remote core and posts the answer; a user whose old
+    /// sessions are still closing is answered once they are.
     fn answer_acquire(&self, key: &str, from: usize, req: u64) {
         let set = self.backends();
         let result = self.shard.borrow_mut().acquire(key, &set);
-        if !self.post.post(from, RouterMsg::Acquired { req, result }) {
+        if result == Err(NoBackend::Closing) {
+            self.closing
+                .borrow_mut()
+                .entry(key.into())
+                .or_default()
+                .push(Deferred::Remote { from, req });
+            return;
+        }
+        let msg = RouterMsg::Acquired {
+            key: key.into(),
+            req,
+            result,
+        };
+        if !self.post.post(from, msg) {
             // The asker is gone; do not leak its session count.
             if let Ok(b) = result {
-                self.shard.borrow_mut().release(key, b, Instant::now());
+                self.release_local(key, b);
             }
         }
     }
@@ -230,23 +362,19 @@ impl Router {
         self.holds.borrow_mut().entry(key.into()).or_default();
     }
 
-    /// Ends a hold of `key`: assigns it to `assign` (or drops its
-    /// assignment when `None`), then lets the waiting logins through.
-    pub fn unhold(&self, key: &str, assign: Option<BackendId>) {
-        match assign {
-            Some(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
-            None => {
+    /// Ends a hold of `key`: changes its assignment as `change` says, then
+    /// lets the waiting logins through.
+    pub fn unhold(&self, key: &str, change: Reassign) {
+        match change {
+            Reassign::To(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
+            Reassign::Forget => {
                 self.shard.borrow_mut().remove(key);
             }
+            Reassign::Keep => {}
         }
         let waiters = self.holds.borrow_mut().remove(key).unwrap_or_default();
         for w in waiters {
-            match w {
-                Deferred::Local(tx) => {
-                    let _ = tx.send(());
-                }
-                Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
-            }
+            self.resume(key, w);
         }
     }
 
@@ -362,7 +490,7 @@ mod tests {
                 1,
                 "the login waits on the hold"
             );
-            r.unhold(key, Some(target));
+            r.unhold(key, Reassign::To(target));
             assert_eq!(waiting.await, Ok(target));
         });
     }
@@ -387,7 +515,7 @@ mod tests {
             req: 7,
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
-        owner.unhold("bob", Some(2));
+        owner.unhold("bob", Reassign::To(2));
         let sent = std::mem::take(&mut *outbox.0.lock().unwrap());
         assert!(
             matches!(
@@ -396,7 +524,8 @@ mod tests {
                     1,
                     RouterMsg::Acquired {
                         req: 7,
-                        result: Ok(2)
+                        result: Ok(2),
+                        ..
                     }
                 )]
             ),
@@ -432,6 +561,109 @@ mod tests {
             let got = pending.await.unwrap();
             assert_eq!(Some(got), owner.backends().first_choice(&key));
             assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
+        });
+    }
+
+    /// A key owned by core 1 of 2.
+    fn key_of_core_1() -> String {
+        (0..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| owner_of(k, 2) == 1)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_remote_login_that_gives_up_leaks_no_session_count() {
+        block_on(async {
+            let outbox = Arc::new(Outbox::default());
+            let key = key_of_core_1();
+            let asker = router(0, 2, outbox.clone());
+            let owner_out = Arc::new(Outbox::default());
+            let owner = router(1, 2, owner_out.clone());
+            // The owner holds the user (a move), so no answer comes in time.
+            owner.hold(&key);
+            let started = std::time::Instant::now();
+            assert_eq!(asker.acquire(&key).await, Err(RouteError::Held));
+            assert!(
+                started.elapsed() >= HOLD_WAIT,
+                "a remote login waits as long as a local one"
+            );
+            assert!(asker.pending.borrow().is_empty());
+            let (_, msg) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(msg);
+            // The move ends; the owner counts the session and answers late.
+            owner.unhold(&key, Reassign::Forget);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
+            let (_, answer) = owner_out.0.lock().unwrap().remove(0);
+            asker.handle(answer);
+            // Nobody waits for the answer: the asker sends the count back.
+            let (to, release) = outbox.0.lock().unwrap().remove(0);
+            assert_eq!(to, 1);
+            assert!(matches!(release, RouterMsg::Release { .. }), "{release:?}");
+            owner.handle(release);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 0);
+        });
+    }
+
+    #[test]
+    fn a_dropped_remote_login_leaks_no_session_count() {
+        block_on(async {
+            let outbox = Arc::new(Outbox::default());
+            let key = key_of_core_1();
+            let asker = router(0, 2, outbox.clone());
+            let owner_out = Arc::new(Outbox::default());
+            let owner = router(1, 2, owner_out.clone());
+            {
+                let mut pending = std::pin::pin!(asker.acquire(&key));
+                poll_once(pending.as_mut());
+            } // the login is dropped in the middle of routing
+            assert!(asker.pending.borrow().is_empty());
+            let (_, msg) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(msg);
+            let (_, answer) = owner_out.0.lock().unwrap().remove(0);
+            asker.handle(answer);
+            let (_, release) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(release);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 0);
+        });
+    }
+
+    #[test]
+    fn a_login_waits_for_the_old_sessions_of_a_retiring_assignment() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            let key = "eve";
+            let old = r.acquire(key).await.unwrap();
+            let down = r
+                .backends()
+                .with_change(old, |b| b.health = Health::Unhealthy);
+            assert!(
+                r.apply_backends(Arc::new(down)).is_empty(),
+                "kept: it has a session"
+            );
+            let mut waiting = std::pin::pin!(r.acquire(key));
+            poll_once(waiting.as_mut());
+            assert_eq!(r.local_assignment(key).unwrap().backend, old);
+            r.release(key, old);
+            let new = waiting.await.unwrap();
+            assert_ne!(new, old);
+            assert_eq!(r.local_assignment(key).unwrap().sessions, 1);
+        });
+    }
+
+    #[test]
+    fn wait_idle_completes_on_the_last_release() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            let b = r.acquire("fay").await.unwrap();
+            r.acquire("fay").await.unwrap();
+            assert!(!r.wait_idle("fay", Duration::from_millis(20)).await);
+            let mut idle = std::pin::pin!(r.wait_idle("fay", Duration::from_secs(5)));
+            poll_once(idle.as_mut());
+            r.release("fay", b);
+            poll_once(idle.as_mut());
+            r.release("fay", b);
+            assert!(idle.await);
         });
     }
 }

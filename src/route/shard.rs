@@ -7,6 +7,12 @@
 //! survives a higher-ranked backend coming back. It is dropped only when its
 //! backend can no longer keep users (unhealthy or admin down) or by an
 //! explicit [`ShardTable::remove`] (admin move, flush).
+//!
+//! An assignment whose backend can no longer keep users but whose sessions
+//! are still being closed is *retiring*: it is not dropped and not
+//! replaced until its last session has released it, so a user's new
+//! session never opens on another backend while an old one is still open
+//! ([`NoBackend::Closing`] tells the caller to wait for that).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +38,9 @@ pub struct Assignment {
 pub enum NoBackend {
     /// No backend is routable right now.
     NoneRoutable,
+    /// The user's sessions on a backend that can no longer keep users are
+    /// still being closed; a new one may open elsewhere only after that.
+    Closing,
 }
 
 /// The shard of one core.
@@ -60,10 +69,11 @@ impl ShardTable {
                 a.idle_since = None;
                 return Ok(a.backend);
             }
+            if a.sessions > 0 {
+                return Err(NoBackend::Closing);
+            }
         }
         let backend = set.first_choice(key).ok_or(NoBackend::NoneRoutable)?;
-        // Sessions of an earlier assignment are being closed; their releases
-        // name the old backend and are ignored, so counting starts afresh.
         self.users.insert(
             key.into(),
             Assignment {
@@ -78,15 +88,25 @@ impl ShardTable {
 
     /// Forgets one session of `key` that ran on `backend`. A session of an
     /// earlier assignment (the user moved meanwhile) does not count.
-    pub fn release(&mut self, key: &str, backend: BackendId, now: Instant) {
-        if let Some(a) = self.users.get_mut(key) {
-            if a.backend == backend && a.sessions > 0 {
-                a.sessions -= 1;
-                if a.sessions == 0 {
-                    a.idle_since = Some(now);
+    /// Returns true when the user has no session left.
+    pub fn release(&mut self, key: &str, backend: BackendId, now: Instant) -> bool {
+        match self.users.get_mut(key) {
+            Some(a) => {
+                if a.backend == backend && a.sessions > 0 {
+                    a.sessions -= 1;
+                    if a.sessions == 0 {
+                        a.idle_since = Some(now);
+                    }
                 }
+                a.sessions == 0
             }
+            None => true,
         }
+    }
+
+    /// Live sessions of `key` (0 without an assignment).
+    pub fn sessions(&self, key: &str) -> u32 {
+        self.users.get(key).map_or(0, |a| a.sessions)
     }
 
     /// The assignment of `key`, if any.
@@ -114,12 +134,13 @@ impl ShardTable {
         );
     }
 
-    /// Drops every assignment to a backend that can no longer keep users
-    /// and returns the keys dropped.
+    /// Drops every idle assignment to a backend that can no longer keep
+    /// users and returns the keys dropped. Assignments with sessions stay,
+    /// retiring, until their last session is released.
     pub fn drop_unkept(&mut self, set: &BackendSet) -> Vec<Box<str>> {
         let mut dropped = Vec::new();
         self.users.retain(|key, a| {
-            let keep = set.get(a.backend).is_some_and(|b| b.keeps_users());
+            let keep = a.sessions > 0 || set.get(a.backend).is_some_and(|b| b.keeps_users());
             if !keep {
                 dropped.push(key.clone());
             }
@@ -196,6 +217,14 @@ mod tests {
         let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
         assert_eq!(t.acquire("bob", &drained), Ok(b), "drain keeps its users");
         let down = set.with_change(b, |x| x.admin = AdminState::Down);
+        assert_eq!(
+            t.acquire("bob", &down),
+            Err(NoBackend::Closing),
+            "no new session elsewhere while two are still open on the old backend"
+        );
+        t.release("bob", b, Instant::now());
+        assert_eq!(t.acquire("bob", &down), Err(NoBackend::Closing));
+        assert!(t.release("bob", b, Instant::now()), "the last one closed");
         let nb = t.acquire("bob", &down).unwrap();
         assert_ne!(nb, b);
         assert_eq!(Some(nb), down.first_choice("bob"));
@@ -209,14 +238,24 @@ mod tests {
         for u in &users {
             t.acquire(u, &set).unwrap();
         }
-        let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
-        let dropped = t.drop_unkept(&dead);
-        let expected = users
+        let on_0: Vec<&String> = users
             .iter()
             .filter(|u| set.first_choice(u) == Some(0))
-            .count();
-        assert_eq!(dropped.len(), expected);
-        assert!(t.iter().all(|(_, a)| a.backend == 1));
+            .collect();
+        // Half of backend 0's users have closed their session.
+        let (idle, busy) = on_0.split_at(on_0.len() / 2);
+        for u in idle {
+            t.release(u, 0, Instant::now());
+        }
+        let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let dropped = t.drop_unkept(&dead);
+        assert_eq!(dropped.len(), idle.len());
+        assert!(
+            busy.iter()
+                .all(|u| t.get(u).is_some_and(|a| a.backend == 0)),
+            "users with sessions still open stay until they are closed"
+        );
+        assert_eq!(t.len(), users.len() - idle.len());
     }
 
     #[test]
