@@ -619,4 +619,113 @@ mod tests {
             "the backend connection is closed"
         );
     }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_stopped_relay_closes_the_backend_before_the_client_hears_of_it() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let (tx, rx) = local_sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = rx.await;
+            b"* BYE bye\r\n".to_vec()
+        };
+        let backend_closed = std::rc::Rc::new(Cell::new(None));
+        let flag = backend_closed.clone();
+        let relay_task = monoio::spawn(relay_split(
+            Split::new(client_side, backend_side),
+            vec![],
+            vec![],
+            stop,
+            RelayOptions::default(),
+            move || flag.set(Some(std::time::Instant::now())),
+        ));
+        tx.send(()).unwrap();
+        // The backend gets our FIN first, and holds its own for a while.
+        let (res, _) = backend.read(vec![0u8; 64]).await;
+        assert_eq!(res.unwrap(), 0, "the backend sees end of stream first");
+        let fin_seen = std::time::Instant::now();
+        monoio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            backend_closed.get().is_none(),
+            "not closed before the backend's FIN"
+        );
+        drop(backend);
+        // Only now does the client hear: its goodbye comes after the close.
+        let got = read_to_end(&mut client).await;
+        let heard = std::time::Instant::now();
+        assert_eq!(got, b"* BYE bye\r\n");
+        assert!(heard.duration_since(fin_seen) >= Duration::from_millis(300));
+        let closed_at = backend_closed.get().expect("the callback ran");
+        assert!(closed_at <= heard);
+        let (end, _) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stopped);
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_backend_that_never_closes_is_reset_after_the_close_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let started = std::time::Instant::now();
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            async { b"* BYE\r\n".to_vec() },
+            RelayOptions::default(),
+        ));
+        let (res, _) = backend.read(vec![0u8; 64]).await;
+        assert_eq!(res.unwrap(), 0);
+        // The backend keeps its side open: the relay resets it.
+        let (end, _) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stopped);
+        let took = started.elapsed();
+        assert!(took >= BACKEND_CLOSE_TIMEOUT, "{took:?}");
+        assert!(
+            took < BACKEND_CLOSE_TIMEOUT + GOODBYE_TIMEOUT * 2,
+            "{took:?}"
+        );
+        let (res, _) = monoio::io::AsyncWriteRent::write(&mut backend, b"late".to_vec()).await;
+        let second = if res.is_ok() {
+            monoio::io::AsyncWriteRent::write(&mut backend, b"late".to_vec())
+                .await
+                .0
+        } else {
+            res
+        };
+        assert!(second.is_err(), "the connection was reset");
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_client_that_reads_nothing_ends_the_relay_after_the_stall_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let options = RelayOptions {
+            splice: false,
+            stall_timeout: Duration::from_millis(300),
+        };
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            std::future::pending::<Vec<u8>>(),
+            options,
+        ));
+        // The backend sends far more than the socket buffers hold.
+        let writer = monoio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..64 {
+                let (res, _) = backend.write_all(chunk.clone()).await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            backend
+        });
+        let (end, stats) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stalled);
+        assert!(stats.down > 0 && stats.down < 64 << 20, "{stats:?}");
+        drop(writer.await);
+    }
 }

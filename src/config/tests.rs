@@ -113,6 +113,15 @@ fn defaults_match_the_design() {
     assert_eq!(server.max_bad_commands, 10);
     assert!(!server.splice);
     assert_eq!(server.driver, Driver::IoUring);
+    assert_eq!(server.stall_timeout, Duration::from_secs(60));
+    assert_eq!(
+        (
+            server.keepalive_idle,
+            server.keepalive_interval,
+            server.keepalive_probes
+        ),
+        (Duration::from_secs(60), Duration::from_secs(10), 6)
+    );
     let backends = BackendDefaults::default();
     assert_eq!(
         (backends.imap, backends.pop3, backends.lmtp, backends.sieve),
@@ -676,6 +685,26 @@ fn server_ranges_and_timeouts() {
         "[[backend]]\nname = \"b\"\nhost = \"h\"\nconnect_timeout = \"0ms\"\n",
     ));
     assert_eq!(error, "backend[1].connect_timeout: must be greater than 0");
+}
+
+#[test]
+fn stall_timeout_and_keepalive_ranges() {
+    let errors = errors_of(&minimal_plus(
+        "[server]\nstall_timeout = \"0s\"\nkeepalive_idle = \"500ms\"\nkeepalive_interval = \"10h\"\nkeepalive_probes = 0\n",
+    ));
+    assert_eq!(
+        errors.errors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "server.stall_timeout: must be greater than 0",
+            "server.keepalive_idle: must be between 1s and 32767s (the kernel counts whole seconds); keepalive_idle = \"0s\" turns keepalive off",
+            "server.keepalive_interval: must be between 1s and 32767s (the kernel counts whole seconds); keepalive_idle = \"0s\" turns keepalive off",
+            "server.keepalive_probes: 0 is out of range (1 to 127)",
+        ]
+    );
+    // Off: the other keepalive keys are not checked.
+    let text = minimal_plus("[server]\nkeepalive_idle = \"0s\"\nkeepalive_probes = 0\n");
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.server.keepalive_idle.is_zero());
 }
 
 #[test]
