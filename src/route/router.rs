@@ -14,6 +14,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 use local_sync::oneshot;
 
+use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
 use crate::route::shard::{Assignment, NoBackend, ShardTable};
@@ -30,6 +31,10 @@ pub enum RouterMsg {
         from: usize,
         /// The asking core's request number.
         req: u64,
+        /// The login's protocol.
+        protocol: Protocol,
+        /// Backends that refused this login for load.
+        avoid: Box<[BackendId]>,
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
@@ -52,10 +57,23 @@ pub enum RouterMsg {
 pub enum RouteError {
     /// No backend can take the user.
     NoBackend,
+    /// The user's backend keeps it but cannot serve this login now (its
+    /// port of the protocol is down, or it refused for load while the user
+    /// has sessions there): a temporary failure, the user stays.
+    Unavailable,
     /// The user is being moved and the move did not finish in time.
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+}
+
+impl From<NoBackend> for RouteError {
+    fn from(e: NoBackend) -> Self {
+        match e {
+            NoBackend::NoneRoutable => RouteError::NoBackend,
+            NoBackend::ProtocolDown | NoBackend::Busy => RouteError::Unavailable,
+        }
+    }
 }
 
 /// How long a login waits for a move of its user to finish.
@@ -66,7 +84,12 @@ enum Deferred {
     /// A session on the owner core itself.
     Local(oneshot::Sender<()>),
     /// An acquire from another core, answered when the hold ends.
-    Remote { from: usize, req: u64 },
+    Remote {
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
+    },
 }
 
 /// Something that carries router messages to a core.
@@ -130,8 +153,15 @@ impl Router {
         self.backends.borrow().clone()
     }
 
-    /// Counts a new session of `key` and returns the backend it must use.
-    pub async fn acquire(&self, key: &str) -> Result<BackendId, RouteError> {
+    /// Counts a new session of `key` for a login of `protocol` and returns
+    /// the backend it must use; `avoid` lists backends that refused this
+    /// login for load (see [`ShardTable::acquire`]).
+    pub async fn acquire(
+        &self,
+        key: &str,
+        protocol: Protocol,
+        avoid: &[BackendId],
+    ) -> Result<BackendId, RouteError> {
         let owner = self.owner(key);
         if owner == self.core {
             let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
@@ -150,8 +180,8 @@ impl Router {
             return self
                 .shard
                 .borrow_mut()
-                .acquire(key, &set)
-                .map_err(|_| RouteError::NoBackend);
+                .acquire(key, &set, protocol, avoid)
+                .map_err(RouteError::from);
         }
         let req = self.next_req.get();
         self.next_req.set(req + 1);
@@ -161,13 +191,15 @@ impl Router {
             key: key.into(),
             from: self.core,
             req,
+            protocol,
+            avoid: avoid.into(),
         };
         if !self.post.post(owner, msg) {
             self.pending.borrow_mut().remove(&req);
             return Err(RouteError::CoreGone);
         }
         match rx.await {
-            Ok(result) => result.map_err(|_| RouteError::NoBackend),
+            Ok(result) => result.map_err(RouteError::from),
             Err(_) => Err(RouteError::CoreGone),
         }
     }
@@ -192,12 +224,23 @@ impl Router {
     /// Handles a message from another core.
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Acquire { key, from, req } => {
+            RouterMsg::Acquire {
+                key,
+                from,
+                req,
+                protocol,
+                avoid,
+            } => {
                 if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
-                    waiters.push(Deferred::Remote { from, req });
+                    waiters.push(Deferred::Remote {
+                        from,
+                        req,
+                        protocol,
+                        avoid,
+                    });
                     return;
                 }
-                self.answer_acquire(&key, from, req);
+                self.answer_acquire(&key, from, req, protocol, &avoid);
             }
             RouterMsg::Acquired { req, result } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&req) {
@@ -213,9 +256,16 @@ impl Router {
     }
 
     /// Acquires for a remote core and posts the answer.
-    fn answer_acquire(&self, key: &str, from: usize, req: u64) {
+    fn answer_acquire(
+        &self,
+        key: &str,
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: &[BackendId],
+    ) {
         let set = self.backends();
-        let result = self.shard.borrow_mut().acquire(key, &set);
+        let result = self.shard.borrow_mut().acquire(key, &set, protocol, avoid);
         if !self.post.post(from, RouterMsg::Acquired { req, result }) {
             // The asker is gone; do not leak its session count.
             if let Ok(b) = result {
@@ -245,7 +295,12 @@ impl Router {
                 Deferred::Local(tx) => {
                     let _ = tx.send(());
                 }
-                Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
+                Deferred::Remote {
+                    from,
+                    req,
+                    protocol,
+                    avoid,
+                } => self.answer_acquire(key, from, req, protocol, &avoid),
             }
         }
     }
@@ -338,8 +393,8 @@ mod tests {
     fn older_snapshots_are_ignored_so_every_core_ends_in_the_same_state() {
         let r = router(0, 1, Arc::new(Outbox::default()));
         let v1 = set_of(3);
-        let v2 = v1.with_change(0, |b| b.health = Health::Unhealthy);
-        let v3 = v2.with_change(0, |b| b.health = Health::Healthy);
+        let v2 = v1.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
+        let v3 = v2.with_change(0, |b| b.set_every_protocol(Health::Healthy));
         r.apply_backends(Arc::new(v3.clone()));
         r.apply_backends(Arc::new(v2));
         assert_eq!(r.backends().version, v3.version);
@@ -351,11 +406,11 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
-            let first = r.acquire(key).await.unwrap();
+            let first = r.acquire(key, Protocol::Imap, &[]).await.unwrap();
             r.release(key, first);
             let target = (first + 1) % 3;
             r.hold(key);
-            let mut waiting = std::pin::pin!(r.acquire(key));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[]));
             poll_once(waiting.as_mut());
             assert_eq!(
                 r.holds.borrow()[key].len(),
@@ -372,7 +427,10 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
-            assert_eq!(r.acquire("stuck").await, Err(RouteError::Held));
+            assert_eq!(
+                r.acquire("stuck", Protocol::Imap, &[]).await,
+                Err(RouteError::Held)
+            );
         });
     }
 
@@ -385,6 +443,8 @@ mod tests {
             key: "bob".into(),
             from: 1,
             req: 7,
+            protocol: Protocol::Imap,
+            avoid: Box::new([]),
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
         owner.unhold("bob", Some(2));
@@ -415,7 +475,7 @@ mod tests {
                 .unwrap();
             let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let mut pending = std::pin::pin!(asker.acquire(&key));
+            let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[]));
             poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);
@@ -430,7 +490,10 @@ mod tests {
             assert_eq!(back, 0);
             asker.handle(answer);
             let got = pending.await.unwrap();
-            assert_eq!(Some(got), owner.backends().first_choice(&key));
+            assert_eq!(
+                Some(got),
+                owner.backends().first_choice(&key, Protocol::Imap, &[])
+            );
             assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
         });
     }
