@@ -43,7 +43,7 @@ fn ranking(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &set, |b, set| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(set.first_choice(black_box(&keys[i])))
+                black_box(set.first_choice(black_box(&keys[i]), Protocol::Imap, &[]))
             })
         });
     }
@@ -57,14 +57,16 @@ fn shard_table(c: &mut Criterion) {
         .map(|i| format!("user{i}@example.com"))
         .collect();
     for k in &keys {
-        table.acquire(k, &set).unwrap();
+        table.acquire(k, &set, Protocol::Imap, &[]).unwrap();
     }
     let mut i = 0;
     c.bench_function("shard_acquire_release_100k_users", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             let key = &keys[i];
-            let backend = table.acquire(black_box(key), &set).unwrap();
+            let backend = table
+                .acquire(black_box(key), &set, Protocol::Imap, &[])
+                .unwrap();
             table.release(key, backend, Instant::now());
         })
     });
@@ -121,7 +123,7 @@ fn cross_core_round_trip(c: &mut Criterion) {
                 let work = async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let backend = router.acquire(&key).await.unwrap();
+                        let backend = router.acquire(&key, Protocol::Imap, &[]).await.unwrap();
                         router.release(&key, backend);
                     }
                     start.elapsed()

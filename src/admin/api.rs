@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use crate::admin::http::{Request, Response};
 use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
+use crate::config::Protocol;
 use crate::control::state::Control;
-use crate::route::backends::{AdminState, Backend, BackendId, Health};
+use crate::route::backends::{AdminState, Backend, BackendId};
 use crate::route::router::Reassign;
 
 /// Answers one request.
@@ -97,7 +98,8 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
         "host": b.host,
         "weight": b.weight,
         "admin": admin_str(b.admin),
-        "health": match b.health { Health::Healthy => "healthy", Health::Unhealthy => "unhealthy" },
+        "health": b.health().as_str(),
+        "protocols": protocols_json(b),
         "routable": b.routable(),
         "sessions": sessions,
         "users": users,
@@ -106,6 +108,19 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
         v["last_error"] = Value::String(e);
     }
     v
+}
+
+/// `{"imap": "healthy", "pop3": "unhealthy", ...}` over the checked
+/// protocols.
+fn protocols_json(b: &Backend) -> Value {
+    let map = Protocol::ALL
+        .iter()
+        .filter_map(|p| {
+            b.protocol_health(*p)
+                .map(|h| (p.as_str().to_string(), Value::String(h.as_str().into())))
+        })
+        .collect();
+    Value::Object(map)
 }
 
 fn find_backend(control: &Control, name: &str) -> Result<BackendId, Response> {

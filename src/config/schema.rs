@@ -416,15 +416,16 @@ impl HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Time between two checks of one backend.
+    /// Time between two checks of one protocol port of a backend.
     #[serde(deserialize_with = "duration::deserialize")]
     pub interval: Duration,
     /// A check that has not succeeded by then failed.
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
-    /// Consecutive failures that mark a backend down.
+    /// Consecutive failures that mark a protocol port down (every checked
+    /// port down: the backend is down).
     pub fall: u32,
-    /// Consecutive successes that mark it up again.
+    /// Consecutive successes, at the interval, that mark it up again.
     pub rise: u32,
     /// What a check does.
     pub check: HealthCheck,

@@ -21,6 +21,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 use local_sync::oneshot;
 
+use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
 use crate::route::shard::{Assignment, NoBackend, ShardTable};
@@ -37,6 +38,10 @@ pub enum RouterMsg {
         from: usize,
         /// The asking core's request number.
         req: u64,
+        /// The login's protocol.
+        protocol: Protocol,
+        /// Backends that refused this login for load.
+        avoid: Box<[BackendId]>,
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
@@ -61,10 +66,25 @@ pub enum RouterMsg {
 pub enum RouteError {
     /// No backend can take the user.
     NoBackend,
-    /// The user is being moved and the move did not finish in time.
+    /// The user's backend keeps it but cannot serve this login now (its
+    /// port of the protocol is down, or it refused for load while the user
+    /// has sessions there): a temporary failure, the user stays.
+    Unavailable,
+    /// The user is being moved, or its old sessions are being closed, and
+    /// that did not finish in time.
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+}
+
+impl From<NoBackend> for RouteError {
+    fn from(e: NoBackend) -> Self {
+        match e {
+            NoBackend::NoneRoutable => RouteError::NoBackend,
+            NoBackend::ProtocolDown | NoBackend::Busy => RouteError::Unavailable,
+            NoBackend::Closing => RouteError::Held,
+        }
+    }
 }
 
 /// What the end of a hold does with the user's assignment.
@@ -86,8 +106,13 @@ pub const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(2500
 enum Deferred {
     /// A session on the owner core itself.
     Local(oneshot::Sender<()>),
-    /// An acquire from another core, answered when the hold ends.
-    Remote { from: usize, req: u64 },
+    /// An acquire from another core, answered when the wait ends.
+    Remote {
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
+    },
 }
 
 /// Something that carries router messages to a core.
@@ -171,14 +196,23 @@ impl Router {
         self.backends.borrow().clone()
     }
 
-    /// Counts a new session of `key` and returns the backend it must use.
-    /// Waits (at most [`HOLD_WAIT`] in all) while the user is held by a move
-    /// or its old sessions are still closing.
-    pub async fn acquire(&self, key: &str) -> Result<BackendId, RouteError> {
+    /// Counts a new session of `key` for a login of `protocol` and returns
+    /// the backend it must use; `avoid` lists backends that refused this
+    /// login for load (see [`ShardTable::acquire`]). Waits (at most
+    /// [`HOLD_WAIT`] in all) while the user is held by a move or its old
+    /// sessions are still closing.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        protocol: Protocol,
+        avoid: &[BackendId],
+    ) -> Result<BackendId, RouteError> {
         let deadline = monoio::time::Instant::now() + HOLD_WAIT;
         let owner = self.owner(key);
         if owner != self.core {
-            return self.acquire_remote(key, owner, deadline).await;
+            return self
+                .acquire_remote(key, owner, protocol, avoid, deadline)
+                .await;
         }
         loop {
             let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
@@ -194,7 +228,7 @@ impl Router {
                 }
             }
             let set = self.backends();
-            let result = self.shard.borrow_mut().acquire(key, &set);
+            let result = self.shard.borrow_mut().acquire(key, &set, protocol, avoid);
             match result {
                 Ok(b) => return Ok(b),
                 Err(NoBackend::Closing) => {
@@ -208,7 +242,7 @@ impl Router {
                         return Err(RouteError::Held);
                     }
                 }
-                Err(NoBackend::NoneRoutable) => return Err(RouteError::NoBackend),
+                Err(other) => return Err(RouteError::from(other)),
             }
         }
     }
@@ -218,6 +252,8 @@ impl Router {
         &self,
         key: &str,
         owner: usize,
+        protocol: Protocol,
+        avoid: &[BackendId],
         deadline: monoio::time::Instant,
     ) -> Result<BackendId, RouteError> {
         let req = self.next_req.get();
@@ -229,15 +265,16 @@ impl Router {
             key: key.into(),
             from: self.core,
             req,
+            protocol,
+            avoid: avoid.into(),
         };
         if !self.post.post(owner, msg) {
             return Err(RouteError::CoreGone);
         }
         match monoio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(b))) => Ok(b),
-            Ok(Ok(Err(NoBackend::NoneRoutable))) => Err(RouteError::NoBackend),
-            Ok(Ok(Err(NoBackend::Closing))) | Err(_) => Err(RouteError::Held),
+            Ok(Ok(result)) => result.map_err(RouteError::from),
             Ok(Err(_)) => Err(RouteError::CoreGone),
+            Err(_) => Err(RouteError::Held),
         }
     }
 
@@ -283,7 +320,12 @@ impl Router {
             Deferred::Local(tx) => {
                 let _ = tx.send(());
             }
-            Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
+            Deferred::Remote {
+                from,
+                req,
+                protocol,
+                avoid,
+            } => self.answer_acquire(key, from, req, protocol, avoid),
         }
     }
 
@@ -305,12 +347,23 @@ impl Router {
     /// Handles a message from another core.
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Acquire { key, from, req } => {
+            RouterMsg::Acquire {
+                key,
+                from,
+                req,
+                protocol,
+                avoid,
+            } => {
                 if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
-                    waiters.push(Deferred::Remote { from, req });
+                    waiters.push(Deferred::Remote {
+                        from,
+                        req,
+                        protocol,
+                        avoid,
+                    });
                     return;
                 }
-                self.answer_acquire(&key, from, req);
+                self.answer_acquire(&key, from, req, protocol, avoid);
             }
             RouterMsg::Acquired { key, req, result } => {
                 let asker = self.pending.borrow_mut().remove(&req);
@@ -332,15 +385,27 @@ impl Router {
 
     /// Acquires for a remote core and posts the answer; a user whose old
     /// sessions are still closing is answered once they are.
-    fn answer_acquire(&self, key: &str, from: usize, req: u64) {
+    fn answer_acquire(
+        &self,
+        key: &str,
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
+    ) {
         let set = self.backends();
-        let result = self.shard.borrow_mut().acquire(key, &set);
+        let result = self.shard.borrow_mut().acquire(key, &set, protocol, &avoid);
         if result == Err(NoBackend::Closing) {
             self.closing
                 .borrow_mut()
                 .entry(key.into())
                 .or_default()
-                .push(Deferred::Remote { from, req });
+                .push(Deferred::Remote {
+                    from,
+                    req,
+                    protocol,
+                    avoid,
+                });
             return;
         }
         let msg = RouterMsg::Acquired {
@@ -466,8 +531,8 @@ mod tests {
     fn older_snapshots_are_ignored_so_every_core_ends_in_the_same_state() {
         let r = router(0, 1, Arc::new(Outbox::default()));
         let v1 = set_of(3);
-        let v2 = v1.with_change(0, |b| b.health = Health::Unhealthy);
-        let v3 = v2.with_change(0, |b| b.health = Health::Healthy);
+        let v2 = v1.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
+        let v3 = v2.with_change(0, |b| b.set_every_protocol(Health::Healthy));
         r.apply_backends(Arc::new(v3.clone()));
         r.apply_backends(Arc::new(v2));
         assert_eq!(r.backends().version, v3.version);
@@ -479,11 +544,11 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
-            let first = r.acquire(key).await.unwrap();
+            let first = r.acquire(key, Protocol::Imap, &[]).await.unwrap();
             r.release(key, first);
             let target = (first + 1) % 3;
             r.hold(key);
-            let mut waiting = std::pin::pin!(r.acquire(key));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[]));
             poll_once(waiting.as_mut());
             assert_eq!(
                 r.holds.borrow()[key].len(),
@@ -500,7 +565,7 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
-            assert_eq!(r.acquire("stuck").await, Err(RouteError::Held));
+            assert_eq!(r.acquire("stuck", Protocol::Imap, &[]).await, Err(RouteError::Held));
         });
     }
 
@@ -513,6 +578,8 @@ mod tests {
             key: "bob".into(),
             from: 1,
             req: 7,
+            protocol: Protocol::Imap,
+            avoid: Box::new([]),
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
         owner.unhold("bob", Reassign::To(2));
@@ -544,7 +611,7 @@ mod tests {
                 .unwrap();
             let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let mut pending = std::pin::pin!(asker.acquire(&key));
+            let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[]));
             poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);
@@ -559,7 +626,10 @@ mod tests {
             assert_eq!(back, 0);
             asker.handle(answer);
             let got = pending.await.unwrap();
-            assert_eq!(Some(got), owner.backends().first_choice(&key));
+            assert_eq!(
+                Some(got),
+                owner.backends().first_choice(&key, Protocol::Imap, &[])
+            );
             assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
         });
     }
@@ -583,7 +653,7 @@ mod tests {
             // The owner holds the user (a move), so no answer comes in time.
             owner.hold(&key);
             let started = std::time::Instant::now();
-            assert_eq!(asker.acquire(&key).await, Err(RouteError::Held));
+            assert_eq!(asker.acquire(&key, Protocol::Imap, &[]).await, Err(RouteError::Held));
             assert!(
                 started.elapsed() >= HOLD_WAIT,
                 "a remote login waits as long as a local one"
@@ -614,7 +684,7 @@ mod tests {
             let owner_out = Arc::new(Outbox::default());
             let owner = router(1, 2, owner_out.clone());
             {
-                let mut pending = std::pin::pin!(asker.acquire(&key));
+                let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[]));
                 poll_once(pending.as_mut());
             } // the login is dropped in the middle of routing
             assert!(asker.pending.borrow().is_empty());
@@ -633,15 +703,15 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "eve";
-            let old = r.acquire(key).await.unwrap();
+            let old = r.acquire(key, Protocol::Imap, &[]).await.unwrap();
             let down = r
                 .backends()
-                .with_change(old, |b| b.health = Health::Unhealthy);
+                .with_change(old, |b| b.set_every_protocol(Health::Unhealthy));
             assert!(
                 r.apply_backends(Arc::new(down)).is_empty(),
                 "kept: it has a session"
             );
-            let mut waiting = std::pin::pin!(r.acquire(key));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[]));
             poll_once(waiting.as_mut());
             assert_eq!(r.local_assignment(key).unwrap().backend, old);
             r.release(key, old);
@@ -655,8 +725,8 @@ mod tests {
     fn wait_idle_completes_on_the_last_release() {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
-            let b = r.acquire("fay").await.unwrap();
-            r.acquire("fay").await.unwrap();
+            let b = r.acquire("fay", Protocol::Imap, &[]).await.unwrap();
+            r.acquire("fay", Protocol::Imap, &[]).await.unwrap();
             assert!(!r.wait_idle("fay", Duration::from_millis(20)).await);
             let mut idle = std::pin::pin!(r.wait_idle("fay", Duration::from_secs(5)));
             poll_once(idle.as_mut());

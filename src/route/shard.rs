@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashMap;
 
+use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 
 /// A user's place.
@@ -41,6 +42,12 @@ pub enum NoBackend {
     /// The user's sessions on a backend that can no longer keep users are
     /// still being closed; a new one may open elsewhere only after that.
     Closing,
+    /// The user's backend keeps it but the login's protocol port is down
+    /// there: the login gets a temporary failure, the user stays.
+    ProtocolDown,
+    /// The user's backend refused the login for load and the user has
+    /// live sessions there, so it cannot be placed elsewhere.
+    Busy,
 }
 
 /// The shard of one core.
@@ -59,21 +66,44 @@ impl ShardTable {
         }
     }
 
-    /// Counts a new session of `key` and returns its backend, assigning one
-    /// (the first routable choice) if the user has none or its backend can no
-    /// longer keep users.
-    pub fn acquire(&mut self, key: &str, set: &BackendSet) -> Result<BackendId, NoBackend> {
+    /// Counts a new session of `key` for a login of `protocol` and returns
+    /// its backend, assigning one (the first choice routable for
+    /// `protocol`, not in `avoid`) if the user has none or its backend can
+    /// no longer keep users.
+    ///
+    /// A user whose backend keeps users but has `protocol`'s port down is
+    /// not moved: [`NoBackend::ProtocolDown`]. A user whose backend is in
+    /// `avoid` (it refused this login for load) moves only when it has no
+    /// live session there, else [`NoBackend::Busy`].
+    pub fn acquire(
+        &mut self,
+        key: &str,
+        set: &BackendSet,
+        protocol: Protocol,
+        avoid: &[BackendId],
+    ) -> Result<BackendId, NoBackend> {
         if let Some(a) = self.users.get_mut(key) {
-            if set.get(a.backend).is_some_and(|b| b.keeps_users()) {
-                a.sessions += 1;
-                a.idle_since = None;
-                return Ok(a.backend);
+            if let Some(b) = set.get(a.backend).filter(|b| b.keeps_users()) {
+                let refused = avoid.contains(&a.backend);
+                if !refused && b.serves(protocol) {
+                    a.sessions += 1;
+                    a.idle_since = None;
+                    return Ok(a.backend);
+                }
+                if !refused {
+                    return Err(NoBackend::ProtocolDown);
+                }
+                if a.sessions > 0 {
+                    return Err(NoBackend::Busy);
+                }
             }
             if a.sessions > 0 {
                 return Err(NoBackend::Closing);
             }
         }
-        let backend = set.first_choice(key).ok_or(NoBackend::NoneRoutable)?;
+        let backend = set
+            .first_choice(key, protocol, avoid)
+            .ok_or(NoBackend::NoneRoutable)?;
         self.users.insert(
             key.into(),
             Assignment {
@@ -186,9 +216,9 @@ mod tests {
     fn assigns_first_choice_and_counts_sessions() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("alice", &set).unwrap();
-        assert_eq!(Some(b), set.first_choice("alice"));
-        assert_eq!(t.acquire("alice", &set), Ok(b));
+        let b = t.acquire("alice", &set, Protocol::Imap, &[]).unwrap();
+        assert_eq!(Some(b), set.first_choice("alice", Protocol::Imap, &[]));
+        assert_eq!(t.acquire("alice", &set, Protocol::Imap, &[]), Ok(b));
         assert_eq!(t.get("alice").unwrap().sessions, 2);
         t.release("alice", b, Instant::now());
         assert_eq!(t.get("alice").unwrap().sessions, 1);
@@ -201,33 +231,40 @@ mod tests {
             .map(|i| format!("u{i}"))
             .find(|k| set.ranking(k)[0] == 0)
             .unwrap();
-        let without_0 = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let without_0 = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire(&key, &without_0).unwrap();
+        let b = t.acquire(&key, &without_0, Protocol::Imap, &[]).unwrap();
         assert_ne!(b, 0);
         // Backend 0 recovers: the user stays where it is.
-        assert_eq!(t.acquire(&key, &set), Ok(b));
+        assert_eq!(t.acquire(&key, &set, Protocol::Imap, &[]), Ok(b));
     }
 
     #[test]
     fn moves_when_backend_can_no_longer_keep_users() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("bob", &set).unwrap();
+        let b = t.acquire("bob", &set, Protocol::Imap, &[]).unwrap();
         let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
-        assert_eq!(t.acquire("bob", &drained), Ok(b), "drain keeps its users");
+        assert_eq!(
+            t.acquire("bob", &drained, Protocol::Imap, &[]),
+            Ok(b),
+            "drain keeps its users"
+        );
         let down = set.with_change(b, |x| x.admin = AdminState::Down);
         assert_eq!(
-            t.acquire("bob", &down),
+            t.acquire("bob", &down, Protocol::Imap, &[]),
             Err(NoBackend::Closing),
             "no new session elsewhere while two are still open on the old backend"
         );
         t.release("bob", b, Instant::now());
-        assert_eq!(t.acquire("bob", &down), Err(NoBackend::Closing));
+        assert_eq!(
+            t.acquire("bob", &down, Protocol::Imap, &[]),
+            Err(NoBackend::Closing)
+        );
         assert!(t.release("bob", b, Instant::now()), "the last one closed");
-        let nb = t.acquire("bob", &down).unwrap();
+        let nb = t.acquire("bob", &down, Protocol::Imap, &[]).unwrap();
         assert_ne!(nb, b);
-        assert_eq!(Some(nb), down.first_choice("bob"));
+        assert_eq!(Some(nb), down.first_choice("bob", Protocol::Imap, &[]));
     }
 
     #[test]
@@ -236,18 +273,18 @@ mod tests {
         let mut t = ShardTable::new(Duration::from_secs(60));
         let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
         for u in &users {
-            t.acquire(u, &set).unwrap();
+            t.acquire(u, &set, Protocol::Imap, &[]).unwrap();
         }
         let on_0: Vec<&String> = users
             .iter()
-            .filter(|u| set.first_choice(u) == Some(0))
+            .filter(|u| set.first_choice(u, Protocol::Imap, &[]) == Some(0))
             .collect();
         // Half of backend 0's users have closed their session.
         let (idle, busy) = on_0.split_at(on_0.len() / 2);
         for u in idle {
             t.release(u, 0, Instant::now());
         }
-        let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let dead = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
         let dropped = t.drop_unkept(&dead);
         assert_eq!(dropped.len(), idle.len());
         assert!(
@@ -263,8 +300,8 @@ mod tests {
         let set = set_of(2);
         let mut t = ShardTable::new(Duration::from_secs(10));
         let start = Instant::now();
-        let b = t.acquire("idle", &set).unwrap();
-        t.acquire("busy", &set).unwrap();
+        let b = t.acquire("idle", &set, Protocol::Imap, &[]).unwrap();
+        t.acquire("busy", &set, Protocol::Imap, &[]).unwrap();
         t.release("idle", b, start);
         assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
         assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
@@ -276,7 +313,7 @@ mod tests {
     fn release_of_an_old_assignment_is_ignored() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("carol", &set).unwrap();
+        let b = t.acquire("carol", &set, Protocol::Imap, &[]).unwrap();
         let other = (b + 1) % 3;
         t.assign("carol", other, Instant::now());
         t.release("carol", b, Instant::now());
@@ -288,6 +325,63 @@ mod tests {
     fn no_routable_backend_is_an_error() {
         let set = set_of(1).with_change(0, |b| b.admin = AdminState::Down);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        assert_eq!(t.acquire("x", &set), Err(NoBackend::NoneRoutable));
+        assert_eq!(
+            t.acquire("x", &set, Protocol::Imap, &[]),
+            Err(NoBackend::NoneRoutable)
+        );
+    }
+
+    #[test]
+    fn a_failed_protocol_port_neither_moves_nor_drops_the_user() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("dana", &set, Protocol::Imap, &[]).unwrap();
+        let no_pop3 = set.with_change(b, |x| {
+            x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
+        });
+        assert!(t.drop_unkept(&no_pop3).is_empty(), "the assignment stays");
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[]),
+            Err(NoBackend::ProtocolDown)
+        );
+        t.release("dana", b, Instant::now());
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[]),
+            Err(NoBackend::ProtocolDown),
+            "an idle assignment is not moved either"
+        );
+        assert_eq!(t.acquire("dana", &no_pop3, Protocol::Imap, &[]), Ok(b));
+        assert_eq!(t.get("dana").unwrap().sessions, 1);
+    }
+
+    #[test]
+    fn a_new_user_is_not_placed_where_its_protocol_is_down() {
+        let set = set_of(3);
+        let key = (0..1000)
+            .map(|i| format!("new{i}"))
+            .find(|k| set.first_choice(k, Protocol::Imap, &[]) == Some(0))
+            .unwrap();
+        let no_pop3 = set.with_change(0, |x| {
+            x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
+        });
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        assert_ne!(t.acquire(&key, &no_pop3, Protocol::Pop3, &[]), Ok(0));
+    }
+
+    #[test]
+    fn a_busy_backend_moves_only_a_user_without_live_sessions() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("erin", &set, Protocol::Imap, &[]).unwrap();
+        assert_eq!(
+            t.acquire("erin", &set, Protocol::Pop3, &[b]),
+            Err(NoBackend::Busy),
+            "a user with a live session stays on its backend"
+        );
+        t.release("erin", b, Instant::now());
+        let other = t.acquire("erin", &set, Protocol::Pop3, &[b]).unwrap();
+        assert_ne!(other, b);
+        assert_eq!(t.get("erin").unwrap().backend, other);
+        assert_eq!(t.get("erin").unwrap().sessions, 1);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Listen};
+use crate::config::{Config, Listen, Protocol};
 use crate::control::ControlMsg;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::router::{Reassign, Router, RouterMsg};
@@ -164,12 +164,15 @@ impl Core {
         }
     }
 
-    /// Tells the control plane that connecting to `backend` failed during
-    /// a client login (a passive health observation).
-    pub fn report_unreachable(&self, backend: BackendId, error: String) {
-        let _ = self
-            .control
-            .send(ControlMsg::Unreachable { backend, error });
+    /// Tells the control plane that connecting to `protocol`'s port of
+    /// `backend` failed during a client login (a passive health
+    /// observation).
+    pub fn report_unreachable(&self, backend: BackendId, protocol: Protocol, error: String) {
+        let _ = self.control.send(ControlMsg::Unreachable {
+            backend,
+            protocol,
+            error,
+        });
     }
 
     /// Waits until a newer backend snapshot arrives, at most `limit`;

@@ -1,14 +1,21 @@
 //! Routing a login, with failover inside the same client login.
 //!
 //! A login asks the router for the user's backend and tries it. When the
-//! backend cannot be reached (connect refused or timed out, no greeting),
-//! the session tells the control plane at once — a passive health
-//! observation, which also triggers an immediate active check — then waits,
-//! bounded, until the backend is declared unable to keep users, and asks the
-//! router again: the user's new assignment. The client sees a successful
-//! login, not an error. A backend that stays healthy in the control plane's
-//! eyes (one bad connection) ends the login with the protocol's
-//! "unavailable" answer instead.
+//! backend's port of the login's protocol cannot be reached (connect
+//! refused or timed out, no greeting), the session tells the control plane
+//! at once — a passive health observation of that port, which also
+//! triggers immediate active checks — then waits, bounded, until the
+//! backend is declared unable to keep users (every checked port down), and
+//! asks the router again: the user's new assignment. The client sees a
+//! successful login, not an error. When only the login's protocol port is
+//! down, or the backend stays healthy in the control plane's eyes (one bad
+//! connection), the login ends with the protocol's "unavailable" answer
+//! instead: the user stays where its other sessions are.
+//!
+//! A backend that greets with a refusal for load (at its process limit)
+//! is not reported: the login asks the router again, naming that backend
+//! to avoid, and the router moves the user only if it has no live session
+//! there — otherwise the login gets the "unavailable" answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +26,7 @@ use monoio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, Login};
+use crate::config::Protocol;
 use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
@@ -33,16 +41,21 @@ pub const MAX_ATTEMPTS: u32 = 4;
 pub struct Failover<'a> {
     core: &'a Core,
     key: &'a str,
+    protocol: Protocol,
     attempts: u32,
+    /// Backends that refused this login for load.
+    refused: Vec<BackendId>,
 }
 
 impl<'a> Failover<'a> {
-    /// Starts routing a login of `key`.
-    pub fn new(core: &'a Core, key: &'a str) -> Failover<'a> {
+    /// Starts routing a login of `key` over `protocol`.
+    pub fn new(core: &'a Core, key: &'a str, protocol: Protocol) -> Failover<'a> {
         Failover {
             core,
             key,
+            protocol,
             attempts: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -50,7 +63,11 @@ impl<'a> Failover<'a> {
     /// it was chosen from.
     pub async fn next_backend(&mut self) -> Result<(BackendId, Arc<BackendSet>), RouteError> {
         self.attempts += 1;
-        let id = self.core.router.acquire(self.key).await?;
+        let id = self
+            .core
+            .router
+            .acquire(self.key, self.protocol, &self.refused)
+            .await?;
         let set = self.core.router.backends();
         if set.get(id).is_none() {
             self.core.router.release(self.key, id);
@@ -61,7 +78,8 @@ impl<'a> Failover<'a> {
     }
 
     /// The attempt on `id` failed with `error`: releases its count, and
-    /// says whether to try again (after the backend was declared down).
+    /// says whether to try again (after the backend was declared down, or
+    /// refused for load).
     pub async fn failed(&mut self, id: BackendId, error: &BackendError) -> bool {
         self.core.router.release(self.key, id);
         let name = self
@@ -71,25 +89,37 @@ impl<'a> Failover<'a> {
             .get(id)
             .map(|b| b.name.to_string())
             .unwrap_or_default();
-        warn!(backend = %name, error = %error, "backend unavailable");
-        if !error.is_unreachable() || self.attempts >= MAX_ATTEMPTS {
+        warn!(backend = %name, protocol = self.protocol.as_str(), error = %error, "backend unavailable");
+        if self.attempts >= MAX_ATTEMPTS {
             return false;
         }
-        self.core.report_unreachable(id, error.to_string());
+        if error.is_busy() {
+            self.refused.push(id);
+            return true;
+        }
+        if !error.is_unreachable() {
+            return false;
+        }
+        self.core
+            .report_unreachable(id, self.protocol, error.to_string());
         let health = &self.core.shared.config.health;
-        let limit =
-            health.timeout + health.interval * health.fall.max(1) + Duration::from_millis(500);
+        // Every port of a dead backend must fail `fall` checks, each
+        // taking up to `timeout` and spaced by the jittered interval.
+        let limit = (health.timeout + health.interval.mul_f64(1.1)) * health.fall.max(1)
+            + Duration::from_millis(500);
         let deadline = std::time::Instant::now() + limit;
         loop {
-            if !self
-                .core
-                .router
-                .backends()
-                .get(id)
-                .is_some_and(|b| b.keeps_users())
-            {
+            let set = self.core.router.backends();
+            let Some(backend) = set.get(id) else {
+                return false;
+            };
+            if !backend.keeps_users() {
                 info!(backend = %name, "backend declared down, trying the user's next backend");
                 return true;
+            }
+            if !backend.serves(self.protocol) {
+                info!(backend = %name, protocol = self.protocol.as_str(), "protocol port declared down, the user stays");
+                return false;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.core.wait_backend_change(left).await {
@@ -198,6 +228,7 @@ pub type Attempt<'x> = Pin<Box<dyn Future<Output = Result<Login, BackendError>> 
 pub async fn login_routed<'a, S, F>(
     core: &Core,
     key: &str,
+    protocol: Protocol,
     client: &mut S,
     mut attempt: F,
 ) -> Routed
@@ -206,10 +237,19 @@ where
 {
     let anchor: &'a () = &();
     let started = Instant::now();
-    let mut route = Failover::new(core, key);
+    let mut route = Failover::new(core, key, protocol);
     loop {
         let (backend_id, set) = match route.next_backend().await {
             Ok(b) => b,
+            Err(RouteError::Unavailable) => {
+                warn!(
+                    protocol = protocol.as_str(),
+                    "the user's backend cannot serve this login now"
+                );
+                core.counters
+                    .login(LoginOutcome::Unavailable, started.elapsed());
+                return Routed::Unavailable;
+            }
             Err(e) => {
                 warn!(?e, "no backend for user");
                 core.counters

@@ -13,6 +13,7 @@ use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backend::imap::{login, IdFields};
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
 use crate::proto::sasl::{self, Credentials};
@@ -473,7 +474,7 @@ impl<'a> Prelogin<'a> {
         let core = self.core;
         let key = login_key(core, &creds);
         let (client, id_fields) = (&self.client, &self.id_fields);
-        let routed = login_routed(core, &key, s, |backend, s, _| {
+        let routed = login_routed(core, &key, Protocol::Imap, s, |backend, s, _| {
             Box::pin(login(backend, &creds, tag, client, id_fields, s))
         })
         .await;

@@ -13,6 +13,7 @@ use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backend::pop3::login;
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
 use crate::proto::sasl::{self, Credentials};
@@ -269,7 +270,7 @@ impl<'a> Prelogin<'a> {
         let core = self.core;
         let key = login_key(core, &creds);
         let client = &self.client;
-        let routed = login_routed(core, &key, s, |backend, s, _| {
+        let routed = login_routed(core, &key, Protocol::Pop3, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;

@@ -30,6 +30,7 @@ use std::time::Duration;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::smtp::{
     mailbox_user, parse_bdat, parse_command, parse_path, strip_keyword, DotScanner, Reply,
@@ -422,7 +423,12 @@ impl<'a> Lmtp<'a> {
     /// router comes back routed, or answered when no backend is available.
     async fn route(&self, steps: &mut [RcptStep], wanted: Vec<(String, Vec<u8>)>) -> Vec<Routed> {
         let router = &self.core.router;
-        let chosen = join_all(wanted.iter().map(|(key, _)| router.acquire(key))).await;
+        let chosen = join_all(
+            wanted
+                .iter()
+                .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[])),
+        )
+        .await;
         let mut routed = Vec::with_capacity(wanted.len());
         let mut placed = Vec::with_capacity(wanted.len());
         for ((key, line), choice) in wanted.into_iter().zip(chosen) {
