@@ -78,7 +78,9 @@ pub struct LimitsConfig {
     // Pre-login input bounds.
     /// Largest literal (IMAP `{N}`, ManageSieve `{N+}`) before login, bytes.
     pub literal_max: usize,
-    /// Largest SASL response (an AUTHENTICATE/AUTH answer, base64 as sent), bytes.
+    /// Largest SASL response (an AUTHENTICATE/AUTH answer, base64 as sent),
+    /// bytes. An initial response on the command line is bounded by
+    /// `server.max_line` as well.
     pub sasl_max: usize,
     /// Every byte a client may send before login, bytes (LMTP: between two
     /// transactions that reached their recipients, message data not counted).
