@@ -497,12 +497,25 @@ fn control_characters_in_login_names_never_reach_a_backend() {
             "{r:?}"
         );
     }
-    // POP3 USER, and AUTH PLAIN.
+    // AUTHENTICATE LOGIN: NUL in the user name, sent base64 as SASL-IR.
+    c.send_line(&format!(
+        "a9 AUTHENTICATE LOGIN {}",
+        b64(b"user0001\0user0002")
+    ))
+    .unwrap();
+    assert_eq!(c.read_line().unwrap(), "+ UGFzc3dvcmQ6");
+    c.send_line(&b64(b"pass")).unwrap();
+    let r = c.read_line().unwrap();
+    assert!(r.starts_with("a9 BAD ") && r.contains(refused), "{r}");
+    // POP3 USER with NUL or an escape sequence, and AUTH PLAIN.
     let mut c = LineClient::connect(m.listen[POP3]).unwrap();
     c.read_line().unwrap();
-    c.send_raw(b"USER user\x1b[31m\r\n").unwrap();
-    let r = c.read_line().unwrap();
-    assert!(r.starts_with("-ERR ") && r.contains(refused), "{r}");
+    for user in [&b"user0001\0user0002"[..], b"user\x1b[31m"] {
+        c.send_raw(&[&b"USER "[..], user, b"\r\n"].concat())
+            .unwrap();
+        let r = c.read_line().unwrap();
+        assert!(r.starts_with("-ERR ") && r.contains(refused), "{r}");
+    }
     c.send_line(&format!("AUTH PLAIN {}", b64(b"\0us\0er\0pass")))
         .unwrap();
     let r = c.read_line().unwrap();
