@@ -12,7 +12,7 @@ use std::fmt::Write;
 use crate::config::Protocol;
 use crate::control::state::Control;
 use crate::route::backends::{BackendHealth, BackendId, BackendSet, Health};
-use crate::runtime::stats::{LoginOutcome, LATENCY_BUCKETS};
+use crate::runtime::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 
 /// Escapes a label value.
 pub fn escape_label(v: &str) -> String {
@@ -187,6 +187,26 @@ pub async fn render_metrics(control: &Control) -> String {
         out,
         "mailpin_tls_handshakes_total{{result=\"failed\"}} {failed}"
     );
+    header(
+        &mut out,
+        "prelogin_limit_total",
+        "counter",
+        "Clients that ran into a pre-login limit (server.max_line, [limits]), by protocol and limit.",
+    );
+    for p in Protocol::ALL {
+        for limit in PreloginLimit::ALL {
+            let n: u64 = stats
+                .iter()
+                .map(|s| s.prelogin_limits[p.index()][limit.index()])
+                .sum();
+            let _ = writeln!(
+                out,
+                "mailpin_prelogin_limit_total{{protocol=\"{}\",limit=\"{}\"}} {n}",
+                p.as_str(),
+                limit.as_str()
+            );
+        }
+    }
     header(
         &mut out,
         "kicks_total",

@@ -93,6 +93,42 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[limits]`: bounds on what one client connection may do.
+///
+/// The pre-login input bounds below hold for every protocol until a login
+/// succeeds (LMTP, which has no login: for the envelope around each
+/// message; the message itself is streamed, never held). The command line
+/// is bounded by `server.max_line`. A client that passes a bound hears the
+/// protocol's goodbye and is closed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    // Pre-login input bounds.
+    /// Largest literal (IMAP `{N}`, ManageSieve `{N+}`) before login, bytes.
+    pub literal_max: usize,
+    /// Largest SASL response (an AUTHENTICATE/AUTH answer, base64 as sent),
+    /// bytes. An initial response on the command line is bounded by
+    /// `server.max_line` as well.
+    pub sasl_max: usize,
+    /// Every byte a client may send before login, bytes (LMTP: between two
+    /// transactions that reached their recipients, message data not counted).
+    pub prelogin_bytes: usize,
+    /// Commands a client may send before login (LMTP: between two
+    /// transactions that reached their recipients, RCPT and BDAT not counted).
+    pub prelogin_commands: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            literal_max: 16 * 1024,
+            sasl_max: 32 * 1024,
+            prelogin_bytes: 256 * 1024,
+            prelogin_commands: 50,
+        }
+    }
+}
+
 /// `server.driver`: the per-core I/O driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
 pub enum Driver {

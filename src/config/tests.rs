@@ -996,3 +996,82 @@ fn sections_must_be_tables() {
         ]
     );
 }
+
+#[test]
+fn prelogin_limits_default_and_parse() {
+    let config = Config::from_toml_str(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.limits, LimitsConfig::default());
+    assert_eq!(config.limits.literal_max, 16384);
+    assert_eq!(config.limits.sasl_max, 32768);
+    assert_eq!(config.limits.prelogin_bytes, 262144);
+    assert_eq!(config.limits.prelogin_commands, 50);
+    let reference = Config::from_toml_str(REFERENCE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reference.limits,
+        LimitsConfig::default(),
+        "config/mailpin.toml shows the defaults"
+    );
+    let text = minimal_plus(
+        "[limits]\nliteral_max = 4096\nsasl_max = 65536\nprelogin_bytes = 1048576\nprelogin_commands = 5\n",
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.limits,
+        LimitsConfig {
+            literal_max: 4096,
+            sasl_max: 65536,
+            prelogin_bytes: 1048576,
+            prelogin_commands: 5,
+        }
+    );
+}
+
+#[test]
+fn prelogin_limits_bad_values_are_named() {
+    let errors = errors_of(&minimal_plus(
+        "[limits]\nliteral_max = 100\nsasl_max = 2000000\nprelogin_commands = 0\n",
+    ));
+    assert_eq!(
+        errors.errors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "limits.literal_max: 100 is out of range (from 1024 to 1048576 bytes; the default is 16384)",
+            "limits.sasl_max: 2000000 is out of range (from 1024 to 1048576 bytes; the default is 32768)",
+            "limits.prelogin_commands: must be at least 1 (the default is 50)",
+        ]
+    );
+    let error = single_error(&minimal_plus(
+        "[server]\nmax_line = 65536\n\n[limits]\nprelogin_bytes = 32768\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 32768 is smaller than server.max_line (65536): a client could not send one whole command line; use at least 65536 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus(
+        "[limits]\nsasl_max = 524288\nprelogin_bytes = 300000\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 300000 is smaller than limits.sasl_max (524288): a client could not send one whole SASL response; use at least 524288 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus(
+        "[server]\nmax_line = 65536\n\n[limits]\nprelogin_bytes = 32768\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 32768 is smaller than server.max_line (65536): a client could not send one whole command line; use at least 65536 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus("[limits]\nprelogin_bytes = 100000000\n"));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 100000000 is too large (at most 67108864 bytes; the default is 262144)"
+    );
+    let error = single_error(&minimal_plus("[limits]\nprelogin_commands = 1000000\n"));
+    assert_eq!(
+        error,
+        "limits.prelogin_commands: 1000000 is too large (at most 100000; the default is 50)"
+    );
+    let errors = errors_of(&minimal_plus("[limits]\nline_max = 10\nsasl_max = -1\n"));
+    let shown = errors.to_string();
+    assert!(shown.contains("limits.line_max"), "{shown}");
+    assert!(shown.contains("limits.sasl_max"), "{shown}");
+}

@@ -30,6 +30,7 @@ use crate::config::Protocol;
 use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
+use crate::route::user_key::{check_login_name, BadLoginName};
 use crate::runtime::core::Core;
 use crate::runtime::stats::LoginOutcome;
 use crate::session::imap::LoggedIn;
@@ -131,8 +132,11 @@ impl<'a> Failover<'a> {
 
 /// The user key a login routes by — the authorization identity when the
 /// client gave one (a master-user login acts as that user), else the user
-/// name — recorded on the session's log span.
-pub fn login_key(core: &Core, creds: &Credentials) -> String {
+/// name — recorded on the session's log span. A name with a control
+/// character is refused here, for every protocol, before any backend is
+/// contacted: the caller answers with its protocol's refusal.
+pub fn login_key(core: &Core, creds: &Credentials) -> Result<String, BadLoginName> {
+    check_login_name(&creds.user, creds.authzid.as_deref())?;
     let login_name = creds
         .authzid
         .as_deref()
@@ -140,7 +144,7 @@ pub fn login_key(core: &Core, creds: &Credentials) -> String {
         .unwrap_or(&creds.user);
     let key = core.shared.user_key.key(login_name);
     tracing::Span::current().record("user", key.as_str());
-    key
+    Ok(key)
 }
 
 /// How a routed login ended.

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod failover;
 pub mod imap;
 pub mod input;
+pub mod limits;
 pub mod lmtp;
 pub mod pop3;
 pub mod proxy_header;
