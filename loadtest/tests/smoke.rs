@@ -260,9 +260,15 @@ fn size_reports_every_figure_it_sizes_with() {
 
 #[test]
 fn hostile_attackers_do_not_hurt_idle_sessions() {
+    // Every attack kind. The bound on an answer is 3 s here, not the
+    // scenario's 1 s: this is a debug build on a shared CI machine, where
+    // whole-machine stalls of over a second have been seen (PERF.md,
+    // "Hostile clients", run 1). A closed session fails it at any bound.
     let r = run(
         "hostile",
         &[
+            "--hurt-ms",
+            "3000",
             "--idle",
             "20",
             "--logins-rate",
@@ -280,6 +286,7 @@ fn hostile_attackers_do_not_hurt_idle_sessions() {
     assert_healthy(&r);
     let results = &r["results"];
     assert_eq!(results["established"], 20, "{results}");
+    assert_eq!(results["attack"]["sessions_lost"], 0, "{results}");
     assert_eq!(results["sessions_hurt"], 0, "real sessions hurt: {results}");
     assert_eq!(results["baseline"]["sessions_hurt"], 0, "{results}");
     assert_eq!(results["survived"], 20, "{results}");

@@ -117,6 +117,25 @@ async fn handshake(
     Ok((monoio_rustls::ClientTlsStream::new(tcp, session), resumed))
 }
 
+/// Lets the kernel choose the source port at connect time, by the whole
+/// 4-tuple, rather than at bind time: a flood from one address then does
+/// not run out of ports while its closed connections sit in TIME_WAIT.
+/// Best effort (the option exists since Linux 4.2).
+fn bind_address_no_port(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int we own, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Opens a TCP connection to `addr` from `source` (any port), or from the
 /// kernel's choice of address when `source` is None.
 pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
@@ -129,6 +148,7 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_nonblocking(true)?;
+    bind_address_no_port(&socket);
     socket.bind(&SocketAddr::new(source, 0).into())?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
