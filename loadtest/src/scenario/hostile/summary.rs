@@ -283,3 +283,29 @@ fn report_config(args: &HostileArgs) -> serde_json::Value {
         None => serde_json::Value::Null,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn slow_probes_are_counted_by_whole_second() {
+        let counts = per_second_counts(&[21.3, 21.9, 22.0, 0.2]);
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [(0, 1), (21, 2), (22, 1)]
+        );
+        assert_eq!(per_second(&[21.3, 21.9]), "21 s: 2");
+    }
+
+    #[test]
+    fn director_cpu_is_a_share_of_one_core() {
+        let at = |ms| ProcSample {
+            rss_bytes: 0,
+            cpu: Duration::from_millis(ms),
+        };
+        let pct = DirectorFigures::cpu_percent(at(1000), at(1500), 2.0);
+        assert!((pct - 25.0).abs() < 1e-9, "{pct}");
+    }
+}
