@@ -37,6 +37,8 @@ pub enum CtlCommand {
         /// The target backend.
         backend: String,
     },
+    /// `reload`
+    Reload,
 }
 
 /// Why a ctl command failed.
@@ -101,6 +103,7 @@ impl CtlCommand {
             ),
             CtlCommand::User(u) => ("GET", format!("/users/{}", encode_segment(u))),
             CtlCommand::Kick(u) => ("POST", format!("/users/{}/kick", encode_segment(u))),
+            CtlCommand::Reload => ("POST", "/reload".into()),
             CtlCommand::Move { user, backend } => (
                 "POST",
                 format!(
@@ -273,6 +276,17 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
             s(&v["since"])
         ),
         CtlCommand::Kick(_) => format!("{}: {} sessions closed", s(&v["user"]), s(&v["kicked"])),
+        CtlCommand::Reload => {
+            let changes: Vec<String> = v["changes"]
+                .as_array()
+                .map(|a| a.iter().map(|c| format!("  {}", s(c))).collect())
+                .unwrap_or_default();
+            if changes.is_empty() {
+                "reloaded: nothing changed".to_string()
+            } else {
+                format!("reloaded:\n{}", changes.join("\n"))
+            }
+        }
         CtlCommand::Move { .. } => format!(
             "{} moved to {} ({} sessions closed)",
             s(&v["user"]),

@@ -6,11 +6,13 @@
 //! SIGTERM and drains.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::info;
 
 use crate::config::{Config, PemSource, Protocol, TlsMode, TlsVersion};
+use crate::control::reload::BoundListener;
 use crate::control::{self, ControlMsg};
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::user_key::UserKeyFormat;
@@ -110,8 +112,15 @@ pub fn tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
         .map_err(|e| LaunchError(format!("TLS: {e}")))
 }
 
-/// Starts the director for `config`.
+/// Starts the director for `config` (a configuration built in code, as
+/// dev mode's: reload has no file to re-read).
 pub fn launch(config: Config) -> Result<Director, LaunchError> {
+    launch_with_path(config, None)
+}
+
+/// Starts the director for `config`, read from `path` (which a reload
+/// re-reads).
+pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Director, LaunchError> {
     config
         .validate()
         .map_err(|e| LaunchError(format!("invalid configuration:\n{e}")))?;
@@ -133,8 +142,20 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
     let (control_tx, control_box) = mailbox::<ControlMsg>();
     let mut director = start(shared.clone(), backends.clone(), control_tx.clone())
         .map_err(|e| LaunchError(e.to_string()))?;
+    let listeners = shared
+        .config
+        .listen
+        .iter()
+        .zip(&director.listen_addrs)
+        .map(|(configured, bound)| BoundListener {
+            configured: configured.clone(),
+            bound: *bound,
+        })
+        .collect();
     let control = control::start(
         shared,
+        path,
+        listeners,
         backends,
         director.core_mailboxes(),
         control_tx,
@@ -148,11 +169,29 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
     Ok(director)
 }
 
-/// Serves until SIGINT or SIGTERM, then drains and stops. Call
-/// [`signals::block`] before starting any thread.
+/// Serves until SIGINT or SIGTERM, reloading on SIGHUP, then drains and
+/// stops; a second SIGINT or SIGTERM during the drain ends the process at
+/// once. Call [`signals::block`] before starting any thread.
 pub fn run_until_signal(mut director: Director) {
-    let signal = signals::wait();
-    info!(signal, "stopping: no new connections, draining sessions");
+    let signal = loop {
+        match signals::wait() {
+            signals::Signal::Reload => {
+                info!("SIGHUP: reloading the configuration");
+                director.reload();
+            }
+            signals::Signal::Stop(name) => break name,
+        }
+    };
+    info!(
+        signal,
+        "stopping: no new connections, draining sessions (again to end at once)"
+    );
+    std::thread::spawn(|| loop {
+        if let signals::Signal::Stop(name) = signals::wait() {
+            tracing::warn!(signal = name, "second stop signal: ending at once");
+            std::process::exit(0);
+        }
+    });
     director.stop();
     info!("stopped");
 }

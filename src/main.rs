@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use mailpin::config::Config;
 use mailpin::ctl::{self, CtlCommand};
 use mailpin::devmode::{self, DevPorts};
-use mailpin::launch::{launch, run_until_signal};
+use mailpin::launch::{launch, launch_with_path, run_until_signal};
 use mailpin::signals;
 
 /// The allocator every thread uses (see `mailpin::alloc`).
@@ -87,6 +87,9 @@ enum CtlCli {
         /// The target backend.
         backend: String,
     },
+    /// Re-read the configuration file (as SIGHUP): print what changed, or
+    /// every error and exit 1 (the old configuration stays in force).
+    Reload,
 }
 
 fn init_logging() {
@@ -130,6 +133,7 @@ fn ctl(admin: &str, json: bool, command: CtlCli) -> ExitCode {
         CtlCli::User { user } => CtlCommand::User(user),
         CtlCli::Kick { user } => CtlCommand::Kick(user),
         CtlCli::Move { user, backend } => CtlCommand::Move { user, backend },
+        CtlCli::Reload => CtlCommand::Reload,
     };
     let (method, path) = cmd.request();
     match ctl::call(admin, method, &path) {
@@ -175,7 +179,7 @@ fn run(path: &PathBuf) -> ExitCode {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    match launch(config) {
+    match launch_with_path(config, Some(path.clone())) {
         Ok(director) => {
             run_until_signal(director);
             ExitCode::SUCCESS

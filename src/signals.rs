@@ -1,42 +1,56 @@
-//! Waiting for the signals that stop the director.
+//! The signals that steer the director.
 //!
-//! SIGINT and SIGTERM are blocked in every thread (call [`block`] before
-//! starting any) and the main thread waits for them with `sigwait`, so no
-//! signal handler ever runs on a core in the middle of its work.
+//! SIGINT, SIGTERM and SIGHUP are blocked in every thread (call [`block`]
+//! before starting any) and the main thread waits for them with `sigwait`,
+//! so no signal handler ever runs on a core in the middle of its work.
+//! SIGHUP asks for a reload and never ends the process.
 
-/// The signals that stop the director.
-const STOP: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+/// The signals waited for.
+const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-fn stop_set() -> libc::sigset_t {
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT or SIGTERM: stop accepting, drain, exit.
+    Stop(&'static str),
+    /// SIGHUP: re-read the configuration.
+    Reload,
+}
+
+fn handled_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in STOP {
+        for s in HANDLED {
             libc::sigaddset(&mut set, s);
         }
         set
     }
 }
 
-/// Blocks the stop signals in this thread and every thread it starts later.
+/// Blocks the handled signals in this thread and every thread it starts
+/// later.
 pub fn block() {
-    let set = stop_set();
+    let set = handled_set();
     // SAFETY: set is initialised; a null old-set pointer is allowed.
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
-/// Waits until a stop signal arrives; returns its name.
-pub fn wait() -> &'static str {
-    let set = stop_set();
-    let mut sig: libc::c_int = 0;
-    // SAFETY: set is initialised and blocked; sig is a valid out pointer.
-    let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    match (rc, sig) {
-        (0, libc::SIGINT) => "SIGINT",
-        (0, libc::SIGTERM) => "SIGTERM",
-        _ => "signal",
+/// Waits until a handled signal arrives.
+pub fn wait() -> Signal {
+    let set = handled_set();
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is initialised and blocked; sig is a valid out pointer.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        match (rc, sig) {
+            (0, libc::SIGINT) => return Signal::Stop("SIGINT"),
+            (0, libc::SIGTERM) => return Signal::Stop("SIGTERM"),
+            (0, libc::SIGHUP) => return Signal::Reload,
+            _ => continue,
+        }
     }
 }

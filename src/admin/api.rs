@@ -5,18 +5,20 @@
 //! percent-decoded and normalised with `server.user_key`, exactly as a
 //! login would be.
 
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 
 use crate::admin::http::{Request, Response};
 use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
 use crate::config::Protocol;
-use crate::control::state::Control;
-use crate::route::backends::{AdminState, Backend, BackendId};
+use crate::control::state::{Control, ReloadError};
+use crate::route::backends::{AdminState, Backend, BackendId, Lifecycle};
 use crate::route::router::Reassign;
 
 /// Answers one request.
-pub async fn route(control: &Control, req: &Request) -> Response {
+pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
     let Some(segments) = req.segments() else {
         return Response::error(400, "bad percent-encoding in the path");
     };
@@ -29,11 +31,13 @@ pub async fn route(control: &Control, req: &Request) -> Response {
         ("GET", ["users", user]) => user_info(control, user).await,
         ("POST", ["users", user, "kick"]) => kick(control, user).await,
         ("POST", ["users", user, "move"]) => move_user(control, user, req.param("to")).await,
+        ("POST", ["reload"]) => reload(control),
         ("GET", ["metrics"]) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: render_metrics(control).await.into_bytes(),
         },
+        (_, ["reload"]) => Response::error(405, format!("{method} is not allowed here, use POST")),
         (_, ["status"] | ["backends"] | ["metrics"] | ["users", _]) => {
             Response::error(405, format!("{method} is not allowed here"))
         }
@@ -43,6 +47,21 @@ pub async fn route(control: &Control, req: &Request) -> Response {
         _ => Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
+        ),
+    }
+}
+
+/// `POST /reload`: 200 with what changed, or 400 with every error (the
+/// old configuration stays in force).
+fn reload(control: &Rc<Control>) -> Response {
+    match control.reload() {
+        Ok(changes) => Response::json(200, &json!({ "reloaded": true, "changes": changes })),
+        Err(ReloadError(errors)) => Response::json(
+            400,
+            &json!({
+                "error": format!("configuration not reloaded:\n{}", errors.join("\n")),
+                "errors": errors,
+            }),
         ),
     }
 }
@@ -72,8 +91,7 @@ async fn backends(control: &Control) -> Response {
     let stats = control.stats().await;
     let set = control.backends();
     let rows: Vec<Value> = set
-        .backends
-        .iter()
+        .configured()
         .map(|b| {
             let i = usize::from(b.id);
             let sessions: u64 = stats
@@ -106,6 +124,9 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
     });
     if let Some(e) = control.last_error(b.id) {
         v["last_error"] = Value::String(e);
+    }
+    if b.lifecycle == Lifecycle::Removed {
+        v["removed"] = Value::Bool(true);
     }
     v
 }
@@ -179,7 +200,7 @@ fn key_of(control: &Control, user: &str) -> Result<String, Response> {
             "a user name must be 1 to 512 printable characters",
         ));
     }
-    Ok(control.shared.user_key.key(user))
+    Ok(control.shared().user_key.key(user))
 }
 
 async fn user_info(control: &Control, user: &str) -> Response {

@@ -45,7 +45,7 @@ pub async fn render_metrics(control: &Control) -> String {
         "gauge",
         "Logged-in sessions by backend and protocol.",
     );
-    for b in &set.backends {
+    for b in set.configured() {
         for p in Protocol::ALL {
             let n: u64 = stats
                 .iter()
@@ -66,7 +66,7 @@ pub async fn render_metrics(control: &Control) -> String {
         "gauge",
         "Users assigned to each backend.",
     );
-    for b in &set.backends {
+    for b in set.configured() {
         let n: u64 = stats
             .iter()
             .filter_map(|s| s.users.get(usize::from(b.id)))
@@ -84,7 +84,7 @@ pub async fn render_metrics(control: &Control) -> String {
         "gauge",
         "1 if the backend takes new users.",
     );
-    for b in &set.backends {
+    for b in set.configured() {
         let _ = writeln!(
             out,
             "mailpin_backend_routable{{backend=\"{}\"}} {}",
@@ -98,7 +98,7 @@ pub async fn render_metrics(control: &Control) -> String {
         "gauge",
         "1 if every checked protocol port of the backend passes its health checks.",
     );
-    for b in &set.backends {
+    for b in set.configured() {
         let up = u8::from(b.health() == BackendHealth::Healthy);
         let _ = writeln!(
             out,
@@ -227,6 +227,15 @@ pub async fn render_metrics(control: &Control) -> String {
     let _ = writeln!(out, "mailpin_moves_total {}", control.moves());
     header(
         &mut out,
+        "reloads_total",
+        "counter",
+        "Configuration reloads by result: ok, or failed (the old configuration stayed).",
+    );
+    let (ok, failed) = control.reload_counts();
+    let _ = writeln!(out, "mailpin_reloads_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(out, "mailpin_reloads_total{{result=\"failed\"}} {failed}");
+    header(
+        &mut out,
         "health_flips_total",
         "counter",
         "Backend health state changes.",
@@ -272,7 +281,7 @@ fn per_checked_port(
     name: &str,
     value: impl Fn(BackendId, Protocol, Health) -> u64,
 ) {
-    for b in &set.backends {
+    for b in set.configured() {
         for p in Protocol::ALL {
             if let Some(h) = b.protocol_health(p) {
                 let _ = writeln!(

@@ -6,6 +6,7 @@
 //! runtime so checks and admin requests are as asynchronous as the cores,
 //! yet a slow check or a slow admin client never delays a mail session.
 
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -13,15 +14,16 @@ use tracing::{debug, warn};
 
 use crate::admin;
 use crate::config::Protocol;
-use crate::health::checker::check_loop;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
 use crate::runtime::{run_runtime, StartError};
 
+pub mod reload;
 pub mod state;
 
-use state::{CheckWaker, Control, PerProtocol};
+use reload::BoundListener;
+use state::Control;
 
 /// Messages to the control plane.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub enum ControlMsg {
         /// What went wrong.
         error: String,
     },
+    /// Re-read the configuration file (SIGHUP); the outcome is logged.
+    Reload,
     /// Stop.
     Shutdown,
 }
@@ -46,6 +50,11 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// Asks for a reload of the configuration file (SIGHUP).
+    pub fn reload(&self) {
+        let _ = self.tx.send(ControlMsg::Reload);
+    }
+
     /// Stops the control thread and waits for it.
     pub fn stop(&mut self) {
         let _ = self.tx.send(ControlMsg::Shutdown);
@@ -62,10 +71,14 @@ impl Drop for ControlPlane {
 }
 
 /// Starts the control thread: health checks for every checked protocol
-/// port of every backend and the
-/// admin API on an already bound listener.
+/// port of every backend and the admin API on an already bound listener.
+/// `listeners` are the `[[listen]]` blocks and where they are bound, and
+/// `config_path` the file a reload re-reads (`None` in dev mode).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    listeners: Vec<BoundListener>,
     set: Arc<BackendSet>,
     cores: Vec<MailboxSender<CoreMsg>>,
     tx: MailboxSender<ControlMsg>,
@@ -78,23 +91,9 @@ pub fn start(
         .name("control".into())
         .spawn(move || {
             let main = async move {
-                let mut wakers = Vec::with_capacity(set.backends.len());
-                let mut checkers = Vec::new();
-                for b in &set.backends {
-                    let mut per_protocol: PerProtocol<Option<CheckWaker>> = Default::default();
-                    for p in Protocol::ALL {
-                        if b.protocol_health(p).is_some() {
-                            let (tx, rx) = local_sync::mpsc::unbounded::channel();
-                            per_protocol[p.index()] = Some(tx);
-                            checkers.push((b.id, p, rx));
-                        }
-                    }
-                    wakers.push(per_protocol);
-                }
-                let control = std::rc::Rc::new(Control::new(shared, set, cores, wakers));
-                for (id, protocol, rx) in checkers {
-                    monoio::spawn(check_loop(control.clone(), id, protocol, rx));
-                }
+                let control =
+                    std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
+                control.start_checks();
                 match monoio::net::TcpListener::from_std(admin_listener) {
                     Ok(l) => {
                         monoio::spawn(admin::serve(control.clone(), l));
@@ -108,6 +107,9 @@ pub fn start(
                             protocol,
                             error,
                         } => control.unreachable(backend, protocol, error),
+                        ControlMsg::Reload => {
+                            let _ = control.reload();
+                        }
                         ControlMsg::Shutdown => break,
                     }
                 }

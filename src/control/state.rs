@@ -10,16 +10,22 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::config::Protocol;
+use crate::config::{Config, Listen};
+use crate::control::reload::{self, BoundListener, ReloadPlan};
+use crate::health::checker::check_loop;
 use crate::health::tracker::{HealthTracker, Source};
-use crate::route::backends::{AdminState, BackendHealth, BackendId, BackendSet, Health};
+use crate::route::backends::{AdminState, BackendHealth, BackendId, BackendSet, Health, Lifecycle};
 use crate::route::router::{owner_of, Reassign};
 use crate::route::shard::Assignment;
+use crate::runtime::bind_all;
 use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::MailboxSender;
 use crate::runtime::sessions::KickReason;
@@ -38,18 +44,25 @@ pub const FLUSH_PARALLEL: usize = 32;
 
 /// The control plane.
 pub struct Control {
-    /// The process-wide configuration.
-    pub shared: Arc<Shared>,
+    /// The settings in force (replaced whole by a reload).
+    shared: RefCell<Arc<Shared>>,
+    /// The file the configuration was read from; `None` in dev mode.
+    config_path: Option<PathBuf>,
+    /// The listeners as configured and where they are bound.
+    listeners: RefCell<Vec<BoundListener>>,
     set: RefCell<Arc<BackendSet>>,
     /// Per backend, per protocol port (`None`: not checked).
     trackers: RefCell<Vec<PerProtocol<Option<HealthTracker>>>>,
     last_error: RefCell<Vec<PerProtocol<Option<String>>>>,
     cores: Vec<MailboxSender<CoreMsg>>,
-    check_now: Vec<PerProtocol<Option<CheckWaker>>>,
+    /// Per backend, per protocol port: wakes its running checker.
+    check_now: RefCell<Vec<PerProtocol<Option<CheckWaker>>>>,
     started: Instant,
     health_flips: Cell<u64>,
     protocol_flips: RefCell<Vec<PerProtocol<u64>>>,
     moves: Cell<u64>,
+    reloads: Cell<u64>,
+    reload_failures: Cell<u64>,
 }
 
 /// One value per protocol, indexed by [`Protocol::index`].
@@ -58,38 +71,240 @@ pub type PerProtocol<T> = [T; Protocol::COUNT];
 /// Wakes one protocol checker of one backend early.
 pub type CheckWaker = local_sync::mpsc::unbounded::Tx<()>;
 
+/// Why a reload was refused: every problem found, the old configuration
+/// stays in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadError(pub Vec<String>);
+
 impl Control {
-    /// The control plane over `set`, talking to `cores`;
-    /// `check_now[i][p]` wakes the checker of backend `i`'s protocol `p`
-    /// early (one for every checked protocol port).
+    /// The control plane over `set`, talking to `cores`; `listeners` are
+    /// the `[[listen]]` blocks with their bound addresses, `config_path`
+    /// the file a reload re-reads. Start the health checks with
+    /// [`Control::start_checks`].
     pub fn new(
         shared: Arc<Shared>,
+        config_path: Option<PathBuf>,
+        listeners: Vec<BoundListener>,
         set: Arc<BackendSet>,
         cores: Vec<MailboxSender<CoreMsg>>,
-        check_now: Vec<PerProtocol<Option<CheckWaker>>>,
     ) -> Control {
-        let h = &shared.config.health;
-        let trackers = set
-            .backends
-            .iter()
-            .map(|b| {
-                b.protocols
-                    .map(|p| p.map(|_| HealthTracker::new(h.fall, h.rise)))
-            })
-            .collect();
         let n = set.backends.len();
-        Control {
-            shared,
+        let control = Control {
+            shared: RefCell::new(shared),
+            config_path,
+            listeners: RefCell::new(listeners),
             set: RefCell::new(set),
-            trackers: RefCell::new(trackers),
+            trackers: RefCell::new(Vec::new()),
             last_error: RefCell::new(vec![Default::default(); n]),
             cores,
-            check_now,
+            check_now: RefCell::new(vec![Default::default(); n]),
             started: Instant::now(),
             health_flips: Cell::new(0),
             protocol_flips: RefCell::new(vec![[0; Protocol::COUNT]; n]),
             moves: Cell::new(0),
+            reloads: Cell::new(0),
+            reload_failures: Cell::new(0),
+        };
+        control.fit_trackers();
+        control
+    }
+
+    /// The settings in force.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.borrow().clone()
+    }
+
+    /// Successful and refused reloads since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (self.reloads.get(), self.reload_failures.get())
+    }
+
+    /// One tracker per checked protocol port of every backend, with the
+    /// thresholds in force; existing trackers keep their state.
+    fn fit_trackers(&self) {
+        let shared = self.shared();
+        let h = &shared.config.health;
+        let set = self.backends();
+        let mut trackers = self.trackers.borrow_mut();
+        trackers.resize_with(set.backends.len(), Default::default);
+        for (b, per_protocol) in set.backends.iter().zip(trackers.iter_mut()) {
+            for p in Protocol::ALL {
+                let slot = &mut per_protocol[p.index()];
+                match (b.protocol_health(p), slot.as_mut()) {
+                    (Some(_), Some(t)) => t.set_thresholds(h.fall, h.rise),
+                    (Some(_), None) => *slot = Some(HealthTracker::new(h.fall, h.rise)),
+                    (None, _) => *slot = None,
+                }
+            }
         }
+        let n = set.backends.len();
+        self.last_error
+            .borrow_mut()
+            .resize_with(n, Default::default);
+        self.protocol_flips
+            .borrow_mut()
+            .resize(n, [0; Protocol::COUNT]);
+        self.check_now.borrow_mut().resize_with(n, Default::default);
+    }
+
+    /// Starts a checker for every checked protocol port of every
+    /// configured backend that has none running yet. A checker ends by
+    /// itself when its backend retires or its protocol is no longer served.
+    pub fn start_checks(self: &Rc<Self>) {
+        let set = self.backends();
+        for b in set.configured() {
+            for p in Protocol::ALL {
+                if b.protocol_health(p).is_none() {
+                    continue;
+                }
+                let mut check_now = self.check_now.borrow_mut();
+                let Some(slot) = check_now
+                    .get_mut(usize::from(b.id))
+                    .map(|s| &mut s[p.index()])
+                else {
+                    continue;
+                };
+                if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+                    continue;
+                }
+                let (tx, rx) = local_sync::mpsc::unbounded::channel();
+                *slot = Some(tx);
+                monoio::spawn(check_loop(self.clone(), b.id, p, rx));
+            }
+        }
+    }
+
+    /// Re-reads the configuration file and puts it in force: new
+    /// connections, checks and routing use it; established sessions go on
+    /// untouched. Backends are added, reweighted, re-addressed or removed
+    /// (a removed one takes no new users and its sessions run until they
+    /// end or `server.drain_timeout` passes); listeners are added, changed
+    /// in place or closed; the certificate is re-read. Returns what
+    /// changed, or every error, with the old configuration still in force.
+    pub fn reload(self: &Rc<Self>) -> Result<Vec<String>, ReloadError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(changes) => {
+                self.reloads.set(self.reloads.get() + 1);
+                if changes.is_empty() {
+                    info!("configuration reloaded: nothing changed");
+                }
+                for change in changes {
+                    info!(change = change.as_str(), "configuration reloaded");
+                }
+            }
+            Err(ReloadError(errors)) => {
+                self.reload_failures.set(self.reload_failures.get() + 1);
+                for e in errors {
+                    warn!(
+                        error = e.as_str(),
+                        "reload refused, the old configuration stays"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(self: &Rc<Self>) -> Result<Vec<String>, ReloadError> {
+        let Some(path) = &self.config_path else {
+            return Err(ReloadError(vec![
+                "started without a configuration file (run --dev): nothing to re-read".into(),
+            ]));
+        };
+        let config = Config::load(path)
+            .map_err(|e| ReloadError(e.errors().iter().map(|e| e.to_string()).collect()))?;
+        let old = self.shared();
+        let plan = reload::plan(&old, &self.backends(), &self.listeners.borrow(), config)
+            .map_err(ReloadError)?;
+        // Bind the new listeners first: a busy address refuses the whole
+        // reload before anything changed.
+        let cores = self.cores.len();
+        let mut added = Vec::new();
+        for listen in &plan.listeners.add {
+            let (bound, sockets) = bind_all(listen.addr, cores)
+                .map_err(|e| ReloadError(vec![format!("listen: {e}")]))?;
+            added.push((listen.clone(), bound, sockets));
+        }
+        for (listen, bound, _) in &added {
+            info!(protocol = listen.protocol.as_str(), tls = listen.tls.as_str(), addr = %bound, "listening");
+        }
+        let ReloadPlan {
+            shared,
+            backends,
+            removed,
+            listeners,
+            changes,
+        } = plan;
+        *self.shared.borrow_mut() = shared.clone();
+        for core in &self.cores {
+            let _ = core.send(CoreMsg::Reload(shared.clone()));
+        }
+        // Listeners: changed ones in place, then new ones, then the gone.
+        {
+            let mut bound = self.listeners.borrow_mut();
+            for updated in &listeners.update {
+                if let Some(b) = bound.iter_mut().find(|b| b.bound == updated.addr) {
+                    let mut configured = updated.clone();
+                    configured.addr = b.configured.addr;
+                    b.configured = configured;
+                }
+            }
+            bound.retain(|b| !listeners.remove.contains(&b.bound));
+            for (configured, addr, _) in &added {
+                bound.push(BoundListener {
+                    configured: configured.clone(),
+                    bound: *addr,
+                });
+            }
+        }
+        let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> =
+            (0..cores).map(|_| Vec::new()).collect();
+        for (configured, addr, sockets) in added {
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let mut l = configured.clone();
+                l.addr = addr;
+                per_core[i].push((l, socket));
+            }
+        }
+        for (core, add) in self.cores.iter().zip(per_core) {
+            let _ = core.send(CoreMsg::Listeners {
+                add,
+                update: listeners.update.clone(),
+                remove: listeners.remove.clone(),
+            });
+        }
+        // Backends, then their checks.
+        let version = self.backends().version + 1;
+        self.publish(BackendSet { version, backends });
+        self.fit_trackers();
+        self.start_checks();
+        for id in removed {
+            self.retire_after_drain(id);
+        }
+        Ok(changes)
+    }
+
+    /// After `server.drain_timeout`, a backend still removed retires: the
+    /// cores close its remaining sessions (backend side first) and its
+    /// users' assignments go.
+    fn retire_after_drain(self: &Rc<Self>, id: BackendId) {
+        let control = self.clone();
+        let drain = self.shared().config.server.drain_timeout;
+        monoio::spawn(async move {
+            monoio::time::sleep(drain).await;
+            let set = control.backends();
+            if set
+                .get(id)
+                .is_some_and(|b| b.lifecycle == Lifecycle::Removed)
+            {
+                info!(
+                    backend = set.get(id).map(|b| &*b.name).unwrap_or(""),
+                    "removed backend retires: closing its remaining sessions"
+                );
+                control.publish(set.with_change(id, |b| b.lifecycle = Lifecycle::Retired));
+            }
+        });
     }
 
     /// The current backend snapshot.
@@ -228,7 +443,7 @@ impl Control {
             Err(format!("client login: {error}")),
             Source::Passive,
         );
-        if let Some(wakers) = self.check_now.get(usize::from(id)) {
+        if let Some(wakers) = self.check_now.borrow().get(usize::from(id)) {
             for tx in wakers.iter().flatten() {
                 let _ = tx.send(());
             }

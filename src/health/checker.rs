@@ -49,22 +49,26 @@ pub async fn check_loop(
     protocol: Protocol,
     mut wake: local_sync::mpsc::unbounded::Rx<()>,
 ) {
-    let health = control.shared.config.health.clone();
-    let login = match (&health.login_user, &health.login_password) {
-        (Some(user), Some(password)) => Some(CheckLogin {
-            user: user.clone(),
-            password: password.expose().to_string(),
-        }),
-        _ => None,
-    };
-    let Some(addr) = control.backends().get(id).map(|b| b.addr(protocol)) else {
-        return;
-    };
     let seed = (u64::from(id) * Protocol::COUNT as u64 + protocol.index() as u64 + 1)
         .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15 ^ seed);
     let mut source = Source::Scheduled;
     loop {
+        // The settings and the address in force now: a reload may have
+        // changed them, retired the backend or stopped serving the protocol.
+        let addr = match control.backends().get(id) {
+            Some(b) if b.configured() && b.protocol_health(protocol).is_some() => b.addr(protocol),
+            _ => return,
+        };
+        let shared = control.shared();
+        let health = &shared.config.health;
+        let login = match (&health.login_user, &health.login_password) {
+            (Some(user), Some(password)) => Some(CheckLogin {
+                user: user.clone(),
+                password: password.expose().to_string(),
+            }),
+            _ => None,
+        };
         let result = match monoio::time::timeout(
             health.timeout,
             run_check(health.check, protocol, addr, login.as_ref()),
@@ -76,6 +80,7 @@ pub async fn check_loop(
         };
         control.health_result(id, protocol, result, source);
         let pause = jitter.around(health.interval);
+        drop(login);
         source = monoio::select! {
             _ = monoio::time::sleep(pause) => Source::Scheduled,
             _ = wake.recv() => Source::Woken,

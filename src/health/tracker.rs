@@ -54,6 +54,12 @@ impl HealthTracker {
         }
     }
 
+    /// Changes the thresholds (a reload), keeping the state and streak.
+    pub fn set_thresholds(&mut self, fall: u32, rise: u32) {
+        self.fall = fall.max(1);
+        self.rise = rise.max(1);
+    }
+
     /// The current state.
     pub fn state(&self) -> Health {
         self.state

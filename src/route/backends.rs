@@ -71,6 +71,19 @@ impl BackendHealth {
     }
 }
 
+/// Where a backend stands in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Configured and in service as its admin state and health say.
+    Active,
+    /// Removed from the configuration by a reload: it takes no new users,
+    /// its sessions run on until they end or `server.drain_timeout` passes.
+    Removed,
+    /// Gone: its sessions were closed and it keeps no users. Its id stays
+    /// reserved (ids never change); a later reload may bring it back.
+    Retired,
+}
+
 /// One backend mail server.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -93,6 +106,8 @@ pub struct Backend {
     /// Health of each protocol port, indexed by [`Protocol::index`];
     /// `None` for a protocol mailpin does not serve (not checked).
     pub protocols: [Option<Health>; Protocol::COUNT],
+    /// In the configuration, removed (draining) or gone.
+    pub lifecycle: Lifecycle,
     /// Precomputed rendezvous seed of its name.
     seed: u64,
 }
@@ -119,6 +134,7 @@ impl Backend {
             connect_timeout,
             admin: AdminState::Up,
             protocols: [Some(Health::Healthy); Protocol::COUNT],
+            lifecycle: Lifecycle::Active,
             seed: hrw::backend_seed(name),
         }
     }
@@ -174,7 +190,9 @@ impl Backend {
 
     /// May new users be assigned here (for some protocol)?
     pub fn routable(&self) -> bool {
-        self.admin == AdminState::Up && self.health() != BackendHealth::Unhealthy
+        self.lifecycle == Lifecycle::Active
+            && self.admin == AdminState::Up
+            && self.health() != BackendHealth::Unhealthy
     }
 
     /// May a new user be assigned here by a login of `protocol`?
@@ -186,7 +204,19 @@ impl Backend {
     /// degraded backend keeps them: one protocol's failure never moves
     /// or ends sessions of another.
     pub fn keeps_users(&self) -> bool {
-        self.health() != BackendHealth::Unhealthy && self.admin != AdminState::Down
+        self.lifecycle != Lifecycle::Retired
+            && self.health() != BackendHealth::Unhealthy
+            && self.admin != AdminState::Down
+    }
+
+    /// Whether the backend is part of the configuration (not retired).
+    pub fn configured(&self) -> bool {
+        self.lifecycle != Lifecycle::Retired
+    }
+
+    /// The rendezvous weight changes (a reload).
+    pub fn set_weight(&mut self, weight: u32) {
+        self.weight = weight;
     }
 
     /// Sets every checked protocol port's health at once (tests).
@@ -226,9 +256,16 @@ impl BackendSet {
         self.backends.get(usize::from(id))
     }
 
-    /// The backend with this name.
+    /// The backend with this name, unless it is retired.
     pub fn by_name(&self, name: &str) -> Option<&Backend> {
-        self.backends.iter().find(|b| &*b.name == name)
+        self.backends
+            .iter()
+            .find(|b| &*b.name == name && b.configured())
+    }
+
+    /// The backends that are part of the configuration (not retired).
+    pub fn configured(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().filter(|b| b.configured())
     }
 
     /// The highest-ranked backend a login of `protocol` may assign a user

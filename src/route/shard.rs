@@ -179,6 +179,11 @@ impl ShardTable {
         dropped
     }
 
+    /// Changes how long idle assignments live.
+    pub fn set_expire(&mut self, expire: Duration) {
+        self.expire = expire;
+    }
+
     /// Removes assignments idle for longer than `user_expire`; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.users.len();

@@ -5,11 +5,13 @@
 //! its shard of the user table (through its [`Router`]) and hears from the
 //! rest of the process only through its mailbox.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -32,6 +34,17 @@ pub struct Shared {
     pub user_key: UserKeyFormat,
     /// The TLS server configuration, shared by all cores (one ticket key).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for Shared {
+    /// The configuration; the parsed template and TLS setup are derived
+    /// from it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Messages a core receives.
@@ -109,6 +122,17 @@ pub enum CoreMsg {
         /// Gets the keys.
         reply: flume::Sender<Vec<Box<str>>>,
     },
+    /// A reloaded configuration: new connections use it.
+    Reload(Arc<Shared>),
+    /// Listener changes of a reload.
+    Listeners {
+        /// New listening sockets of this core (one per new `[[listen]]`).
+        add: Vec<(Listen, std::net::TcpListener)>,
+        /// New settings for listeners that stay (matched by address).
+        update: Vec<Listen>,
+        /// Addresses to stop accepting on and close.
+        remove: Vec<SocketAddr>,
+    },
     /// A snapshot of this core's counters.
     Stats {
         /// Gets the snapshot.
@@ -128,8 +152,8 @@ impl From<RouterMsg> for CoreMsg {
 pub struct Core {
     /// Index of this core, 0-based.
     pub id: usize,
-    /// The read-only, process-wide part.
-    pub shared: Arc<Shared>,
+    /// The process-wide settings in force (replaced whole by a reload).
+    shared: RefCell<Arc<Shared>>,
     /// This core's routing and shard.
     pub router: Router,
     /// Logged-in sessions, for kicks.
@@ -142,6 +166,33 @@ pub struct Core {
     active: Cell<usize>,
     /// Sessions waiting for the next backend snapshot.
     set_waiters: std::cell::RefCell<Vec<local_sync::oneshot::Sender<()>>>,
+    /// The listening sockets this core accepts on.
+    acceptors: RefCell<Vec<Acceptor>>,
+}
+
+/// One listening socket of a core: its settings (replaceable by a reload)
+/// and how to stop its accept loop.
+struct Acceptor {
+    /// The bound address.
+    addr: SocketAddr,
+    /// The `[[listen]]` settings new connections get.
+    listen: Rc<RefCell<Rc<Listen>>>,
+    /// Cancels the pending accept; taken when the loop is stopped.
+    canceller: Rc<RefCell<Option<Canceller>>>,
+    /// Set when the loop is told to stop.
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Acceptor {
+    /// Stops accepting: the pending accept is cancelled, and a connection
+    /// that completed before the cancel is still served (never dropped
+    /// unanswered). The loop then closes the socket.
+    fn stop(&self) {
+        self.stopped.set(true);
+        if let Some(c) = self.canceller.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+    }
 }
 
 impl Core {
@@ -154,14 +205,28 @@ impl Core {
     ) -> Core {
         Core {
             id,
-            shared,
+            shared: RefCell::new(shared),
             router,
             sessions: Sessions::new(),
             counters: Counters::default(),
             control,
             active: Cell::new(0),
             set_waiters: Default::default(),
+            acceptors: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The settings in force: each connection takes them once when it
+    /// starts and keeps them, so a reload changes only what comes after it.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.borrow().clone()
+    }
+
+    /// Puts a reloaded configuration in force for new connections.
+    pub fn set_shared(&self, shared: Arc<Shared>) {
+        self.router
+            .set_user_expire(shared.config.server.user_expire);
+        *self.shared.borrow_mut() = shared;
     }
 
     /// Tells the control plane that connecting to `protocol`'s port of
@@ -253,27 +318,75 @@ pub async fn core_main(
     listeners: Vec<(Listen, std::net::TcpListener)>,
 ) {
     let (stop_tx, stop_rx) = local_sync::oneshot::channel::<()>();
-    let mut accept_stops = Vec::new();
     for (listen, std_listener) in listeners {
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(core = core.id, addr = %listen.addr, error = %e, "cannot use listener");
-                continue;
-            }
-        };
-        let (tx, rx) = local_sync::oneshot::channel::<()>();
-        accept_stops.push(tx);
-        monoio::spawn(accept_loop(core.clone(), Rc::new(listen), listener, rx));
+        core.add_listener(listen, std_listener);
     }
     monoio::spawn(expire_loop(core.clone()));
     monoio::spawn(mailbox_loop(core.clone(), mailbox, stop_tx));
 
     let _ = stop_rx.await;
-    for tx in accept_stops {
-        let _ = tx.send(());
+    for a in core.acceptors.borrow_mut().drain(..) {
+        a.stop();
     }
     drain(&core).await;
+}
+
+impl Core {
+    /// Starts accepting on `std_listener` with `listen`'s settings.
+    fn add_listener(self: &Rc<Self>, listen: Listen, std_listener: std::net::TcpListener) {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(core = self.id, addr = %listen.addr, error = %e, "cannot use listener");
+                return;
+            }
+        };
+        let canceller = Canceller::new();
+        let handle = canceller.handle();
+        let acceptor = Acceptor {
+            addr: listen.addr,
+            listen: Rc::new(RefCell::new(Rc::new(listen))),
+            canceller: Rc::new(RefCell::new(Some(canceller))),
+            stopped: Rc::new(Cell::new(false)),
+        };
+        monoio::spawn(accept_loop(
+            self.clone(),
+            acceptor.listen.clone(),
+            listener,
+            handle,
+            acceptor.stopped.clone(),
+        ));
+        self.acceptors.borrow_mut().push(acceptor);
+    }
+
+    /// Applies a reload's listener changes.
+    fn change_listeners(
+        self: &Rc<Self>,
+        add: Vec<(Listen, std::net::TcpListener)>,
+        update: Vec<Listen>,
+        remove: Vec<SocketAddr>,
+    ) {
+        for listen in update {
+            if let Some(a) = self
+                .acceptors
+                .borrow()
+                .iter()
+                .find(|a| a.addr == listen.addr)
+            {
+                *a.listen.borrow_mut() = Rc::new(listen);
+            }
+        }
+        self.acceptors.borrow_mut().retain(|a| {
+            let gone = remove.contains(&a.addr);
+            if gone {
+                a.stop();
+            }
+            !gone
+        });
+        for (listen, socket) in add {
+            self.add_listener(listen, socket);
+        }
+    }
 }
 
 async fn mailbox_loop(
@@ -324,6 +437,12 @@ async fn mailbox_loop(
             CoreMsg::UsersOn { backend, reply } => {
                 let _ = reply.send(core.router.users_on(backend));
             }
+            CoreMsg::Reload(shared) => core.set_shared(shared),
+            CoreMsg::Listeners {
+                add,
+                update,
+                remove,
+            } => core.change_listeners(add, update, remove),
             CoreMsg::Stats { reply } => {
                 let _ = reply.send(core.stats());
             }
@@ -345,34 +464,37 @@ async fn reply_when_closed(closed: Vec<Closed>, done: flume::Sender<usize>) {
     let _ = done.send(n);
 }
 
+/// Accepts on one listening socket until its [`Acceptor`] is stopped; a
+/// connection that completes while the stop cancels the accept is served.
 async fn accept_loop(
     core: Rc<Core>,
-    listen: Rc<Listen>,
+    listen: Rc<RefCell<Rc<Listen>>>,
     listener: TcpListener,
-    mut stop: local_sync::oneshot::Receiver<()>,
+    cancel: CancelHandle,
+    stopped: Rc<Cell<bool>>,
 ) {
-    loop {
-        monoio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    core.counters.accepted();
-                    monoio::spawn(serve(core.clone(), listen.clone(), tcp, peer));
-                }
-                Err(e) => {
-                    warn!(core = core.id, addr = %listen.addr, error = %e, "accept failed");
-                    // Out of descriptors or memory: back off instead of spinning.
-                    monoio::time::sleep(Duration::from_millis(50)).await;
-                }
+    let addr = listen.borrow().addr;
+    while !stopped.get() {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((tcp, peer)) => {
+                core.counters.accepted();
+                let settings = listen.borrow().clone();
+                monoio::spawn(serve(core.clone(), settings, tcp, peer));
+            }
+            Err(_) if stopped.get() => break,
+            Err(e) => {
+                warn!(core = core.id, addr = %addr, error = %e, "accept failed");
+                // Out of descriptors or memory: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
-    debug!(core = core.id, addr = %listen.addr, "listener closed");
+    debug!(core = core.id, addr = %addr, "listener closed");
 }
 
 /// Drops idle assignments past `user_expire`, a few times per period.
 async fn expire_loop(core: Rc<Core>) {
-    let expire = core.shared.config.server.user_expire;
+    let expire = core.shared().config.server.user_expire;
     let tick = (expire / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut interval = monoio::time::interval(tick);
     loop {
@@ -386,7 +508,7 @@ async fn expire_loop(core: Rc<Core>) {
 
 /// Waits for open sessions to end, at most `server.drain_timeout`.
 async fn drain(core: &Core) {
-    let deadline = monoio::time::Instant::now() + core.shared.config.server.drain_timeout;
+    let deadline = monoio::time::Instant::now() + core.shared().config.server.drain_timeout;
     while core.active_sessions() > 0 && monoio::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }

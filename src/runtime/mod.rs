@@ -78,8 +78,10 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds `addr` once per core; the first bind fixes the port when it is 0.
-fn bind_all(
+/// Binds `addr` once per core (SO_REUSEPORT); the first bind fixes the
+/// port when it is 0. Returns the bound address and the sockets, in core
+/// order.
+pub fn bind_all(
     addr: SocketAddr,
     cores: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
@@ -239,6 +241,13 @@ impl Director {
     pub fn broadcast(&self, msg: impl Fn() -> CoreMsg) {
         for m in &self.mailboxes {
             let _ = m.send(msg());
+        }
+    }
+
+    /// Asks the control plane to re-read the configuration file.
+    pub fn reload(&self) {
+        if let Some(c) = &self.control {
+            c.reload();
         }
     }
 

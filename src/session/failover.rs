@@ -103,7 +103,7 @@ impl<'a> Failover<'a> {
         }
         self.core
             .report_unreachable(id, self.protocol, error.to_string());
-        let health = &self.core.shared.config.health;
+        let health = &self.core.shared().config.health;
         // Every port of a dead backend must fail `fall` checks, each
         // taking up to `timeout` and spaced by the jittered interval.
         let limit = (health.timeout + health.interval.mul_f64(1.1)) * health.fall.max(1)
@@ -142,7 +142,7 @@ pub fn login_key(core: &Core, creds: &Credentials) -> Result<String, BadLoginNam
         .as_deref()
         .filter(|z| !z.is_empty())
         .unwrap_or(&creds.user);
-    let key = core.shared.user_key.key(login_name);
+    let key = core.shared().user_key.key(login_name);
     tracing::Span::current().record("user", key.as_str());
     Ok(key)
 }

@@ -83,8 +83,8 @@ struct Bye;
 impl<'a> Prelogin<'a> {
     /// A new pre-login phase for `client`, bounded by `server.prelogin_timeout`.
     pub fn new(core: &'a Core, policy: ImapPolicy, client: ClientInfo) -> Prelogin<'a> {
-        let server = &core.shared.config.server;
-        let budget = Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Imap);
+        let server = &core.shared().config.server;
+        let budget = Budget::new(PreloginLimits::of(&core.shared().config), Protocol::Imap);
         Prelogin {
             core,
             policy,
@@ -262,7 +262,7 @@ impl<'a> Prelogin<'a> {
     async fn bad<S: Connection>(&mut self, s: &mut S, tag: &str, text: &str) -> Result<(), Bye> {
         self.bad += 1;
         let mut reply = format!("{tag} BAD {text}\r\n");
-        let too_many = self.bad >= self.core.shared.config.server.max_bad_commands;
+        let too_many = self.bad >= self.core.shared().config.server.max_bad_commands;
         if too_many {
             reply.push_str("* BYE Too many invalid commands.\r\n");
         }

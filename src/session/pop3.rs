@@ -59,10 +59,10 @@ impl<'a> Prelogin<'a> {
             policy,
             client,
             input: ClientInput::new(),
-            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Pop3),
+            budget: Budget::new(PreloginLimits::of(&core.shared().config), Protocol::Pop3),
             user: None,
             bad: 0,
-            deadline: Instant::now() + core.shared.config.server.prelogin_timeout,
+            deadline: Instant::now() + core.shared().config.server.prelogin_timeout,
         }
     }
 
@@ -157,7 +157,7 @@ impl<'a> Prelogin<'a> {
     async fn bad<S: Connection>(&mut self, s: &mut S, text: &str) -> Result<(), Close> {
         self.bad += 1;
         let mut reply = format!("-ERR {text}\r\n");
-        let too_many = self.bad >= self.core.shared.config.server.max_bad_commands;
+        let too_many = self.bad >= self.core.shared().config.server.max_bad_commands;
         if too_many {
             reply = format!("-ERR {text}\r\n-ERR Too many invalid commands.\r\n");
         }

@@ -158,7 +158,7 @@ fn relayed<C: Connection>(
         to_backend,
         to_client,
     } = l;
-    core.shared.config.server.keepalive().apply(&backend);
+    core.shared().config.server.keepalive().apply(&backend);
     let split = Split::new(client, backend);
     async move {
         let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
@@ -176,10 +176,12 @@ fn relayed<C: Connection>(
             info!(?reason, "closing session");
             goodbye(protocol, reason)
         };
-        let server = &core.shared.config.server;
-        let options = RelayOptions {
-            splice: server.splice,
-            stall_timeout: server.stall_timeout,
+        let options = {
+            let shared = core.shared();
+            RelayOptions {
+                splice: shared.config.server.splice,
+                stall_timeout: shared.config.server.stall_timeout,
+            }
         };
         // The user's session count is released the moment its backend
         // connection is closed, not after the client's goodbye: a move or a
@@ -207,11 +209,11 @@ async fn open(
 ) -> Option<Ready> {
     let mut tcp = tcp;
     let _ = tcp.set_nodelay(true);
-    core.shared.config.server.keepalive().apply(&tcp);
+    core.shared().config.server.keepalive().apply(&tcp);
     let mut local = tcp.local_addr().unwrap_or(listen.addr);
     let mut peer = peer;
     if listen.proxy_protocol {
-        let limit = core.shared.config.server.handshake_timeout;
+        let limit = core.shared().config.server.handshake_timeout;
         match proxy_header::receive(&mut tcp, peer, listen, limit).await {
             Ok(header) => {
                 let span = tracing::Span::current();
@@ -236,7 +238,7 @@ async fn open(
         session_id,
         tls: false,
     };
-    let server = &core.shared.config.server;
+    let server = &core.shared().config.server;
     let starttls = listen.tls == TlsMode::Starttls;
     let plaintext_auth = listen.plaintext_auth;
     match listen.protocol {
@@ -330,8 +332,9 @@ async fn prelogin<P: PreloginPhase>(
 
 /// The server side of a TLS handshake, bounded by `server.handshake_timeout`.
 async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
-    let config = core.shared.tls.as_ref()?;
-    let result = tls::accept(tcp, config, core.shared.config.server.handshake_timeout).await;
+    let shared = core.shared();
+    let config = shared.tls.as_ref()?;
+    let result = tls::accept(tcp, config, shared.config.server.handshake_timeout).await;
     core.counters.tls_handshake(result.is_ok());
     match result {
         Ok(s) => Some(s),

@@ -64,10 +64,10 @@ impl<'a> Prelogin<'a> {
             policy,
             client,
             input: ClientInput::new(),
-            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Sieve),
+            budget: Budget::new(PreloginLimits::of(&core.shared().config), Protocol::Sieve),
             recapability: false,
             bad: 0,
-            deadline: Instant::now() + core.shared.config.server.prelogin_timeout,
+            deadline: Instant::now() + core.shared().config.server.prelogin_timeout,
         }
     }
 
@@ -241,7 +241,7 @@ impl<'a> Prelogin<'a> {
         self.bad += 1;
         let quoted = String::from_utf8_lossy(&quote(text.as_bytes())).into_owned();
         let mut reply = format!("NO {quoted}\r\n");
-        let too_many = self.bad >= self.core.shared.config.server.max_bad_commands;
+        let too_many = self.bad >= self.core.shared().config.server.max_bad_commands;
         if too_many {
             reply.push_str("BYE \"Too many invalid commands.\"\r\n");
         }

@@ -113,7 +113,7 @@ impl<'a> Lmtp<'a> {
             policy,
             client,
             input: ClientInput::new(),
-            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Lmtp),
+            budget: Budget::new(PreloginLimits::of(&core.shared().config), Protocol::Lmtp),
             out: Vec::new(),
             greeted: false,
             tx: None,
@@ -218,7 +218,7 @@ impl<'a> Lmtp<'a> {
         self.bad += 1;
         self.reply(text);
         self.reply("\r\n");
-        if self.bad >= self.core.shared.config.server.max_bad_commands {
+        if self.bad >= self.core.shared().config.server.max_bad_commands {
             info!(bad_commands = self.bad, "too many invalid commands");
             self.reply("421 4.7.0 Too many errors, closing connection\r\n");
             return Err(Close);
@@ -450,7 +450,7 @@ impl<'a> Lmtp<'a> {
             .and_then(|a| parse_path(a).ok())
             .and_then(|p| mailbox_user(p.inner));
         match user.filter(|u| is_valid_login_name(u)) {
-            Some(user) => Ok(self.core.shared.user_key.key(&user)),
+            Some(user) => Ok(self.core.shared().user_key.key(&user)),
             None => Err(RcptStep::Local {
                 text: "501 5.1.3 Syntax: RCPT TO:<address>",
                 bad: true,
