@@ -57,15 +57,15 @@ fn shard_table(c: &mut Criterion) {
         .map(|i| format!("user{i}@example.com"))
         .collect();
     for k in &keys {
-        table.acquire(k, &set).unwrap();
+        table.acquire(k, &set, None).unwrap();
     }
     let mut i = 0;
     c.bench_function("shard_acquire_release_100k_users", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             let key = &keys[i];
-            let backend = table.acquire(black_box(key), &set).unwrap();
-            table.release(key, backend, Instant::now());
+            let backend = table.acquire(black_box(key), &set, None).unwrap();
+            table.release(key, backend, None, Instant::now());
         })
     });
 }
@@ -121,8 +121,8 @@ fn cross_core_round_trip(c: &mut Criterion) {
                 let work = async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let backend = router.acquire(&key).await.unwrap();
-                        router.release(&key, backend);
+                        let backend = router.acquire(&key, None).await.unwrap();
+                        router.release(&key, backend, None);
                     }
                     start.elapsed()
                 };

@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::config::{Config, PemSource, Protocol, TlsMode, TlsVersion};
 use crate::control::{self, ControlMsg};
+use crate::limits::Limits;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
@@ -122,10 +123,12 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
+    let limits = Limits::new(&config.limits, backends.backends.len());
     let shared = Arc::new(Shared {
         config,
         user_key,
         tls,
+        limits,
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
     let mut director = start(shared.clone(), backends.clone(), control_tx.clone())

@@ -32,7 +32,8 @@ pub use environment::usable_cpus;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use schema::{
     AdminConfig, Backend, BackendDefaults, ClusterConfig, Driver, Forward, HealthCheck,
-    HealthConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode, DEFAULT_WEIGHT,
+    HealthConfig, LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode,
+    DEFAULT_WEIGHT,
 };
 pub use validate::{check_backend_name, check_host, check_http_url, check_user_key};
 pub use values::{Secret, TlsVersion};
@@ -57,6 +58,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[cluster]`: absent for a single director.
     pub cluster: Option<ClusterConfig>,
+    /// `[limits]`
+    pub limits: LimitsConfig,
 }
 
 impl Config {

@@ -16,7 +16,7 @@ use local_sync::oneshot;
 
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
-use crate::route::shard::{Assignment, NoBackend, ShardTable};
+use crate::route::shard::{Assignment, NoBackend, SessionOrigin, ShardTable};
 use crate::runtime::mailbox::MailboxSender;
 
 /// Routing messages between cores.
@@ -30,6 +30,8 @@ pub enum RouterMsg {
         from: usize,
         /// The asking core's request number.
         req: u64,
+        /// Where a login session comes from (`None` for LMTP).
+        origin: Option<SessionOrigin>,
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
@@ -44,6 +46,8 @@ pub enum RouterMsg {
         key: Box<str>,
         /// The backend the session ran on.
         backend: BackendId,
+        /// Where the session came from, as acquired.
+        origin: Option<SessionOrigin>,
     },
 }
 
@@ -56,6 +60,21 @@ pub enum RouteError {
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+    /// The user has `limits.sessions_per_user` sessions already.
+    UserSessions,
+    /// The user has `limits.sessions_per_user_ip` sessions from this
+    /// address and protocol already.
+    UserIpSessions,
+}
+
+impl From<NoBackend> for RouteError {
+    fn from(e: NoBackend) -> Self {
+        match e {
+            NoBackend::NoneRoutable => RouteError::NoBackend,
+            NoBackend::UserSessions => RouteError::UserSessions,
+            NoBackend::UserIpSessions => RouteError::UserIpSessions,
+        }
+    }
 }
 
 /// How long a login waits for a move of its user to finish.
@@ -66,7 +85,11 @@ enum Deferred {
     /// A session on the owner core itself.
     Local(oneshot::Sender<()>),
     /// An acquire from another core, answered when the hold ends.
-    Remote { from: usize, req: u64 },
+    Remote {
+        from: usize,
+        req: u64,
+        origin: Option<SessionOrigin>,
+    },
 }
 
 /// Something that carries router messages to a core.
@@ -130,8 +153,13 @@ impl Router {
         self.backends.borrow().clone()
     }
 
-    /// Counts a new session of `key` and returns the backend it must use.
-    pub async fn acquire(&self, key: &str) -> Result<BackendId, RouteError> {
+    /// Counts a new session of `key` (a login session names its `origin`,
+    /// for the per-user limits) and returns the backend it must use.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        origin: Option<SessionOrigin>,
+    ) -> Result<BackendId, RouteError> {
         let owner = self.owner(key);
         if owner == self.core {
             let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
@@ -150,8 +178,8 @@ impl Router {
             return self
                 .shard
                 .borrow_mut()
-                .acquire(key, &set)
-                .map_err(|_| RouteError::NoBackend);
+                .acquire(key, &set, origin)
+                .map_err(RouteError::from);
         }
         let req = self.next_req.get();
         self.next_req.set(req + 1);
@@ -161,28 +189,31 @@ impl Router {
             key: key.into(),
             from: self.core,
             req,
+            origin,
         };
         if !self.post.post(owner, msg) {
             self.pending.borrow_mut().remove(&req);
             return Err(RouteError::CoreGone);
         }
         match rx.await {
-            Ok(result) => result.map_err(|_| RouteError::NoBackend),
+            Ok(result) => result.map_err(RouteError::from),
             Err(_) => Err(RouteError::CoreGone),
         }
     }
 
-    /// Forgets one session of `key` that ran on `backend`.
-    pub fn release(&self, key: &str, backend: BackendId) {
+    /// Forgets one session of `key` (from `origin`, as acquired) that ran
+    /// on `backend`.
+    pub fn release(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
         let owner = self.owner(key);
         if owner == self.core {
             self.shard
                 .borrow_mut()
-                .release(key, backend, Instant::now());
+                .release(key, backend, origin, Instant::now());
         } else {
             let msg = RouterMsg::Release {
                 key: key.into(),
                 backend,
+                origin,
             };
             // A gone owner means shutdown: nothing left to count.
             let _ = self.post.post(owner, msg);
@@ -192,34 +223,45 @@ impl Router {
     /// Handles a message from another core.
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
-            RouterMsg::Acquire { key, from, req } => {
+            RouterMsg::Acquire {
+                key,
+                from,
+                req,
+                origin,
+            } => {
                 if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
-                    waiters.push(Deferred::Remote { from, req });
+                    waiters.push(Deferred::Remote { from, req, origin });
                     return;
                 }
-                self.answer_acquire(&key, from, req);
+                self.answer_acquire(&key, from, req, origin);
             }
             RouterMsg::Acquired { req, result } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&req) {
                     let _ = tx.send(result);
                 }
             }
-            RouterMsg::Release { key, backend } => {
+            RouterMsg::Release {
+                key,
+                backend,
+                origin,
+            } => {
                 self.shard
                     .borrow_mut()
-                    .release(&key, backend, Instant::now());
+                    .release(&key, backend, origin, Instant::now());
             }
         }
     }
 
     /// Acquires for a remote core and posts the answer.
-    fn answer_acquire(&self, key: &str, from: usize, req: u64) {
+    fn answer_acquire(&self, key: &str, from: usize, req: u64, origin: Option<SessionOrigin>) {
         let set = self.backends();
-        let result = self.shard.borrow_mut().acquire(key, &set);
+        let result = self.shard.borrow_mut().acquire(key, &set, origin);
         if !self.post.post(from, RouterMsg::Acquired { req, result }) {
             // The asker is gone; do not leak its session count.
             if let Ok(b) = result {
-                self.shard.borrow_mut().release(key, b, Instant::now());
+                self.shard
+                    .borrow_mut()
+                    .release(key, b, origin, Instant::now());
             }
         }
     }
@@ -245,7 +287,9 @@ impl Router {
                 Deferred::Local(tx) => {
                     let _ = tx.send(());
                 }
-                Deferred::Remote { from, req } => self.answer_acquire(key, from, req),
+                Deferred::Remote { from, req, origin } => {
+                    self.answer_acquire(key, from, req, origin)
+                }
             }
         }
     }
@@ -351,11 +395,11 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
-            let first = r.acquire(key).await.unwrap();
-            r.release(key, first);
+            let first = r.acquire(key, None).await.unwrap();
+            r.release(key, first, None);
             let target = (first + 1) % 3;
             r.hold(key);
-            let mut waiting = std::pin::pin!(r.acquire(key));
+            let mut waiting = std::pin::pin!(r.acquire(key, None));
             poll_once(waiting.as_mut());
             assert_eq!(
                 r.holds.borrow()[key].len(),
@@ -372,7 +416,7 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
-            assert_eq!(r.acquire("stuck").await, Err(RouteError::Held));
+            assert_eq!(r.acquire("stuck", None).await, Err(RouteError::Held));
         });
     }
 
@@ -385,6 +429,7 @@ mod tests {
             key: "bob".into(),
             from: 1,
             req: 7,
+            origin: None,
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
         owner.unhold("bob", Some(2));
@@ -415,7 +460,7 @@ mod tests {
                 .unwrap();
             let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let mut pending = std::pin::pin!(asker.acquire(&key));
+            let mut pending = std::pin::pin!(asker.acquire(&key, None));
             poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);

@@ -7,12 +7,40 @@
 //! survives a higher-ranked backend coming back. It is dropped only when its
 //! backend can no longer keep users (unhealthy or admin down) or by an
 //! explicit [`ShardTable::remove`] (admin move, flush).
+//!
+//! The owner core also enforces the per-user session limits
+//! (`limits.sessions_per_user`, `limits.sessions_per_user_ip`): a login
+//! session names its [`SessionOrigin`] and is refused when its user, or
+//! its user from that address and protocol, already has that many. LMTP
+//! deliveries name none and are not limited.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashMap;
 
+use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
+
+/// Where a logged-in session comes from, for the per-address limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOrigin {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The session's protocol (the per-address limit counts per protocol,
+    /// as Dovecot's `mail_max_userip_connections` does).
+    pub protocol: Protocol,
+}
+
+/// The per-user session limits; 0 turns one off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `limits.sessions_per_user`: logged-in sessions of one user.
+    pub per_user: u32,
+    /// `limits.sessions_per_user_ip`: sessions of one user from one
+    /// address, per protocol.
+    pub per_user_ip: u32,
+}
 
 /// A user's place.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,13 +53,64 @@ pub struct Assignment {
     pub since: SystemTime,
     /// When the last session closed, while `sessions == 0`.
     idle_since: Option<Instant>,
+    /// Login sessions per origin (LMTP deliveries have none).
+    origins: Vec<(SessionOrigin, u32)>,
 }
 
-/// Why a user could not be placed.
+impl Assignment {
+    /// Logged-in sessions with an origin (LMTP deliveries not counted).
+    pub fn logged_in(&self) -> u32 {
+        self.origins.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Logged-in sessions from `origin`.
+    fn sessions_from(&self, origin: SessionOrigin) -> u32 {
+        self.origins
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Refuses one more session from `origin` over a limit.
+    fn admits(&self, origin: SessionOrigin, limits: SessionLimits) -> Result<(), NoBackend> {
+        if limits.per_user != 0 && self.logged_in() >= limits.per_user {
+            return Err(NoBackend::UserSessions);
+        }
+        if limits.per_user_ip != 0 && self.sessions_from(origin) >= limits.per_user_ip {
+            return Err(NoBackend::UserIpSessions);
+        }
+        Ok(())
+    }
+
+    /// Counts one more session from `origin`.
+    fn add_origin(&mut self, origin: SessionOrigin) {
+        match self.origins.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.origins.push((origin, 1)),
+        }
+    }
+
+    /// Counts one session from `origin` less.
+    fn remove_origin(&mut self, origin: SessionOrigin) {
+        if let Some(i) = self.origins.iter().position(|(o, _)| *o == origin) {
+            self.origins[i].1 -= 1;
+            if self.origins[i].1 == 0 {
+                self.origins.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Why a user's session could not be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBackend {
     /// No backend is routable right now.
     NoneRoutable,
+    /// The user has `limits.sessions_per_user` sessions already.
+    UserSessions,
+    /// The user has `limits.sessions_per_user_ip` sessions from this
+    /// address and protocol already.
+    UserIpSessions,
 }
 
 /// The shard of one core.
@@ -39,23 +118,41 @@ pub enum NoBackend {
 pub struct ShardTable {
     users: AHashMap<Box<str>, Assignment>,
     expire: Duration,
+    limits: SessionLimits,
 }
 
 impl ShardTable {
-    /// An empty shard whose idle assignments live for `expire`.
+    /// An empty shard whose idle assignments live for `expire`, without
+    /// session limits.
     pub fn new(expire: Duration) -> ShardTable {
+        ShardTable::with_limits(expire, SessionLimits::default())
+    }
+
+    /// An empty shard that enforces `limits`.
+    pub fn with_limits(expire: Duration, limits: SessionLimits) -> ShardTable {
         ShardTable {
             users: AHashMap::new(),
             expire,
+            limits,
         }
     }
 
-    /// Counts a new session of `key` and returns its backend, assigning one
-    /// (the first routable choice) if the user has none or its backend can no
-    /// longer keep users.
-    pub fn acquire(&mut self, key: &str, set: &BackendSet) -> Result<BackendId, NoBackend> {
+    /// Counts a new session of `key` (from `origin`, for a login session)
+    /// and returns its backend, assigning one (the first routable choice)
+    /// if the user has none or its backend can no longer keep users.
+    /// A login session over a per-user limit is refused.
+    pub fn acquire(
+        &mut self,
+        key: &str,
+        set: &BackendSet,
+        origin: Option<SessionOrigin>,
+    ) -> Result<BackendId, NoBackend> {
         if let Some(a) = self.users.get_mut(key) {
             if set.get(a.backend).is_some_and(|b| b.keeps_users()) {
+                if let Some(origin) = origin {
+                    a.admits(origin, self.limits)?;
+                    a.add_origin(origin);
+                }
                 a.sessions += 1;
                 a.idle_since = None;
                 return Ok(a.backend);
@@ -71,16 +168,27 @@ impl ShardTable {
                 sessions: 1,
                 since: SystemTime::now(),
                 idle_since: None,
+                origins: origin.map(|o| (o, 1)).into_iter().collect(),
             },
         );
         Ok(backend)
     }
 
-    /// Forgets one session of `key` that ran on `backend`. A session of an
-    /// earlier assignment (the user moved meanwhile) does not count.
-    pub fn release(&mut self, key: &str, backend: BackendId, now: Instant) {
+    /// Forgets one session of `key` (from `origin`) that ran on `backend`.
+    /// A session of an earlier assignment (the user moved meanwhile) does
+    /// not count.
+    pub fn release(
+        &mut self,
+        key: &str,
+        backend: BackendId,
+        origin: Option<SessionOrigin>,
+        now: Instant,
+    ) {
         if let Some(a) = self.users.get_mut(key) {
             if a.backend == backend && a.sessions > 0 {
+                if let Some(origin) = origin {
+                    a.remove_origin(origin);
+                }
                 a.sessions -= 1;
                 if a.sessions == 0 {
                     a.idle_since = Some(now);
@@ -110,6 +218,7 @@ impl ShardTable {
                 sessions: 0,
                 since: SystemTime::now(),
                 idle_since: Some(now),
+                origins: Vec::new(),
             },
         );
     }
@@ -165,11 +274,11 @@ mod tests {
     fn assigns_first_choice_and_counts_sessions() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("alice", &set).unwrap();
+        let b = t.acquire("alice", &set, None).unwrap();
         assert_eq!(Some(b), set.first_choice("alice"));
-        assert_eq!(t.acquire("alice", &set), Ok(b));
+        assert_eq!(t.acquire("alice", &set, None), Ok(b));
         assert_eq!(t.get("alice").unwrap().sessions, 2);
-        t.release("alice", b, Instant::now());
+        t.release("alice", b, None, Instant::now());
         assert_eq!(t.get("alice").unwrap().sessions, 1);
     }
 
@@ -182,21 +291,25 @@ mod tests {
             .unwrap();
         let without_0 = set.with_change(0, |b| b.health = Health::Unhealthy);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire(&key, &without_0).unwrap();
+        let b = t.acquire(&key, &without_0, None).unwrap();
         assert_ne!(b, 0);
         // Backend 0 recovers: the user stays where it is.
-        assert_eq!(t.acquire(&key, &set), Ok(b));
+        assert_eq!(t.acquire(&key, &set, None), Ok(b));
     }
 
     #[test]
     fn moves_when_backend_can_no_longer_keep_users() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("bob", &set).unwrap();
+        let b = t.acquire("bob", &set, None).unwrap();
         let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
-        assert_eq!(t.acquire("bob", &drained), Ok(b), "drain keeps its users");
+        assert_eq!(
+            t.acquire("bob", &drained, None),
+            Ok(b),
+            "drain keeps its users"
+        );
         let down = set.with_change(b, |x| x.admin = AdminState::Down);
-        let nb = t.acquire("bob", &down).unwrap();
+        let nb = t.acquire("bob", &down, None).unwrap();
         assert_ne!(nb, b);
         assert_eq!(Some(nb), down.first_choice("bob"));
     }
@@ -207,7 +320,7 @@ mod tests {
         let mut t = ShardTable::new(Duration::from_secs(60));
         let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
         for u in &users {
-            t.acquire(u, &set).unwrap();
+            t.acquire(u, &set, None).unwrap();
         }
         let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
         let dropped = t.drop_unkept(&dead);
@@ -224,9 +337,9 @@ mod tests {
         let set = set_of(2);
         let mut t = ShardTable::new(Duration::from_secs(10));
         let start = Instant::now();
-        let b = t.acquire("idle", &set).unwrap();
-        t.acquire("busy", &set).unwrap();
-        t.release("idle", b, start);
+        let b = t.acquire("idle", &set, None).unwrap();
+        t.acquire("busy", &set, None).unwrap();
+        t.release("idle", b, None, start);
         assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
         assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
         assert!(t.get("idle").is_none());
@@ -237,10 +350,10 @@ mod tests {
     fn release_of_an_old_assignment_is_ignored() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("carol", &set).unwrap();
+        let b = t.acquire("carol", &set, None).unwrap();
         let other = (b + 1) % 3;
         t.assign("carol", other, Instant::now());
-        t.release("carol", b, Instant::now());
+        t.release("carol", b, None, Instant::now());
         assert_eq!(t.get("carol").unwrap().sessions, 0);
         assert_eq!(t.get("carol").unwrap().backend, other);
     }
@@ -249,6 +362,58 @@ mod tests {
     fn no_routable_backend_is_an_error() {
         let set = set_of(1).with_change(0, |b| b.admin = AdminState::Down);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        assert_eq!(t.acquire("x", &set), Err(NoBackend::NoneRoutable));
+        assert_eq!(t.acquire("x", &set, None), Err(NoBackend::NoneRoutable));
+    }
+
+    fn origin(ip: &str, protocol: Protocol) -> Option<SessionOrigin> {
+        Some(SessionOrigin {
+            ip: ip.parse().unwrap(),
+            protocol,
+        })
+    }
+
+    #[test]
+    fn per_user_ip_limit_counts_per_address_and_protocol() {
+        let set = set_of(2);
+        let limits = SessionLimits {
+            per_user: 0,
+            per_user_ip: 2,
+        };
+        let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
+        let a = origin("192.0.2.1", Protocol::Imap);
+        let b = t.acquire("dan", &set, a).unwrap();
+        t.acquire("dan", &set, a).unwrap();
+        assert_eq!(t.acquire("dan", &set, a), Err(NoBackend::UserIpSessions));
+        assert_eq!(
+            t.get("dan").unwrap().sessions,
+            2,
+            "a refusal counts nothing"
+        );
+        t.acquire("dan", &set, origin("192.0.2.2", Protocol::Imap))
+            .expect("another address");
+        t.acquire("dan", &set, origin("192.0.2.1", Protocol::Pop3))
+            .expect("another protocol");
+        t.acquire("dan", &set, None).expect("LMTP is not limited");
+        t.release("dan", b, a, Instant::now());
+        assert_eq!(t.acquire("dan", &set, a), Ok(b), "room after a release");
+    }
+
+    #[test]
+    fn per_user_limit_counts_every_login_session() {
+        let set = set_of(2);
+        let limits = SessionLimits {
+            per_user: 2,
+            per_user_ip: 0,
+        };
+        let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
+        t.acquire("eve", &set, origin("192.0.2.1", Protocol::Imap))
+            .unwrap();
+        t.acquire("eve", &set, origin("192.0.2.2", Protocol::Sieve))
+            .unwrap();
+        assert_eq!(
+            t.acquire("eve", &set, origin("192.0.2.3", Protocol::Imap)),
+            Err(NoBackend::UserSessions)
+        );
+        assert_eq!(t.get("eve").unwrap().logged_in(), 2);
     }
 }

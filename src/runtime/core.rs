@@ -32,6 +32,8 @@ pub struct Shared {
     pub user_key: UserKeyFormat,
     /// The TLS server configuration, shared by all cores (one ticket key).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The address- and backend-based limits, counted across all cores.
+    pub limits: crate::limits::Limits,
 }
 
 /// Messages a core receives.

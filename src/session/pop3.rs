@@ -13,6 +13,7 @@ use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backend::pop3::login;
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
 use crate::proto::sasl::{self, Credentials};
@@ -269,7 +270,8 @@ impl<'a> Prelogin<'a> {
         let core = self.core;
         let key = login_key(core, &creds);
         let client = &self.client;
-        let routed = login_routed(core, &key, s, |backend, s, _| {
+        let origin = client.origin(Protocol::Pop3);
+        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;
@@ -277,8 +279,13 @@ impl<'a> Prelogin<'a> {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {
                 if let Some(text) = refusal.message() {
-                    self.reply(s, &format!("-ERR [SYS/TEMP] {text}\r\n"))
-                        .await?;
+                    // RFC 2449: IN-USE for a per-user session limit.
+                    let code = if refusal.is_user_limit() {
+                        "IN-USE"
+                    } else {
+                        "SYS/TEMP"
+                    };
+                    self.reply(s, &format!("-ERR [{code}] {text}\r\n")).await?;
                 }
                 Ok(None)
             }

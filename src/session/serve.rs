@@ -10,13 +10,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Listen, Protocol, TlsMode};
-use crate::io::Connection;
+use crate::io::{write_bytes, Connection};
+use crate::limits::Limit;
 use crate::relay::{relay_split, RelayEnd, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::runtime::sessions::KickReason;
@@ -155,6 +156,7 @@ fn relayed<C: Connection>(
         backend,
         backend_id,
         key,
+        origin,
         to_backend,
         to_client,
     } = l;
@@ -169,7 +171,7 @@ fn relayed<C: Connection>(
         let splice = core.shared.config.server.splice;
         let (end, stats) = relay_split(split, to_backend, to_client, stop, splice).await;
         drop(registration);
-        core.router.release(&key, backend_id);
+        core.router.release(&key, backend_id, Some(origin));
         closed(&tracing::Span::current(), Some(end), stats, started);
         drop(guard);
     }
@@ -208,6 +210,15 @@ async fn open(
             }
         }
     }
+    // Counted until it logs in or closes, whichever comes first.
+    let _prelogin = match core.shared.limits.enter_prelogin(peer.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            let bound = core.shared.config.server.handshake_timeout;
+            refuse_connection(&mut tcp, listen, limit, bound).await;
+            return None;
+        }
+    };
     let client = ClientInfo {
         peer,
         local,
@@ -317,6 +328,28 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
             None
         }
     }
+}
+
+/// Tells a client refused by a pre-login limit why, in its protocol's
+/// greeting form (the write bounded by `bound`), and lets the connection
+/// close. An implicit-TLS client
+/// would not understand plaintext, and a handshake is what the limit
+/// spares, so it is closed without a word.
+async fn refuse_connection(tcp: &mut TcpStream, listen: &Listen, limit: Limit, bound: Duration) {
+    if listen.tls == TlsMode::Implicit {
+        return;
+    }
+    let text = match limit {
+        Limit::PreloginPerIp => "Too many connections from your IP",
+        _ => "Too many connections, try again later",
+    };
+    let reply = match listen.protocol {
+        Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}.\r\n"),
+        Protocol::Pop3 => format!("-ERR [SYS/TEMP] {text}.\r\n"),
+        Protocol::Sieve => format!("BYE (TRYLATER) \"{text}.\"\r\n"),
+        Protocol::Lmtp => format!("421 4.7.0 {text}\r\n"),
+    };
+    let _ = monoio::time::timeout(bound, write_bytes(tcp, reply.as_bytes())).await;
 }
 
 /// What a client is told when the director ends its session: IMAP and

@@ -14,6 +14,7 @@ use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backend::sieve::login;
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sieve::{parse_line, quote, SieveArg, MAX_COMMAND_LINE, MAX_LITERAL};
@@ -331,7 +332,8 @@ impl<'a> Prelogin<'a> {
         let core = self.core;
         let key = login_key(core, &creds);
         let client = &self.client;
-        let routed = login_routed(core, &key, s, |backend, s, _| {
+        let origin = client.origin(Protocol::Sieve);
+        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;

@@ -349,7 +349,7 @@ impl<'a> Lmtp<'a> {
             if reply.is_positive() {
                 debug!(user = %r.key, "recipient accepted");
             } else {
-                self.core.router.release(&r.key, r.backend);
+                self.core.router.release(&r.key, r.backend, None);
             }
         }
         for step in steps {
@@ -422,7 +422,7 @@ impl<'a> Lmtp<'a> {
     /// router comes back routed, or answered when no backend is available.
     async fn route(&self, steps: &mut [RcptStep], wanted: Vec<(String, Vec<u8>)>) -> Vec<Routed> {
         let router = &self.core.router;
-        let chosen = join_all(wanted.iter().map(|(key, _)| router.acquire(key))).await;
+        let chosen = join_all(wanted.iter().map(|(key, _)| router.acquire(key, None))).await;
         let mut routed = Vec::with_capacity(wanted.len());
         let mut placed = Vec::with_capacity(wanted.len());
         for ((key, line), choice) in wanted.into_iter().zip(chosen) {
@@ -454,7 +454,7 @@ impl<'a> Lmtp<'a> {
     /// Releases the transaction's recipients in the router.
     fn release(&self, tx: &Transaction) {
         for (key, backend) in tx.recipients() {
-            self.core.router.release(key, backend);
+            self.core.router.release(key, backend, None);
         }
     }
 
