@@ -214,6 +214,55 @@ fn sessions_per_user_and_address_are_limited_per_address() {
     }
 }
 
+/// A POP3 login of `user` from `from`: the answer to PASS.
+fn pop3_login(from: IpAddr, addr: SocketAddr, user: &str) -> (LineClient, String) {
+    let (mut c, greeting) = greeted(from, addr);
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    c.send_line(&format!("USER {user}")).unwrap();
+    let ok = c.read_line().unwrap();
+    assert!(ok.starts_with("+OK"), "{ok}");
+    c.send_line(&format!("PASS {DEFAULT_PASSWORD}")).unwrap();
+    let answer = c.read_line().unwrap();
+    (c, answer)
+}
+
+#[test]
+fn sessions_per_user_count_every_protocol_and_address() {
+    let Some(cluster) = dovecot(1) else { return };
+    let listeners = [ListenSpec::plain("imap"), ListenSpec::plain("pop3")];
+    let mut c = config(&cluster, None, "", &listeners, "");
+    c.push_str("[limits]\nsessions_per_user = 3\nsessions_per_user_ip = 2\n");
+    let m = Mailpin::start(&c, 2);
+    let (imap, pop3) = (m.listen[0], m.listen[1]);
+    let user = cluster.user(1);
+    let login = format!("LOGIN {user} {DEFAULT_PASSWORD}");
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) = greeted(ip(1), imap);
+        assert!(c.imap(&login).unwrap().is_ok());
+        held.push(c);
+    }
+    // The per-address count is per protocol: POP3 from the same address
+    // is the user's third session, and allowed.
+    let (c, answer) = pop3_login(ip(1), pop3, &user);
+    assert!(answer.starts_with("+OK"), "{answer}");
+    held.push(c);
+    // A fourth session of the user, from anywhere, is over the per-user limit.
+    let (_c, answer) = pop3_login(ip(2), pop3, &user);
+    assert_eq!(
+        answer,
+        "-ERR [IN-USE] Too many sessions for this account, close one and try again."
+    );
+    let (mut c, _) = greeted(ip(3), imap);
+    assert_eq!(
+        c.imap(&login).unwrap().status,
+        "NO [LIMIT] Too many sessions for this account, close one and try again."
+    );
+    assert_eq!(hits(&m, "sessions_per_user"), 2);
+    assert_eq!(hits(&m, "sessions_per_user_ip"), 0);
+}
+
 /// A fake IMAP backend that greets at once and answers a login by its
 /// password: `wrong-password` is refused at once, `hold` is reported with
 /// a sender and answered OK only when the test sends on it, anything else

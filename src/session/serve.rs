@@ -210,13 +210,18 @@ async fn open(
             }
         }
     }
-    // Counted until it logs in or closes, whichever comes first.
-    let _prelogin = match core.shared.limits.enter_prelogin(peer.ip()) {
-        Ok(slot) => slot,
-        Err(limit) => {
-            let bound = core.shared.config.server.handshake_timeout;
-            refuse_connection(&mut tcp, listen, limit, bound).await;
-            return None;
+    // Counted until it logs in or closes, whichever comes first. LMTP has
+    // no login: its client is the MTA, and its connections are not counted.
+    let _prelogin = if listen.protocol == Protocol::Lmtp {
+        None
+    } else {
+        match core.shared.limits.enter_prelogin(peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(limit) => {
+                let bound = core.shared.config.server.handshake_timeout;
+                refuse_connection(&mut tcp, listen, limit, bound).await;
+                return None;
+            }
         }
     };
     let client = ClientInfo {
@@ -347,6 +352,7 @@ async fn refuse_connection(tcp: &mut TcpStream, listen: &Listen, limit: Limit, b
         Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}.\r\n"),
         Protocol::Pop3 => format!("-ERR [SYS/TEMP] {text}.\r\n"),
         Protocol::Sieve => format!("BYE (TRYLATER) \"{text}.\"\r\n"),
+        // Not counted (no login), so never refused; RFC 5321's answer.
         Protocol::Lmtp => format!("421 4.7.0 {text}\r\n"),
     };
     let _ = monoio::time::timeout(bound, write_bytes(tcp, reply.as_bytes())).await;
