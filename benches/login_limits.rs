@@ -79,7 +79,9 @@ fn shard_with_origins(c: &mut Criterion) {
     // Every user holds three sessions from three addresses.
     for k in &keys {
         for n in 0..3 {
-            table.acquire(k, &set, Some(origin(n))).unwrap();
+            table
+                .acquire(k, &set, Protocol::Imap, &[], Some(origin(n)))
+                .unwrap();
         }
     }
     let mut i = 0;
@@ -88,7 +90,9 @@ fn shard_with_origins(c: &mut Criterion) {
             i = (i + 7919) % keys.len();
             let key = &keys[i];
             let o = Some(origin(i));
-            let backend = table.acquire(black_box(key), &set, o).unwrap();
+            let backend = table
+                .acquire(black_box(key), &set, Protocol::Imap, &[], o)
+                .unwrap();
             table.release(key, backend, o, Instant::now());
         })
     });

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mailpin::io::ReadSide;
-use mailpin::relay::{relay, RelayEnd};
+use mailpin::relay::{relay, RelayEnd, RelayOptions};
 use mailpin::tls::{DevCert, MinVersion, Provider, TlsSettings};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -222,7 +222,10 @@ async fn transfer(path: Path, listener: &TcpListener, addr: SocketAddr, tls: &Tl
                 Vec::new(),
                 Vec::new(),
                 pending::<Vec<u8>>(),
-                splice,
+                RelayOptions {
+                    splice,
+                    ..RelayOptions::default()
+                },
             ));
             let source = monoio::spawn(source(src));
             let received = sink_tcp(dst).await;
@@ -269,7 +272,7 @@ async fn transfer(path: Path, listener: &TcpListener, addr: SocketAddr, tls: &Tl
                     Vec::new(),
                     Vec::new(),
                     pending::<Vec<u8>>(),
-                    false,
+                    RelayOptions::default(),
                 ));
                 let source = monoio::spawn(source(client));
                 let received = sink_tcp(dst).await;

@@ -43,7 +43,7 @@ fn ranking(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &set, |b, set| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(set.first_choice(black_box(&keys[i])))
+                black_box(set.first_choice(black_box(&keys[i]), Protocol::Imap, &[]))
             })
         });
     }
@@ -57,14 +57,16 @@ fn shard_table(c: &mut Criterion) {
         .map(|i| format!("user{i}@example.com"))
         .collect();
     for k in &keys {
-        table.acquire(k, &set, None).unwrap();
+        table.acquire(k, &set, Protocol::Imap, &[], None).unwrap();
     }
     let mut i = 0;
     c.bench_function("shard_acquire_release_100k_users", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             let key = &keys[i];
-            let backend = table.acquire(black_box(key), &set, None).unwrap();
+            let backend = table
+                .acquire(black_box(key), &set, Protocol::Imap, &[], None)
+                .unwrap();
             table.release(key, backend, None, Instant::now());
         })
     });
@@ -121,7 +123,10 @@ fn cross_core_round_trip(c: &mut Criterion) {
                 let work = async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let backend = router.acquire(&key, None).await.unwrap();
+                        let backend = router
+                            .acquire(&key, Protocol::Imap, &[], None)
+                            .await
+                            .unwrap();
                         router.release(&key, backend, None);
                     }
                     start.elapsed()

@@ -163,6 +163,25 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The PROTOCOLS cell of `ctl backends`: `imap=up,pop3=down` over the
+/// checked protocols, `-` when the director sent none.
+fn protocols_cell(v: &Value) -> String {
+    let Some(map) = v.as_object().filter(|m| !m.is_empty()) else {
+        return "-".into();
+    };
+    map.iter()
+        .map(|(p, h)| {
+            let state = match h.as_str() {
+                Some("healthy") => "up",
+                Some("unhealthy") => "down",
+                _ => "?",
+            };
+            format!("{p}={state}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Formats rows as aligned columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -206,20 +225,30 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
                 .map(|a| {
                     a.iter()
                         .map(|b| {
-                            [
+                            let mut row: Vec<String> = [
                                 "name", "host", "weight", "admin", "health", "routable",
                                 "sessions", "users",
                             ]
                             .iter()
                             .map(|k| s(&b[*k]))
-                            .collect()
+                            .collect();
+                            row.push(protocols_cell(&b["protocols"]));
+                            row
                         })
                         .collect()
                 })
                 .unwrap_or_default();
             table(
                 &[
-                    "NAME", "HOST", "WEIGHT", "ADMIN", "HEALTH", "ROUTABLE", "SESSIONS", "USERS",
+                    "NAME",
+                    "HOST",
+                    "WEIGHT",
+                    "ADMIN",
+                    "HEALTH",
+                    "ROUTABLE",
+                    "SESSIONS",
+                    "USERS",
+                    "PROTOCOLS",
                 ],
                 &rows,
             )

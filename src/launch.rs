@@ -62,7 +62,7 @@ pub fn backend_set(config: &Config) -> Result<BackendSet, LaunchError> {
         let addrs: [SocketAddr; 4] = addrs
             .try_into()
             .map_err(|_| LaunchError("internal: protocol count".into()))?;
-        backends.push(Backend::new(
+        let mut backend = Backend::new(
             id,
             &b.name,
             b.host.clone(),
@@ -70,7 +70,10 @@ pub fn backend_set(config: &Config) -> Result<BackendSet, LaunchError> {
             b.weight,
             b.forward,
             b.connect_timeout,
-        ));
+        );
+        // Health is checked per protocol port, for the protocols served.
+        backend.check_only(|p| config.listen.iter().any(|l| l.protocol == p));
+        backends.push(backend);
     }
     Ok(BackendSet::new(backends))
 }

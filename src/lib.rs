@@ -24,4 +24,5 @@ pub mod route;
 pub mod runtime;
 pub mod session;
 pub mod signals;
+pub mod sockopt;
 pub mod tls;

@@ -6,7 +6,18 @@
 //! one side closes its direction the other side is told (half-close), and
 //! the remaining direction gets [`FIN_TIMEOUT`] to finish. A session can be
 //! ended from outside (an admin kick, a backend going down) through a
-//! future passed in; the relay then stops both directions and returns.
+//! future passed in.
+//!
+//! Ending a session closes the **backend side first** ([`close_backend`]):
+//! what corrupts a mail store is two backend sessions of one user, so the
+//! backend connection is half-closed at once and the relay waits, bounded,
+//! for the backend's own end of stream — the proof that the backend ended
+//! its session — before anything else happens. Only then is the caller
+//! told (its `backend_closed` callback: a move waits for that event) and the
+//! client gets its goodbye, with a short bounded write that can never keep
+//! a backend connection open. A write that cannot make progress for
+//! `stall_timeout` (a client that stopped reading, a backend that stopped
+//! reading) ends the session the same way.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -21,6 +32,36 @@ use crate::io::{Connection, ReadSide, WriteSide};
 /// How long the second direction may go on after the first one closed.
 pub const FIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an ended session waits for the backend's end of stream after
+/// its own FIN before it resets the connection. Dovecot answers a FIN by
+/// ending the session at once (well under a millisecond on a LAN); only a
+/// hung or black-holed backend takes this long.
+pub const BACKEND_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a kicked client gets to take its goodbye (`* BYE ...`). Best
+/// effort: the backend connection is already closed by then.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a relay runs: the knobs of `[server]` it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// Move plaintext-to-plaintext bytes with splice(2) (`server.splice`).
+    pub splice: bool,
+    /// A write to either side that makes no progress for this long ends
+    /// the session (`server.stall_timeout`).
+    pub stall_timeout: Duration,
+}
+
+impl Default for RelayOptions {
+    /// Copying through user space, stalls ended after 60 s.
+    fn default() -> Self {
+        RelayOptions {
+            splice: false,
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -32,6 +73,8 @@ pub enum RelayEnd {
     Error,
     /// Ended from outside by the `stop` future.
     Stopped,
+    /// A side stopped reading: a write made no progress for `stall_timeout`.
+    Stalled,
 }
 
 /// Bytes moved by a relay.
@@ -54,20 +97,25 @@ async fn pump<R: ReadSide, W: WriteSide>(
     r: &mut R,
     w: &mut W,
     moved: &Cell<u64>,
-    splice: bool,
+    options: RelayOptions,
 ) -> io::Result<()> {
-    if splice {
+    if options.splice {
         if let (Some(from), Some(to)) = (r.as_plain_tcp(), w.as_plain_tcp()) {
             // Boxed: the copy loop's sessions should not carry its state.
-            return Box::pin(splice_pump(from, to, moved)).await;
+            return Box::pin(splice_pump(from, to, moved, options.stall_timeout)).await;
         }
     }
     loop {
         r.readable().await?;
-        if Box::pin(transfer(r, w, moved)).await? == Flow::Ended {
+        if Box::pin(transfer(r, w, moved, options.stall_timeout)).await? == Flow::Ended {
             return Ok(());
         }
     }
+}
+
+/// The error a write that made no progress for `stall_timeout` ends with.
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the other side stopped reading")
 }
 
 /// Whether a direction goes on after a [`transfer`].
@@ -87,6 +135,7 @@ async fn transfer<R: ReadSide, W: WriteSide>(
     r: &mut R,
     w: &mut W,
     moved: &Cell<u64>,
+    stall_timeout: Duration,
 ) -> io::Result<Flow> {
     let mut buf = bufpool::take();
     let result = loop {
@@ -109,7 +158,7 @@ async fn transfer<R: ReadSide, W: WriteSide>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flow::More),
             Err(e) => break Err(e),
         };
-        let (res, b) = write_out(w, buf).await;
+        let (res, b) = write_out(w, buf, stall_timeout).await;
         buf = b;
         if let Err(e) = res {
             break Err(e);
@@ -125,23 +174,37 @@ async fn transfer<R: ReadSide, W: WriteSide>(
 }
 
 /// Writes all of `buf`: straight away as far as the other side takes it,
-/// the rest (if any) through the runtime.
-async fn write_out<W: WriteSide>(w: &mut W, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+/// the rest (if any) through the runtime, which must finish within
+/// `stall_timeout` (else the buffer is lost with the session: the error
+/// ends the relay).
+async fn write_out<W: WriteSide>(
+    w: &mut W,
+    mut buf: Vec<u8>,
+    stall_timeout: Duration,
+) -> (io::Result<()>, Vec<u8>) {
     match w.try_write(&buf) {
-        Some(Ok(n)) if n == buf.len() => (Ok(()), buf),
+        Some(Ok(n)) if n == buf.len() => return (Ok(()), buf),
         Some(Ok(n)) => {
             buf.drain(..n);
-            w.write_all(buf).await
         }
-        Some(Err(e)) => (Err(e), buf),
-        None => w.write_all(buf).await,
+        Some(Err(e)) => return (Err(e), buf),
+        None => {}
+    }
+    match monoio::time::timeout(stall_timeout, w.write_all(buf)).await {
+        Ok(done) => done,
+        Err(_) => (Err(stalled()), Vec::new()),
     }
 }
 
 /// The splice variant of [`pump`]: socket → pipe → socket, never through
 /// user space. The pipe (two descriptors) is made when the first bytes
 /// arrive, so an idle session costs no extra descriptors.
-async fn splice_pump(r: &mut TcpStream, w: &mut TcpStream, moved: &Cell<u64>) -> io::Result<()> {
+async fn splice_pump(
+    r: &mut TcpStream,
+    w: &mut TcpStream,
+    moved: &Cell<u64>,
+    stall_timeout: Duration,
+) -> io::Result<()> {
     use monoio::io::splice::{SpliceDestination, SpliceSource};
     let mut pipe = None;
     loop {
@@ -157,7 +220,9 @@ async fn splice_pump(r: &mut TcpStream, w: &mut TcpStream, moved: &Cell<u64>) ->
         }
         let mut left = n;
         while left > 0 {
-            let m = w.splice_from_pipe(pipe_r, left).await?;
+            let m = monoio::time::timeout(stall_timeout, w.splice_from_pipe(pipe_r, left))
+                .await
+                .map_err(|_| stalled())??;
             if m == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -168,10 +233,9 @@ async fn splice_pump(r: &mut TcpStream, w: &mut TcpStream, moved: &Cell<u64>) ->
 }
 
 /// Relays between `client` and `backend` until both directions end, one
-/// fails, or `stop` completes with the goodbye for the client.
+/// fails or stalls, or `stop` completes with the goodbye for the client.
 /// `to_backend` and `to_client` are bytes read ahead during login, written
-/// first. `splice` moves plaintext-to-plaintext bytes with splice(2)
-/// (`server.splice`); TLS sessions always copy.
+/// first. See [`RelayOptions`]; TLS sessions always copy.
 ///
 /// The connections are split here, before the future is made, so the
 /// future holds only their halves: a value an async fn takes stays in its
@@ -182,7 +246,7 @@ pub fn relay<C, B, F>(
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
     stop: F,
-    splice: bool,
+    options: RelayOptions,
 ) -> impl Future<Output = (RelayEnd, RelayStats)>
 where
     C: Connection,
@@ -194,7 +258,8 @@ where
         to_backend,
         to_client,
         stop,
-        splice,
+        options,
+        || {},
     )
 }
 
@@ -218,31 +283,42 @@ impl<C: Connection, B: Connection> Split<C, B> {
 
 /// [`relay`] over connections already split, for callers that build the
 /// session's future themselves and want to keep only the halves in it.
-pub fn relay_split<C, B, F>(
+/// `backend_closed` runs once the backend connection is closed, before
+/// anything more is written to the client (a kicked session's goodbye):
+/// the moment the session no longer exists for the backend.
+pub fn relay_split<C, B, F, D>(
     split: Split<C, B>,
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
     stop: F,
-    splice: bool,
+    options: RelayOptions,
+    backend_closed: D,
 ) -> impl Future<Output = (RelayEnd, RelayStats)>
 where
     C: Connection,
     B: Connection,
     F: Future<Output = Vec<u8>>,
+    D: FnOnce(),
 {
     let Split { cr, cw, br, bw } = split;
     relay_halves(
-        cr,
-        cw,
-        br,
-        bw,
+        Halves { cr, cw, br, bw },
         ReadAhead {
             to_backend,
             to_client,
         },
         stop,
-        splice,
+        options,
+        backend_closed,
     )
+}
+
+/// The four halves a relay works on.
+struct Halves<CR, CW, BR, BW> {
+    cr: CR,
+    cw: CW,
+    br: BR,
+    bw: BW,
 }
 
 /// Bytes read ahead during login, to be written before relaying.
@@ -278,14 +354,12 @@ async fn write_read_ahead<CW: WriteSide, BW: WriteSide>(
 }
 
 /// The body of [`relay`], over split halves.
-async fn relay_halves<CR, CW, BR, BW, F>(
-    mut cr: CR,
-    mut cw: CW,
-    mut br: BR,
-    mut bw: BW,
+async fn relay_halves<CR, CW, BR, BW, F, D>(
+    halves: Halves<CR, CW, BR, BW>,
     ahead: ReadAhead,
     stop: F,
-    splice: bool,
+    options: RelayOptions,
+    backend_closed: D,
 ) -> (RelayEnd, RelayStats)
 where
     CR: ReadSide,
@@ -293,7 +367,14 @@ where
     BR: ReadSide,
     BW: WriteSide,
     F: Future<Output = Vec<u8>>,
+    D: FnOnce(),
 {
+    let Halves {
+        mut cr,
+        mut cw,
+        mut br,
+        mut bw,
+    } = halves;
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let stats = |up: &Cell<u64>, down: &Cell<u64>| RelayStats {
@@ -306,41 +387,125 @@ where
         drop(ahead);
     } else if !Box::pin(write_read_ahead(&mut cw, &mut bw, ahead, &up, &down)).await {
         // (Boxed: its write futures are needed only once.)
+        Box::pin(close_backend(br, bw)).await;
+        backend_closed();
         return (RelayEnd::Error, stats(&up, &down));
     }
 
     let outcome = {
-        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up, splice));
-        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down, splice));
+        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up, options));
+        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down, options));
         let mut stop = std::pin::pin!(stop);
         monoio::select! {
-            r = &mut upward => Ok(match r {
-                Ok(()) => Box::pin(finish(downward, RelayEnd::Client)).await,
-                Err(_) => RelayEnd::Error,
-            }),
-            r = &mut downward => Ok(match r {
-                Ok(()) => Box::pin(finish(upward, RelayEnd::Backend)).await,
-                Err(_) => RelayEnd::Error,
-            }),
-            goodbye = &mut stop => Err(goodbye),
+            r = &mut upward => match r {
+                Ok(()) => Ok(Box::pin(finish(downward, RelayEnd::Client)).await),
+                Err(e) => Err((failed(&e), Vec::new())),
+            },
+            r = &mut downward => match r {
+                Ok(()) => Ok(Box::pin(finish(upward, RelayEnd::Backend)).await),
+                Err(e) => Err((failed(&e), Vec::new())),
+            },
+            goodbye = &mut stop => Err((RelayEnd::Stopped, goodbye)),
         }
     };
     let end = match outcome {
-        Ok(end) => end,
-        Err(goodbye) => {
-            // Bounded: a client that reads nothing must not hold a kick up.
-            // Boxed, like `finish`, for the size of its timers.
+        Ok(end) => {
+            // Both directions ran out: the backend has ended its side (or
+            // had FIN_TIMEOUT to); closing our socket is all that is left.
+            drop((br, bw));
+            backend_closed();
+            end
+        }
+        Err((end, goodbye)) => {
+            // Ended by a kick, a stall or an error while the backend
+            // session may still be live: close it first, then (best
+            // effort, bounded) tell the client. Boxed, like `finish`, for
+            // the size of its timers.
             Box::pin(async {
+                close_backend(br, bw).await;
+                backend_closed();
                 if !goodbye.is_empty() {
-                    let _ = monoio::time::timeout(FIN_TIMEOUT, cw.write_all(goodbye)).await;
+                    let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.write_all(goodbye)).await;
                 }
-                let _ = monoio::time::timeout(FIN_TIMEOUT, cw.shutdown()).await;
+                let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown()).await;
             })
             .await;
-            RelayEnd::Stopped
+            end
         }
     };
     (end, stats(&up, &down))
+}
+
+/// How a direction's error ends the relay.
+fn failed(e: &io::Error) -> RelayEnd {
+    if e.kind() == io::ErrorKind::TimedOut {
+        RelayEnd::Stalled
+    } else {
+        RelayEnd::Error
+    }
+}
+
+/// Closes a backend connection whose session may still be live, and
+/// returns once the backend has ended it: our FIN first, then whatever the
+/// backend still sends is discarded until its own end of stream (Dovecot
+/// closes the connection when it ends the session). A backend that does
+/// not close within [`BACKEND_CLOSE_TIMEOUT`] gets a reset instead (the
+/// socket is closed with a zero linger), so the connection is gone either
+/// way when this returns.
+pub async fn close_backend<BR: ReadSide, BW: WriteSide>(mut br: BR, mut bw: BW) {
+    let acknowledged = monoio::time::timeout(BACKEND_CLOSE_TIMEOUT, async {
+        // A failed shutdown means the connection is already broken.
+        if bw.shutdown().await.is_err() {
+            return true;
+        }
+        let mut buf = bufpool::take();
+        let eof = loop {
+            if br.readable().await.is_err() {
+                break true;
+            }
+            let (res, b) = match br.try_read_into(&mut buf) {
+                Some(res) => (res, std::mem::take(&mut buf)),
+                None => br.read_into(std::mem::take(&mut buf)).await,
+            };
+            buf = b;
+            buf.clear();
+            match res {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break true,
+            }
+        };
+        bufpool::give(buf);
+        eof
+    })
+    .await
+    .unwrap_or(false);
+    if !acknowledged {
+        if let Some(tcp) = bw.as_plain_tcp() {
+            reset_on_close(tcp);
+        }
+    }
+}
+
+/// Makes the socket's close send a reset (SO_LINGER on, 0 s) instead of a
+/// FIN, dropping whatever is still queued.
+fn reset_on_close(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Lets the remaining direction run out, bounded by [`FIN_TIMEOUT`].
@@ -399,7 +564,10 @@ mod tests {
             b"ahead-up ".to_vec(),
             b"ahead-down ".to_vec(),
             std::future::pending::<Vec<u8>>(),
-            splice,
+            RelayOptions {
+                splice,
+                ..RelayOptions::default()
+            },
         ));
         let client_task = monoio::spawn(async move {
             let (r, _) = client.write_all(payload).await;
@@ -435,7 +603,7 @@ mod tests {
             vec![],
             vec![],
             stop,
-            false,
+            RelayOptions::default(),
         ));
         tx.send(()).unwrap();
         let (end, stats) = relay_task.await;
@@ -450,5 +618,114 @@ mod tests {
             b"",
             "the backend connection is closed"
         );
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_stopped_relay_closes_the_backend_before_the_client_hears_of_it() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let (tx, rx) = local_sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = rx.await;
+            b"* BYE bye\r\n".to_vec()
+        };
+        let backend_closed = std::rc::Rc::new(Cell::new(None));
+        let flag = backend_closed.clone();
+        let relay_task = monoio::spawn(relay_split(
+            Split::new(client_side, backend_side),
+            vec![],
+            vec![],
+            stop,
+            RelayOptions::default(),
+            move || flag.set(Some(std::time::Instant::now())),
+        ));
+        tx.send(()).unwrap();
+        // The backend gets our FIN first, and holds its own for a while.
+        let (res, _) = backend.read(vec![0u8; 64]).await;
+        assert_eq!(res.unwrap(), 0, "the backend sees end of stream first");
+        let fin_seen = std::time::Instant::now();
+        monoio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            backend_closed.get().is_none(),
+            "not closed before the backend's FIN"
+        );
+        drop(backend);
+        // Only now does the client hear: its goodbye comes after the close.
+        let got = read_to_end(&mut client).await;
+        let heard = std::time::Instant::now();
+        assert_eq!(got, b"* BYE bye\r\n");
+        assert!(heard.duration_since(fin_seen) >= Duration::from_millis(300));
+        let closed_at = backend_closed.get().expect("the callback ran");
+        assert!(closed_at <= heard);
+        let (end, _) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stopped);
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_backend_that_never_closes_is_reset_after_the_close_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let started = std::time::Instant::now();
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            async { b"* BYE\r\n".to_vec() },
+            RelayOptions::default(),
+        ));
+        let (res, _) = backend.read(vec![0u8; 64]).await;
+        assert_eq!(res.unwrap(), 0);
+        // The backend keeps its side open: the relay resets it.
+        let (end, _) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stopped);
+        let took = started.elapsed();
+        assert!(took >= BACKEND_CLOSE_TIMEOUT, "{took:?}");
+        assert!(
+            took < BACKEND_CLOSE_TIMEOUT + GOODBYE_TIMEOUT * 2,
+            "{took:?}"
+        );
+        let (res, _) = monoio::io::AsyncWriteRent::write(&mut backend, b"late".to_vec()).await;
+        let second = if res.is_ok() {
+            monoio::io::AsyncWriteRent::write(&mut backend, b"late".to_vec())
+                .await
+                .0
+        } else {
+            res
+        };
+        assert!(second.is_err(), "the connection was reset");
+    }
+
+    #[monoio::test(driver = "uring", timer_enabled = true)]
+    async fn a_client_that_reads_nothing_ends_the_relay_after_the_stall_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let options = RelayOptions {
+            splice: false,
+            stall_timeout: Duration::from_millis(300),
+        };
+        let relay_task = monoio::spawn(relay(
+            client_side,
+            backend_side,
+            vec![],
+            vec![],
+            std::future::pending::<Vec<u8>>(),
+            options,
+        ));
+        // The backend sends far more than the socket buffers hold.
+        let writer = monoio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..64 {
+                let (res, _) = backend.write_all(chunk.clone()).await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            backend
+        });
+        let (end, stats) = relay_task.await;
+        assert_eq!(end, RelayEnd::Stalled);
+        assert!(stats.down > 0 && stats.down < 64 << 20, "{stats:?}");
+        drop(writer.await);
     }
 }

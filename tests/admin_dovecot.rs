@@ -4,11 +4,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::mailpin::Mailpin;
+use support::mailpin::{http, Mailpin};
 use support::{require_dovecot, require_tool, DovecotCluster, DovecotOptions, InteractiveClient};
 
 fn start() -> Option<(DovecotCluster, Mailpin)> {
@@ -29,25 +27,6 @@ fn start() -> Option<(DovecotCluster, Mailpin)> {
     }
     let mailpin = Mailpin::start(&c, 1);
     Some((cluster, mailpin))
-}
-
-/// A raw HTTP request; returns (status, body).
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Holds one logged-in session of `user` until dropped or finished.

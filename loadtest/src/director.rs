@@ -6,11 +6,18 @@
 //! load generator's own mixed in. [`DirectorProcess`] starts that
 //! subcommand, learns the bound addresses from the one line it prints, and
 //! stops it with SIGTERM (then SIGKILL) when dropped. It listens for IMAP
-//! (plain, implicit TLS, STARTTLS), POP3 (plain, implicit TLS, STLS) and
-//! LMTP.
+//! (plain, implicit TLS, STARTTLS), POP3 (plain, implicit TLS, STLS), LMTP
+//! and ManageSieve (plain).
+//!
+//! `--config FILE` (the harness's `--director-config`) starts it from a
+//! mailpin config file instead of the defaults: every section of that file
+//! applies (`[server]`, `[limits]`, `[health]`...) except what the harness
+//! owns — the listeners, the backends, `[tls]`, the admin address,
+//! `server.cores` and `server.drain_timeout`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +48,7 @@ struct ListenerSpec {
 /// The director's listeners, in config order. The plain IMAP and POP3
 /// listeners allow passwords without TLS (as in dev mode); the STARTTLS
 /// ones do not, so their clients must upgrade first.
-const LISTENERS: [ListenerSpec; 7] = [
+const LISTENERS: [ListenerSpec; 8] = [
     ListenerSpec {
         key: "plain",
         protocol: Protocol::Imap,
@@ -77,6 +84,11 @@ const LISTENERS: [ListenerSpec; 7] = [
         protocol: Protocol::Lmtp,
         transport: Transport::Plain,
     },
+    ListenerSpec {
+        key: "sieve",
+        protocol: Protocol::Sieve,
+        transport: Transport::Plain,
+    },
 ];
 
 /// Options of the `director` subcommand.
@@ -92,6 +104,10 @@ pub struct DirectorArgs {
     /// Relay plain sessions with splice(2).
     #[arg(long)]
     pub splice: bool,
+    /// A mailpin config file whose sections apply (all but the listeners,
+    /// backends, [tls], admin address, cores and drain timeout).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where one simulated backend listens, as the director must know it.
@@ -105,6 +121,8 @@ pub struct BackendSpec {
     pub pop3: Option<u16>,
     /// Its LMTP port, if it serves LMTP.
     pub lmtp: Option<u16>,
+    /// Its ManageSieve port, if it serves ManageSieve.
+    pub sieve: Option<u16>,
 }
 
 impl BackendSpec {
@@ -117,13 +135,17 @@ impl BackendSpec {
         if let Some(p) = self.lmtp {
             arg.push_str(&format!(",lmtp={p}"));
         }
+        if let Some(p) = self.sieve {
+            arg.push_str(&format!(",sieve={p}"));
+        }
         arg
     }
 }
 
-/// The director configuration the harness runs: the [`LISTENERS`], each on
-/// an ephemeral loopback port, in front of `backends`.
-pub fn config(backends: &[BackendSpec], cores: usize, splice: bool) -> Config {
+/// The director configuration the harness runs: `base` (the defaults, or
+/// a `--config` file) with the [`LISTENERS`], each on an ephemeral
+/// loopback port, in front of `backends`.
+pub fn config(base: Config, backends: &[BackendSpec], cores: usize, splice: bool) -> Config {
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let listen = LISTENERS
         .iter()
@@ -147,13 +169,15 @@ pub fn config(backends: &[BackendSpec], cores: usize, splice: bool) -> Config {
                 b.imap = Some(spec.imap.port());
                 b.pop3 = spec.pop3;
                 b.lmtp = spec.lmtp;
+                b.sieve = spec.sieve;
                 b
             })
             .collect(),
-        ..Config::default()
+        tls: None,
+        ..base
     };
     config.server.cores = cores;
-    config.server.splice = splice;
+    config.server.splice |= splice;
     // Several directors may run at once (tests, peers side by side).
     config.admin.listen = loopback;
     config.server.drain_timeout = Duration::from_secs(1);
@@ -169,7 +193,27 @@ pub fn config(backends: &[BackendSpec], cores: usize, splice: bool) -> Config {
     config
 }
 
-/// Parses `NAME=HOST:PORT[,pop3=PORT][,lmtp=PORT]`.
+/// A placeholder listener and backend appended to a `--config` file so it
+/// validates on its own; the harness replaces both.
+const CONFIG_PLACEHOLDERS: &str = "\n[[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\n\n[[backend]]\nname = \"placeholder\"\nhost = \"127.0.0.1\"\n";
+
+/// Reads a `--config` file: a mailpin config, validated by mailpin's own
+/// checks, that may leave out the listeners and backends.
+pub fn base_config(path: &Path) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let has = |section: &str| text.lines().any(|l| l.trim_start().starts_with(section));
+    if has("[[listen]]") || has("[[backend]]") || has("[tls]") {
+        return Err(format!(
+            "--config {}: the harness owns [[listen]], [[backend]] and [tls]; leave them out",
+            path.display()
+        ));
+    }
+    Config::from_toml_str(&format!("{text}\n{CONFIG_PLACEHOLDERS}"))
+        .map_err(|e| format!("--config {}: {e}", path.display()))
+}
+
+/// Parses `NAME=HOST:PORT[,pop3=PORT][,lmtp=PORT][,sieve=PORT]`.
 fn parse_backend(s: &str) -> Result<BackendSpec, String> {
     let (name, rest) = s
         .split_once('=')
@@ -185,6 +229,7 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
         imap,
         pop3: None,
         lmtp: None,
+        sieve: None,
     };
     for part in parts {
         let (key, port) = part
@@ -196,6 +241,7 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
         match key {
             "pop3" => spec.pop3 = Some(port),
             "lmtp" => spec.lmtp = Some(port),
+            "sieve" => spec.sieve = Some(port),
             _ => return Err(format!("--backend {s:?}: unknown key {key:?}")),
         }
     }
@@ -227,12 +273,23 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut config = config(&backends, args.cores, args.splice);
+    let base = match args.config.as_deref().map(base_config).transpose() {
+        Ok(base) => base.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("mailpin-loadtest director: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = config(base, &backends, args.cores, args.splice);
     config.tls = Some(TlsConfig {
         cert: PemSource::Memory(cert.cert_pem),
         key: PemSource::Memory(cert.key_pem),
         min_version: Default::default(),
     });
+    if let Err(e) = config.validate() {
+        eprintln!("mailpin-loadtest director: {e}");
+        return ExitCode::FAILURE;
+    }
     match launch(config) {
         Ok(director) => {
             let mut line = READY_PREFIX.to_owned();
@@ -280,6 +337,7 @@ impl DirectorProcess {
         backends: &[BackendSpec],
         cores: usize,
         splice: bool,
+        config: Option<&Path>,
     ) -> Result<DirectorProcess, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
@@ -295,6 +353,9 @@ impl DirectorProcess {
         cmd.arg("director").arg("--cores").arg(cores.to_string());
         if splice {
             cmd.arg("--splice");
+        }
+        if let Some(path) = config {
+            cmd.arg("--config").arg(path);
         }
         for b in backends {
             cmd.arg("--backend").arg(b.argument());
@@ -405,6 +466,7 @@ mod tests {
             imap: "127.0.0.1:143".parse().expect("address"),
             pop3: Some(110),
             lmtp: Some(24),
+            sieve: Some(4190),
         };
         assert_eq!(parse_backend(&spec.argument()), Ok(spec.clone()));
         let imap_only = parse_backend("b1=127.0.0.1:143").expect("parsed");
@@ -414,9 +476,33 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_all_but_what_the_harness_owns() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("mailpin-loadtest-base-{}.toml", std::process::id()));
+        std::fs::write(&path, "[server]\nmax_line = 4096\ncores = 7\n").expect("written");
+        let base = base_config(&path).expect("valid");
+        let spec = parse_backend("b1=127.0.0.1:143").expect("parsed");
+        let c = config(base, &[spec], 1, false);
+        assert_eq!((c.server.max_line, c.server.cores), (4096, 1));
+        assert_eq!(c.listen.len(), LISTENERS.len());
+        assert_eq!(c.backend.len(), 1);
+        assert_eq!(c.backend[0].name, "b1");
+        std::fs::write(&path, "[server]\nno_such_key = 1\n").expect("written");
+        assert!(base_config(&path).is_err(), "unknown keys are errors");
+        std::fs::write(
+            &path,
+            "[[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:1\"\n",
+        )
+        .expect("written");
+        let owned = base_config(&path).expect_err("listeners are the harness's");
+        assert!(owned.contains("harness owns"), "{owned}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn config_has_every_listener_and_backend_port() {
         let spec = parse_backend("b1=127.0.0.1:143,pop3=110,lmtp=24").expect("parsed");
-        let c = config(&[spec], 1, false);
+        let c = config(Config::default(), &[spec], 1, false);
         assert_eq!(c.listen.len(), LISTENERS.len());
         assert!(c.listen.iter().any(|l| l.protocol == Protocol::Lmtp));
         assert_eq!(

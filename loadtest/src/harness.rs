@@ -63,6 +63,12 @@ pub struct CommonArgs {
     /// Start the director with server.splice = true.
     #[arg(long)]
     pub splice: bool,
+    /// A mailpin config file for the director the harness starts: its
+    /// sections apply (e.g. `[server]` bounds, `[limits]`), except the
+    /// listeners, backends, `[tls]`, admin address, cores and drain
+    /// timeout, which the harness sets. Checked like `mailpin check` does.
+    #[arg(long, value_name = "FILE")]
+    pub director_config: Option<PathBuf>,
     /// How many simulated backends.
     #[arg(long, default_value_t = 3)]
     pub backends: usize,
@@ -177,6 +183,7 @@ impl Harness {
                     imap: *imap,
                     pop3: more.map(|a| a.pop3.port()),
                     lmtp: more.map(|a| a.lmtp.port()),
+                    sieve: more.map(|a| a.sieve.port()),
                 }
             })
             .collect()
@@ -193,6 +200,7 @@ impl Harness {
             &self.backend_specs(),
             self.args.cores,
             self.args.splice,
+            self.args.director_config.as_deref(),
         )?);
         Ok(())
     }

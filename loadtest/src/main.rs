@@ -54,6 +54,10 @@ enum Command {
     /// A day in the life: IDLE sessions woken by deliveries, short
     /// sessions that log in, fetch and log out.
     Mixed(scenario::mixed::MixedArgs),
+    /// Real sessions idle and log in while attackers send garbage,
+    /// slowloris bytes, endless literals, TLS on plaintext ports and bad
+    /// logins: sessions hurt, logins failed, the director's RSS and CPU.
+    Hostile(scenario::hostile::HostileArgs),
     /// Size a director host: idle sessions per GiB, logins/s per core at
     /// a p99 bound, relay throughput.
     Size(size::SizeArgs),
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Relay(args) => scenario::relay::run(&args).map(|_| ()),
         Command::Lmtp(args) => scenario::lmtp::run(&args).map(|_| ()),
         Command::Mixed(args) => scenario::mixed::run(&args).map(|_| ()),
+        Command::Hostile(args) => scenario::hostile::run(&args).map(|_| ()),
         Command::Size(args) => size::run(&args).map(|_| ()),
         Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),
     };

@@ -29,14 +29,36 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + 'static,
 {
+    spawn_runtimes(CLIENT_THREAD_PREFIX, threads, true, make)
+}
+
+/// Starts `threads` threads named `prefix` and their number, each with its
+/// own runtime; thread `i` runs `make(i)` to completion. With `pin`, they
+/// are pinned from the highest core down; without, the kernel places them
+/// (load that must not share a core with the measured clients).
+pub fn spawn_runtimes<R, F, Fut>(
+    prefix: &'static str,
+    threads: usize,
+    pin: bool,
+    make: F,
+) -> Vec<JoinHandle<Option<(R, Duration)>>>
+where
+    R: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + 'static,
+{
     let make = Arc::new(make);
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = if pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     (0..threads)
         .filter_map(|i| {
             let make = make.clone();
             let core = cores.iter().rev().cycle().nth(i).copied();
             std::thread::Builder::new()
-                .name(format!("{CLIENT_THREAD_PREFIX}{i}"))
+                .name(format!("{prefix}{i}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);

@@ -10,8 +10,10 @@ use serde_json::{json, Value};
 use crate::admin::http::{Request, Response};
 use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
+use crate::config::Protocol;
 use crate::control::state::Control;
-use crate::route::backends::{AdminState, Backend, BackendId, Health};
+use crate::route::backends::{AdminState, Backend, BackendId};
+use crate::route::router::Reassign;
 
 /// Answers one request.
 pub async fn route(control: &Control, req: &Request) -> Response {
@@ -96,7 +98,8 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
         "host": b.host,
         "weight": b.weight,
         "admin": admin_str(b.admin),
-        "health": match b.health { Health::Healthy => "healthy", Health::Unhealthy => "unhealthy" },
+        "health": b.health().as_str(),
+        "protocols": protocols_json(b),
         "routable": b.routable(),
         "sessions": sessions,
         "users": users,
@@ -105,6 +108,19 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
         v["last_error"] = Value::String(e);
     }
     v
+}
+
+/// `{"imap": "healthy", "pop3": "unhealthy", ...}` over the checked
+/// protocols.
+fn protocols_json(b: &Backend) -> Value {
+    let map = Protocol::ALL
+        .iter()
+        .filter_map(|p| {
+            b.protocol_health(*p)
+                .map(|h| (p.as_str().to_string(), Value::String(h.as_str().into())))
+        })
+        .collect();
+    Value::Object(map)
 }
 
 fn find_backend(control: &Control, name: &str) -> Result<BackendId, Response> {
@@ -121,9 +137,20 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
         Err(r) => return r,
     };
     match action {
-        "up" => control.set_admin(id, AdminState::Up),
-        "down" => control.set_admin(id, AdminState::Down),
-        "drain" => control.set_admin(id, AdminState::Drain),
+        "up" => {
+            control.set_admin(id, AdminState::Up).await;
+        }
+        "down" => {
+            if !control.set_admin(id, AdminState::Down).await {
+                return Response::error(
+                    503,
+                    format!("{name} is down, but some of its sessions did not close in time"),
+                );
+            }
+        }
+        "drain" => {
+            control.set_admin(id, AdminState::Drain).await;
+        }
         "flush" => {
             let (users, sessions) = control.flush(id).await;
             return Response::json(
@@ -201,9 +228,11 @@ async fn move_user(control: &Control, user: &str, to: Option<String>) -> Respons
         Ok(id) => id,
         Err(r) => return r,
     };
-    let closed = control.move_user(&key, Some(id)).await;
-    Response::json(
-        200,
-        &json!({ "user": user, "key": key, "backend": to, "closed_sessions": closed }),
-    )
+    match control.move_user(&key, Reassign::To(id)).await {
+        Ok(closed) => Response::json(
+            200,
+            &json!({ "user": user, "key": key, "backend": to, "closed_sessions": closed }),
+        ),
+        Err(e) => Response::error(503, e.to_string()),
+    }
 }

@@ -12,8 +12,8 @@ use std::fmt::Write;
 use crate::config::Protocol;
 use crate::control::state::Control;
 use crate::limits::Limit;
-use crate::route::backends::Health;
-use crate::runtime::stats::{LoginOutcome, LATENCY_BUCKETS};
+use crate::route::backends::{BackendHealth, BackendId, BackendSet, Health};
+use crate::runtime::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 
 /// Escapes a label value.
 pub fn escape_label(v: &str) -> String {
@@ -97,16 +97,17 @@ pub async fn render_metrics(control: &Control) -> String {
         &mut out,
         "backend_healthy",
         "gauge",
-        "1 if the backend passes its health checks.",
+        "1 if every checked protocol port of the backend passes its health checks.",
     );
     for b in &set.backends {
-        let up = u8::from(b.health == Health::Healthy);
+        let up = u8::from(b.health() == BackendHealth::Healthy);
         let _ = writeln!(
             out,
             "mailpin_backend_healthy{{backend=\"{}\"}} {up}",
             escape_label(&b.name)
         );
     }
+    protocol_health(&mut out, control, &set);
     header(
         &mut out,
         "connections",
@@ -214,6 +215,26 @@ pub async fn render_metrics(control: &Control) -> String {
     );
     header(
         &mut out,
+        "prelogin_limit_total",
+        "counter",
+        "Clients that ran into a pre-login limit (server.max_line, [limits]), by protocol and limit.",
+    );
+    for p in Protocol::ALL {
+        for limit in PreloginLimit::ALL {
+            let n: u64 = stats
+                .iter()
+                .map(|s| s.prelogin_limits[p.index()][limit.index()])
+                .sum();
+            let _ = writeln!(
+                out,
+                "mailpin_prelogin_limit_total{{protocol=\"{}\",limit=\"{}\"}} {n}",
+                p.as_str(),
+                limit.as_str()
+            );
+        }
+    }
+    header(
+        &mut out,
         "kicks_total",
         "counter",
         "Sessions closed by the director (admin kicks, moves, backends going down).",
@@ -245,6 +266,51 @@ pub async fn render_metrics(control: &Control) -> String {
     );
     let _ = writeln!(out, "mailpin_state_version {}", set.version);
     out
+}
+
+/// The per protocol port health gauges and flip counters.
+fn protocol_health(out: &mut String, control: &Control, set: &BackendSet) {
+    header(
+        out,
+        "backend_protocol_healthy",
+        "gauge",
+        "1 if the backend's port of the protocol passes its health checks (checked protocols only).",
+    );
+    per_checked_port(out, set, "backend_protocol_healthy", |_, _, h| {
+        u64::from(h == Health::Healthy)
+    });
+    header(
+        out,
+        "backend_health_flips_total",
+        "counter",
+        "Health state flips of the backend's port of the protocol.",
+    );
+    per_checked_port(out, set, "backend_health_flips_total", |b, p, _| {
+        control.protocol_flips(b, p)
+    });
+}
+
+/// One `mailpin_{name}{backend,protocol}` series per checked protocol
+/// port, valued by `value(backend, protocol, its health)`.
+fn per_checked_port(
+    out: &mut String,
+    set: &BackendSet,
+    name: &str,
+    value: impl Fn(BackendId, Protocol, Health) -> u64,
+) {
+    for b in &set.backends {
+        for p in Protocol::ALL {
+            if let Some(h) = b.protocol_health(p) {
+                let _ = writeln!(
+                    out,
+                    "mailpin_{name}{{backend=\"{}\",protocol=\"{}\"}} {}",
+                    escape_label(&b.name),
+                    p.as_str(),
+                    value(b.id, p, h)
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

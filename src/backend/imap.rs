@@ -11,6 +11,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::{
     connect, login_outcome, read_greeting, Answer, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE,
 };
@@ -130,11 +131,10 @@ async fn converse<W: WriteSide>(
 ) -> Result<Answer, BackendError> {
     let mut lines = LineReader::new();
     let greeting = read_greeting(stream, &mut lines, backend.connect_timeout).await?;
-    if !greeting.starts_with(b"* OK") {
-        return Err(BackendError::Greeting(format!(
-            "{:?}",
-            String::from_utf8_lossy(&greeting[..greeting.len().min(80)])
-        )));
+    match classify(Protocol::Imap, &greeting) {
+        Some(GreetingKind::Ready) => {}
+        Some(GreetingKind::Refused) => return Err(BackendError::Busy(shown(&greeting))),
+        _ => return Err(BackendError::Greeting(shown(&greeting))),
     }
     let sasl_ir = greeting_has(&greeting, "SASL-IR");
     let plain = encode_plain(creds);

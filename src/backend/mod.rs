@@ -15,6 +15,7 @@ use crate::proto::proxy_v2;
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
+pub mod greeting;
 pub mod imap;
 pub mod lmtp;
 pub mod pop3;
@@ -109,6 +110,9 @@ pub enum BackendError {
     /// The connection opened but no proper greeting came within
     /// `connect_timeout` (a backend that is starting, stopping or stuck).
     Greeting(String),
+    /// The backend greeted with a refusal for load (its process or
+    /// connection limit): alive, but not taking this session.
+    Busy(String),
     /// The backend connection broke during login before any of its answer
     /// reached the client (the backend crashed mid-login): safe to retry.
     Lost(io::Error),
@@ -126,6 +130,7 @@ impl std::fmt::Display for BackendError {
             BackendError::Connect(e) => write!(f, "connect failed: {e}"),
             BackendError::ConnectTimeout(d) => write!(f, "no connection within {d:?}"),
             BackendError::Greeting(m) => write!(f, "no greeting: {m}"),
+            BackendError::Busy(m) => write!(f, "refused for load: {m}"),
             BackendError::Lost(e) => write!(f, "connection lost during login: {e}"),
             BackendError::Timeout => write!(f, "no answer within {LOGIN_TIMEOUT:?}"),
             BackendError::Io(e) => write!(f, "connection failed: {e}"),
@@ -137,6 +142,12 @@ impl std::fmt::Display for BackendError {
 impl std::error::Error for BackendError {}
 
 impl BackendError {
+    /// True when the backend refused the session for load: the login may
+    /// go elsewhere, but it is no health failure.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, BackendError::Busy(_))
+    }
+
     /// True when the failure says the backend itself is unreachable (as
     /// opposed to one session going wrong) and nothing reached the client
     /// yet: what passive health checks count, and when a login may be

@@ -9,6 +9,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::{
     connect, login_outcome, read_greeting, read_line, Answer, BackendError, LOGIN_TIMEOUT,
     XCLIENT_TTL,
@@ -61,11 +62,10 @@ async fn converse<W: WriteSide>(
 ) -> Result<Answer, BackendError> {
     let mut lines = LineReader::new();
     let greeting = read_greeting(stream, &mut lines, greeting_limit).await?;
-    if reply_status(&greeting) != Some(Reply::Ok) {
-        return Err(BackendError::Greeting(format!(
-            "{:?}",
-            String::from_utf8_lossy(&greeting[..greeting.len().min(80)])
-        )));
+    match classify(Protocol::Pop3, &greeting) {
+        Some(GreetingKind::Ready) => {}
+        Some(GreetingKind::Refused) => return Err(BackendError::Busy(shown(&greeting))),
+        _ => return Err(BackendError::Greeting(shown(&greeting))),
     }
     if forward_id {
         let xclient = xclient_command(

@@ -10,6 +10,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::{
     connect, login_outcome, read_line, Answer, BackendError, LOGIN_TIMEOUT, XCLIENT_TTL,
 };
@@ -75,8 +76,10 @@ async fn converse<W: WriteSide>(
     let caps = match greeting {
         Ok(Ok((caps, _, Status::Ok))) => caps,
         Ok(Ok((_, line, _))) => {
-            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
-            return Err(BackendError::Greeting(format!("{shown:?}")));
+            return Err(match classify(Protocol::Sieve, &line) {
+                Some(GreetingKind::Refused) => BackendError::Busy(shown(&line)),
+                _ => BackendError::Greeting(shown(&line)),
+            });
         }
         Ok(Err(e)) => return Err(BackendError::Greeting(e.to_string())),
         Err(_) => {

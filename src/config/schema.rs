@@ -46,6 +46,30 @@ pub struct ServerConfig {
     pub splice: bool,
     /// Which I/O driver the cores run.
     pub driver: Driver,
+    /// A logged-in session whose client (or backend) has not taken any of
+    /// the bytes waiting for it for this long is closed, backend first.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub stall_timeout: Duration,
+    /// TCP keepalive on client and backend connections: idle time before
+    /// the first probe; "0s" turns keepalive off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_idle: Duration,
+    /// TCP keepalive: time between probes.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_interval: Duration,
+    /// TCP keepalive: unanswered probes before the connection is dropped.
+    pub keepalive_probes: u32,
+}
+
+impl ServerConfig {
+    /// The keepalive settings of client and backend connections.
+    pub fn keepalive(&self) -> crate::sockopt::Keepalive {
+        crate::sockopt::Keepalive {
+            idle: self.keepalive_idle,
+            interval: self.keepalive_interval,
+            probes: self.keepalive_probes,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,7 +85,103 @@ impl Default for ServerConfig {
             max_bad_commands: 10,
             splice: false,
             driver: Driver::IoUring,
+            stall_timeout: Duration::from_secs(60),
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_probes: 6,
         }
+    }
+}
+
+/// `[limits]`: bounds on what one client connection may do.
+///
+/// The pre-login input bounds below hold for every protocol until a login
+/// succeeds (LMTP, which has no login: for the envelope around each
+/// message; the message itself is streamed, never held). The command line
+/// is bounded by `server.max_line`. A client that passes a bound hears the
+/// protocol's goodbye and is closed.
+///
+/// The connection and login limits (see `crate::limits`) bound how many
+/// connections and sessions a client address, a user and a backend may
+/// have, and slow down failed logins.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    // Pre-login input bounds.
+    /// Largest literal (IMAP `{N}`, ManageSieve `{N+}`) before login, bytes.
+    pub literal_max: usize,
+    /// Largest SASL response (an AUTHENTICATE/AUTH answer, base64 as sent),
+    /// bytes. An initial response on the command line is bounded by
+    /// `server.max_line` as well.
+    pub sasl_max: usize,
+    /// Every byte a client may send before login, bytes (LMTP: between two
+    /// transactions that reached their recipients, message data not counted).
+    pub prelogin_bytes: usize,
+    /// Commands a client may send before login (LMTP: between two
+    /// transactions that reached their recipients, RCPT and BDAT not counted).
+    pub prelogin_commands: u32,
+    // Connection and login limits; a count of 0 turns one off.
+    /// Connections not yet logged in from one client address.
+    pub prelogin_per_ip: u32,
+    /// Connections not yet logged in, in the whole process.
+    pub prelogin_total: u32,
+    /// Logged-in sessions of one user key (all protocols together).
+    pub sessions_per_user: u32,
+    /// Logged-in sessions of one user key from one client address, counted
+    /// per protocol (Dovecot's `mail_max_userip_connections`).
+    pub sessions_per_user_ip: u32,
+    /// Backend logins in flight at once per backend.
+    pub logins_per_backend: u32,
+    /// How long a login waits for one of its backend's login slots before
+    /// it gets a temporary failure.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub login_queue_timeout: Duration,
+    /// A failed login's answer comes no sooner than this after the login
+    /// command (Dovecot's `auth_failure_delay`).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_failure_delay: Duration,
+    /// The longest penalty before a login from an address with recent
+    /// failures (Dovecot's anvil penalty; it doubles per failure).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_penalty_max: Duration,
+    /// An address's failures are forgotten this long after its last one.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_penalty_forget: Duration,
+    /// A limit hit is logged at most once per client address and limit
+    /// within this interval (every hit is counted in the metrics).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub log_interval: Duration,
+    /// Client networks exempt from the per-address limits and the failure
+    /// delay (Dovecot's `login_trusted_networks`).
+    pub trusted: Vec<Cidr>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            literal_max: 16 * 1024,
+            sasl_max: 32 * 1024,
+            prelogin_bytes: 256 * 1024,
+            prelogin_commands: 50,
+            prelogin_per_ip: 100,
+            prelogin_total: 10_000,
+            sessions_per_user: 0,
+            sessions_per_user_ip: 10,
+            logins_per_backend: 100,
+            login_queue_timeout: Duration::from_secs(5),
+            auth_failure_delay: Duration::from_secs(2),
+            auth_penalty_max: Duration::from_secs(15),
+            auth_penalty_forget: Duration::from_secs(10 * 60),
+            log_interval: Duration::from_secs(10),
+            trusted: Vec::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Whether `ip` is in one of the [`LimitsConfig::trusted`] networks.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
     }
 }
 
@@ -388,15 +508,16 @@ impl HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Time between two checks of one backend.
+    /// Time between two checks of one protocol port of a backend.
     #[serde(deserialize_with = "duration::deserialize")]
     pub interval: Duration,
     /// A check that has not succeeded by then failed.
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
-    /// Consecutive failures that mark a backend down.
+    /// Consecutive failures that mark a protocol port down (every checked
+    /// port down: the backend is down).
     pub fall: u32,
-    /// Consecutive successes that mark it up again.
+    /// Consecutive successes, at the interval, that mark it up again.
     pub rise: u32,
     /// What a check does.
     pub check: HealthCheck,
@@ -456,73 +577,3 @@ impl Default for ClusterConfig {
         }
     }
 }
-
-// ---- [limits]: connection and login limits (issue 9, item 4) ----
-
-/// `[limits]`, connection and login part: how many connections and
-/// sessions a client address, a user and a backend may have, and how failed
-/// logins are slowed down. A value of 0 turns a count limit off.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Connections not yet logged in from one client address.
-    pub prelogin_per_ip: u32,
-    /// Connections not yet logged in, in the whole process.
-    pub prelogin_total: u32,
-    /// Logged-in sessions of one user key (all protocols together).
-    pub sessions_per_user: u32,
-    /// Logged-in sessions of one user key from one client address, counted
-    /// per protocol (Dovecot's `mail_max_userip_connections`).
-    pub sessions_per_user_ip: u32,
-    /// Backend logins in flight at once per backend.
-    pub logins_per_backend: u32,
-    /// How long a login waits for one of its backend's login slots before
-    /// it gets a temporary failure.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub login_queue_timeout: Duration,
-    /// A failed login's answer comes no sooner than this after the login
-    /// command (Dovecot's `auth_failure_delay`).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub auth_failure_delay: Duration,
-    /// The longest penalty before a login from an address with recent
-    /// failures (Dovecot's anvil penalty; it doubles per failure).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub auth_penalty_max: Duration,
-    /// An address's failures are forgotten this long after its last one.
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub auth_penalty_forget: Duration,
-    /// A limit hit is logged at most once per client address and limit
-    /// within this interval (every hit is counted in the metrics).
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub log_interval: Duration,
-    /// Client networks exempt from the per-address limits and the failure
-    /// delay (Dovecot's `login_trusted_networks`).
-    pub trusted: Vec<Cidr>,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            prelogin_per_ip: 100,
-            prelogin_total: 10_000,
-            sessions_per_user: 0,
-            sessions_per_user_ip: 10,
-            logins_per_backend: 100,
-            login_queue_timeout: Duration::from_secs(5),
-            auth_failure_delay: Duration::from_secs(2),
-            auth_penalty_max: Duration::from_secs(15),
-            auth_penalty_forget: Duration::from_secs(10 * 60),
-            log_interval: Duration::from_secs(10),
-            trusted: Vec::new(),
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// Whether `ip` is in one of the [`LimitsConfig::trusted`] networks.
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|net| net.contains(ip))
-    }
-}
-
-// ---- end of [limits] connection and login part ----

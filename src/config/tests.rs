@@ -114,6 +114,15 @@ fn defaults_match_the_design() {
     assert_eq!(server.max_bad_commands, 10);
     assert!(!server.splice);
     assert_eq!(server.driver, Driver::IoUring);
+    assert_eq!(server.stall_timeout, Duration::from_secs(60));
+    assert_eq!(
+        (
+            server.keepalive_idle,
+            server.keepalive_interval,
+            server.keepalive_probes
+        ),
+        (Duration::from_secs(60), Duration::from_secs(10), 6)
+    );
     let backends = BackendDefaults::default();
     assert_eq!(
         (backends.imap, backends.pop3, backends.lmtp, backends.sieve),
@@ -680,6 +689,26 @@ fn server_ranges_and_timeouts() {
 }
 
 #[test]
+fn stall_timeout_and_keepalive_ranges() {
+    let errors = errors_of(&minimal_plus(
+        "[server]\nstall_timeout = \"0s\"\nkeepalive_idle = \"500ms\"\nkeepalive_interval = \"10h\"\nkeepalive_probes = 0\n",
+    ));
+    assert_eq!(
+        errors.errors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "server.stall_timeout: must be greater than 0",
+            "server.keepalive_idle: must be between 1s and 32767s (the kernel counts whole seconds); keepalive_idle = \"0s\" turns keepalive off",
+            "server.keepalive_interval: must be between 1s and 32767s (the kernel counts whole seconds); keepalive_idle = \"0s\" turns keepalive off",
+            "server.keepalive_probes: 0 is out of range (1 to 127)",
+        ]
+    );
+    // Off: the other keepalive keys are not checked.
+    let text = minimal_plus("[server]\nkeepalive_idle = \"0s\"\nkeepalive_probes = 0\n");
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.server.keepalive_idle.is_zero());
+}
+
+#[test]
 fn zero_durations_are_fine_where_they_mean_something() {
     let text = minimal_plus("[server]\nuser_expire = \"0s\"\ndrain_timeout = \"0s\"\n");
     let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
@@ -967,6 +996,86 @@ fn sections_must_be_tables() {
             "tls: must be a table (write [tls] on its own line)",
         ]
     );
+}
+
+#[test]
+fn prelogin_limits_default_and_parse() {
+    let config = Config::from_toml_str(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.limits, LimitsConfig::default());
+    assert_eq!(config.limits.literal_max, 16384);
+    assert_eq!(config.limits.sasl_max, 32768);
+    assert_eq!(config.limits.prelogin_bytes, 262144);
+    assert_eq!(config.limits.prelogin_commands, 50);
+    let reference = Config::from_toml_str(REFERENCE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reference.limits,
+        LimitsConfig::default(),
+        "config/mailpin.toml shows the defaults"
+    );
+    let text = minimal_plus(
+        "[limits]\nliteral_max = 4096\nsasl_max = 65536\nprelogin_bytes = 1048576\nprelogin_commands = 5\n",
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.limits,
+        LimitsConfig {
+            literal_max: 4096,
+            sasl_max: 65536,
+            prelogin_bytes: 1048576,
+            prelogin_commands: 5,
+            ..LimitsConfig::default()
+        }
+    );
+}
+
+#[test]
+fn prelogin_limits_bad_values_are_named() {
+    let errors = errors_of(&minimal_plus(
+        "[limits]\nliteral_max = 100\nsasl_max = 2000000\nprelogin_commands = 0\n",
+    ));
+    assert_eq!(
+        errors.errors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "limits.literal_max: 100 is out of range (from 1024 to 1048576 bytes; the default is 16384)",
+            "limits.sasl_max: 2000000 is out of range (from 1024 to 1048576 bytes; the default is 32768)",
+            "limits.prelogin_commands: must be at least 1 (the default is 50)",
+        ]
+    );
+    let error = single_error(&minimal_plus(
+        "[server]\nmax_line = 65536\n\n[limits]\nprelogin_bytes = 32768\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 32768 is smaller than server.max_line (65536): a client could not send one whole command line; use at least 65536 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus(
+        "[limits]\nsasl_max = 524288\nprelogin_bytes = 300000\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 300000 is smaller than limits.sasl_max (524288): a client could not send one whole SASL response; use at least 524288 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus(
+        "[server]\nmax_line = 65536\n\n[limits]\nprelogin_bytes = 32768\n",
+    ));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 32768 is smaller than server.max_line (65536): a client could not send one whole command line; use at least 65536 (the default is 262144)"
+    );
+    let error = single_error(&minimal_plus("[limits]\nprelogin_bytes = 100000000\n"));
+    assert_eq!(
+        error,
+        "limits.prelogin_bytes: 100000000 is too large (at most 67108864 bytes; the default is 262144)"
+    );
+    let error = single_error(&minimal_plus("[limits]\nprelogin_commands = 1000000\n"));
+    assert_eq!(
+        error,
+        "limits.prelogin_commands: 1000000 is too large (at most 100000; the default is 50)"
+    );
+    let errors = errors_of(&minimal_plus("[limits]\nline_max = 10\nsasl_max = -1\n"));
+    let shown = errors.to_string();
+    assert!(shown.contains("limits.line_max"), "{shown}");
+    assert!(shown.contains("limits.sasl_max"), "{shown}");
 }
 
 // ---- [limits]: connection and login limits ----

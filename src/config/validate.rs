@@ -26,7 +26,8 @@ pub(crate) fn validate(config: &Config) -> ConfigErrors {
     check_backends(config, &mut errors);
     check_health(config, &mut errors);
     check_cluster(config, &mut errors);
-    check_limits(config, &mut errors);
+    check_prelogin_limits(config, &mut errors);
+    check_connection_limits(config, &mut errors);
     errors
 }
 
@@ -47,6 +48,29 @@ fn check_server(config: &Config, errors: &mut ConfigErrors) {
     }
     require_positive(errors, "server.prelogin_timeout", server.prelogin_timeout);
     require_positive(errors, "server.handshake_timeout", server.handshake_timeout);
+    require_positive(errors, "server.stall_timeout", server.stall_timeout);
+    if !server.keepalive_idle.is_zero() {
+        for (path, value) in [
+            ("server.keepalive_idle", server.keepalive_idle),
+            ("server.keepalive_interval", server.keepalive_interval),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(32767) {
+                error(
+                    errors,
+                    path,
+                    "must be between 1s and 32767s (the kernel counts whole seconds); \
+                     keepalive_idle = \"0s\" turns keepalive off",
+                );
+            }
+        }
+        if !(1..=127).contains(&server.keepalive_probes) {
+            error(
+                errors,
+                "server.keepalive_probes",
+                format!("{} is out of range (1 to 127)", server.keepalive_probes),
+            );
+        }
+    }
     if server.max_line < MIN_MAX_LINE {
         error(
             errors,
@@ -354,6 +378,86 @@ fn check_cluster(config: &Config, errors: &mut ConfigErrors) {
     }
 }
 
+/// The smallest `limits.literal_max` and `limits.sasl_max` accepted, bytes.
+pub const MIN_PRELOGIN_SIZE: usize = 1024;
+/// The largest `limits.literal_max` and `limits.sasl_max` accepted, bytes.
+pub const MAX_PRELOGIN_SIZE: usize = 1 << 20;
+/// The largest `limits.prelogin_bytes` accepted, bytes.
+pub const MAX_PRELOGIN_BYTES: usize = 64 << 20;
+/// The largest `limits.prelogin_commands` accepted.
+pub const MAX_PRELOGIN_COMMANDS: u32 = 100_000;
+
+/// The pre-login input bounds of `[limits]`: each size in range, and the
+/// whole-phase byte budget at least as large as any one line, literal or
+/// SASL response (else that limit could never be reached).
+fn check_prelogin_limits(config: &Config, errors: &mut ConfigErrors) {
+    let limits = &config.limits;
+    for (path, value, default) in [
+        ("limits.literal_max", limits.literal_max, 16384),
+        ("limits.sasl_max", limits.sasl_max, 32768),
+    ] {
+        if !(MIN_PRELOGIN_SIZE..=MAX_PRELOGIN_SIZE).contains(&value) {
+            error(
+                errors,
+                path,
+                format!(
+                    "{value} is out of range (from {MIN_PRELOGIN_SIZE} to {MAX_PRELOGIN_SIZE} bytes; the default is {default})"
+                ),
+            );
+        }
+    }
+    // Sizes out of range are reported on their own key.
+    let largest = [
+        ("server.max_line", config.server.max_line, MAX_MAX_LINE),
+        ("limits.literal_max", limits.literal_max, MAX_PRELOGIN_SIZE),
+        ("limits.sasl_max", limits.sasl_max, MAX_PRELOGIN_SIZE),
+    ]
+    .into_iter()
+    .filter(|(_, v, max)| v <= max)
+    .map(|(name, v, _)| (name, v))
+    .max_by_key(|(_, v)| *v);
+    if let Some((name, size)) = largest.filter(|(_, v)| limits.prelogin_bytes < *v) {
+        error(
+            errors,
+            "limits.prelogin_bytes",
+            format!(
+                "{} is smaller than {name} ({size}): a client could not send one whole {}; use at least {size} (the default is 262144)",
+                limits.prelogin_bytes,
+                match name {
+                    "server.max_line" => "command line",
+                    "limits.literal_max" => "literal",
+                    _ => "SASL response",
+                }
+            ),
+        );
+    } else if limits.prelogin_bytes > MAX_PRELOGIN_BYTES {
+        error(
+            errors,
+            "limits.prelogin_bytes",
+            format!(
+                "{} is too large (at most {MAX_PRELOGIN_BYTES} bytes; the default is 262144)",
+                limits.prelogin_bytes
+            ),
+        );
+    }
+    if limits.prelogin_commands == 0 {
+        error(
+            errors,
+            "limits.prelogin_commands",
+            "must be at least 1 (the default is 50)",
+        );
+    } else if limits.prelogin_commands > MAX_PRELOGIN_COMMANDS {
+        error(
+            errors,
+            "limits.prelogin_commands",
+            format!(
+                "{} is too large (at most {MAX_PRELOGIN_COMMANDS}; the default is 50)",
+                limits.prelogin_commands
+            ),
+        );
+    }
+}
+
 /// An etcd endpoint: `http://HOST[:PORT][/]` or `https://…`.
 pub fn check_http_url(url: &str) -> Result<(), String> {
     let bad = || format!("{url:?} is not an http(s) URL (expected e.g. \"http://127.0.0.1:2379\")");
@@ -454,8 +558,8 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
 /// sized from it.
 pub const MAX_PRELOGIN_TOTAL: u32 = 1_000_000;
 
-/// `[limits]`, connection and login part.
-fn check_limits(config: &Config, errors: &mut ConfigErrors) {
+/// `[limits]`, connection and login limits.
+fn check_connection_limits(config: &Config, errors: &mut ConfigErrors) {
     let limits = &config.limits;
     if limits.prelogin_total > MAX_PRELOGIN_TOTAL {
         error(

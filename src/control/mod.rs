@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::admin;
+use crate::config::Protocol;
 use crate::health::checker::check_loop;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::runtime::core::{CoreMsg, Shared};
@@ -20,7 +21,7 @@ use crate::runtime::{run_runtime, StartError};
 
 pub mod state;
 
-use state::Control;
+use state::{CheckWaker, Control, PerProtocol};
 
 /// Messages to the control plane.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub enum ControlMsg {
     Unreachable {
         /// The backend.
         backend: BackendId,
+        /// The protocol whose port failed.
+        protocol: Protocol,
         /// What went wrong.
         error: String,
     },
@@ -58,7 +61,8 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Starts the control thread: health checks for every backend and the
+/// Starts the control thread: health checks for every checked protocol
+/// port of every backend and the
 /// admin API on an already bound listener.
 pub fn start(
     shared: Arc<Shared>,
@@ -74,15 +78,22 @@ pub fn start(
         .name("control".into())
         .spawn(move || {
             let main = async move {
-                let n = set.backends.len();
-                let (wakers, wake_rxs): (Vec<_>, Vec<_>) = (0..n)
-                    .map(|_| local_sync::mpsc::unbounded::channel())
-                    .unzip();
-                let control = std::rc::Rc::new(Control::new(shared, set, cores, wakers));
-                for (i, rx) in wake_rxs.into_iter().enumerate() {
-                    if let Ok(id) = BackendId::try_from(i) {
-                        monoio::spawn(check_loop(control.clone(), id, rx));
+                let mut wakers = Vec::with_capacity(set.backends.len());
+                let mut checkers = Vec::new();
+                for b in &set.backends {
+                    let mut per_protocol: PerProtocol<Option<CheckWaker>> = Default::default();
+                    for p in Protocol::ALL {
+                        if b.protocol_health(p).is_some() {
+                            let (tx, rx) = local_sync::mpsc::unbounded::channel();
+                            per_protocol[p.index()] = Some(tx);
+                            checkers.push((b.id, p, rx));
+                        }
                     }
+                    wakers.push(per_protocol);
+                }
+                let control = std::rc::Rc::new(Control::new(shared, set, cores, wakers));
+                for (id, protocol, rx) in checkers {
+                    monoio::spawn(check_loop(control.clone(), id, protocol, rx));
                 }
                 match monoio::net::TcpListener::from_std(admin_listener) {
                     Ok(l) => {
@@ -92,9 +103,11 @@ pub fn start(
                 }
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
-                        ControlMsg::Unreachable { backend, error } => {
-                            control.unreachable(backend, error)
-                        }
+                        ControlMsg::Unreachable {
+                            backend,
+                            protocol,
+                            error,
+                        } => control.unreachable(backend, protocol, error),
                         ControlMsg::Shutdown => break,
                     }
                 }

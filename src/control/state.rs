@@ -15,18 +15,22 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::health::tracker::HealthTracker;
-use crate::route::backends::{AdminState, BackendId, BackendSet, Health};
-use crate::route::router::owner_of;
+use crate::config::Protocol;
+use crate::health::tracker::{HealthTracker, Source};
+use crate::route::backends::{AdminState, BackendHealth, BackendId, BackendSet, Health};
+use crate::route::router::{owner_of, Reassign};
 use crate::route::shard::Assignment;
 use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::MailboxSender;
 use crate::runtime::sessions::KickReason;
 use crate::runtime::stats::CoreStats;
 
-/// How long a move waits for the user's sessions to close before it
-/// assigns anyway (the held logins wait no longer than this either).
-pub const MOVE_KICK_LIMIT: Duration = Duration::from_secs(2);
+/// How long a move, kick or backend down waits for the backend
+/// connections of the sessions it ends to close. Each closes within
+/// [`crate::relay::BACKEND_CLOSE_TIMEOUT`] (a reset after that), so this is
+/// only reached when a core is stuck; a move then keeps the old assignment
+/// rather than risk two backends.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// At most this many users are moved at once by a flush, so their clients
 /// do not all reconnect in one storm.
@@ -37,40 +41,53 @@ pub struct Control {
     /// The process-wide configuration.
     pub shared: Arc<Shared>,
     set: RefCell<Arc<BackendSet>>,
-    trackers: RefCell<Vec<HealthTracker>>,
-    last_error: RefCell<Vec<Option<String>>>,
+    /// Per backend, per protocol port (`None`: not checked).
+    trackers: RefCell<Vec<PerProtocol<Option<HealthTracker>>>>,
+    last_error: RefCell<Vec<PerProtocol<Option<String>>>>,
     cores: Vec<MailboxSender<CoreMsg>>,
-    check_now: Vec<local_sync::mpsc::unbounded::Tx<()>>,
+    check_now: Vec<PerProtocol<Option<CheckWaker>>>,
     started: Instant,
     health_flips: Cell<u64>,
+    protocol_flips: RefCell<Vec<PerProtocol<u64>>>,
     moves: Cell<u64>,
 }
 
+/// One value per protocol, indexed by [`Protocol::index`].
+pub type PerProtocol<T> = [T; Protocol::COUNT];
+
+/// Wakes one protocol checker of one backend early.
+pub type CheckWaker = local_sync::mpsc::unbounded::Tx<()>;
+
 impl Control {
-    /// The control plane over `set`, talking to `cores`; `check_now[i]`
-    /// wakes backend `i`'s checker early.
+    /// The control plane over `set`, talking to `cores`;
+    /// `check_now[i][p]` wakes the checker of backend `i`'s protocol `p`
+    /// early (one for every checked protocol port).
     pub fn new(
         shared: Arc<Shared>,
         set: Arc<BackendSet>,
         cores: Vec<MailboxSender<CoreMsg>>,
-        check_now: Vec<local_sync::mpsc::unbounded::Tx<()>>,
+        check_now: Vec<PerProtocol<Option<CheckWaker>>>,
     ) -> Control {
         let h = &shared.config.health;
         let trackers = set
             .backends
             .iter()
-            .map(|_| HealthTracker::new(h.fall, h.rise))
+            .map(|b| {
+                b.protocols
+                    .map(|p| p.map(|_| HealthTracker::new(h.fall, h.rise)))
+            })
             .collect();
         let n = set.backends.len();
         Control {
             shared,
             set: RefCell::new(set),
             trackers: RefCell::new(trackers),
-            last_error: RefCell::new(vec![None; n]),
+            last_error: RefCell::new(vec![Default::default(); n]),
             cores,
             check_now,
             started: Instant::now(),
             health_flips: Cell::new(0),
+            protocol_flips: RefCell::new(vec![[0; Protocol::COUNT]; n]),
             moves: Cell::new(0),
         }
     }
@@ -90,9 +107,17 @@ impl Control {
         self.cores.len()
     }
 
-    /// Health state flips since start.
+    /// Health state flips of protocol ports since start, all backends.
     pub fn health_flips(&self) -> u64 {
         self.health_flips.get()
+    }
+
+    /// Health state flips of one protocol port of a backend since start.
+    pub fn protocol_flips(&self, id: BackendId, protocol: Protocol) -> u64 {
+        self.protocol_flips
+            .borrow()
+            .get(usize::from(id))
+            .map_or(0, |f| f[protocol.index()])
     }
 
     /// Users moved (admin move and flush) since start.
@@ -100,13 +125,20 @@ impl Control {
         self.moves.get()
     }
 
-    /// The last failure of a backend's checks, if its last check failed.
+    /// The last failures of a backend's checks, one per protocol port
+    /// whose last check failed (`"pop3: connect ..."`), if any.
     pub fn last_error(&self, id: BackendId) -> Option<String> {
-        self.last_error
-            .borrow()
-            .get(usize::from(id))
-            .cloned()
-            .flatten()
+        let errors = self.last_error.borrow();
+        let per_protocol = errors.get(usize::from(id))?;
+        let failed: Vec<String> = Protocol::ALL
+            .iter()
+            .filter_map(|p| {
+                per_protocol[p.index()]
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", p.as_str()))
+            })
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
     }
 
     fn publish(&self, next: BackendSet) {
@@ -117,52 +149,97 @@ impl Control {
         }
     }
 
-    /// Feeds one check result (active or passive) into a backend's state.
-    pub fn health_result(&self, id: BackendId, result: Result<(), String>) {
+    /// Feeds one check result of a backend's `protocol` port into its
+    /// state. A flip of one port changes only that protocol's routing; the
+    /// backend goes down (its sessions end, its users move) only when the
+    /// last of its checked ports fails.
+    pub fn health_result(
+        &self,
+        id: BackendId,
+        protocol: Protocol,
+        result: Result<(), String>,
+        source: Source,
+    ) {
         let i = usize::from(id);
         let ok = result.is_ok();
         if let Some(slot) = self.last_error.borrow_mut().get_mut(i) {
-            *slot = result.err();
+            slot[protocol.index()] = result.err();
         }
         let flip = self
             .trackers
             .borrow_mut()
             .get_mut(i)
-            .and_then(|t| t.record(ok));
+            .and_then(|t| t[protocol.index()].as_mut())
+            .and_then(|t| t.record(ok, source));
         let Some(health) = flip else { return };
         self.health_flips.set(self.health_flips.get() + 1);
+        if let Some(f) = self.protocol_flips.borrow_mut().get_mut(i) {
+            f[protocol.index()] += 1;
+        }
         let set = self.backends();
-        let name = set.get(id).map(|b| b.name.clone()).unwrap_or_default();
+        let Some(before) = set.get(id).map(|b| b.health()) else {
+            return;
+        };
+        let next = set.with_change(id, |b| b.set_protocol_health(protocol, health));
+        let Some(backend) = next.get(id) else { return };
+        let name = &*backend.name;
+        let after = backend.health();
         match health {
             Health::Unhealthy => warn!(
-                backend = &*name,
+                backend = name,
+                protocol = protocol.as_str(),
+                error = self.last_error(id).unwrap_or_default(),
+                "protocol port down: its logins get a temporary failure"
+            ),
+            Health::Healthy => info!(
+                backend = name,
+                protocol = protocol.as_str(),
+                "protocol port up"
+            ),
+        }
+        if after == BackendHealth::Unhealthy {
+            warn!(
+                backend = name,
                 error = self.last_error(id).unwrap_or_default(),
                 "backend down: moving its users"
-            ),
-            Health::Healthy => info!(backend = &*name, "backend up"),
+            );
+        } else if before == BackendHealth::Unhealthy {
+            info!(backend = name, "backend up");
         }
-        self.publish(set.with_change(id, |b| b.health = health));
+        self.publish(next);
     }
 
-    /// A client login could not reach `id`: count it now and check again
-    /// at once instead of at the next interval.
-    pub fn unreachable(&self, id: BackendId, error: String) {
-        if self
-            .backends()
-            .get(id)
-            .is_some_and(|b| b.health == Health::Unhealthy)
-        {
+    /// A client login could not reach `protocol`'s port of `id`: count it
+    /// now (once until the next active check) and check the backend's
+    /// ports again at once instead of at the next interval.
+    pub fn unreachable(&self, id: BackendId, protocol: Protocol, error: String) {
+        let counts = self
+            .trackers
+            .borrow()
+            .get(usize::from(id))
+            .and_then(|t| t[protocol.index()].as_ref())
+            .is_some_and(|t| t.state() == Health::Healthy && !t.awaits_check());
+        if !counts {
             return;
         }
-        self.health_result(id, Err(format!("client login: {error}")));
-        if let Some(tx) = self.check_now.get(usize::from(id)) {
-            let _ = tx.send(());
+        self.health_result(
+            id,
+            protocol,
+            Err(format!("client login: {error}")),
+            Source::Passive,
+        );
+        if let Some(wakers) = self.check_now.get(usize::from(id)) {
+            for tx in wakers.iter().flatten() {
+                let _ = tx.send(());
+            }
         }
     }
 
     /// Sets a backend's admin state. Down ends its sessions (every core
-    /// does so on applying the new snapshot) and frees its users.
-    pub fn set_admin(&self, id: BackendId, state: AdminState) {
+    /// does so on applying the new snapshot) and frees its users; it
+    /// returns once every core has closed its backend connections there
+    /// (false if that took longer than [`CLOSE_LIMIT`]).
+    pub async fn set_admin(&self, id: BackendId, state: AdminState) -> bool {
         let set = self.backends();
         if set.get(id).is_some_and(|b| b.admin != state) {
             info!(
@@ -172,6 +249,15 @@ impl Control {
             );
             self.publish(set.with_change(id, |b| b.admin = state));
         }
+        if state != AdminState::Down {
+            return true;
+        }
+        let closed = self.ask_all(|done| CoreMsg::WaitBackendClosed {
+            backend: id,
+            limit: CLOSE_LIMIT,
+            done,
+        });
+        closed.await.iter().all(|c| *c)
     }
 
     /// Sends a request to every core and gathers the answers.
@@ -222,39 +308,76 @@ impl Control {
         .flatten()
     }
 
-    /// Ends every session of `key` on every core; returns how many, once
-    /// all have closed (or [`MOVE_KICK_LIMIT`] passed).
+    /// Ends every session of `key` on every core, backend side first;
+    /// returns how many once their backend connections are all closed
+    /// (the kick covers logins of the user still on their way, too).
     pub async fn kick_user(&self, key: &str) -> usize {
+        let closed = self.kick_sessions(key).await;
+        self.end_kick(key);
+        closed
+    }
+
+    /// Kicks `key`'s sessions on every core and waits, at most
+    /// [`CLOSE_LIMIT`], until their backend connections are closed.
+    async fn kick_sessions(&self, key: &str) -> usize {
         let kicks = self.ask_all(|done| CoreMsg::KickUser {
             key: key.into(),
             reason: KickReason::Admin,
             done,
         });
-        bounded(MOVE_KICK_LIMIT, kicks)
+        bounded(CLOSE_LIMIT, kicks)
             .await
             .map_or(0, |v| v.iter().sum())
     }
 
+    /// Ends the kick of `key` on every core.
+    fn end_kick(&self, key: &str) {
+        for core in &self.cores {
+            let _ = core.send(CoreMsg::EndKick { key: key.into() });
+        }
+    }
+
     /// A safe move: hold the user's new logins, close its sessions
-    /// everywhere, then assign it to `to` (or drop the assignment, so its
-    /// next login goes to its first-ranked routable backend), then let the
-    /// held logins through. Returns the sessions closed.
-    pub async fn move_user(&self, key: &str, to: Option<BackendId>) -> usize {
+    /// everywhere and wait until the owner core counts none left — every
+    /// backend connection of the user closed, including logins that were
+    /// on their way — then change the assignment (`Reassign::To` a backend,
+    /// or `Forget` it so the next login goes to the first-ranked routable
+    /// backend), then let the held logins through. Returns the sessions
+    /// closed, or an error (and the assignment unchanged) when the old
+    /// sessions did not close within [`CLOSE_LIMIT`].
+    pub async fn move_user(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
         let owner = self.owner(key);
         self.ask(owner, |done| CoreMsg::Hold {
             key: key.into(),
             done,
         })
         .await;
-        let closed = self.kick_user(key).await;
+        let closed = self.kick_sessions(key).await;
+        let idle = self
+            .ask(owner, |done| CoreMsg::WaitIdle {
+                key: key.into(),
+                limit: CLOSE_LIMIT,
+                done,
+            })
+            .await
+            .unwrap_or(false);
+        let assign = if idle { to } else { Reassign::Keep };
         self.ask(owner, |done| CoreMsg::Unhold {
             key: key.into(),
-            assign: to,
+            assign,
             done,
         })
         .await;
+        self.end_kick(key);
+        if !idle {
+            warn!(
+                user = key,
+                "move abandoned: the user's sessions did not close in time"
+            );
+            return Err(MoveError::NotClosed);
+        }
         self.moves.set(self.moves.get() + 1);
-        closed
+        Ok(closed)
     }
 
     /// Drops every assignment to `backend` safely, a bounded number of
@@ -267,14 +390,16 @@ impl Control {
             .flatten()
             .collect();
         let mut closed = 0;
+        let mut moved = 0;
         for batch in users.chunks(FLUSH_PARALLEL) {
-            let moves = batch.iter().map(|k| self.move_user(k, None));
-            for n in join_all(moves).await {
+            let moves = batch.iter().map(|k| self.move_user(k, Reassign::Forget));
+            for n in join_all(moves).await.into_iter().flatten() {
                 closed += n;
+                moved += 1;
             }
         }
-        info!(backend, users = users.len(), sessions = closed, "flushed");
-        (users.len(), closed)
+        info!(backend, users = moved, sessions = closed, "flushed");
+        (moved, closed)
     }
 
     /// Sessions logged in, over all cores.
@@ -285,6 +410,25 @@ impl Control {
             .flat_map(|s| s.sessions.iter())
             .map(|per_proto| per_proto.iter().map(|n| u64::from(*n)).sum::<u64>())
             .sum()
+    }
+}
+
+/// Why a move did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveError {
+    /// The user's sessions did not close within [`CLOSE_LIMIT`]; the user
+    /// stays where it was.
+    NotClosed,
+}
+
+impl std::fmt::Display for MoveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MoveError::NotClosed => write!(
+                f,
+                "the user's sessions did not close within {CLOSE_LIMIT:?}; it stays on its backend"
+            ),
+        }
     }
 }
 

@@ -1,15 +1,19 @@
-//! One active health check of one backend.
+//! One active health check of one protocol port of a backend.
 //!
 //! `connect` only opens a TCP connection; `banner` also waits for the
 //! protocol's greeting (IMAP `* OK`, POP3 `+OK`, LMTP `220`, ManageSieve
-//! `OK`); `login` logs a check user in over IMAP and out again, proving the
-//! backend's authentication and storage answer. Every check is bounded by
-//! `health.timeout` by its caller.
+//! `OK` after its capabilities); `login` logs a check user in over IMAP
+//! and out again, proving the backend's authentication and storage answer
+//! (the other protocols' ports get the `banner` check). A greeting that
+//! refuses for load (IMAP `* BYE`, POP3 `-ERR`, LMTP `4xx`, ManageSieve
+//! `NO`/`BYE`) passes: the backend is alive, only full. Every check is
+//! bounded by `health.timeout` by its caller.
 
 use std::net::SocketAddr;
 
 use monoio::net::TcpStream;
 
+use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::config::{HealthCheck, Protocol};
 use crate::io::write_bytes;
 use crate::proto::imap::quote::{write_string, LiteralStyle};
@@ -18,15 +22,9 @@ use crate::proto::lines::LineReader;
 /// Longest greeting or reply line a check reads.
 const MAX_LINE: usize = 8192;
 
-/// The greeting prefix that means "ready" for a protocol.
-pub fn ready_prefix(protocol: Protocol) -> &'static [u8] {
-    match protocol {
-        Protocol::Imap => b"* OK",
-        Protocol::Pop3 => b"+OK",
-        Protocol::Lmtp => b"220",
-        Protocol::Sieve => b"OK",
-    }
-}
+/// Greeting lines a check reads at most (ManageSieve lists its
+/// capabilities first).
+const MAX_GREETING_LINES: usize = 64;
 
 /// What a login check logs in with.
 #[derive(Clone)]
@@ -59,17 +57,25 @@ pub async fn run_check(
         return Ok(());
     }
     let mut lines = LineReader::new();
-    let greeting = lines
-        .read_line(&mut stream, MAX_LINE)
-        .await
-        .map_err(|e| format!("greeting: {e}"))?;
-    if !greeting.starts_with(ready_prefix(protocol)) {
-        return Err(format!(
-            "greeting {:?}",
-            String::from_utf8_lossy(&greeting[..greeting.len().min(60)])
-        ));
+    let mut greeting = None;
+    for _ in 0..MAX_GREETING_LINES {
+        let line = lines
+            .read_line(&mut stream, MAX_LINE)
+            .await
+            .map_err(|e| format!("greeting: {e}"))?;
+        if let Some(kind) = classify(protocol, &line) {
+            greeting = Some((kind, line));
+            break;
+        }
     }
-    if kind == HealthCheck::Banner {
+    match greeting {
+        Some((GreetingKind::Ready, _)) => {}
+        // Alive but full: a load signal, not a failure.
+        Some((GreetingKind::Refused, _)) => return Ok(()),
+        Some((GreetingKind::Unexpected, line)) => return Err(format!("greeting {}", shown(&line))),
+        None => return Err("greeting: too many lines".into()),
+    }
+    if kind == HealthCheck::Banner || protocol != Protocol::Imap {
         return Ok(());
     }
     let Some(login) = login else {

@@ -1,10 +1,14 @@
-//! The active checker of one backend: a loop on the control thread.
+//! The active checker of one protocol port of a backend: a loop on the
+//! control thread.
 //!
 //! Checks run on the control plane's own thread and runtime, never on a
 //! core: a slow or black-holed backend then costs the data path nothing,
 //! and every result goes through the one place that owns backend state.
-//! The interval gets ±10 % jitter so the checks of many directors and
-//! backends do not synchronise; a passive failure wakes the loop at once.
+//! Every protocol mailpin serves is checked on its own port, by its own
+//! loop. The interval gets ±10 % jitter so the checks of many directors and
+//! backends do not synchronise; a passive failure wakes the loop at once,
+//! and the result of such a woken check is marked so (see
+//! [`crate::health::tracker`]).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use crate::config::Protocol;
 use crate::control::state::Control;
 use crate::health::check::{run_check, CheckLogin};
+use crate::health::tracker::Source;
 use crate::route::backends::BackendId;
 
 /// A small xorshift generator for jitter (no need for a crypto RNG).
@@ -36,10 +41,12 @@ impl Jitter {
     }
 }
 
-/// Checks backend `id` forever, feeding results to `control`.
+/// Checks `protocol`'s port of backend `id` forever, feeding results to
+/// `control`.
 pub async fn check_loop(
     control: Rc<Control>,
     id: BackendId,
+    protocol: Protocol,
     mut wake: local_sync::mpsc::unbounded::Rx<()>,
 ) {
     let health = control.shared.config.health.clone();
@@ -50,27 +57,29 @@ pub async fn check_loop(
         }),
         _ => None,
     };
-    let Some(addr) = control.backends().get(id).map(|b| b.addr(Protocol::Imap)) else {
+    let Some(addr) = control.backends().get(id).map(|b| b.addr(protocol)) else {
         return;
     };
-    let mut jitter =
-        Jitter(0x9E37_79B9_7F4A_7C15 ^ (u64::from(id) + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    let seed = (u64::from(id) * Protocol::COUNT as u64 + protocol.index() as u64 + 1)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15 ^ seed);
+    let mut source = Source::Scheduled;
     loop {
         let result = match monoio::time::timeout(
             health.timeout,
-            run_check(health.check, Protocol::Imap, addr, login.as_ref()),
+            run_check(health.check, protocol, addr, login.as_ref()),
         )
         .await
         {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", health.timeout)),
         };
-        control.health_result(id, result);
+        control.health_result(id, protocol, result, source);
         let pause = jitter.around(health.interval);
-        monoio::select! {
-            _ = monoio::time::sleep(pause) => {}
-            _ = wake.recv() => {}
-        }
+        source = monoio::select! {
+            _ = monoio::time::sleep(pause) => Source::Scheduled,
+            _ = wake.recv() => Source::Woken,
+        };
     }
 }
 

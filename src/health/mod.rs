@@ -1,5 +1,5 @@
-//! Backend health: active checks, the fall/rise state machine, and the
-//! checker loop that feeds the control plane.
+//! Backend health per protocol port: active checks, the fall/rise state
+//! machine, and the checker loops that feed the control plane.
 
 pub mod check;
 pub mod checker;

@@ -1,13 +1,34 @@
-//! The health state machine of one backend: fall and rise thresholds.
+//! The health state machine of one protocol port of a backend: fall and
+//! rise thresholds.
 //!
-//! A healthy backend turns unhealthy after `fall` consecutive failed checks,
+//! A healthy port turns unhealthy after `fall` consecutive failed checks,
 //! an unhealthy one healthy after `rise` consecutive good ones; anything in
 //! between keeps the state, so one lost packet does not move users and a
-//! flapping backend does not take them back until it has been stable for
-//! `rise` checks. Active checks and passive observations (a client login
-//! whose backend connect failed) feed the same counter.
+//! flapping port does not take them back until it has been stable for
+//! `rise` checks.
+//!
+//! Three sources feed it, and they must not fight each other:
+//! - a *passive* failure (a client login could not reach the port) counts
+//!   toward `fall` at most once until the next active check — a burst of
+//!   failed logins is one observation, which an active check must confirm;
+//! - a *woken* check (run at once after a passive failure) counts fully
+//!   when it fails, and its success resets a healthy port's fall count,
+//!   but it never counts toward `rise`;
+//! - only *scheduled* checks, `health.interval` apart, bring a down port
+//!   back up, so two results a millisecond apart can never flip it twice.
 
 use crate::route::backends::Health;
+
+/// Where a result comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An active check at its interval.
+    Scheduled,
+    /// An active check run early, woken by a passive failure.
+    Woken,
+    /// A client login that could not reach the port (always a failure).
+    Passive,
+}
 
 /// Counts consecutive results against the thresholds.
 #[derive(Debug, Clone)]
@@ -17,6 +38,8 @@ pub struct HealthTracker {
     state: Health,
     /// Consecutive results that disagree with `state`.
     streak: u32,
+    /// A passive failure was counted since the last active check.
+    passive_counted: bool,
 }
 
 impl HealthTracker {
@@ -27,6 +50,7 @@ impl HealthTracker {
             rise: rise.max(1),
             state: Health::Healthy,
             streak: 0,
+            passive_counted: false,
         }
     }
 
@@ -35,8 +59,29 @@ impl HealthTracker {
         self.state
     }
 
-    /// Records one result; returns the new state when it flips.
-    pub fn record(&mut self, ok: bool) -> Option<Health> {
+    /// Whether a passive failure was counted and no active check has run
+    /// since (another passive failure would not count).
+    pub fn awaits_check(&self) -> bool {
+        self.passive_counted
+    }
+
+    /// Records one result from `source`; returns the new state when it
+    /// flips.
+    pub fn record(&mut self, ok: bool, source: Source) -> Option<Health> {
+        match source {
+            Source::Passive => {
+                if ok || self.state == Health::Unhealthy || self.passive_counted {
+                    return None;
+                }
+                self.passive_counted = true;
+            }
+            Source::Woken | Source::Scheduled => {
+                self.passive_counted = false;
+                if ok && source == Source::Woken && self.state == Health::Unhealthy {
+                    return None;
+                }
+            }
+        }
         let agrees = matches!(
             (self.state, ok),
             (Health::Healthy, true) | (Health::Unhealthy, false)
@@ -69,8 +114,8 @@ mod tests {
     #[test]
     fn falls_after_fall_consecutive_failures() {
         let mut t = HealthTracker::new(2, 2);
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(false), Some(Health::Unhealthy));
+        assert_eq!(t.record(false, Source::Scheduled), None);
+        assert_eq!(t.record(false, Source::Scheduled), Some(Health::Unhealthy));
         assert_eq!(t.state(), Health::Unhealthy);
     }
 
@@ -78,9 +123,9 @@ mod tests {
     fn a_success_resets_the_fall_count() {
         let mut t = HealthTracker::new(3, 2);
         for _ in 0..10 {
-            assert_eq!(t.record(false), None);
-            assert_eq!(t.record(false), None);
-            assert_eq!(t.record(true), None);
+            assert_eq!(t.record(false, Source::Scheduled), None);
+            assert_eq!(t.record(false, Source::Scheduled), None);
+            assert_eq!(t.record(true, Source::Scheduled), None);
         }
         assert_eq!(t.state(), Health::Healthy);
     }
@@ -88,21 +133,21 @@ mod tests {
     #[test]
     fn rises_after_rise_consecutive_successes() {
         let mut t = HealthTracker::new(1, 3);
-        assert_eq!(t.record(false), Some(Health::Unhealthy));
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(true), Some(Health::Healthy));
+        assert_eq!(t.record(false, Source::Scheduled), Some(Health::Unhealthy));
+        assert_eq!(t.record(true, Source::Scheduled), None);
+        assert_eq!(t.record(true, Source::Scheduled), None);
+        assert_eq!(t.record(true, Source::Scheduled), Some(Health::Healthy));
     }
 
     #[test]
     fn flapping_backend_stays_down_until_stable() {
         let mut t = HealthTracker::new(2, 3);
-        t.record(false);
-        t.record(false);
+        t.record(false, Source::Scheduled);
+        t.record(false, Source::Scheduled);
         for _ in 0..20 {
-            assert_eq!(t.record(true), None);
-            assert_eq!(t.record(true), None);
-            assert_eq!(t.record(false), None);
+            assert_eq!(t.record(true, Source::Scheduled), None);
+            assert_eq!(t.record(true, Source::Scheduled), None);
+            assert_eq!(t.record(false, Source::Scheduled), None);
         }
         assert_eq!(t.state(), Health::Unhealthy);
     }
@@ -110,7 +155,40 @@ mod tests {
     #[test]
     fn zero_thresholds_act_as_one() {
         let mut t = HealthTracker::new(0, 0);
-        assert_eq!(t.record(false), Some(Health::Unhealthy));
-        assert_eq!(t.record(true), Some(Health::Healthy));
+        assert_eq!(t.record(false, Source::Scheduled), Some(Health::Unhealthy));
+        assert_eq!(t.record(true, Source::Scheduled), Some(Health::Healthy));
+    }
+
+    #[test]
+    fn a_burst_of_passive_failures_counts_once_until_a_check_confirms() {
+        let mut t = HealthTracker::new(2, 2);
+        for _ in 0..50 {
+            assert_eq!(t.record(false, Source::Passive), None);
+        }
+        assert_eq!(t.state(), Health::Healthy);
+        assert_eq!(t.record(false, Source::Woken), Some(Health::Unhealthy));
+    }
+
+    #[test]
+    fn a_good_woken_check_clears_a_passive_failure() {
+        let mut t = HealthTracker::new(2, 2);
+        for _ in 0..20 {
+            assert_eq!(t.record(false, Source::Passive), None);
+            assert_eq!(t.record(true, Source::Woken), None);
+        }
+        assert_eq!(t.state(), Health::Healthy);
+    }
+
+    #[test]
+    fn only_scheduled_checks_bring_a_port_back() {
+        let mut t = HealthTracker::new(1, 2);
+        assert_eq!(t.record(false, Source::Scheduled), Some(Health::Unhealthy));
+        for _ in 0..10 {
+            assert_eq!(t.record(true, Source::Woken), None);
+            assert_eq!(t.record(false, Source::Passive), None, "ignored while down");
+        }
+        assert_eq!(t.record(true, Source::Scheduled), None);
+        assert_eq!(t.record(true, Source::Woken), None);
+        assert_eq!(t.record(true, Source::Scheduled), Some(Health::Healthy));
     }
 }

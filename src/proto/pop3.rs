@@ -3,11 +3,8 @@
 //! A POP3 command is a keyword of 3–4 letters, case-insensitive, followed by
 //! arguments separated by single spaces (RFC 1939 §3). Before login the
 //! director only looks at the keyword and at most two arguments; everything
-//! it forwards goes out exactly as it came.
-
-/// Longest command line accepted before login: RFC 2449 §4 allows 255
-/// octets, but an AUTH PLAIN initial response with long names needs more.
-pub const MAX_COMMAND_LINE: usize = 2048;
+//! it forwards goes out exactly as it came. Line lengths are bounded by the
+//! reader (`server.max_line`, see `session::limits`).
 
 /// One parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,13 +5,9 @@
 //! (`{N}` synchronising or `{N+}` non-synchronising, then N bytes after the
 //! CRLF). [`parse_line`] takes one line at a time: when the line ends in a
 //! literal marker it says how many bytes to read, and the caller feeds the
-//! rest of the command as the next line.
-
-/// Longest ManageSieve command line accepted before login.
-pub const MAX_COMMAND_LINE: usize = 4096;
-
-/// Largest literal accepted before login (an AUTHENTICATE response).
-pub const MAX_LITERAL: usize = 8192;
+//! rest of the command as the next line. Sizes are the caller's to bound
+//! (`server.max_line` and `[limits]`, see `session::limits`): a marker says
+//! how long its literal is before a byte of it is read.
 
 /// One argument of a command.
 #[derive(Debug, Clone, PartialEq, Eq)]

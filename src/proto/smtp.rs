@@ -3,11 +3,8 @@
 //!
 //! Everything here is pure and incremental where the wire is: [`DotScanner`]
 //! finds the `CRLF . CRLF` that ends a DATA body across any chunking, so the
-//! message can be streamed through a bounded buffer.
-
-/// Longest LMTP command line accepted (RFC 5321 §4.5.3.1.4 says 512; the
-/// extra room is for MAIL/RCPT parameters and long UTF-8 addresses).
-pub const MAX_COMMAND_LINE: usize = 4096;
+//! message can be streamed through a bounded buffer. Command lines are
+//! bounded by the reader (`server.max_line`, see `session::limits`).
 
 /// A command line split into its verb and the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]

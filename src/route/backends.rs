@@ -27,13 +27,48 @@ pub enum AdminState {
     Drain,
 }
 
-/// What the health checks found.
+/// What the health checks found about one protocol port of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     /// Answering as expected.
     Healthy,
     /// Failing its checks.
     Unhealthy,
+}
+
+impl Health {
+    /// The API spelling: `healthy`, `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A backend's health over all its checked protocol ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendHealth {
+    /// Every checked port answers.
+    Healthy,
+    /// Some checked ports fail: the backend keeps its users and serves the
+    /// protocols that work; logins of a failed protocol get its temporary
+    /// failure.
+    Degraded,
+    /// Every checked port fails: the backend is down, its sessions end and
+    /// its users are assigned elsewhere.
+    Unhealthy,
+}
+
+impl BackendHealth {
+    /// The API spelling: `healthy`, `degraded`, `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendHealth::Healthy => "healthy",
+            BackendHealth::Degraded => "degraded",
+            BackendHealth::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// One backend mail server.
@@ -55,14 +90,16 @@ pub struct Backend {
     pub connect_timeout: Duration,
     /// Administrative state.
     pub admin: AdminState,
-    /// Health state.
-    pub health: Health,
+    /// Health of each protocol port, indexed by [`Protocol::index`];
+    /// `None` for a protocol mailpin does not serve (not checked).
+    pub protocols: [Option<Health>; Protocol::COUNT],
     /// Precomputed rendezvous seed of its name.
     seed: u64,
 }
 
 impl Backend {
-    /// A backend in service and healthy.
+    /// A backend in service and healthy on every protocol port (all are
+    /// checked until [`Backend::check_only`] says otherwise).
     pub fn new(
         id: BackendId,
         name: &str,
@@ -81,19 +118,83 @@ impl Backend {
             forward,
             connect_timeout,
             admin: AdminState::Up,
-            health: Health::Healthy,
+            protocols: [Some(Health::Healthy); Protocol::COUNT],
             seed: hrw::backend_seed(name),
         }
     }
 
-    /// May new users be assigned here?
-    pub fn routable(&self) -> bool {
-        self.admin == AdminState::Up && self.health == Health::Healthy
+    /// Checks only the protocols for which `served` is true (the ones
+    /// mailpin has a listener for); the others are not tracked.
+    pub fn check_only(&mut self, served: impl Fn(Protocol) -> bool) {
+        for p in Protocol::ALL {
+            if !served(p) {
+                self.protocols[p.index()] = None;
+            }
+        }
     }
 
-    /// May users already assigned here stay (and open new sessions)?
+    /// The health of one protocol port, `None` if it is not checked.
+    pub fn protocol_health(&self, protocol: Protocol) -> Option<Health> {
+        self.protocols[protocol.index()]
+    }
+
+    /// Sets the health of one checked protocol port.
+    pub fn set_protocol_health(&mut self, protocol: Protocol, health: Health) {
+        if let Some(h) = self
+            .protocols
+            .get_mut(protocol.index())
+            .and_then(|h| h.as_mut())
+        {
+            *h = health;
+        }
+    }
+
+    /// The health over all checked ports: unhealthy only when every one
+    /// of them fails (a backend that checks nothing is healthy).
+    pub fn health(&self) -> BackendHealth {
+        let checked = self.protocols.iter().flatten();
+        let (mut up, mut down) = (0, 0);
+        for h in checked {
+            match h {
+                Health::Healthy => up += 1,
+                Health::Unhealthy => down += 1,
+            }
+        }
+        match (up, down) {
+            (_, 0) => BackendHealth::Healthy,
+            (0, _) => BackendHealth::Unhealthy,
+            _ => BackendHealth::Degraded,
+        }
+    }
+
+    /// Does the backend answer on `protocol`'s port (or is it unchecked)?
+    pub fn serves(&self, protocol: Protocol) -> bool {
+        self.protocol_health(protocol) != Some(Health::Unhealthy)
+    }
+
+    /// May new users be assigned here (for some protocol)?
+    pub fn routable(&self) -> bool {
+        self.admin == AdminState::Up && self.health() != BackendHealth::Unhealthy
+    }
+
+    /// May a new user be assigned here by a login of `protocol`?
+    pub fn routable_for(&self, protocol: Protocol) -> bool {
+        self.routable() && self.serves(protocol)
+    }
+
+    /// May users already assigned here stay (and open new sessions)? A
+    /// degraded backend keeps them: one protocol's failure never moves
+    /// or ends sessions of another.
     pub fn keeps_users(&self) -> bool {
-        self.health == Health::Healthy && self.admin != AdminState::Down
+        self.health() != BackendHealth::Unhealthy && self.admin != AdminState::Down
+    }
+
+    /// Sets every checked protocol port's health at once (tests).
+    #[cfg(test)]
+    pub(crate) fn set_every_protocol(&mut self, health: Health) {
+        for p in Protocol::ALL {
+            self.set_protocol_health(p, health);
+        }
     }
 
     /// The address serving `protocol`.
@@ -130,24 +231,30 @@ impl BackendSet {
         self.backends.iter().find(|b| &*b.name == name)
     }
 
-    /// The highest-ranked routable backend for a user key, if any.
-    pub fn first_choice(&self, key: &str) -> Option<BackendId> {
+    /// The highest-ranked backend a login of `protocol` may assign a user
+    /// key to, skipping the backends in `avoid`, if any.
+    pub fn first_choice(
+        &self,
+        key: &str,
+        protocol: Protocol,
+        avoid: &[BackendId],
+    ) -> Option<BackendId> {
         self.backends
             .iter()
-            .filter(|b| b.routable())
+            .filter(|b| b.routable_for(protocol) && !avoid.contains(&b.id))
             .map(|b| (hrw::score(key, b.seed, b.weight), b))
-            .max_by(|(sa, a), (sb, b)| sa.total_cmp(sb).then_with(|| b.name.cmp(&a.name)))
+            .max_by(|(sa, a), (sb, b)| sa.cmp(sb).then_with(|| b.name.cmp(&a.name)))
             .map(|(_, b)| b.id)
     }
 
     /// All backends ranked for a user key, best first (routable or not).
     pub fn ranking(&self, key: &str) -> Vec<BackendId> {
-        let mut scored: Vec<(f64, &Backend)> = self
+        let mut scored: Vec<(hrw::Score, &Backend)> = self
             .backends
             .iter()
             .map(|b| (hrw::score(key, b.seed, b.weight), b))
             .collect();
-        scored.sort_by(|(sa, a), (sb, b)| sb.total_cmp(sa).then_with(|| a.name.cmp(&b.name)));
+        scored.sort_by(|(sa, a), (sb, b)| sb.cmp(sa).then_with(|| a.name.cmp(&b.name)));
         scored.into_iter().map(|(_, b)| b.id).collect()
     }
 
@@ -191,7 +298,10 @@ pub(crate) mod tests {
         let set = set_of(5);
         for i in 0..1000 {
             let key = format!("user{i}");
-            assert_eq!(set.first_choice(&key), Some(set.ranking(&key)[0]));
+            assert_eq!(
+                set.first_choice(&key, Protocol::Imap, &[]),
+                Some(set.ranking(&key)[0])
+            );
         }
     }
 
@@ -201,10 +311,13 @@ pub(crate) mod tests {
         for i in 0..500 {
             let key = format!("user{i}");
             let rank = set.ranking(&key);
-            let down = set.with_change(rank[0], |b| b.health = Health::Unhealthy);
-            assert_eq!(down.first_choice(&key), Some(rank[1]));
+            let down = set.with_change(rank[0], |b| b.set_every_protocol(Health::Unhealthy));
+            assert_eq!(down.first_choice(&key, Protocol::Imap, &[]), Some(rank[1]));
             let drained = down.with_change(rank[1], |b| b.admin = AdminState::Drain);
-            assert_eq!(drained.first_choice(&key), Some(rank[2]));
+            assert_eq!(
+                drained.first_choice(&key, Protocol::Imap, &[]),
+                Some(rank[2])
+            );
             assert_eq!(drained.version, set.version + 2);
         }
     }
@@ -213,8 +326,8 @@ pub(crate) mod tests {
     fn no_routable_backend_means_none() {
         let set = set_of(2)
             .with_change(0, |b| b.admin = AdminState::Down)
-            .with_change(1, |b| b.health = Health::Unhealthy);
-        assert_eq!(set.first_choice("x"), None);
+            .with_change(1, |b| b.set_every_protocol(Health::Unhealthy));
+        assert_eq!(set.first_choice("x", Protocol::Imap, &[]), None);
     }
 
     #[test]
@@ -225,7 +338,59 @@ pub(crate) mod tests {
         b.admin = AdminState::Down;
         assert!(!b.keeps_users());
         b.admin = AdminState::Up;
-        b.health = Health::Unhealthy;
+        b.set_every_protocol(Health::Unhealthy);
         assert!(!b.keeps_users() && !b.routable());
+    }
+
+    #[test]
+    fn one_failed_port_degrades_all_failed_ports_take_the_backend_down() {
+        let mut b = set_of(1).backends.remove(0);
+        b.check_only(|p| matches!(p, Protocol::Imap | Protocol::Pop3));
+        assert_eq!(
+            b.protocol_health(Protocol::Lmtp),
+            None,
+            "not served, not checked"
+        );
+        b.set_protocol_health(Protocol::Lmtp, Health::Unhealthy);
+        assert_eq!(
+            b.health(),
+            BackendHealth::Healthy,
+            "unchecked ports do not count"
+        );
+        b.set_protocol_health(Protocol::Pop3, Health::Unhealthy);
+        assert_eq!(b.health(), BackendHealth::Degraded);
+        assert!(b.keeps_users() && b.routable());
+        assert!(b.routable_for(Protocol::Imap) && !b.routable_for(Protocol::Pop3));
+        assert!(
+            b.serves(Protocol::Lmtp),
+            "an unchecked port is assumed to serve"
+        );
+        b.set_protocol_health(Protocol::Imap, Health::Unhealthy);
+        assert_eq!(b.health(), BackendHealth::Unhealthy);
+        assert!(!b.keeps_users() && !b.routable());
+    }
+
+    #[test]
+    fn first_choice_skips_backends_down_for_the_protocol_or_avoided() {
+        let set = set_of(3);
+        for i in 0..300 {
+            let key = format!("user{i}");
+            let rank = set.ranking(&key);
+            let no_pop3 = set.with_change(rank[0], |b| {
+                b.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
+            });
+            assert_eq!(
+                no_pop3.first_choice(&key, Protocol::Imap, &[]),
+                Some(rank[0])
+            );
+            assert_eq!(
+                no_pop3.first_choice(&key, Protocol::Pop3, &[]),
+                Some(rank[1])
+            );
+            assert_eq!(
+                set.first_choice(&key, Protocol::Imap, &[rank[0], rank[1]]),
+                Some(rank[2])
+            );
+        }
     }
 }

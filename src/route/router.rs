@@ -6,6 +6,13 @@
 //! back through this core's mailbox, a few microseconds later. Nothing
 //! blocks: the asking session awaits a single-core oneshot while its core
 //! goes on serving everyone else.
+//!
+//! A login may have to wait: while its user is being moved (a *hold*), or
+//! while the user's sessions on a backend that can no longer keep users are
+//! still closing (a *retiring* assignment, see [`ShardTable`]). Local and
+//! remote logins wait the same [`HOLD_WAIT`] at most. A remote login that
+//! gives up (or whose future is dropped) leaks nothing: an answer that
+//! finds no one waiting releases the session count it carried.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 use local_sync::oneshot;
 
+use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
 use crate::route::shard::{Assignment, NoBackend, SessionOrigin, ShardTable};
@@ -30,15 +38,23 @@ pub enum RouterMsg {
         from: usize,
         /// The asking core's request number.
         req: u64,
+        /// The login's protocol.
+        protocol: Protocol,
+        /// Backends that refused this login for load.
+        avoid: Box<[BackendId]>,
         /// Where a login session comes from (`None` for LMTP).
         origin: Option<SessionOrigin>,
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
+        /// The user key (to release the count if the asker gave up).
+        key: Box<str>,
         /// The request number.
         req: u64,
         /// The backend, or why there is none.
         result: Result<BackendId, NoBackend>,
+        /// The origin the count was taken for.
+        origin: Option<SessionOrigin>,
     },
     /// A session of `key` on `backend` closed (to the owner).
     Release {
@@ -56,7 +72,12 @@ pub enum RouterMsg {
 pub enum RouteError {
     /// No backend can take the user.
     NoBackend,
-    /// The user is being moved and the move did not finish in time.
+    /// The user's backend keeps it but cannot serve this login now (its
+    /// port of the protocol is down, or it refused for load while the user
+    /// has sessions there): a temporary failure, the user stays.
+    Unavailable,
+    /// The user is being moved, or its old sessions are being closed, and
+    /// that did not finish in time.
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
@@ -71,10 +92,24 @@ impl From<NoBackend> for RouteError {
     fn from(e: NoBackend) -> Self {
         match e {
             NoBackend::NoneRoutable => RouteError::NoBackend,
+            NoBackend::ProtocolDown | NoBackend::Busy => RouteError::Unavailable,
+            NoBackend::Closing => RouteError::Held,
             NoBackend::UserSessions => RouteError::UserSessions,
             NoBackend::UserIpSessions => RouteError::UserIpSessions,
         }
     }
+}
+
+/// What the end of a hold does with the user's assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reassign {
+    /// Assign the user to this backend (admin move).
+    To(BackendId),
+    /// Drop the assignment: the next login goes to the first-ranked
+    /// routable backend (flush).
+    Forget,
+    /// Leave it as it is (a move that could not close the old sessions).
+    Keep,
 }
 
 /// How long a login waits for a move of its user to finish.
@@ -84,10 +119,12 @@ pub const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(2500
 enum Deferred {
     /// A session on the owner core itself.
     Local(oneshot::Sender<()>),
-    /// An acquire from another core, answered when the hold ends.
+    /// An acquire from another core, answered when the wait ends.
     Remote {
         from: usize,
         req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
         origin: Option<SessionOrigin>,
     },
 }
@@ -120,6 +157,24 @@ pub struct Router {
     next_req: Cell<u64>,
     /// Users being moved: their logins wait here until the move ends.
     holds: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
+    /// Users whose retiring assignment still has sessions: their logins
+    /// wait here until the last one is released.
+    closing: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
+    /// Moves waiting for a user's last session to be released.
+    idle_watchers: RefCell<AHashMap<Box<str>, Vec<oneshot::Sender<()>>>>,
+}
+
+/// Removes a remote request from the pending table when the asking future
+/// ends, whether it got its answer, gave up or was dropped.
+struct PendingGuard<'a> {
+    router: &'a Router,
+    req: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.router.pending.borrow_mut().remove(&self.req);
+    }
 }
 
 impl Router {
@@ -140,6 +195,8 @@ impl Router {
             pending: RefCell::new(AHashMap::new()),
             next_req: Cell::new(0),
             holds: RefCell::new(AHashMap::new()),
+            closing: RefCell::new(AHashMap::new()),
+            idle_watchers: RefCell::new(AHashMap::new()),
         }
     }
 
@@ -153,51 +210,92 @@ impl Router {
         self.backends.borrow().clone()
     }
 
-    /// Counts a new session of `key` (a login session names its `origin`,
-    /// for the per-user limits) and returns the backend it must use.
+    /// Counts a new session of `key` for a login of `protocol` and returns
+    /// the backend it must use; `avoid` lists backends that refused this
+    /// login for load (see [`ShardTable::acquire`]). Waits (at most
+    /// [`HOLD_WAIT`] in all) while the user is held by a move or its old
+    /// sessions are still closing. A login session names its `origin`, for
+    /// the per-user session limits; LMTP deliveries name none.
     pub async fn acquire(
         &self,
         key: &str,
+        protocol: Protocol,
+        avoid: &[BackendId],
         origin: Option<SessionOrigin>,
     ) -> Result<BackendId, RouteError> {
+        let deadline = monoio::time::Instant::now() + HOLD_WAIT;
         let owner = self.owner(key);
-        if owner == self.core {
+        if owner != self.core {
+            return self
+                .acquire_remote(key, owner, protocol, avoid, origin, deadline)
+                .await;
+        }
+        loop {
             let held = self.holds.borrow_mut().get_mut(key).map(|waiters| {
                 let (tx, rx) = oneshot::channel();
                 waiters.push(Deferred::Local(tx));
                 rx
             });
             if let Some(rx) = held {
-                if monoio::time::timeout(HOLD_WAIT, rx).await.is_err()
+                if monoio::time::timeout_at(deadline, rx).await.is_err()
                     || self.holds.borrow().contains_key(key)
                 {
                     return Err(RouteError::Held);
                 }
             }
             let set = self.backends();
-            return self
+            let result = self
                 .shard
                 .borrow_mut()
-                .acquire(key, &set, origin)
-                .map_err(RouteError::from);
+                .acquire(key, &set, protocol, avoid, origin);
+            match result {
+                Ok(b) => return Ok(b),
+                Err(NoBackend::Closing) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.closing
+                        .borrow_mut()
+                        .entry(key.into())
+                        .or_default()
+                        .push(Deferred::Local(tx));
+                    if monoio::time::timeout_at(deadline, rx).await.is_err() {
+                        return Err(RouteError::Held);
+                    }
+                }
+                Err(other) => return Err(RouteError::from(other)),
+            }
         }
+    }
+
+    /// [`Router::acquire`] through the owner core.
+    async fn acquire_remote(
+        &self,
+        key: &str,
+        owner: usize,
+        protocol: Protocol,
+        avoid: &[BackendId],
+        origin: Option<SessionOrigin>,
+        deadline: monoio::time::Instant,
+    ) -> Result<BackendId, RouteError> {
         let req = self.next_req.get();
         self.next_req.set(req + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(req, tx);
+        let _pending = PendingGuard { router: self, req };
         let msg = RouterMsg::Acquire {
             key: key.into(),
             from: self.core,
             req,
+            protocol,
+            avoid: avoid.into(),
             origin,
         };
         if !self.post.post(owner, msg) {
-            self.pending.borrow_mut().remove(&req);
             return Err(RouteError::CoreGone);
         }
-        match rx.await {
-            Ok(result) => result.map_err(RouteError::from),
-            Err(_) => Err(RouteError::CoreGone),
+        match monoio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result.map_err(RouteError::from),
+            Ok(Err(_)) => Err(RouteError::CoreGone),
+            Err(_) => Err(RouteError::Held),
         }
     }
 
@@ -206,9 +304,7 @@ impl Router {
     pub fn release(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
         let owner = self.owner(key);
         if owner == self.core {
-            self.shard
-                .borrow_mut()
-                .release(key, backend, origin, Instant::now());
+            self.release_local(key, backend, origin);
         } else {
             let msg = RouterMsg::Release {
                 key: key.into(),
@@ -220,6 +316,58 @@ impl Router {
         }
     }
 
+    /// Releases on this core's shard; when that was the user's last
+    /// session, wakes the moves and logins that wait for it.
+    fn release_local(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
+        let idle = self
+            .shard
+            .borrow_mut()
+            .release(key, backend, origin, Instant::now());
+        if !idle {
+            return;
+        }
+        let watchers = self.idle_watchers.borrow_mut().remove(key);
+        for tx in watchers.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+        let waiting = self.closing.borrow_mut().remove(key);
+        for w in waiting.into_iter().flatten() {
+            self.resume(key, w);
+        }
+    }
+
+    /// Lets a deferred login go on: a local one retries its acquire, a
+    /// remote one is acquired for and answered.
+    fn resume(&self, key: &str, waiting: Deferred) {
+        match waiting {
+            Deferred::Local(tx) => {
+                let _ = tx.send(());
+            }
+            Deferred::Remote {
+                from,
+                req,
+                protocol,
+                avoid,
+                origin,
+            } => self.answer_acquire(key, from, req, protocol, avoid, origin),
+        }
+    }
+
+    /// Waits until `key` (owned by this core) has no session left, at most
+    /// `limit`; true if it has none.
+    pub async fn wait_idle(&self, key: &str, limit: std::time::Duration) -> bool {
+        if self.shard.borrow().sessions(key) == 0 {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.idle_watchers
+            .borrow_mut()
+            .entry(key.into())
+            .or_default()
+            .push(tx);
+        monoio::time::timeout(limit, rx).await.is_ok() || self.shard.borrow().sessions(key) == 0
+    }
+
     /// Handles a message from another core.
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
@@ -227,41 +375,89 @@ impl Router {
                 key,
                 from,
                 req,
+                protocol,
+                avoid,
                 origin,
             } => {
                 if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
-                    waiters.push(Deferred::Remote { from, req, origin });
+                    waiters.push(Deferred::Remote {
+                        from,
+                        req,
+                        protocol,
+                        avoid,
+                        origin,
+                    });
                     return;
                 }
-                self.answer_acquire(&key, from, req, origin);
+                self.answer_acquire(&key, from, req, protocol, avoid, origin);
             }
-            RouterMsg::Acquired { req, result } => {
-                if let Some(tx) = self.pending.borrow_mut().remove(&req) {
-                    let _ = tx.send(result);
+            RouterMsg::Acquired {
+                key,
+                req,
+                result,
+                origin,
+            } => {
+                let asker = self.pending.borrow_mut().remove(&req);
+                let delivered = match asker {
+                    Some(tx) => tx.send(result).is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    // The login gave up or was dropped: it will never
+                    // release the count this answer took for it.
+                    if let Ok(b) = result {
+                        self.release(&key, b, origin);
+                    }
                 }
             }
             RouterMsg::Release {
                 key,
                 backend,
                 origin,
-            } => {
-                self.shard
-                    .borrow_mut()
-                    .release(&key, backend, origin, Instant::now());
-            }
+            } => self.release_local(&key, backend, origin),
         }
     }
 
-    /// Acquires for a remote core and posts the answer.
-    fn answer_acquire(&self, key: &str, from: usize, req: u64, origin: Option<SessionOrigin>) {
+    /// Acquires for a remote core and posts the answer; a user whose old
+    /// sessions are still closing is answered once they are.
+    fn answer_acquire(
+        &self,
+        key: &str,
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
+        origin: Option<SessionOrigin>,
+    ) {
         let set = self.backends();
-        let result = self.shard.borrow_mut().acquire(key, &set, origin);
-        if !self.post.post(from, RouterMsg::Acquired { req, result }) {
+        let result = self
+            .shard
+            .borrow_mut()
+            .acquire(key, &set, protocol, &avoid, origin);
+        if result == Err(NoBackend::Closing) {
+            self.closing
+                .borrow_mut()
+                .entry(key.into())
+                .or_default()
+                .push(Deferred::Remote {
+                    from,
+                    req,
+                    protocol,
+                    avoid,
+                    origin,
+                });
+            return;
+        }
+        let msg = RouterMsg::Acquired {
+            key: key.into(),
+            req,
+            result,
+            origin,
+        };
+        if !self.post.post(from, msg) {
             // The asker is gone; do not leak its session count.
             if let Ok(b) = result {
-                self.shard
-                    .borrow_mut()
-                    .release(key, b, origin, Instant::now());
+                self.release_local(key, b, origin);
             }
         }
     }
@@ -272,25 +468,19 @@ impl Router {
         self.holds.borrow_mut().entry(key.into()).or_default();
     }
 
-    /// Ends a hold of `key`: assigns it to `assign` (or drops its
-    /// assignment when `None`), then lets the waiting logins through.
-    pub fn unhold(&self, key: &str, assign: Option<BackendId>) {
-        match assign {
-            Some(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
-            None => {
+    /// Ends a hold of `key`: changes its assignment as `change` says, then
+    /// lets the waiting logins through.
+    pub fn unhold(&self, key: &str, change: Reassign) {
+        match change {
+            Reassign::To(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
+            Reassign::Forget => {
                 self.shard.borrow_mut().remove(key);
             }
+            Reassign::Keep => {}
         }
         let waiters = self.holds.borrow_mut().remove(key).unwrap_or_default();
         for w in waiters {
-            match w {
-                Deferred::Local(tx) => {
-                    let _ = tx.send(());
-                }
-                Deferred::Remote { from, req, origin } => {
-                    self.answer_acquire(key, from, req, origin)
-                }
-            }
+            self.resume(key, w);
         }
     }
 
@@ -382,8 +572,8 @@ mod tests {
     fn older_snapshots_are_ignored_so_every_core_ends_in_the_same_state() {
         let r = router(0, 1, Arc::new(Outbox::default()));
         let v1 = set_of(3);
-        let v2 = v1.with_change(0, |b| b.health = Health::Unhealthy);
-        let v3 = v2.with_change(0, |b| b.health = Health::Healthy);
+        let v2 = v1.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
+        let v3 = v2.with_change(0, |b| b.set_every_protocol(Health::Healthy));
         r.apply_backends(Arc::new(v3.clone()));
         r.apply_backends(Arc::new(v2));
         assert_eq!(r.backends().version, v3.version);
@@ -395,18 +585,18 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
-            let first = r.acquire(key, None).await.unwrap();
+            let first = r.acquire(key, Protocol::Imap, &[], None).await.unwrap();
             r.release(key, first, None);
             let target = (first + 1) % 3;
             r.hold(key);
-            let mut waiting = std::pin::pin!(r.acquire(key, None));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[], None));
             poll_once(waiting.as_mut());
             assert_eq!(
                 r.holds.borrow()[key].len(),
                 1,
                 "the login waits on the hold"
             );
-            r.unhold(key, Some(target));
+            r.unhold(key, Reassign::To(target));
             assert_eq!(waiting.await, Ok(target));
         });
     }
@@ -416,7 +606,10 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
-            assert_eq!(r.acquire("stuck", None).await, Err(RouteError::Held));
+            assert_eq!(
+                r.acquire("stuck", Protocol::Imap, &[], None).await,
+                Err(RouteError::Held)
+            );
         });
     }
 
@@ -429,10 +622,12 @@ mod tests {
             key: "bob".into(),
             from: 1,
             req: 7,
+            protocol: Protocol::Imap,
+            avoid: Box::new([]),
             origin: None,
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
-        owner.unhold("bob", Some(2));
+        owner.unhold("bob", Reassign::To(2));
         let sent = std::mem::take(&mut *outbox.0.lock().unwrap());
         assert!(
             matches!(
@@ -441,7 +636,8 @@ mod tests {
                     1,
                     RouterMsg::Acquired {
                         req: 7,
-                        result: Ok(2)
+                        result: Ok(2),
+                        ..
                     }
                 )]
             ),
@@ -460,7 +656,7 @@ mod tests {
                 .unwrap();
             let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let mut pending = std::pin::pin!(asker.acquire(&key, None));
+            let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[], None));
             poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);
@@ -475,8 +671,117 @@ mod tests {
             assert_eq!(back, 0);
             asker.handle(answer);
             let got = pending.await.unwrap();
-            assert_eq!(Some(got), owner.backends().first_choice(&key));
+            assert_eq!(
+                Some(got),
+                owner.backends().first_choice(&key, Protocol::Imap, &[])
+            );
             assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
+        });
+    }
+
+    /// A key owned by core 1 of 2.
+    fn key_of_core_1() -> String {
+        (0..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| owner_of(k, 2) == 1)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_remote_login_that_gives_up_leaks_no_session_count() {
+        block_on(async {
+            let outbox = Arc::new(Outbox::default());
+            let key = key_of_core_1();
+            let asker = router(0, 2, outbox.clone());
+            let owner_out = Arc::new(Outbox::default());
+            let owner = router(1, 2, owner_out.clone());
+            // The owner holds the user (a move), so no answer comes in time.
+            owner.hold(&key);
+            let started = std::time::Instant::now();
+            assert_eq!(
+                asker.acquire(&key, Protocol::Imap, &[], None).await,
+                Err(RouteError::Held)
+            );
+            assert!(
+                started.elapsed() >= HOLD_WAIT,
+                "a remote login waits as long as a local one"
+            );
+            assert!(asker.pending.borrow().is_empty());
+            let (_, msg) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(msg);
+            // The move ends; the owner counts the session and answers late.
+            owner.unhold(&key, Reassign::Forget);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 1);
+            let (_, answer) = owner_out.0.lock().unwrap().remove(0);
+            asker.handle(answer);
+            // Nobody waits for the answer: the asker sends the count back.
+            let (to, release) = outbox.0.lock().unwrap().remove(0);
+            assert_eq!(to, 1);
+            assert!(matches!(release, RouterMsg::Release { .. }), "{release:?}");
+            owner.handle(release);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 0);
+        });
+    }
+
+    #[test]
+    fn a_dropped_remote_login_leaks_no_session_count() {
+        block_on(async {
+            let outbox = Arc::new(Outbox::default());
+            let key = key_of_core_1();
+            let asker = router(0, 2, outbox.clone());
+            let owner_out = Arc::new(Outbox::default());
+            let owner = router(1, 2, owner_out.clone());
+            {
+                let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[], None));
+                poll_once(pending.as_mut());
+            } // the login is dropped in the middle of routing
+            assert!(asker.pending.borrow().is_empty());
+            let (_, msg) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(msg);
+            let (_, answer) = owner_out.0.lock().unwrap().remove(0);
+            asker.handle(answer);
+            let (_, release) = outbox.0.lock().unwrap().remove(0);
+            owner.handle(release);
+            assert_eq!(owner.local_assignment(&key).unwrap().sessions, 0);
+        });
+    }
+
+    #[test]
+    fn a_login_waits_for_the_old_sessions_of_a_retiring_assignment() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            let key = "eve";
+            let old = r.acquire(key, Protocol::Imap, &[], None).await.unwrap();
+            let down = r
+                .backends()
+                .with_change(old, |b| b.set_every_protocol(Health::Unhealthy));
+            assert!(
+                r.apply_backends(Arc::new(down)).is_empty(),
+                "kept: it has a session"
+            );
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[], None));
+            poll_once(waiting.as_mut());
+            assert_eq!(r.local_assignment(key).unwrap().backend, old);
+            r.release(key, old, None);
+            let new = waiting.await.unwrap();
+            assert_ne!(new, old);
+            assert_eq!(r.local_assignment(key).unwrap().sessions, 1);
+        });
+    }
+
+    #[test]
+    fn wait_idle_completes_on_the_last_release() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            let b = r.acquire("fay", Protocol::Imap, &[], None).await.unwrap();
+            r.acquire("fay", Protocol::Imap, &[], None).await.unwrap();
+            assert!(!r.wait_idle("fay", Duration::from_millis(20)).await);
+            let mut idle = std::pin::pin!(r.wait_idle("fay", Duration::from_secs(5)));
+            poll_once(idle.as_mut());
+            r.release("fay", b, None);
+            poll_once(idle.as_mut());
+            r.release("fay", b, None);
+            assert!(idle.await);
         });
     }
 }

@@ -8,6 +8,12 @@
 //! backend can no longer keep users (unhealthy or admin down) or by an
 //! explicit [`ShardTable::remove`] (admin move, flush).
 //!
+//! An assignment whose backend can no longer keep users but whose sessions
+//! are still being closed is *retiring*: it is not dropped and not
+//! replaced until its last session has released it, so a user's new
+//! session never opens on another backend while an old one is still open
+//! ([`NoBackend::Closing`] tells the caller to wait for that).
+//!
 //! The owner core also enforces the per-user session limits
 //! (`limits.sessions_per_user`, `limits.sessions_per_user_ip`): a login
 //! session names its [`SessionOrigin`] and is refused when its user, or
@@ -101,11 +107,20 @@ impl Assignment {
     }
 }
 
-/// Why a user's session could not be placed.
+/// Why a user could not be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBackend {
     /// No backend is routable right now.
     NoneRoutable,
+    /// The user's sessions on a backend that can no longer keep users are
+    /// still being closed; a new one may open elsewhere only after that.
+    Closing,
+    /// The user's backend keeps it but the login's protocol port is down
+    /// there: the login gets a temporary failure, the user stays.
+    ProtocolDown,
+    /// The user's backend refused the login for load and the user has
+    /// live sessions there, so it cannot be placed elsewhere.
+    Busy,
     /// The user has `limits.sessions_per_user` sessions already.
     UserSessions,
     /// The user has `limits.sessions_per_user_ip` sessions from this
@@ -137,30 +152,52 @@ impl ShardTable {
         }
     }
 
-    /// Counts a new session of `key` (from `origin`, for a login session)
-    /// and returns its backend, assigning one (the first routable choice)
-    /// if the user has none or its backend can no longer keep users.
-    /// A login session over a per-user limit is refused.
+    /// Counts a new session of `key` for a login of `protocol` and returns
+    /// its backend, assigning one (the first choice routable for
+    /// `protocol`, not in `avoid`) if the user has none or its backend can
+    /// no longer keep users.
+    ///
+    /// A user whose backend keeps users but has `protocol`'s port down is
+    /// not moved: [`NoBackend::ProtocolDown`]. A user whose backend is in
+    /// `avoid` (it refused this login for load) moves only when it has no
+    /// live session there, else [`NoBackend::Busy`].
+    ///
+    /// A login session names its `origin` and is refused over a per-user
+    /// limit ([`NoBackend::UserSessions`], [`NoBackend::UserIpSessions`]).
     pub fn acquire(
         &mut self,
         key: &str,
         set: &BackendSet,
+        protocol: Protocol,
+        avoid: &[BackendId],
         origin: Option<SessionOrigin>,
     ) -> Result<BackendId, NoBackend> {
         if let Some(a) = self.users.get_mut(key) {
-            if set.get(a.backend).is_some_and(|b| b.keeps_users()) {
-                if let Some(origin) = origin {
-                    a.admits(origin, self.limits)?;
-                    a.add_origin(origin);
+            if let Some(b) = set.get(a.backend).filter(|b| b.keeps_users()) {
+                let refused = avoid.contains(&a.backend);
+                if !refused && b.serves(protocol) {
+                    if let Some(origin) = origin {
+                        a.admits(origin, self.limits)?;
+                        a.add_origin(origin);
+                    }
+                    a.sessions += 1;
+                    a.idle_since = None;
+                    return Ok(a.backend);
                 }
-                a.sessions += 1;
-                a.idle_since = None;
-                return Ok(a.backend);
+                if !refused {
+                    return Err(NoBackend::ProtocolDown);
+                }
+                if a.sessions > 0 {
+                    return Err(NoBackend::Busy);
+                }
+            }
+            if a.sessions > 0 {
+                return Err(NoBackend::Closing);
             }
         }
-        let backend = set.first_choice(key).ok_or(NoBackend::NoneRoutable)?;
-        // Sessions of an earlier assignment are being closed; their releases
-        // name the old backend and are ignored, so counting starts afresh.
+        let backend = set
+            .first_choice(key, protocol, avoid)
+            .ok_or(NoBackend::NoneRoutable)?;
         self.users.insert(
             key.into(),
             Assignment {
@@ -174,27 +211,37 @@ impl ShardTable {
         Ok(backend)
     }
 
-    /// Forgets one session of `key` (from `origin`) that ran on `backend`.
-    /// A session of an earlier assignment (the user moved meanwhile) does
-    /// not count.
+    /// Forgets one session of `key` (from `origin`, as acquired) that ran
+    /// on `backend`. A session of an earlier assignment (the user moved
+    /// meanwhile) does not count. Returns true when the user has no
+    /// session left.
     pub fn release(
         &mut self,
         key: &str,
         backend: BackendId,
         origin: Option<SessionOrigin>,
         now: Instant,
-    ) {
-        if let Some(a) = self.users.get_mut(key) {
-            if a.backend == backend && a.sessions > 0 {
-                if let Some(origin) = origin {
-                    a.remove_origin(origin);
+    ) -> bool {
+        match self.users.get_mut(key) {
+            Some(a) => {
+                if a.backend == backend && a.sessions > 0 {
+                    if let Some(origin) = origin {
+                        a.remove_origin(origin);
+                    }
+                    a.sessions -= 1;
+                    if a.sessions == 0 {
+                        a.idle_since = Some(now);
+                    }
                 }
-                a.sessions -= 1;
-                if a.sessions == 0 {
-                    a.idle_since = Some(now);
-                }
+                a.sessions == 0
             }
+            None => true,
         }
+    }
+
+    /// Live sessions of `key` (0 without an assignment).
+    pub fn sessions(&self, key: &str) -> u32 {
+        self.users.get(key).map_or(0, |a| a.sessions)
     }
 
     /// The assignment of `key`, if any.
@@ -223,12 +270,13 @@ impl ShardTable {
         );
     }
 
-    /// Drops every assignment to a backend that can no longer keep users
-    /// and returns the keys dropped.
+    /// Drops every idle assignment to a backend that can no longer keep
+    /// users and returns the keys dropped. Assignments with sessions stay,
+    /// retiring, until their last session is released.
     pub fn drop_unkept(&mut self, set: &BackendSet) -> Vec<Box<str>> {
         let mut dropped = Vec::new();
         self.users.retain(|key, a| {
-            let keep = set.get(a.backend).is_some_and(|b| b.keeps_users());
+            let keep = a.sessions > 0 || set.get(a.backend).is_some_and(|b| b.keeps_users());
             if !keep {
                 dropped.push(key.clone());
             }
@@ -274,9 +322,9 @@ mod tests {
     fn assigns_first_choice_and_counts_sessions() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("alice", &set, None).unwrap();
-        assert_eq!(Some(b), set.first_choice("alice"));
-        assert_eq!(t.acquire("alice", &set, None), Ok(b));
+        let b = t.acquire("alice", &set, Protocol::Imap, &[], None).unwrap();
+        assert_eq!(Some(b), set.first_choice("alice", Protocol::Imap, &[]));
+        assert_eq!(t.acquire("alice", &set, Protocol::Imap, &[], None), Ok(b));
         assert_eq!(t.get("alice").unwrap().sessions, 2);
         t.release("alice", b, None, Instant::now());
         assert_eq!(t.get("alice").unwrap().sessions, 1);
@@ -289,29 +337,45 @@ mod tests {
             .map(|i| format!("u{i}"))
             .find(|k| set.ranking(k)[0] == 0)
             .unwrap();
-        let without_0 = set.with_change(0, |b| b.health = Health::Unhealthy);
+        let without_0 = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire(&key, &without_0, None).unwrap();
+        let b = t
+            .acquire(&key, &without_0, Protocol::Imap, &[], None)
+            .unwrap();
         assert_ne!(b, 0);
         // Backend 0 recovers: the user stays where it is.
-        assert_eq!(t.acquire(&key, &set, None), Ok(b));
+        assert_eq!(t.acquire(&key, &set, Protocol::Imap, &[], None), Ok(b));
     }
 
     #[test]
     fn moves_when_backend_can_no_longer_keep_users() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("bob", &set, None).unwrap();
+        let b = t.acquire("bob", &set, Protocol::Imap, &[], None).unwrap();
         let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
         assert_eq!(
-            t.acquire("bob", &drained, None),
+            t.acquire("bob", &drained, Protocol::Imap, &[], None),
             Ok(b),
             "drain keeps its users"
         );
         let down = set.with_change(b, |x| x.admin = AdminState::Down);
-        let nb = t.acquire("bob", &down, None).unwrap();
+        assert_eq!(
+            t.acquire("bob", &down, Protocol::Imap, &[], None),
+            Err(NoBackend::Closing),
+            "no new session elsewhere while two are still open on the old backend"
+        );
+        t.release("bob", b, None, Instant::now());
+        assert_eq!(
+            t.acquire("bob", &down, Protocol::Imap, &[], None),
+            Err(NoBackend::Closing)
+        );
+        assert!(
+            t.release("bob", b, None, Instant::now()),
+            "the last one closed"
+        );
+        let nb = t.acquire("bob", &down, Protocol::Imap, &[], None).unwrap();
         assert_ne!(nb, b);
-        assert_eq!(Some(nb), down.first_choice("bob"));
+        assert_eq!(Some(nb), down.first_choice("bob", Protocol::Imap, &[]));
     }
 
     #[test]
@@ -320,16 +384,26 @@ mod tests {
         let mut t = ShardTable::new(Duration::from_secs(60));
         let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
         for u in &users {
-            t.acquire(u, &set, None).unwrap();
+            t.acquire(u, &set, Protocol::Imap, &[], None).unwrap();
         }
-        let dead = set.with_change(0, |b| b.health = Health::Unhealthy);
-        let dropped = t.drop_unkept(&dead);
-        let expected = users
+        let on_0: Vec<&String> = users
             .iter()
-            .filter(|u| set.first_choice(u) == Some(0))
-            .count();
-        assert_eq!(dropped.len(), expected);
-        assert!(t.iter().all(|(_, a)| a.backend == 1));
+            .filter(|u| set.first_choice(u, Protocol::Imap, &[]) == Some(0))
+            .collect();
+        // Half of backend 0's users have closed their session.
+        let (idle, busy) = on_0.split_at(on_0.len() / 2);
+        for u in idle {
+            t.release(u, 0, None, Instant::now());
+        }
+        let dead = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
+        let dropped = t.drop_unkept(&dead);
+        assert_eq!(dropped.len(), idle.len());
+        assert!(
+            busy.iter()
+                .all(|u| t.get(u).is_some_and(|a| a.backend == 0)),
+            "users with sessions still open stay until they are closed"
+        );
+        assert_eq!(t.len(), users.len() - idle.len());
     }
 
     #[test]
@@ -337,8 +411,8 @@ mod tests {
         let set = set_of(2);
         let mut t = ShardTable::new(Duration::from_secs(10));
         let start = Instant::now();
-        let b = t.acquire("idle", &set, None).unwrap();
-        t.acquire("busy", &set, None).unwrap();
+        let b = t.acquire("idle", &set, Protocol::Imap, &[], None).unwrap();
+        t.acquire("busy", &set, Protocol::Imap, &[], None).unwrap();
         t.release("idle", b, None, start);
         assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
         assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
@@ -350,7 +424,7 @@ mod tests {
     fn release_of_an_old_assignment_is_ignored() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("carol", &set, None).unwrap();
+        let b = t.acquire("carol", &set, Protocol::Imap, &[], None).unwrap();
         let other = (b + 1) % 3;
         t.assign("carol", other, Instant::now());
         t.release("carol", b, None, Instant::now());
@@ -362,7 +436,67 @@ mod tests {
     fn no_routable_backend_is_an_error() {
         let set = set_of(1).with_change(0, |b| b.admin = AdminState::Down);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        assert_eq!(t.acquire("x", &set, None), Err(NoBackend::NoneRoutable));
+        assert_eq!(
+            t.acquire("x", &set, Protocol::Imap, &[], None),
+            Err(NoBackend::NoneRoutable)
+        );
+    }
+
+    #[test]
+    fn a_failed_protocol_port_neither_moves_nor_drops_the_user() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("dana", &set, Protocol::Imap, &[], None).unwrap();
+        let no_pop3 = set.with_change(b, |x| {
+            x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
+        });
+        assert!(t.drop_unkept(&no_pop3).is_empty(), "the assignment stays");
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[], None),
+            Err(NoBackend::ProtocolDown)
+        );
+        t.release("dana", b, None, Instant::now());
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[], None),
+            Err(NoBackend::ProtocolDown),
+            "an idle assignment is not moved either"
+        );
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Imap, &[], None),
+            Ok(b)
+        );
+        assert_eq!(t.get("dana").unwrap().sessions, 1);
+    }
+
+    #[test]
+    fn a_new_user_is_not_placed_where_its_protocol_is_down() {
+        let set = set_of(3);
+        let key = (0..1000)
+            .map(|i| format!("new{i}"))
+            .find(|k| set.first_choice(k, Protocol::Imap, &[]) == Some(0))
+            .unwrap();
+        let no_pop3 = set.with_change(0, |x| {
+            x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
+        });
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        assert_ne!(t.acquire(&key, &no_pop3, Protocol::Pop3, &[], None), Ok(0));
+    }
+
+    #[test]
+    fn a_busy_backend_moves_only_a_user_without_live_sessions() {
+        let set = set_of(3);
+        let mut t = ShardTable::new(Duration::from_secs(60));
+        let b = t.acquire("erin", &set, Protocol::Imap, &[], None).unwrap();
+        assert_eq!(
+            t.acquire("erin", &set, Protocol::Pop3, &[b], None),
+            Err(NoBackend::Busy),
+            "a user with a live session stays on its backend"
+        );
+        t.release("erin", b, None, Instant::now());
+        let other = t.acquire("erin", &set, Protocol::Pop3, &[b], None).unwrap();
+        assert_ne!(other, b);
+        assert_eq!(t.get("erin").unwrap().backend, other);
+        assert_eq!(t.get("erin").unwrap().sessions, 1);
     }
 
     fn origin(ip: &str, protocol: Protocol) -> Option<SessionOrigin> {
@@ -370,6 +504,17 @@ mod tests {
             ip: ip.parse().unwrap(),
             protocol,
         })
+    }
+
+    /// Acquires for a login of `origin`'s protocol.
+    fn login(
+        t: &mut ShardTable,
+        key: &str,
+        set: &BackendSet,
+        origin: Option<SessionOrigin>,
+    ) -> Result<BackendId, NoBackend> {
+        let protocol = origin.map_or(Protocol::Lmtp, |o| o.protocol);
+        t.acquire(key, set, protocol, &[], origin)
     }
 
     #[test]
@@ -381,21 +526,22 @@ mod tests {
         };
         let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
         let a = origin("192.0.2.1", Protocol::Imap);
-        let b = t.acquire("dan", &set, a).unwrap();
-        t.acquire("dan", &set, a).unwrap();
-        assert_eq!(t.acquire("dan", &set, a), Err(NoBackend::UserIpSessions));
+        let b = login(&mut t, "dan", &set, a).unwrap();
+        login(&mut t, "dan", &set, a).unwrap();
+        assert_eq!(
+            login(&mut t, "dan", &set, a),
+            Err(NoBackend::UserIpSessions)
+        );
         assert_eq!(
             t.get("dan").unwrap().sessions,
             2,
             "a refusal counts nothing"
         );
-        t.acquire("dan", &set, origin("192.0.2.2", Protocol::Imap))
-            .expect("another address");
-        t.acquire("dan", &set, origin("192.0.2.1", Protocol::Pop3))
-            .expect("another protocol");
-        t.acquire("dan", &set, None).expect("LMTP is not limited");
+        login(&mut t, "dan", &set, origin("192.0.2.2", Protocol::Imap)).expect("another address");
+        login(&mut t, "dan", &set, origin("192.0.2.1", Protocol::Pop3)).expect("another protocol");
+        login(&mut t, "dan", &set, None).expect("LMTP is not limited");
         t.release("dan", b, a, Instant::now());
-        assert_eq!(t.acquire("dan", &set, a), Ok(b), "room after a release");
+        assert_eq!(login(&mut t, "dan", &set, a), Ok(b), "room after a release");
     }
 
     #[test]
@@ -406,12 +552,10 @@ mod tests {
             per_user_ip: 0,
         };
         let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
-        t.acquire("eve", &set, origin("192.0.2.1", Protocol::Imap))
-            .unwrap();
-        t.acquire("eve", &set, origin("192.0.2.2", Protocol::Sieve))
-            .unwrap();
+        login(&mut t, "eve", &set, origin("192.0.2.1", Protocol::Imap)).unwrap();
+        login(&mut t, "eve", &set, origin("192.0.2.2", Protocol::Sieve)).unwrap();
         assert_eq!(
-            t.acquire("eve", &set, origin("192.0.2.3", Protocol::Imap)),
+            login(&mut t, "eve", &set, origin("192.0.2.3", Protocol::Imap)),
             Err(NoBackend::UserSessions)
         );
         assert_eq!(t.get("eve").unwrap().logged_in(), 2);

@@ -6,6 +6,10 @@
 //! is a literal percent sign. Everything else is copied as it stands. Two
 //! logins with the same key always go to the same backend, so `%Ld` keeps a
 //! whole domain (and its shared folders) together.
+//!
+//! A login name with a control character (NUL above all, which SASL PLAIN
+//! uses as its separator) is never a user: [`check_login_name`] refuses it
+//! before any key is made or any backend contacted.
 
 use std::fmt;
 
@@ -137,6 +141,44 @@ impl UserKeyFormat {
     }
 }
 
+/// Which identity of a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLoginName {
+    /// The user name (SASL authcid, LOGIN/USER name) has a control character.
+    User,
+    /// The authorization identity (SASL authzid) has a control character.
+    Authzid,
+}
+
+impl fmt::Display for BadLoginName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadLoginName::User => "user name contains a control character",
+            BadLoginName::Authzid => "authorization identity contains a control character",
+        })
+    }
+}
+
+impl std::error::Error for BadLoginName {}
+
+/// Whether `name` may be a login name: no control character (C0 with NUL,
+/// DEL, C1). Only the decoded name is checked, so SASL PLAIN's NUL
+/// separators never reach here.
+pub fn is_valid_login_name(name: &str) -> bool {
+    !name.chars().any(char::is_control)
+}
+
+/// Checks a login's identities, `user` and the optional `authzid`.
+pub fn check_login_name(user: &str, authzid: Option<&str>) -> Result<(), BadLoginName> {
+    if !is_valid_login_name(user) {
+        return Err(BadLoginName::User);
+    }
+    if authzid.is_some_and(|z| !is_valid_login_name(z)) {
+        return Err(BadLoginName::Authzid);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +219,31 @@ mod tests {
     #[test]
     fn lower_cases_unicode() {
         assert_eq!(key("%Lu", "ÄRGER@Ü.de"), "ärger@ü.de");
+    }
+
+    #[test]
+    fn control_characters_are_no_login_names() {
+        assert_eq!(check_login_name("alice@example.com", None), Ok(()));
+        assert_eq!(check_login_name("jörg", Some("admin")), Ok(()));
+        for bad in [
+            "user0001\0user0002",
+            "a\tb",
+            "a\r\nb",
+            "x\u{7f}",
+            "x\u{85}",
+            "\u{1b}[31m",
+        ] {
+            assert_eq!(
+                check_login_name(bad, None),
+                Err(BadLoginName::User),
+                "{bad:?}"
+            );
+            assert_eq!(
+                check_login_name("alice", Some(bad)),
+                Err(BadLoginName::Authzid),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

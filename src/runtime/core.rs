@@ -13,10 +13,10 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Listen};
+use crate::config::{Config, Listen, Protocol};
 use crate::control::ControlMsg;
 use crate::route::backends::{BackendId, BackendSet};
-use crate::route::router::{Router, RouterMsg};
+use crate::route::router::{Reassign, Router, RouterMsg};
 use crate::route::shard::Assignment;
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
@@ -61,13 +61,39 @@ pub enum CoreMsg {
         /// Answered once the hold is in place.
         done: flume::Sender<()>,
     },
-    /// End a hold: assign the user (or drop its assignment) and let the
-    /// held logins through.
+    /// A kick of a user begun with [`CoreMsg::KickUser`] is over: its new
+    /// sessions are left alone again.
+    EndKick {
+        /// The user key.
+        key: Box<str>,
+    },
+    /// Answer once a user this core owns has no session left (its backend
+    /// connections are all closed), or `limit` passed: true if none is left.
+    WaitIdle {
+        /// The user key.
+        key: Box<str>,
+        /// How long to wait at most.
+        limit: Duration,
+        /// Gets whether the user has no session left.
+        done: flume::Sender<bool>,
+    },
+    /// Answer once no session on this core has an open connection to
+    /// `backend`, or `limit` passed: true if none has.
+    WaitBackendClosed {
+        /// The backend.
+        backend: BackendId,
+        /// How long to wait at most.
+        limit: Duration,
+        /// Gets whether all are closed.
+        done: flume::Sender<bool>,
+    },
+    /// End a hold: change the user's assignment and let the held logins
+    /// through.
     Unhold {
         /// The user key.
         key: Box<str>,
-        /// The new backend, or `None` to drop the assignment.
-        assign: Option<BackendId>,
+        /// What becomes of the assignment.
+        assign: Reassign,
         /// Answered once done.
         done: flume::Sender<()>,
     },
@@ -140,12 +166,15 @@ impl Core {
         }
     }
 
-    /// Tells the control plane that connecting to `backend` failed during
-    /// a client login (a passive health observation).
-    pub fn report_unreachable(&self, backend: BackendId, error: String) {
-        let _ = self
-            .control
-            .send(ControlMsg::Unreachable { backend, error });
+    /// Tells the control plane that connecting to `protocol`'s port of
+    /// `backend` failed during a client login (a passive health
+    /// observation).
+    pub fn report_unreachable(&self, backend: BackendId, protocol: Protocol, error: String) {
+        let _ = self.control.send(ControlMsg::Unreachable {
+            backend,
+            protocol,
+            error,
+        });
     }
 
     /// Waits until a newer backend snapshot arrives, at most `limit`;
@@ -263,6 +292,25 @@ async fn mailbox_loop(
                 let closed = core.sessions.kick_user(&key, reason);
                 core.counters.kicked(closed.len());
                 monoio::spawn(reply_when_closed(closed, done));
+            }
+            CoreMsg::EndKick { key } => core.sessions.end_kick(&key),
+            CoreMsg::WaitIdle { key, limit, done } => {
+                let core = core.clone();
+                monoio::spawn(async move {
+                    let idle = core.router.wait_idle(&key, limit).await;
+                    let _ = done.send(idle);
+                });
+            }
+            CoreMsg::WaitBackendClosed {
+                backend,
+                limit,
+                done,
+            } => {
+                let core = core.clone();
+                monoio::spawn(async move {
+                    let closed = core.sessions.wait_backend_closed(backend, limit).await;
+                    let _ = done.send(closed);
+                });
             }
             CoreMsg::Hold { key, done } => {
                 core.router.hold(&key);

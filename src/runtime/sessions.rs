@@ -4,9 +4,16 @@
 //! and backend and receives a [`KickSignal`], the future its relay stops
 //! on. A kick (admin kick or move, a backend going down) fires the signals
 //! of the sessions concerned and hands back, per session, a [`Closed`]
-//! future that completes once that session has really ended — its relay
-//! returned and both its sockets were dropped — so a move can wait for
-//! "closed" before it assigns the user elsewhere.
+//! future that completes once that session's *backend connection* is
+//! closed ([`Registration::backend_closed`], or the end of the session) —
+//! the event a move waits for before it assigns the user elsewhere; the
+//! client's goodbye comes after it and is nobody's business but the
+//! client's.
+//!
+//! A kick of a user also covers its logins still on their way: until the
+//! kick is over ([`Sessions::end_kick`]) a session of that user that
+//! registers is kicked at once, so a login that was routed just before
+//! the kick cannot slip past it.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -100,6 +107,8 @@ struct Entry {
     signals: Rc<Signals>,
     /// Already kicked: a second kick hands out no second [`Closed`].
     kicked: bool,
+    /// The backend connection is still open.
+    backend_open: bool,
 }
 
 /// A registered session; dropping it unregisters (the session ended).
@@ -109,8 +118,25 @@ pub struct Registration<'a> {
     signals: Rc<Signals>,
 }
 
+impl Registration<'_> {
+    /// The session's backend connection is closed: whoever waits for this
+    /// session to close ([`Closed`], [`Sessions::wait_backend_closed`]) may
+    /// go on, even while the client still gets its goodbye.
+    pub fn backend_closed(&self) {
+        self.sessions.backend_closed(self.id);
+        self.signals.end();
+    }
+
+    /// Kicks this session at once (it registered on a backend that can no
+    /// longer keep users, say).
+    pub fn kick(&self, reason: KickReason) {
+        self.sessions.kick_ids(vec![self.id], reason);
+    }
+}
+
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
+        self.sessions.backend_closed(self.id);
         self.sessions.remove(self.id);
         self.signals.end();
     }
@@ -128,6 +154,13 @@ struct Inner {
     by_id: AHashMap<u64, Entry>,
     by_key: AHashMap<Rc<str>, Vec<u64>>,
     per_backend: Vec<[u32; Protocol::COUNT]>,
+    /// Users whose kick is under way, with how many kicks: a session of
+    /// theirs that registers meanwhile is kicked at once.
+    kicking: AHashMap<Box<str>, (KickReason, u32)>,
+    /// Sessions per backend id whose backend connection is still open.
+    open_per_backend: Vec<u32>,
+    /// Waiting for a backend's last open connection to close.
+    backend_waiters: Vec<(BackendId, local_sync::oneshot::Sender<()>)>,
 }
 
 impl Sessions {
@@ -159,14 +192,25 @@ impl Sessions {
                 protocol,
                 signals: signals.clone(),
                 kicked: false,
+                backend_open: true,
             },
         );
-        inner.by_key.entry(key).or_default().push(id);
+        inner.by_key.entry(key.clone()).or_default().push(id);
         let b = usize::from(backend);
         if inner.per_backend.len() <= b {
             inner.per_backend.resize(b + 1, [0; Protocol::COUNT]);
         }
         inner.per_backend[b][protocol.index()] += 1;
+        if inner.open_per_backend.len() <= b {
+            inner.open_per_backend.resize(b + 1, 0);
+        }
+        inner.open_per_backend[b] += 1;
+        if let Some((reason, _)) = inner.kicking.get(&*key).copied() {
+            if let Some(e) = inner.by_id.get_mut(&id) {
+                e.kicked = true;
+            }
+            signals.kick(reason);
+        }
         (
             Registration {
                 sessions: self,
@@ -175,6 +219,54 @@ impl Sessions {
             },
             KickSignal(signals),
         )
+    }
+
+    /// Counts the backend connection of session `id` as closed (once).
+    fn backend_closed(&self, id: u64) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(entry) = inner.by_id.get_mut(&id) else {
+            return;
+        };
+        if !std::mem::replace(&mut entry.backend_open, false) {
+            return;
+        }
+        let b = entry.backend;
+        let open = &mut inner.open_per_backend[usize::from(b)];
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            let waiters = std::mem::take(&mut inner.backend_waiters);
+            let (done, waiting): (Vec<_>, Vec<_>) =
+                waiters.into_iter().partition(|(wb, _)| *wb == b);
+            inner.backend_waiters = waiting;
+            drop(inner);
+            for (_, tx) in done {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Waits until no session on this core has an open connection to
+    /// `backend`, at most `limit`; true if none has.
+    pub async fn wait_backend_closed(
+        &self,
+        backend: BackendId,
+        limit: std::time::Duration,
+    ) -> bool {
+        let rx = {
+            let mut inner = self.inner.borrow_mut();
+            let open = inner
+                .open_per_backend
+                .get(usize::from(backend))
+                .copied()
+                .unwrap_or(0);
+            if open == 0 {
+                return true;
+            }
+            let (tx, rx) = local_sync::oneshot::channel();
+            inner.backend_waiters.push((backend, tx));
+            rx
+        };
+        matches!(monoio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     fn remove(&self, id: u64) {
@@ -209,16 +301,28 @@ impl Sessions {
         closed
     }
 
-    /// Kicks every session of `key` on this core.
+    /// Kicks every session of `key` on this core, and every session of it
+    /// that registers until the matching [`Sessions::end_kick`].
     pub fn kick_user(&self, key: &str, reason: KickReason) -> Vec<Closed> {
-        let ids = self
-            .inner
-            .borrow()
-            .by_key
-            .get(key)
-            .cloned()
-            .unwrap_or_default();
+        let ids = {
+            let mut inner = self.inner.borrow_mut();
+            let entry = inner.kicking.entry(key.into()).or_insert((reason, 0));
+            entry.1 += 1;
+            inner.by_key.get(key).cloned().unwrap_or_default()
+        };
         self.kick_ids(ids, reason)
+    }
+
+    /// Ends one kick of `key` begun by [`Sessions::kick_user`]: its new
+    /// sessions are left alone again once every kick of it has ended.
+    pub fn end_kick(&self, key: &str) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(entry) = inner.kicking.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                inner.kicking.remove(key);
+            }
+        }
     }
 
     /// Kicks every session whose backend fails `keep`.
@@ -259,6 +363,67 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::io::testing::block_on;
+    use std::future::Future;
+    use std::time::Duration;
+
+    #[test]
+    fn a_session_registering_during_a_kick_is_kicked_at_once() {
+        block_on(async {
+            let s = Sessions::new();
+            assert!(s.kick_user("carol", KickReason::Admin).is_empty());
+            let (late, kick) = s.register("carol", 2, Protocol::Imap);
+            assert_eq!(kick.kicked().await, KickReason::Admin);
+            drop(late);
+            s.end_kick("carol");
+            let (_after, kick) = s.register("carol", 2, Protocol::Imap);
+            let mut waiting = std::pin::pin!(kick.kicked());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                waiting.as_mut().poll(&mut cx).is_pending(),
+                "a session after the kick is left alone"
+            );
+        });
+    }
+
+    #[test]
+    fn wait_backend_closed_counts_open_backend_connections() {
+        block_on(async {
+            let s = Sessions::new();
+            let (a, _ka) = s.register("a", 1, Protocol::Imap);
+            let (b, _kb) = s.register("b", 1, Protocol::Pop3);
+            let (_c, _kc) = s.register("c", 0, Protocol::Imap);
+            assert!(s.wait_backend_closed(2, Duration::ZERO).await);
+            assert!(!s.wait_backend_closed(1, Duration::from_millis(10)).await);
+            let mut waiting = std::pin::pin!(s.wait_backend_closed(1, Duration::from_secs(5)));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            a.backend_closed();
+            a.backend_closed();
+            assert!(
+                waiting.as_mut().poll(&mut cx).is_pending(),
+                "b is still open"
+            );
+            drop(b);
+            assert!(waiting.await);
+            drop(a);
+        });
+    }
+
+    #[test]
+    fn closed_completes_when_the_backend_side_is_closed() {
+        block_on(async {
+            let s = Sessions::new();
+            let (reg, _kick) = s.register("dave", 0, Protocol::Imap);
+            let closed = s.kick_user("dave", KickReason::Admin);
+            reg.backend_closed();
+            for c in closed {
+                c.wait().await;
+            }
+            assert_eq!(s.of_user("dave"), 1, "still registered: the client is told");
+            drop(reg);
+            assert_eq!(s.of_user("dave"), 0);
+        });
+    }
 
     #[test]
     fn kick_user_signals_only_that_user_and_closed_waits_for_the_end() {

@@ -7,6 +7,8 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use crate::config::Protocol;
+
 /// Upper bounds of the login-latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -41,6 +43,59 @@ impl LoginOutcome {
     }
 }
 
+/// A pre-login bound a client ran into (`server.max_line` and `[limits]`),
+/// as counted in `mailpin_prelogin_limit_total{protocol,limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreloginLimit {
+    /// A command line longer than `server.max_line`.
+    Line,
+    /// A literal larger than `limits.literal_max`.
+    Literal,
+    /// A SASL response larger than `limits.sasl_max`.
+    Sasl,
+    /// More than `limits.prelogin_bytes` before login.
+    Bytes,
+    /// More than `limits.prelogin_commands` before login.
+    Commands,
+}
+
+impl PreloginLimit {
+    /// All limits, in the order of [`CoreStats::prelogin_limits`].
+    pub const ALL: [PreloginLimit; 5] = [
+        PreloginLimit::Line,
+        PreloginLimit::Literal,
+        PreloginLimit::Sasl,
+        PreloginLimit::Bytes,
+        PreloginLimit::Commands,
+    ];
+
+    /// This limit's position in [`PreloginLimit::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            PreloginLimit::Line => 0,
+            PreloginLimit::Literal => 1,
+            PreloginLimit::Sasl => 2,
+            PreloginLimit::Bytes => 3,
+            PreloginLimit::Commands => 4,
+        }
+    }
+
+    /// The label value in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreloginLimit::Line => "line",
+            PreloginLimit::Literal => "literal",
+            PreloginLimit::Sasl => "sasl",
+            PreloginLimit::Bytes => "bytes",
+            PreloginLimit::Commands => "commands",
+        }
+    }
+}
+
+/// Pre-login limit hits, per protocol ([`Protocol::index`]) and limit
+/// ([`PreloginLimit::index`]).
+pub type PreloginLimitCounts = [[u64; PreloginLimit::ALL.len()]; Protocol::COUNT];
+
 /// A core's live counters.
 #[derive(Default)]
 pub struct Counters {
@@ -51,6 +106,7 @@ pub struct Counters {
     kicks: Cell<u64>,
     tls_ok: Cell<u64>,
     tls_failed: Cell<u64>,
+    prelogin_limits: [[Cell<u64>; PreloginLimit::ALL.len()]; Protocol::COUNT],
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -89,6 +145,11 @@ impl Counters {
         bump(if ok { &self.tls_ok } else { &self.tls_failed }, 1);
     }
 
+    /// A client of `protocol` ran into a pre-login `limit`.
+    pub fn prelogin_limit(&self, protocol: Protocol, limit: PreloginLimit) {
+        bump(&self.prelogin_limits[protocol.index()][limit.index()], 1);
+    }
+
     /// A snapshot to send to the control plane.
     pub fn snapshot(&self) -> CoreStats {
         CoreStats {
@@ -103,6 +164,10 @@ impl Counters {
             kicks: self.kicks.get(),
             tls_ok: self.tls_ok.get(),
             tls_failed: self.tls_failed.get(),
+            prelogin_limits: self
+                .prelogin_limits
+                .each_ref()
+                .map(|per| per.each_ref().map(Cell::get)),
             ..CoreStats::default()
         }
     }
@@ -129,6 +194,8 @@ pub struct CoreStats {
     pub tls_ok: u64,
     /// TLS handshakes that failed.
     pub tls_failed: u64,
+    /// Pre-login limit hits per protocol and limit.
+    pub prelogin_limits: PreloginLimitCounts,
     /// Logged-in sessions per backend id, per protocol index.
     pub sessions: Vec<[u32; 4]>,
     /// Assignments owned by this core's shard, per backend id.
@@ -149,5 +216,18 @@ mod tests {
         assert_eq!(s.latency[1], 1, "1.5 ms is in the 2 ms bucket");
         assert_eq!(s.latency[LATENCY_BUCKETS.len()], 1, "10 s is in +Inf");
         assert_eq!(s.latency_sum_us, 10_001_500);
+    }
+
+    #[test]
+    fn prelogin_limits_count_per_protocol_and_limit() {
+        let c = Counters::default();
+        c.prelogin_limit(Protocol::Sieve, PreloginLimit::Bytes);
+        c.prelogin_limit(Protocol::Sieve, PreloginLimit::Bytes);
+        c.prelogin_limit(Protocol::Lmtp, PreloginLimit::Commands);
+        let s = c.snapshot();
+        assert_eq!(s.prelogin_limits[Protocol::Sieve.index()][3], 2);
+        assert_eq!(s.prelogin_limits[Protocol::Lmtp.index()][4], 1);
+        let total: u64 = s.prelogin_limits.iter().flatten().sum();
+        assert_eq!(total, 3);
     }
 }

@@ -1,14 +1,21 @@
 //! Routing a login, with failover inside the same client login.
 //!
 //! A login asks the router for the user's backend and tries it. When the
-//! backend cannot be reached (connect refused or timed out, no greeting),
-//! the session tells the control plane at once — a passive health
-//! observation, which also triggers an immediate active check — then waits,
-//! bounded, until the backend is declared unable to keep users, and asks the
-//! router again: the user's new assignment. The client sees a successful
-//! login, not an error. A backend that stays healthy in the control plane's
-//! eyes (one bad connection) ends the login with the protocol's
-//! "unavailable" answer instead.
+//! backend's port of the login's protocol cannot be reached (connect
+//! refused or timed out, no greeting), the session tells the control plane
+//! at once — a passive health observation of that port, which also
+//! triggers immediate active checks — then waits, bounded, until the
+//! backend is declared unable to keep users (every checked port down), and
+//! asks the router again: the user's new assignment. The client sees a
+//! successful login, not an error. When only the login's protocol port is
+//! down, or the backend stays healthy in the control plane's eyes (one bad
+//! connection), the login ends with the protocol's "unavailable" answer
+//! instead: the user stays where its other sessions are.
+//!
+//! A backend that greets with a refusal for load (at its process limit)
+//! is not reported: the login asks the router again, naming that backend
+//! to avoid, and the router moves the user only if it has no live session
+//! there — otherwise the login gets the "unavailable" answer.
 //!
 //! The login limits act here too: an address with recent failures waits
 //! its penalty before the login is tried, the owner core refuses a session
@@ -25,12 +32,14 @@ use monoio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, Login};
+use crate::config::Protocol;
 use crate::io::{write_bytes, WriteSide};
 use crate::limits::Limit;
 use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
 use crate::route::shard::SessionOrigin;
+use crate::route::user_key::{check_login_name, BadLoginName};
 use crate::runtime::core::Core;
 use crate::runtime::stats::LoginOutcome;
 use crate::session::imap::LoggedIn;
@@ -42,18 +51,25 @@ pub const MAX_ATTEMPTS: u32 = 4;
 pub struct Failover<'a> {
     core: &'a Core,
     key: &'a str,
+    protocol: Protocol,
+    /// Where the login comes from, for the per-user session limits.
     origin: SessionOrigin,
     attempts: u32,
+    /// Backends that refused this login for load.
+    refused: Vec<BackendId>,
 }
 
 impl<'a> Failover<'a> {
-    /// Starts routing a login of `key` from `origin`.
+    /// Starts routing a login of `key` from `origin` (its protocol is the
+    /// login's).
     pub fn new(core: &'a Core, key: &'a str, origin: SessionOrigin) -> Failover<'a> {
         Failover {
             core,
             key,
+            protocol: origin.protocol,
             origin,
             attempts: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -69,7 +85,7 @@ impl<'a> Failover<'a> {
         let id = self
             .core
             .router
-            .acquire(self.key, Some(self.origin))
+            .acquire(self.key, self.protocol, &self.refused, Some(self.origin))
             .await?;
         let set = self.core.router.backends();
         if set.get(id).is_none() {
@@ -81,7 +97,8 @@ impl<'a> Failover<'a> {
     }
 
     /// The attempt on `id` failed with `error`: releases its count, and
-    /// says whether to try again (after the backend was declared down).
+    /// says whether to try again (after the backend was declared down, or
+    /// refused for load).
     pub async fn failed(&mut self, id: BackendId, error: &BackendError) -> bool {
         self.release(id);
         let name = self
@@ -91,25 +108,37 @@ impl<'a> Failover<'a> {
             .get(id)
             .map(|b| b.name.to_string())
             .unwrap_or_default();
-        warn!(backend = %name, error = %error, "backend unavailable");
-        if !error.is_unreachable() || self.attempts >= MAX_ATTEMPTS {
+        warn!(backend = %name, protocol = self.protocol.as_str(), error = %error, "backend unavailable");
+        if self.attempts >= MAX_ATTEMPTS {
             return false;
         }
-        self.core.report_unreachable(id, error.to_string());
+        if error.is_busy() {
+            self.refused.push(id);
+            return true;
+        }
+        if !error.is_unreachable() {
+            return false;
+        }
+        self.core
+            .report_unreachable(id, self.protocol, error.to_string());
         let health = &self.core.shared.config.health;
-        let limit =
-            health.timeout + health.interval * health.fall.max(1) + Duration::from_millis(500);
+        // Every port of a dead backend must fail `fall` checks, each
+        // taking up to `timeout` and spaced by the jittered interval.
+        let limit = (health.timeout + health.interval.mul_f64(1.1)) * health.fall.max(1)
+            + Duration::from_millis(500);
         let deadline = std::time::Instant::now() + limit;
         loop {
-            if !self
-                .core
-                .router
-                .backends()
-                .get(id)
-                .is_some_and(|b| b.keeps_users())
-            {
+            let set = self.core.router.backends();
+            let Some(backend) = set.get(id) else {
+                return false;
+            };
+            if !backend.keeps_users() {
                 info!(backend = %name, "backend declared down, trying the user's next backend");
                 return true;
+            }
+            if !backend.serves(self.protocol) {
+                info!(backend = %name, protocol = self.protocol.as_str(), "protocol port declared down, the user stays");
+                return false;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.core.wait_backend_change(left).await {
@@ -121,8 +150,11 @@ impl<'a> Failover<'a> {
 
 /// The user key a login routes by — the authorization identity when the
 /// client gave one (a master-user login acts as that user), else the user
-/// name — recorded on the session's log span.
-pub fn login_key(core: &Core, creds: &Credentials) -> String {
+/// name — recorded on the session's log span. A name with a control
+/// character is refused here, for every protocol, before any backend is
+/// contacted: the caller answers with its protocol's refusal.
+pub fn login_key(core: &Core, creds: &Credentials) -> Result<String, BadLoginName> {
+    check_login_name(&creds.user, creds.authzid.as_deref())?;
     let login_name = creds
         .authzid
         .as_deref()
@@ -130,7 +162,7 @@ pub fn login_key(core: &Core, creds: &Credentials) -> String {
         .unwrap_or(&creds.user);
     let key = core.shared.user_key.key(login_name);
     tracing::Span::current().record("user", key.as_str());
-    key
+    Ok(key)
 }
 
 /// How a routed login ended.
@@ -256,6 +288,7 @@ where
     F: for<'x> FnMut(&'x Backend, &'x mut S, &'x &'a ()) -> Attempt<'x>,
 {
     let anchor: &'a () = &();
+    let protocol = origin.protocol;
     let began = Instant::now();
     let limits = &core.shared.limits;
     let penalty = limits.auth_penalty(origin.ip);
@@ -282,6 +315,15 @@ where
                 core.counters
                     .login(LoginOutcome::Unavailable, started.elapsed());
                 return Routed::OverLimit(limit);
+            }
+            Err(RouteError::Unavailable) => {
+                warn!(
+                    protocol = protocol.as_str(),
+                    "the user's backend cannot serve this login now"
+                );
+                core.counters
+                    .login(LoginOutcome::Unavailable, started.elapsed());
+                return Routed::Unavailable;
             }
             Err(e) => {
                 warn!(?e, "no backend for user");
@@ -314,10 +356,10 @@ where
                 };
             }
             Ok(Login::Rejected { answer }) => {
-                route.release(backend_id);
-                info!("backend refused the login");
                 core.counters
                     .login(LoginOutcome::Refused, started.elapsed());
+                info!("backend refused the login");
+                route.release(backend_id);
                 let delay = limits.failure_delay(origin.ip, began);
                 if !delay.is_zero() {
                     monoio::time::sleep(delay).await;

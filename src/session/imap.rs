@@ -5,12 +5,13 @@
 //! AUTHENTICATE (PLAIN, LOGIN; with or without SASL-IR; `*` cancels), and
 //! hands the credentials to the user's backend, whose answer the client gets
 //! word for word. Everything else before login is refused with the tagged
-//! BAD the RFC asks for. Lines, literals and the whole phase are bounded:
-//! too many bad commands end the session with `* BYE`.
+//! BAD the RFC asks for. Lines, literals, SASL responses, the bytes and the
+//! commands before login are bounded ([`crate::session::limits`]): past a
+//! bound, or after too many bad commands, the session ends with `* BYE`.
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backend::imap::{login, IdFields};
 use crate::config::Protocol;
@@ -20,7 +21,9 @@ use crate::proto::sasl::{self, Credentials};
 use crate::route::backends::BackendId;
 use crate::route::shard::SessionOrigin;
 use crate::runtime::core::Core;
+use crate::runtime::stats::PreloginLimit;
 use crate::session::failover::{login_key, login_routed};
+use crate::session::limits::{limit_text, Budget, PreloginLimits};
 use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
@@ -69,6 +72,9 @@ pub struct Prelogin<'a> {
     client: ClientInfo,
     reader: CommandReader,
     buf: Vec<u8>,
+    /// Bytes read from the client so far.
+    received: u64,
+    budget: Budget,
     id_fields: IdFields,
     bad: u32,
     deadline: Instant,
@@ -81,12 +87,15 @@ impl<'a> Prelogin<'a> {
     /// A new pre-login phase for `client`, bounded by `server.prelogin_timeout`.
     pub fn new(core: &'a Core, policy: ImapPolicy, client: ClientInfo) -> Prelogin<'a> {
         let server = &core.shared.config.server;
+        let budget = Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Imap);
         Prelogin {
             core,
             policy,
             client,
-            reader: CommandReader::new(limits(core)),
+            reader: CommandReader::new(reader_limits(budget.limits())),
             buf: Vec::new(),
+            received: 0,
+            budget,
             id_fields: Vec::new(),
             bad: 0,
             deadline: Instant::now() + server.prelogin_timeout,
@@ -104,7 +113,7 @@ impl<'a> Prelogin<'a> {
     pub fn upgraded(&mut self) {
         self.client.tls = true;
         self.buf = Vec::new();
-        self.reader = CommandReader::new(limits(self.core));
+        self.reader = CommandReader::new(reader_limits(self.budget.limits()));
     }
 
     fn login_allowed(&self) -> bool {
@@ -139,7 +148,13 @@ impl<'a> Prelogin<'a> {
         loop {
             let step = self.reader.next(&mut self.buf);
             let cmd = match step {
-                Ok(Step::Command(cmd)) => cmd,
+                Ok(Step::Command(cmd)) => {
+                    if let Err(limit) = self.budget.command() {
+                        self.limit_reached(s, limit).await;
+                        return Outcome::Closed;
+                    }
+                    cmd
+                }
                 Ok(Step::Continue) => {
                     if write_bytes(s, b"+ Ready for literal data\r\n")
                         .await
@@ -179,6 +194,11 @@ impl<'a> Prelogin<'a> {
         match read.await {
             Ok((Ok(n), buf)) => {
                 self.buf = buf;
+                self.received += n as u64;
+                if let Err(limit) = self.budget.bytes(self.received) {
+                    self.limit_reached(s, limit).await;
+                    return false;
+                }
                 n > 0
             }
             Ok((Err(e), _)) => {
@@ -207,23 +227,38 @@ impl<'a> Prelogin<'a> {
             ParseError::LiteralTooLarge {
                 non_sync: false, ..
             } => {
+                self.budget
+                    .reached(&self.core.counters, PreloginLimit::Literal);
                 self.bad += 1;
                 self.reply(s, format!("{tag} NO [TOOBIG] Literal too large.\r\n"))
                     .await
             }
             ParseError::LiteralTooLarge { .. } => {
-                warn!("oversized non-synchronising literal before login");
+                self.budget
+                    .reached(&self.core.counters, PreloginLimit::Literal);
                 let reply =
                     format!("{tag} NO [TOOBIG] Literal too large.\r\n* BYE Too much data.\r\n");
                 let _ = self.reply(s, reply).await;
                 Err(Bye)
             }
-            ParseError::LineTooLong { .. } | ParseError::CommandTooLarge { .. } => {
-                warn!(error = %e, "oversized input before login");
-                let _ = self.reply(s, "* BYE Line too long.\r\n".to_string()).await;
+            ParseError::LineTooLong { .. } => {
+                self.limit_reached(s, PreloginLimit::Line).await;
+                Err(Bye)
+            }
+            // More than any login needs: see `reader_limits`.
+            ParseError::CommandTooLarge { .. } => {
+                self.limit_reached(s, PreloginLimit::Bytes).await;
                 Err(Bye)
             }
         }
+    }
+
+    /// Counts and logs a pre-login limit hit and says `* BYE`; the caller
+    /// closes.
+    async fn limit_reached<S: Connection>(&mut self, s: &mut S, limit: PreloginLimit) {
+        self.budget.reached(&self.core.counters, limit);
+        let bye = format!("* BYE {}.\r\n", limit_text(limit, Protocol::Imap));
+        let _ = write_bytes(s, bye.as_bytes()).await;
     }
 
     /// Counts a bad command; too many end the session.
@@ -394,6 +429,12 @@ impl<'a> Prelogin<'a> {
         if !self.login_allowed() {
             return self.privacy_required(s, tag).await;
         }
+        if let Some(ir) = &initial {
+            if let Err(limit) = self.budget.sasl(ir.len()) {
+                self.limit_reached(s, limit).await;
+                return Err(Bye);
+            }
+        }
         let creds = if mech == "PLAIN" {
             let response = match initial {
                 Some(ir) => ir.into_bytes(),
@@ -442,8 +483,8 @@ impl<'a> Prelogin<'a> {
         Ok(None)
     }
 
-    /// Sends a SASL challenge and reads the client's answer line; `None`
-    /// when the client cancels with `*`.
+    /// Sends a SASL challenge and reads the client's answer line, bounded
+    /// by `limits.sasl_max`; `None` when the client cancels with `*`.
     async fn sasl_step<S: Connection>(
         &mut self,
         s: &mut S,
@@ -451,7 +492,8 @@ impl<'a> Prelogin<'a> {
     ) -> Result<Option<Vec<u8>>, Bye> {
         write_bytes(s, challenge).await.map_err(|_| Bye)?;
         loop {
-            match self.reader.take_line(&mut self.buf) {
+            let max = self.budget.limits().sasl;
+            match self.reader.take_line_within(&mut self.buf, max) {
                 Ok(Some(line)) if line == sasl::CANCEL => return Ok(None),
                 Ok(Some(line)) => return Ok(Some(line)),
                 Ok(None) => {
@@ -459,8 +501,8 @@ impl<'a> Prelogin<'a> {
                         return Err(Bye);
                     }
                 }
-                Err(e) => {
-                    self.refuse_input(s, &e).await?;
+                Err(_) => {
+                    self.limit_reached(s, PreloginLimit::Sasl).await;
                     return Err(Bye);
                 }
             }
@@ -475,7 +517,14 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Bye> {
         let core = self.core;
-        let key = login_key(core, &creds);
+        let key = match login_key(core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, tag, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
         let (client, id_fields) = (&self.client, &self.id_fields);
         let origin = client.origin(Protocol::Imap);
         let routed = login_routed(core, &key, origin, s, |backend, s, _| {
@@ -501,11 +550,19 @@ impl<'a> Prelogin<'a> {
     }
 }
 
-fn limits(core: &Core) -> Limits {
-    let server = &core.shared.config.server;
+/// The command reader's bounds: each line and literal no larger than
+/// theirs, and a whole command no larger than the largest one a client
+/// needs before login — LOGIN's line with two literals (user name and
+/// password) — nor than the byte budget. A larger command is more data
+/// than any login needs, counted as `bytes`.
+fn reader_limits(limits: &PreloginLimits) -> Limits {
+    let login = limits.line + 2 * (limits.literal + LITERAL_FRAMING);
     Limits {
-        max_line: server.max_line,
-        max_literal: server.max_line,
-        max_command: 2 * server.max_line,
+        max_line: limits.line,
+        max_literal: limits.literal,
+        max_command: login.min(limits.bytes),
     }
 }
+
+/// Room for a literal's CRLF and the line end after it.
+const LITERAL_FRAMING: usize = 4;

@@ -1,6 +1,8 @@
 //! Reading a client's commands before login (and LMTP's whole dialogue):
 //! bounded lines, exact byte counts (literals, BDAT chunks), and raw chunks,
-//! each under a deadline.
+//! each under a deadline; with a running count of the bytes received, which
+//! the pre-login budget ([`crate::session::limits::Budget`]) is checked
+//! against.
 //!
 //! Unlike [`crate::proto::lines::LineReader`], which reads backend answers,
 //! this reader also hands out the bytes it holds for streaming (LMTP DATA)
@@ -31,6 +33,8 @@ pub struct ClientInput {
     buf: Vec<u8>,
     /// How far `buf` has been searched for a line end.
     scanned: usize,
+    /// Bytes read from the client so far.
+    received: u64,
 }
 
 impl ClientInput {
@@ -44,6 +48,11 @@ impl ClientInput {
     pub fn reset(&mut self) {
         self.buf = Vec::new();
         self.scanned = 0;
+    }
+
+    /// Every byte read from the client so far (the buffered ones included).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Bytes buffered and not yet consumed.
@@ -120,6 +129,7 @@ impl ClientInput {
         match read.await {
             Ok((Ok(n), buf)) => {
                 self.buf = buf;
+                self.received += n as u64;
                 if n == 0 {
                     Err(InputError::Closed)
                 } else {
@@ -151,6 +161,7 @@ mod tests {
             assert_eq!(i.exact(&mut s, 3, later()).await.unwrap(), b"abc");
             assert_eq!(i.line(&mut s, 100, later()).await.unwrap(), b"QUIT");
             assert_eq!(i.take_buffered(), b"rest");
+            assert_eq!(i.received(), 34, "every byte read is counted");
         });
     }
 

@@ -16,6 +16,7 @@ use crate::route::shard::SessionOrigin;
 pub mod failover;
 pub mod imap;
 pub mod input;
+pub mod limits;
 pub mod lmtp;
 pub mod pop3;
 pub mod proxy_header;

@@ -5,21 +5,26 @@
 //! and `AUTH PLAIN` (with an initial response or after a `+ ` continuation;
 //! `*` cancels), routes the user and replays the credentials on its backend,
 //! whose `+OK` or `-ERR` the client gets word for word. When no backend can
-//! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines and
-//! the whole phase are bounded; too many bad commands end the session.
+//! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines, SASL
+//! responses, the bytes and the commands before login are bounded
+//! ([`crate::session::limits`]); past a bound, or after too many bad
+//! commands, the client hears `-ERR` and is closed.
 
 use crate::session::failover::{login_key, login_routed};
 use monoio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backend::pop3::login;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
-use crate::proto::pop3::{parse_command, pass_argument, MAX_COMMAND_LINE};
+use crate::proto::pop3::{parse_command, pass_argument};
 use crate::proto::sasl::{self, Credentials};
+use crate::route::user_key::check_login_name;
 use crate::runtime::core::Core;
+use crate::runtime::stats::PreloginLimit;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
+use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
 use crate::session::ClientInfo;
 
 /// What the listener allows before login.
@@ -37,6 +42,7 @@ pub struct Prelogin<'a> {
     policy: Pop3Policy,
     client: ClientInfo,
     input: ClientInput,
+    budget: Budget,
     user: Option<String>,
     bad: u32,
     deadline: Instant,
@@ -53,6 +59,7 @@ impl<'a> Prelogin<'a> {
             policy,
             client,
             input: ClientInput::new(),
+            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Pop3),
             user: None,
             bad: 0,
             deadline: Instant::now() + core.shared.config.server.prelogin_timeout,
@@ -95,10 +102,14 @@ impl<'a> Prelogin<'a> {
     /// Runs the dialogue until login, STLS or the end.
     pub async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
         loop {
-            let line = match self.read_line(s).await {
+            let line = match self.read_line(s, PreloginLimit::Line).await {
                 Ok(line) => line,
                 Err(Close) => return Outcome::Closed,
             };
+            if let Err(limit) = self.budget.command() {
+                self.limit_reached(s, limit).await;
+                return Outcome::Closed;
+            }
             match self.handle(s, &line).await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => return outcome,
@@ -107,21 +118,35 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    async fn read_line<S: Connection>(&mut self, s: &mut S) -> Result<Vec<u8>, Close> {
-        match self.input.line(s, MAX_COMMAND_LINE, self.deadline).await {
+    /// Reads one line within the byte budget: a command line
+    /// ([`PreloginLimit::Line`]) or a SASL answer ([`PreloginLimit::Sasl`]).
+    async fn read_line<S: Connection>(
+        &mut self,
+        s: &mut S,
+        limit: PreloginLimit,
+    ) -> Result<Vec<u8>, Close> {
+        let read = self.budget.line(&mut self.input, s, limit, self.deadline);
+        match read.await {
             Ok(line) => Ok(line),
-            Err(InputError::Closed) => Err(Close),
-            Err(InputError::Timeout) => {
+            Err(Stopped::Limit(limit)) => {
+                self.limit_reached(s, limit).await;
+                Err(Close)
+            }
+            Err(Stopped::Input(InputError::Timeout)) => {
                 info!("pre-login timeout");
                 let _ = write_bytes(s, b"-ERR Disconnected for inactivity.\r\n").await;
                 Err(Close)
             }
-            Err(InputError::TooLong) => {
-                warn!("oversized line before login");
-                let _ = write_bytes(s, b"-ERR Line too long.\r\n").await;
-                Err(Close)
-            }
+            Err(Stopped::Input(_)) => Err(Close),
         }
+    }
+
+    /// Counts and logs a pre-login limit hit and says `-ERR`; the caller
+    /// closes.
+    async fn limit_reached<S: Connection>(&mut self, s: &mut S, limit: PreloginLimit) {
+        self.budget.reached(&self.core.counters, limit);
+        let reply = format!("-ERR {}.\r\n", limit_text(limit, Protocol::Pop3));
+        let _ = write_bytes(s, reply.as_bytes()).await;
     }
 
     async fn reply<S: Connection>(&mut self, s: &mut S, text: &str) -> Result<(), Close> {
@@ -181,6 +206,11 @@ impl<'a> Prelogin<'a> {
                     self.bad(s, "User name is not UTF-8.").await?;
                     return Ok(None);
                 };
+                if let Err(e) = check_login_name(&name, None) {
+                    debug!(error = %e, "login name refused");
+                    self.bad(s, &format!("Invalid login: {e}.")).await?;
+                    return Ok(None);
+                }
                 self.user = Some(name);
                 self.reply(s, "+OK\r\n").await?;
             }
@@ -240,10 +270,16 @@ impl<'a> Prelogin<'a> {
             return self.privacy_required(s).await;
         }
         let response = match initial {
-            Some(ir) => ir,
+            Some(ir) => {
+                if let Err(limit) = self.budget.sasl(ir.len()) {
+                    self.limit_reached(s, limit).await;
+                    return Err(Close);
+                }
+                ir
+            }
             None => {
                 self.reply(s, "+ \r\n").await?;
-                let line = self.read_line(s).await?;
+                let line = self.read_line(s, PreloginLimit::Sasl).await?;
                 if line == sasl::CANCEL {
                     self.bad(s, "Authentication cancelled.").await?;
                     return Ok(None);
@@ -268,7 +304,14 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Close> {
         let core = self.core;
-        let key = login_key(core, &creds);
+        let key = match login_key(core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
         let client = &self.client;
         let origin = client.origin(Protocol::Pop3);
         let routed = login_routed(core, &key, origin, s, |backend, s, _| {

@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::{write_bytes, Connection};
 use crate::limits::Limit;
-use crate::relay::{relay_split, RelayEnd, RelayStats, Split};
+use crate::relay::{relay_split, RelayEnd, RelayOptions, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::runtime::sessions::KickReason;
 use crate::session::imap::{ImapPolicy, LoggedIn, Outcome};
@@ -160,18 +160,39 @@ fn relayed<C: Connection>(
         to_backend,
         to_client,
     } = l;
+    core.shared.config.server.keepalive().apply(&backend);
     let split = Split::new(client, backend);
     async move {
         let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
+        if !core
+            .router
+            .backends()
+            .get(backend_id)
+            .is_some_and(|b| b.keeps_users())
+        {
+            // The backend went down while this login was on its way.
+            registration.kick(KickReason::BackendDown);
+        }
         let stop = async move {
             let reason = kick.kicked().await;
             info!(?reason, "closing session");
             goodbye(protocol, reason)
         };
-        let splice = core.shared.config.server.splice;
-        let (end, stats) = relay_split(split, to_backend, to_client, stop, splice).await;
+        let server = &core.shared.config.server;
+        let options = RelayOptions {
+            splice: server.splice,
+            stall_timeout: server.stall_timeout,
+        };
+        // The user's session count is released the moment its backend
+        // connection is closed, not after the client's goodbye: a move or a
+        // backend's retired assignment waits for exactly that.
+        let backend_closed = || {
+            registration.backend_closed();
+            core.router.release(&key, backend_id, Some(origin));
+        };
+        let (end, stats) =
+            relay_split(split, to_backend, to_client, stop, options, backend_closed).await;
         drop(registration);
-        core.router.release(&key, backend_id, Some(origin));
         closed(&tracing::Span::current(), Some(end), stats, started);
         drop(guard);
     }
@@ -188,6 +209,7 @@ async fn open(
 ) -> Option<Ready> {
     let mut tcp = tcp;
     let _ = tcp.set_nodelay(true);
+    core.shared.config.server.keepalive().apply(&tcp);
     let mut local = tcp.local_addr().unwrap_or(listen.addr);
     let mut peer = peer;
     if listen.proxy_protocol {
@@ -275,6 +297,7 @@ fn end_name(end: RelayEnd) -> &'static str {
         RelayEnd::Backend => "backend",
         RelayEnd::Error => "error",
         RelayEnd::Stopped => "stopped",
+        RelayEnd::Stalled => "stalled",
     }
 }
 
@@ -337,9 +360,8 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
 
 /// Tells a client refused by a pre-login limit why, in its protocol's
 /// greeting form (the write bounded by `bound`), and lets the connection
-/// close. An implicit-TLS client
-/// would not understand plaintext, and a handshake is what the limit
-/// spares, so it is closed without a word.
+/// close. An implicit-TLS client would not understand plaintext, and a
+/// handshake is what the limit spares, so it is closed without a word.
 async fn refuse_connection(tcp: &mut TcpStream, listen: &Listen, limit: Limit, bound: Duration) {
     if listen.tls == TlsMode::Implicit {
         return;

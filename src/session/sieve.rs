@@ -8,19 +8,24 @@
 //! the client word for word. No backend for the user: `NO (TRYLATER)`
 //! (§1.3). The SIEVE extension list before login is Pigeonhole's usual
 //! set; after login, CAPABILITY goes to the backend and is authoritative.
+//! Lines, literals, SASL responses, the bytes and the commands before login
+//! are bounded ([`crate::session::limits`]); past a bound the client hears
+//! `BYE` and is closed.
 
 use crate::session::failover::{login_key, login_routed};
 use monoio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backend::sieve::login;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::sasl::{self, Credentials};
-use crate::proto::sieve::{parse_line, quote, SieveArg, MAX_COMMAND_LINE, MAX_LITERAL};
+use crate::proto::sieve::{parse_line, quote, LiteralMarker, SieveArg};
 use crate::runtime::core::Core;
+use crate::runtime::stats::PreloginLimit;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
+use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
 use crate::session::ClientInfo;
 
 /// The Sieve extensions announced before login (Pigeonhole's defaults).
@@ -41,6 +46,7 @@ pub struct Prelogin<'a> {
     policy: SievePolicy,
     client: ClientInfo,
     input: ClientInput,
+    budget: Budget,
     /// Capabilities must be re-issued first (just after STARTTLS).
     recapability: bool,
     bad: u32,
@@ -58,6 +64,7 @@ impl<'a> Prelogin<'a> {
             policy,
             client,
             input: ClientInput::new(),
+            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Sieve),
             recapability: false,
             bad: 0,
             deadline: Instant::now() + core.shared.config.server.prelogin_timeout,
@@ -127,14 +134,60 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    async fn read_line<S: Connection>(&mut self, s: &mut S) -> Result<Vec<u8>, Close> {
-        match self.input.line(s, MAX_COMMAND_LINE, self.deadline).await {
+    /// Reads one line within the byte budget: a command line
+    /// ([`PreloginLimit::Line`]) or a SASL answer ([`PreloginLimit::Sasl`]).
+    async fn read_line<S: Connection>(
+        &mut self,
+        s: &mut S,
+        limit: PreloginLimit,
+    ) -> Result<Vec<u8>, Close> {
+        let read = self.budget.line(&mut self.input, s, limit, self.deadline);
+        match read.await {
             Ok(line) => Ok(line),
+            Err(Stopped::Limit(limit)) => Err(self.limit_reached(s, limit).await),
+            Err(Stopped::Input(e)) => {
+                self.input_failed(s, e).await;
+                Err(Close)
+            }
+        }
+    }
+
+    /// Reads a literal's octets, within the literal bound and the budget.
+    async fn read_literal<S: Connection>(
+        &mut self,
+        s: &mut S,
+        lit: LiteralMarker,
+    ) -> Result<Vec<u8>, Close> {
+        if lit.len > self.budget.limits().literal {
+            return Err(self.limit_reached(s, PreloginLimit::Literal).await);
+        }
+        match self.input.exact(s, lit.len, self.deadline).await {
+            Ok(bytes) => {
+                self.check_bytes(s).await?;
+                Ok(bytes)
+            }
             Err(e) => {
                 self.input_failed(s, e).await;
                 Err(Close)
             }
         }
+    }
+
+    /// Ends the session once the client sent more than the pre-login
+    /// byte budget.
+    async fn check_bytes<S: Connection>(&mut self, s: &mut S) -> Result<(), Close> {
+        match self.budget.bytes(self.input.received()) {
+            Ok(()) => Ok(()),
+            Err(limit) => Err(self.limit_reached(s, limit).await),
+        }
+    }
+
+    /// Counts and logs a pre-login limit hit, says BYE; the session ends.
+    async fn limit_reached<S: Connection>(&mut self, s: &mut S, limit: PreloginLimit) -> Close {
+        self.budget.reached(&self.core.counters, limit);
+        let bye = format!("BYE \"{}.\"\r\n", limit_text(limit, Protocol::Sieve));
+        let _ = write_bytes(s, bye.as_bytes()).await;
+        Close
     }
 
     async fn input_failed<S: Connection>(&mut self, s: &mut S, e: InputError) {
@@ -145,36 +198,29 @@ impl<'a> Prelogin<'a> {
                 let _ = write_bytes(s, b"BYE \"Disconnected for inactivity.\"\r\n").await;
             }
             InputError::TooLong => {
-                warn!("oversized input before login");
-                let _ = write_bytes(s, b"BYE \"Line too long.\"\r\n").await;
+                let _ = self.limit_reached(s, PreloginLimit::Line).await;
             }
         }
     }
 
     /// Reads a whole command, literals included; `None` after a syntax
-    /// error that has been answered.
+    /// error that has been answered. Each command counts against the
+    /// pre-login command limit.
     async fn read_command<S: Connection>(
         &mut self,
         s: &mut S,
     ) -> Result<Option<Vec<SieveArg>>, Close> {
         let mut args = Vec::new();
+        let mut line = self.read_line(s, PreloginLimit::Line).await?;
+        if let Err(limit) = self.budget.command() {
+            return Err(self.limit_reached(s, limit).await);
+        }
         loop {
-            let line = self.read_line(s).await?;
             match parse_line(&line, &mut args) {
                 Ok(None) => return Ok(Some(args)),
                 Ok(Some(lit)) => {
-                    if lit.len > MAX_LITERAL {
-                        let _ = self.reply(s, "BYE \"Literal too large.\"\r\n").await;
-                        warn!("oversized literal before login");
-                        return Err(Close);
-                    }
-                    match self.input.exact(s, lit.len, self.deadline).await {
-                        Ok(bytes) => args.push(SieveArg::String(bytes)),
-                        Err(e) => {
-                            self.input_failed(s, e).await;
-                            return Err(Close);
-                        }
-                    }
+                    let bytes = self.read_literal(s, lit).await?;
+                    args.push(SieveArg::String(bytes));
                 }
                 Err(reason) => {
                     debug!(reason, "syntax error before login");
@@ -182,6 +228,7 @@ impl<'a> Prelogin<'a> {
                     return Ok(None);
                 }
             }
+            line = self.read_line(s, PreloginLimit::Line).await?;
         }
     }
 
@@ -256,7 +303,12 @@ impl<'a> Prelogin<'a> {
                     return Ok(None);
                 }
                 let response = match initial.first() {
-                    Some(SieveArg::String(ir)) => ir.clone(),
+                    Some(SieveArg::String(ir)) => {
+                        if let Err(limit) = self.budget.sasl(ir.len()) {
+                            return Err(self.limit_reached(s, limit).await);
+                        }
+                        ir.clone()
+                    }
                     Some(SieveArg::Atom(_)) => {
                         self.bad(s, "Initial response must be a string.").await?;
                         return Ok(None);
@@ -290,25 +342,24 @@ impl<'a> Prelogin<'a> {
     }
 
     /// Sends the empty PLAIN challenge and reads the client's string
-    /// answer; `None` when it cancels with `"*"`.
+    /// answer, bounded by `limits.sasl_max`; `None` when it cancels with
+    /// `"*"`.
     async fn challenge<S: Connection>(&mut self, s: &mut S) -> Result<Option<Vec<u8>>, Close> {
         self.reply(s, "\"\"\r\n").await?;
         let mut args = Vec::new();
-        let line = self.read_line(s).await?;
+        let line = self.read_line(s, PreloginLimit::Sasl).await?;
         match parse_line(&line, &mut args) {
             Ok(None) => {}
-            Ok(Some(lit)) if lit.len <= MAX_LITERAL => {
-                match self.input.exact(s, lit.len, self.deadline).await {
-                    Ok(bytes) => args.push(SieveArg::String(bytes)),
-                    Err(e) => {
-                        self.input_failed(s, e).await;
-                        return Err(Close);
-                    }
+            Ok(Some(lit)) => {
+                if let Err(limit) = self.budget.sasl(lit.len) {
+                    return Err(self.limit_reached(s, limit).await);
                 }
+                let bytes = self.read_literal(s, lit).await?;
+                args.push(SieveArg::String(bytes));
                 // The literal ends the answer: the line after it is empty.
-                let _ = self.read_line(s).await?;
+                let _ = self.read_line(s, PreloginLimit::Sasl).await?;
             }
-            _ => {
+            Err(_) => {
                 let _ = self.reply(s, "BYE \"Bad SASL response.\"\r\n").await;
                 return Err(Close);
             }
@@ -330,7 +381,14 @@ impl<'a> Prelogin<'a> {
         creds: Credentials,
     ) -> Result<Option<Outcome>, Close> {
         let core = self.core;
-        let key = login_key(core, &creds);
+        let key = match login_key(core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
         let client = &self.client;
         let origin = client.origin(Protocol::Sieve);
         let routed = login_routed(core, &key, origin, s, |backend, s, _| {

@@ -217,6 +217,29 @@ impl DovecotCluster {
         self.store_dir.join(user).join("Maildir")
     }
 
+    /// Puts a message straight into `user`'s INBOX (its maildir's `new/`,
+    /// owned by the mail user), as a delivery would; for messages too big
+    /// to send through LMTP quickly. Dovecot finds it at the next sync.
+    pub fn put_message(&self, user: &str, name: &str, message: &[u8]) {
+        let maildir = self.maildir(user);
+        let home = self.store_dir.join(user);
+        for dir in [
+            home.clone(),
+            maildir.clone(),
+            maildir.join("new"),
+            maildir.join("cur"),
+            maildir.join("tmp"),
+        ] {
+            if !dir.exists() {
+                fs::create_dir(&dir).expect("create a maildir folder");
+                chown_to_mail_user(&dir);
+            }
+        }
+        let path = maildir.join("new").join(name);
+        fs::write(&path, message).expect("write the message");
+        chown_to_mail_user(&path);
+    }
+
     /// The shared passwd-file.
     pub fn passwd_file(&self) -> &Path {
         &self.passwd_file

@@ -6,9 +6,11 @@
 //! earlier session (`rustls::HandshakeKind`); the finished rustls
 //! connection is then wrapped in monoio-rustls's stream for the session's
 //! reads and writes. STARTTLS upgrades a plain connection the same way.
+//! A connection may come from a chosen loopback source address
+//! ([`tcp_connect`]), so one run can play clients of many addresses.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -115,15 +117,65 @@ async fn handshake(
     Ok((monoio_rustls::ClientTlsStream::new(tcp, session), resumed))
 }
 
+/// Lets the kernel choose the source port at connect time, by the whole
+/// 4-tuple, rather than at bind time: a flood from one address then does
+/// not run out of ports while its closed connections sit in TIME_WAIT.
+/// Best effort (the option exists since Linux 4.2).
+fn bind_address_no_port(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int we own, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Opens a TCP connection to `addr` from `source` (any port), or from the
+/// kernel's choice of address when `source` is None.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_addr(addr).await;
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    bind_address_no_port(&socket);
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    // A second handle on the socket reads the connect's outcome.
+    let probe = socket.try_clone()?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable(false).await?;
+    match probe.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
+}
+
 impl Conn {
-    /// Connects to `endpoint`, doing the TLS handshake at once if it uses
+    /// Connects to `endpoint` from the loopback address `source` (None:
+    /// the kernel's choice), doing the TLS handshake at once if it uses
     /// implicit TLS (a STARTTLS endpoint starts plain: see
     /// [`Conn::start_tls`]).
-    pub async fn connect(
+    pub async fn connect_from(
         endpoint: Endpoint,
         tls: &Arc<rustls::ClientConfig>,
+        source: Option<IpAddr>,
     ) -> io::Result<Connected> {
-        let tcp = TcpStream::connect(endpoint.addr).await?;
+        let tcp = tcp_connect(endpoint.addr, source).await?;
         tcp.set_nodelay(true)?;
         if endpoint.transport != Transport::Tls {
             return Ok(Connected {

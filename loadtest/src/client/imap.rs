@@ -4,6 +4,7 @@
 //! CPU per byte and per session.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::conn::{Endpoint, Transport};
@@ -51,8 +52,18 @@ impl ImapClient {
         endpoint: Endpoint,
         tls: &Arc<rustls::ClientConfig>,
     ) -> io::Result<ImapClient> {
+        ImapClient::connect_from(endpoint, tls, None).await
+    }
+
+    /// Like [`ImapClient::connect`], from the loopback address `source`
+    /// when given.
+    pub async fn connect_from(
+        endpoint: Endpoint,
+        tls: &Arc<rustls::ClientConfig>,
+        source: Option<IpAddr>,
+    ) -> io::Result<ImapClient> {
         let mut client = ImapClient {
-            wire: Wire::connect(endpoint, tls).await?,
+            wire: Wire::connect_from(endpoint, tls, source).await?,
             next_tag: 1,
         };
         let greeting = client.wire.read_line().await?;

@@ -3,6 +3,7 @@
 //! message bodies), writes, and the STARTTLS upgrade.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::conn::{Conn, Connected, Endpoint};
@@ -32,7 +33,17 @@ impl Wire {
     /// Connects to `endpoint` (implicit TLS is negotiated here; STARTTLS
     /// is the protocol client's to ask for).
     pub async fn connect(endpoint: Endpoint, tls: &Arc<rustls::ClientConfig>) -> io::Result<Wire> {
-        let Connected { conn, resumed } = Conn::connect(endpoint, tls).await?;
+        Wire::connect_from(endpoint, tls, None).await
+    }
+
+    /// Like [`Wire::connect`], from the loopback address `source` when
+    /// given.
+    pub async fn connect_from(
+        endpoint: Endpoint,
+        tls: &Arc<rustls::ClientConfig>,
+        source: Option<IpAddr>,
+    ) -> io::Result<Wire> {
+        let Connected { conn, resumed } = Conn::connect_from(endpoint, tls, source).await?;
         Ok(Wire {
             conn,
             buf: Vec::new(),

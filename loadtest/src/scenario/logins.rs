@@ -181,7 +181,7 @@ impl StepResult {
 
 /// One login: connect (and STARTTLS), log in, and log out after the
 /// measurement. Returns the latency from `due` and whether TLS resumed.
-async fn login_once(
+pub async fn login_once(
     protocol: LoginProtocol,
     endpoint: Endpoint,
     tls: &std::sync::Arc<rustls::ClientConfig>,

@@ -8,6 +8,7 @@
 //! [`crate::client`].
 
 pub mod failover;
+pub mod hostile;
 pub mod idle;
 pub mod lmtp;
 pub mod logins;

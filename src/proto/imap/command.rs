@@ -432,6 +432,17 @@ impl CommandReader {
     /// Call it only between commands: a command partly read by
     /// [`CommandReader::next`] is abandoned.
     pub fn take_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ParseError> {
+        self.take_line_within(buf, self.limits.max_line)
+    }
+
+    /// As [`CommandReader::take_line`], for a line with a bound of its own
+    /// (`max` bytes without the line end): a SASL response may be longer
+    /// or shorter than a command line.
+    pub fn take_line_within(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, ParseError> {
         if self.partial.tag.is_some() || self.partial.scanned > 0 {
             self.partial = Partial::new();
         }
@@ -441,7 +452,7 @@ impl CommandReader {
         let from = self.line_scanned.min(buf.len());
         let Some(offset) = find_lf(&buf[from..]) else {
             self.line_scanned = buf.len();
-            if unfinished_line_len(buf) > self.limits.max_line {
+            if unfinished_line_len(buf) > max {
                 buf.clear();
                 self.line_scanned = 0;
                 self.discarding = true;
@@ -456,7 +467,7 @@ impl CommandReader {
         } else {
             lf
         };
-        if end > self.limits.max_line {
+        if end > max {
             buf.drain(..lf + 1);
             return Err(ParseError::LineTooLong { tag: None });
         }

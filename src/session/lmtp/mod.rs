@@ -19,6 +19,15 @@
 //! Recipients count as sessions in the router from their RCPT to the end
 //! of the transaction, so a user's deliveries go where its IMAP sessions
 //! are.
+//!
+//! The envelope is bounded like the other protocols' pre-login phase
+//! ([`crate::session::limits`]): command lines by `server.max_line`, and
+//! between two messages the bytes by `limits.prelogin_bytes` (message data
+//! not counted) and the commands by `limits.prelogin_commands` (RCPT,
+//! bounded by [`MAX_RECIPIENTS`], and BDAT, which carries message data, not
+//! counted). A message, or a transaction that got as far as recipients,
+//! opens a fresh budget. Past a bound the client hears `500`/`421` and is
+//! closed.
 
 mod join;
 #[cfg(test)]
@@ -30,14 +39,17 @@ use std::time::Duration;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::smtp::{
     mailbox_user, parse_bdat, parse_command, parse_path, strip_keyword, DotScanner, Reply,
-    MAX_COMMAND_LINE,
 };
+use crate::route::user_key::is_valid_login_name;
 use crate::runtime::core::Core;
+use crate::runtime::stats::PreloginLimit;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
+use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
 use crate::session::ClientInfo;
 use join::join_all;
 use transaction::{IdlePool, Routed, Transaction};
@@ -68,6 +80,8 @@ pub struct Lmtp<'a> {
     policy: LmtpPolicy,
     client: ClientInfo,
     input: ClientInput,
+    /// The envelope's bounds, between two messages.
+    budget: Budget,
     /// Replies not yet written: they go out in one write once every
     /// command the client pipelined is handled.
     out: Vec<u8>,
@@ -99,6 +113,7 @@ impl<'a> Lmtp<'a> {
             policy,
             client,
             input: ClientInput::new(),
+            budget: Budget::new(PreloginLimits::of(&core.shared.config), Protocol::Lmtp),
             out: Vec::new(),
             greeted: false,
             tx: None,
@@ -134,12 +149,9 @@ impl<'a> Lmtp<'a> {
             if !self.input.buffered().contains(&b'\n') && self.flush(s).await.is_err() {
                 break Outcome::Closed;
             }
-            let line = match self.input.line(s, MAX_COMMAND_LINE, self.deadline()).await {
+            let line = match self.next_line(s).await {
                 Ok(line) => line,
-                Err(e) => {
-                    self.input_failed(s, e).await;
-                    break Outcome::Closed;
-                }
+                Err(Close) => break Outcome::Closed,
             };
             match self.handle(s, line).await {
                 Ok(None) => {}
@@ -175,11 +187,21 @@ impl<'a> Lmtp<'a> {
                 info!("client timed out");
                 self.reply("421 4.4.2 Timeout, closing connection\r\n");
             }
-            InputError::TooLong => {
-                warn!("oversized command line");
-                self.reply("500 5.5.2 Line too long, closing connection\r\n");
-            }
+            InputError::TooLong => return self.limit_reached(s, PreloginLimit::Line).await,
         }
+        let _ = self.flush(s).await;
+    }
+
+    /// Counts and logs an envelope limit hit and answers `500` (line) or
+    /// `421`, with the replies gathered so far; the caller closes.
+    async fn limit_reached<S: Connection>(&mut self, s: &mut S, limit: PreloginLimit) {
+        self.budget.reached(&self.core.counters, limit);
+        let text = limit_text(limit, Protocol::Lmtp);
+        let reply = match limit {
+            PreloginLimit::Line => format!("500 5.5.2 {text}, closing connection\r\n"),
+            _ => format!("421 4.7.0 {text}, closing connection\r\n"),
+        };
+        self.reply(&reply);
         let _ = self.flush(s).await;
     }
 
@@ -209,7 +231,7 @@ impl<'a> Lmtp<'a> {
     fn next_command(&self) -> Option<(String, bool)> {
         let buf = self.input.buffered();
         let end = buf.iter().position(|&b| b == b'\n')?;
-        if end > MAX_COMMAND_LINE {
+        if end > self.budget.limits().line {
             return None;
         }
         let line = &buf[..end];
@@ -222,7 +244,18 @@ impl<'a> Lmtp<'a> {
         s: &mut S,
         line: Vec<u8>,
     ) -> Result<Option<Outcome>, Close> {
-        let Some(cmd) = parse_command(&line) else {
+        let cmd = parse_command(&line);
+        // RCPTs are bounded by MAX_RECIPIENTS, BDATs carry message data.
+        if !cmd
+            .as_ref()
+            .is_some_and(|c| c.verb == "RCPT" || c.verb == "BDAT")
+        {
+            if let Err(limit) = self.budget.command() {
+                self.limit_reached(s, limit).await;
+                return Err(Close);
+            }
+        }
+        let Some(cmd) = cmd else {
             self.bad("500 5.5.2 Syntax error, command unrecognized")?;
             return Ok(None);
         };
@@ -371,11 +404,19 @@ impl<'a> Lmtp<'a> {
         Ok(())
     }
 
-    /// Takes the next line, known to be buffered whole.
+    /// Reads the next command line, within the envelope's byte budget.
     async fn next_line<S: Connection>(&mut self, s: &mut S) -> Result<Vec<u8>, Close> {
-        match self.input.line(s, MAX_COMMAND_LINE, self.deadline()).await {
+        let deadline = self.deadline();
+        let read = self
+            .budget
+            .line(&mut self.input, s, PreloginLimit::Line, deadline);
+        match read.await {
             Ok(line) => Ok(line),
-            Err(e) => {
+            Err(Stopped::Limit(limit)) => {
+                self.limit_reached(s, limit).await;
+                Err(Close)
+            }
+            Err(Stopped::Input(e)) => {
                 self.input_failed(s, e).await;
                 Err(Close)
             }
@@ -408,7 +449,7 @@ impl<'a> Lmtp<'a> {
             .and_then(|c| strip_keyword(c.rest, b"TO:"))
             .and_then(|a| parse_path(a).ok())
             .and_then(|p| mailbox_user(p.inner));
-        match user {
+        match user.filter(|u| is_valid_login_name(u)) {
             Some(user) => Ok(self.core.shared.user_key.key(&user)),
             None => Err(RcptStep::Local {
                 text: "501 5.1.3 Syntax: RCPT TO:<address>",
@@ -422,7 +463,12 @@ impl<'a> Lmtp<'a> {
     /// router comes back routed, or answered when no backend is available.
     async fn route(&self, steps: &mut [RcptStep], wanted: Vec<(String, Vec<u8>)>) -> Vec<Routed> {
         let router = &self.core.router;
-        let chosen = join_all(wanted.iter().map(|(key, _)| router.acquire(key, None))).await;
+        let chosen = join_all(
+            wanted
+                .iter()
+                .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[], None)),
+        )
+        .await;
         let mut routed = Vec::with_capacity(wanted.len());
         let mut placed = Vec::with_capacity(wanted.len());
         for ((key, line), choice) in wanted.into_iter().zip(chosen) {
@@ -466,9 +512,14 @@ impl<'a> Lmtp<'a> {
     }
 
     /// Releases every recipient and closes the transaction's backend
-    /// connections (RSET, LHLO, end of session).
+    /// connections (RSET, LHLO, end of session). A transaction that got as
+    /// far as its recipients (all refused, say) was progress: the next
+    /// envelope has a fresh budget, as after a message.
     fn end_transaction(&mut self) {
         if let Some(tx) = self.tx.take() {
+            if tx.attempted > 0 {
+                self.budget.restart(self.input.received());
+            }
             self.release(&tx);
             tx.close();
         }
@@ -572,6 +623,7 @@ impl<'a> Lmtp<'a> {
                 break;
             }
         }
+        self.budget.skip_to(self.input.received());
         if last {
             return self.finish_message().await;
         }
@@ -597,6 +649,7 @@ impl<'a> Lmtp<'a> {
             self.input.consume(take);
             left -= take as u64;
         }
+        self.budget.skip_to(self.input.received());
         Ok(())
     }
 
@@ -626,6 +679,8 @@ impl<'a> Lmtp<'a> {
         self.out.extend_from_slice(&wire);
         self.release(&tx);
         tx.keep_connections(&mut self.idle);
+        // A message came through: the next envelope has a fresh budget.
+        self.budget.restart(self.input.received());
         Ok(())
     }
 }

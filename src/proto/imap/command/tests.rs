@@ -658,6 +658,70 @@ fn take_line_enforces_the_line_limit() {
 }
 
 #[test]
+fn take_line_within_has_its_own_bound() {
+    let limits = Limits {
+        max_line: 8,
+        ..Limits::default()
+    };
+    let mut reader = CommandReader::new(limits);
+    // A SASL answer longer than a command line may be allowed...
+    let mut buf = b"0123456789abcdef\r\n".to_vec();
+    assert_eq!(
+        reader.take_line_within(&mut buf, 16),
+        Ok(Some(b"0123456789abcdef".to_vec()))
+    );
+    // ...and one past its own bound is refused as soon as it passes it,
+    // line end or not, without being kept.
+    let mut buf = vec![b'A'; 17];
+    assert_eq!(
+        reader.take_line_within(&mut buf, 16),
+        Err(ParseError::LineTooLong { tag: None })
+    );
+    assert!(buf.is_empty());
+    let mut reader = CommandReader::new(limits);
+    let mut buf = b"0123456789abcdefg\r\nok\n".to_vec();
+    assert_eq!(
+        reader.take_line_within(&mut buf, 16),
+        Err(ParseError::LineTooLong { tag: None })
+    );
+    assert_eq!(reader.take_line(&mut buf), Ok(Some(b"ok".to_vec())));
+}
+
+#[test]
+fn literals_streamed_into_one_command_stop_at_the_command_bound() {
+    // A client sending {8192+} literals in one unfinished command: the
+    // reader refuses once the whole command passes max_command, however
+    // the bytes arrive, and never holds more than that plus one read.
+    let limits = Limits {
+        max_line: 8192,
+        max_literal: 8192,
+        max_command: 64 * 1024,
+    };
+    let mut reader = CommandReader::new(limits);
+    let mut buf = b"a LOGIN {8192+}\r\n".to_vec();
+    let mut sent = buf.len();
+    let chunk: Vec<u8> = [vec![b'x'; 8192], b" {8192+}\r\n".to_vec()].concat();
+    let err = loop {
+        match reader.next(&mut buf) {
+            Ok(Step::NeedMore) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => break e,
+        }
+        assert!(buf.len() <= limits.max_command + chunk.len());
+        buf.extend_from_slice(&chunk);
+        sent += chunk.len();
+        assert!(sent < 1 << 20, "never refused");
+    };
+    assert_eq!(
+        err,
+        ParseError::CommandTooLarge {
+            tag: Some("a".into())
+        }
+    );
+    assert!(err.must_close());
+}
+
+#[test]
 fn debug_output_hides_credentials() {
     let cmd = command(b"A1 LOGIN alice hunter2\r\n");
     let shown = format!("{cmd:?}");
