@@ -181,10 +181,19 @@ pub fn config(base: Config, backends: &[BackendSpec], cores: usize, splice: bool
     // Several directors may run at once (tests, peers side by side).
     config.admin.listen = loopback;
     config.server.drain_timeout = Duration::from_secs(1);
-    // The load test measures the director's capacity, not its [limits]:
-    // every client connects from loopback, thousands a second, with many
-    // sessions per user. A scenario about the limits sets its own.
-    config.limits.trusted = Cidr::new(Ipv4Addr::LOCALHOST.into(), 8)
+    config
+}
+
+/// The base configuration without a `--config` file: mailpin's defaults,
+/// except the connection and login limits that would count the load test
+/// itself rather than the director's capacity: the real clients connect
+/// from 127.0.0.1 (trusted: no per-address limits, no failed-login delay),
+/// thousands a second, with many sessions per user. Attackers of the
+/// `hostile` scenario connect from other loopback addresses and meet the
+/// per-address limits as any client would.
+pub fn default_base() -> Config {
+    let mut config = Config::default();
+    config.limits.trusted = Cidr::new(Ipv4Addr::LOCALHOST.into(), 32)
         .into_iter()
         .collect();
     config.limits.prelogin_total = 0;
@@ -274,7 +283,7 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
         }
     };
     let base = match args.config.as_deref().map(base_config).transpose() {
-        Ok(base) => base.unwrap_or_default(),
+        Ok(base) => base.unwrap_or_else(default_base),
         Err(e) => {
             eprintln!("mailpin-loadtest director: {e}");
             return ExitCode::FAILURE;
