@@ -57,7 +57,7 @@ fn shard_table(c: &mut Criterion) {
         .map(|i| format!("user{i}@example.com"))
         .collect();
     for k in &keys {
-        table.acquire(k, &set, Protocol::Imap, &[]).unwrap();
+        table.acquire(k, &set, Protocol::Imap, &[], None).unwrap();
     }
     let mut i = 0;
     c.bench_function("shard_acquire_release_100k_users", |b| {
@@ -65,9 +65,9 @@ fn shard_table(c: &mut Criterion) {
             i = (i + 7919) % keys.len();
             let key = &keys[i];
             let backend = table
-                .acquire(black_box(key), &set, Protocol::Imap, &[])
+                .acquire(black_box(key), &set, Protocol::Imap, &[], None)
                 .unwrap();
-            table.release(key, backend, Instant::now());
+            table.release(key, backend, None, Instant::now());
         })
     });
 }
@@ -123,8 +123,11 @@ fn cross_core_round_trip(c: &mut Criterion) {
                 let work = async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let backend = router.acquire(&key, Protocol::Imap, &[]).await.unwrap();
-                        router.release(&key, backend);
+                        let backend = router
+                            .acquire(&key, Protocol::Imap, &[], None)
+                            .await
+                            .unwrap();
+                        router.release(&key, backend, None);
                     }
                     start.elapsed()
                 };

@@ -14,6 +14,7 @@ use tracing::info;
 use crate::config::{Config, PemSource, Protocol, TlsMode, TlsVersion};
 use crate::control::reload::BoundListener;
 use crate::control::{self, ControlMsg};
+use crate::limits::Limits;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
@@ -134,10 +135,12 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
     let admin_addr = admin
         .local_addr()
         .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
+    let limits = Arc::new(Limits::new(&config.limits, backends.backends.len()));
     let shared = Arc::new(Shared {
         config,
         user_key,
         tls,
+        limits,
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
     let mut director = start(shared.clone(), backends.clone(), control_tx.clone())

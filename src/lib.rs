@@ -17,6 +17,7 @@ pub mod devmode;
 pub mod health;
 pub mod io;
 pub mod launch;
+pub mod limits;
 pub mod proto;
 pub mod relay;
 pub mod route;

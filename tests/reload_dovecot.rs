@@ -28,7 +28,8 @@ fn config_text(
     extra: &str,
 ) -> String {
     let mut c = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[server]\ncores = 2\ndrain_timeout = \"4s\"\n{server}\n\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[limits]\ntrusted = [\"127.0.0.0/8\"]\n\n\
+         [server]\ncores = 2\ndrain_timeout = \"4s\"\n{server}\n\n\
          [[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n"
     );
     for (i, weight) in backends {
@@ -154,7 +155,7 @@ fn sighup_changes_backends_and_listeners_without_dropping_a_session() {
         format!("backend {}: removed", cluster.instance(b1).name()),
         format!("backend {}: added", cluster.instance(b2).name()),
         format!("backend {}: weight 100 -> 250", cluster.instance(b0).name()),
-        "stall_timeout: 60s -> stall_timeout: 30s".to_string(),
+        "server.stall_timeout: 60s -> 30s".to_string(),
         "listener pop3 127.0.0.1:0: added".to_string(),
     ] {
         assert!(log.contains(&change), "{change} not logged:\n{log}");

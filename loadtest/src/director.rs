@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use mailpin::config::{Backend, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
+use mailpin::config::{Backend, Cidr, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
 use mailpin::launch::{launch, run_until_signal};
 use mailpin::tls::DevCert;
 
@@ -184,6 +184,24 @@ pub fn config(base: Config, backends: &[BackendSpec], cores: usize, splice: bool
     config
 }
 
+/// The base configuration without a `--config` file: mailpin's defaults,
+/// except the connection and login limits that would count the load test
+/// itself rather than the director's capacity: the real clients connect
+/// from 127.0.0.1 (trusted: no per-address limits, no failed-login delay),
+/// thousands a second, with many sessions per user. Attackers of the
+/// `hostile` scenario connect from other loopback addresses and meet the
+/// per-address limits as any client would.
+pub fn default_base() -> Config {
+    let mut config = Config::default();
+    config.limits.trusted = Cidr::new(Ipv4Addr::LOCALHOST.into(), 32)
+        .into_iter()
+        .collect();
+    config.limits.prelogin_total = 0;
+    config.limits.sessions_per_user_ip = 0;
+    config.limits.logins_per_backend = 0;
+    config
+}
+
 /// A placeholder listener and backend appended to a `--config` file so it
 /// validates on its own; the harness replaces both.
 const CONFIG_PLACEHOLDERS: &str = "\n[[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\n\n[[backend]]\nname = \"placeholder\"\nhost = \"127.0.0.1\"\n";
@@ -265,7 +283,7 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
         }
     };
     let base = match args.config.as_deref().map(base_config).transpose() {
-        Ok(base) => base.unwrap_or_default(),
+        Ok(base) => base.unwrap_or_else(default_base),
         Err(e) => {
             eprintln!("mailpin-loadtest director: {e}");
             return ExitCode::FAILURE;

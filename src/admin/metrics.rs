@@ -11,6 +11,7 @@ use std::fmt::Write;
 
 use crate::config::Protocol;
 use crate::control::state::Control;
+use crate::limits::Limit;
 use crate::route::backends::{BackendHealth, BackendId, BackendSet, Health};
 use crate::runtime::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 
@@ -142,6 +143,32 @@ pub async fn render_metrics(control: &Control) -> String {
             o.as_str()
         );
     }
+    header(
+        &mut out,
+        "limit_hits_total",
+        "counter",
+        "Connections and logins refused or delayed by a [limits] limit.",
+    );
+    let shared = control.shared();
+    let limits = &shared.limits;
+    for (limit, n) in Limit::ALL.iter().zip(limits.hits()) {
+        let _ = writeln!(
+            out,
+            "mailpin_limit_hits_total{{limit=\"{}\"}} {n}",
+            limit.as_str()
+        );
+    }
+    header(
+        &mut out,
+        "prelogin_connections",
+        "gauge",
+        "Connections not logged in yet.",
+    );
+    let _ = writeln!(
+        out,
+        "mailpin_prelogin_connections {}",
+        limits.prelogin.total()
+    );
     header(
         &mut out,
         "login_duration_seconds",

@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 
 use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::{
-    connect, login_outcome, read_greeting, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE,
+    connect, login_outcome, read_greeting, Answer, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE,
 };
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
@@ -92,7 +92,8 @@ fn tagged_status<'a>(line: &'a [u8], tag: &str) -> Option<&'a [u8]> {
 }
 
 /// Logs `creds` in on `backend` for a client whose command had tag
-/// `client_tag`, relaying the backend's answer to `client`.
+/// `client_tag`, relaying the backend's positive answer to `client` (a
+/// refusal comes back in [`crate::backend::Login::Rejected`], for the session to delay).
 pub async fn login<W: WriteSide>(
     backend: &Backend,
     creds: &Credentials,
@@ -127,7 +128,7 @@ async fn converse<W: WriteSide>(
     info: &ClientInfo,
     client_fields: &IdFields,
     client: &mut W,
-) -> Result<Option<Vec<u8>>, BackendError> {
+) -> Result<Answer, BackendError> {
     let mut lines = LineReader::new();
     let greeting = read_greeting(stream, &mut lines, backend.connect_timeout).await?;
     match classify(Protocol::Imap, &greeting) {
@@ -204,11 +205,10 @@ async fn converse<W: WriteSide>(
                 write_bytes(client, &relayed)
                     .await
                     .map_err(BackendError::Io)?;
-                return Ok(Some(lines.into_leftover()));
+                return Ok(Answer::Accepted(lines.into_leftover()));
             }
             // NO or BAD: the client hears the backend's own words.
-            let _ = write_bytes(client, &relayed).await;
-            return Ok(None);
+            return Ok(Answer::Refused(relayed));
         }
         // Untagged lines of the login answer (e.g. * CAPABILITY) go through.
         relayed_any = true;

@@ -37,16 +37,24 @@ pub async fn read_line(
         .map_err(BackendError::Io)
 }
 
+/// How a login dialogue ended when the backend gave its final answer.
+pub enum Answer {
+    /// Accepted; the bytes the backend sent past its positive answer.
+    Accepted(Vec<u8>),
+    /// Refused; the backend's answer, not yet sent to the client (the
+    /// session delays it, `limits.auth_failure_delay`).
+    Refused(Vec<u8>),
+}
+
 /// Turns a protocol's login dialogue, run under [`LOGIN_TIMEOUT`], into a
-/// [`Login`]: `Some(bytes read past the positive answer)` is accepted,
-/// `None` refused.
+/// [`Login`].
 pub fn login_outcome(
     stream: TcpStream,
-    dialogue: Result<Result<Option<Vec<u8>>, BackendError>, monoio::time::error::Elapsed>,
+    dialogue: Result<Result<Answer, BackendError>, monoio::time::error::Elapsed>,
 ) -> Result<Login, BackendError> {
     match dialogue {
-        Ok(Ok(Some(to_client))) => Ok(Login::Accepted { stream, to_client }),
-        Ok(Ok(None)) => Ok(Login::Rejected),
+        Ok(Ok(Answer::Accepted(to_client))) => Ok(Login::Accepted { stream, to_client }),
+        Ok(Ok(Answer::Refused(answer))) => Ok(Login::Rejected { answer }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BackendError::Timeout),
     }
@@ -84,8 +92,12 @@ pub enum Login {
         /// Backend bytes read past the positive answer, for the client.
         to_client: Vec<u8>,
     },
-    /// The backend refused; its answer has been relayed to the client.
-    Rejected,
+    /// The backend refused; `answer` is its reply, word for word, for the
+    /// session to relay to the client.
+    Rejected {
+        /// The backend's refusal, lines with CRLF.
+        answer: Vec<u8>,
+    },
 }
 
 /// Why a backend could not take a session.

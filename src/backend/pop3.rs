@@ -11,7 +11,8 @@ use monoio::net::TcpStream;
 
 use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::{
-    connect, login_outcome, read_greeting, read_line, BackendError, LOGIN_TIMEOUT, XCLIENT_TTL,
+    connect, login_outcome, read_greeting, read_line, Answer, BackendError, LOGIN_TIMEOUT,
+    XCLIENT_TTL,
 };
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, WriteSide};
@@ -23,7 +24,8 @@ use crate::session::ClientInfo;
 
 pub use super::Login;
 
-/// Logs `creds` in on `backend`, relaying its answer to `client`.
+/// Logs `creds` in on `backend`, relaying a positive answer to `client` (a
+/// refusal comes back in [`crate::backend::Login::Rejected`], for the session to delay).
 pub async fn login<W: WriteSide>(
     backend: &Backend,
     creds: &Credentials,
@@ -57,7 +59,7 @@ async fn converse<W: WriteSide>(
     creds: &Credentials,
     info: &ClientInfo,
     client: &mut W,
-) -> Result<Option<Vec<u8>>, BackendError> {
+) -> Result<Answer, BackendError> {
     let mut lines = LineReader::new();
     let greeting = read_greeting(stream, &mut lines, greeting_limit).await?;
     match classify(Protocol::Pop3, &greeting) {
@@ -98,12 +100,9 @@ async fn converse<W: WriteSide>(
             write_bytes(client, &relayed)
                 .await
                 .map_err(BackendError::Io)?;
-            Ok(Some(lines.into_leftover()))
+            Ok(Answer::Accepted(lines.into_leftover()))
         }
-        Some(Reply::Err) => {
-            let _ = write_bytes(client, &relayed).await;
-            Ok(None)
-        }
+        Some(Reply::Err) => Ok(Answer::Refused(relayed)),
         _ => Err(unexpected("AUTH answer", &relayed)),
     }
 }

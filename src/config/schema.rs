@@ -100,6 +100,10 @@ impl Default for ServerConfig {
 /// message; the message itself is streamed, never held). The command line
 /// is bounded by `server.max_line`. A client that passes a bound hears the
 /// protocol's goodbye and is closed.
+///
+/// The connection and login limits (see `crate::limits`) bound how many
+/// connections and sessions a client address, a user and a backend may
+/// have, and slow down failed logins.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -116,6 +120,40 @@ pub struct LimitsConfig {
     /// Commands a client may send before login (LMTP: between two
     /// transactions that reached their recipients, RCPT and BDAT not counted).
     pub prelogin_commands: u32,
+    // Connection and login limits; a count of 0 turns one off.
+    /// Connections not yet logged in from one client address.
+    pub prelogin_per_ip: u32,
+    /// Connections not yet logged in, in the whole process.
+    pub prelogin_total: u32,
+    /// Logged-in sessions of one user key (all protocols together).
+    pub sessions_per_user: u32,
+    /// Logged-in sessions of one user key from one client address, counted
+    /// per protocol (Dovecot's `mail_max_userip_connections`).
+    pub sessions_per_user_ip: u32,
+    /// Backend logins in flight at once per backend.
+    pub logins_per_backend: u32,
+    /// How long a login waits for one of its backend's login slots before
+    /// it gets a temporary failure.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub login_queue_timeout: Duration,
+    /// A failed login's answer comes no sooner than this after the login
+    /// command (Dovecot's `auth_failure_delay`).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_failure_delay: Duration,
+    /// The longest penalty before a login from an address with recent
+    /// failures (Dovecot's anvil penalty; it doubles per failure).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_penalty_max: Duration,
+    /// An address's failures are forgotten this long after its last one.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub auth_penalty_forget: Duration,
+    /// A limit hit is logged at most once per client address and limit
+    /// within this interval (every hit is counted in the metrics).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub log_interval: Duration,
+    /// Client networks exempt from the per-address limits and the failure
+    /// delay (Dovecot's `login_trusted_networks`).
+    pub trusted: Vec<Cidr>,
 }
 
 impl Default for LimitsConfig {
@@ -125,7 +163,25 @@ impl Default for LimitsConfig {
             sasl_max: 32 * 1024,
             prelogin_bytes: 256 * 1024,
             prelogin_commands: 50,
+            prelogin_per_ip: 100,
+            prelogin_total: 10_000,
+            sessions_per_user: 0,
+            sessions_per_user_ip: 10,
+            logins_per_backend: 100,
+            login_queue_timeout: Duration::from_secs(5),
+            auth_failure_delay: Duration::from_secs(2),
+            auth_penalty_max: Duration::from_secs(15),
+            auth_penalty_forget: Duration::from_secs(10 * 60),
+            log_interval: Duration::from_secs(10),
+            trusted: Vec::new(),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// Whether `ip` is in one of the [`LimitsConfig::trusted`] networks.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
     }
 }
 

@@ -86,6 +86,7 @@ fn reference_config_parses_validates_and_shows_the_defaults() {
     assert_eq!(config.health, HealthConfig::default());
     assert_eq!(config.admin, AdminConfig::default());
     assert_eq!(config.cluster, None);
+    assert_eq!(config.limits, LimitsConfig::default());
     let tls = config.tls.as_ref().unwrap();
     assert_eq!(tls.cert, PemSource::File("/etc/mailpin/cert.pem".into()));
     assert_eq!(tls.min_version, TlsVersion::Tls12);
@@ -1022,6 +1023,7 @@ fn prelogin_limits_default_and_parse() {
             sasl_max: 65536,
             prelogin_bytes: 1048576,
             prelogin_commands: 5,
+            ..LimitsConfig::default()
         }
     );
 }
@@ -1074,4 +1076,47 @@ fn prelogin_limits_bad_values_are_named() {
     let shown = errors.to_string();
     assert!(shown.contains("limits.line_max"), "{shown}");
     assert!(shown.contains("limits.sasl_max"), "{shown}");
+}
+
+// ---- [limits]: connection and login limits ----
+
+#[test]
+fn limits_default_when_absent_and_parse_when_given() {
+    let config = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(config.limits, LimitsConfig::default());
+    assert_eq!(config.limits.prelogin_per_ip, 100);
+    assert_eq!(config.limits.sessions_per_user_ip, 10);
+    assert_eq!(config.limits.auth_failure_delay, Duration::from_secs(2));
+    let config = Config::from_toml_str(&minimal_plus(
+        "[limits]\nprelogin_per_ip = 5\nauth_penalty_max = \"3s\"\ntrusted = [\"10.0.0.0/8\"]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.limits.prelogin_per_ip, 5);
+    assert_eq!(config.limits.auth_penalty_max, Duration::from_secs(3));
+    assert!(config.limits.is_trusted("10.1.2.3".parse().unwrap()));
+    assert!(!config.limits.is_trusted("192.0.2.1".parse().unwrap()));
+}
+
+#[test]
+fn limits_that_contradict_each_other_are_errors() {
+    let e = single_error(&minimal_plus(
+        "[limits]\nprelogin_per_ip = 50\nprelogin_total = 10\n",
+    ));
+    assert!(e.contains("limits.prelogin_per_ip"), "{e}");
+    let e = single_error(&minimal_plus(
+        "[limits]\nsessions_per_user = 5\nsessions_per_user_ip = 6\n",
+    ));
+    assert!(e.contains("limits.sessions_per_user_ip"), "{e}");
+    let e = single_error(&minimal_plus(
+        "[limits]\nauth_failure_delay = \"3s\"\nauth_penalty_max = \"1s\"\n",
+    ));
+    assert!(e.contains("limits.auth_penalty_max"), "{e}");
+    let e = single_error(&minimal_plus("[limits]\nlog_interval = \"0s\"\n"));
+    assert!(e.contains("limits.log_interval"), "{e}");
+    let e = single_error(&minimal_plus("[limits]\nlogin_queue_timeout = \"0s\"\n"));
+    assert!(e.contains("limits.login_queue_timeout"), "{e}");
+    let e = single_error(&minimal_plus("[limits]\nprelogin_total = 2000000\n"));
+    assert!(e.contains("limits.prelogin_total"), "{e}");
+    let e = single_error(&minimal_plus("[limits]\ntrusted = [\"10.0.0.0/33\"]\n"));
+    assert!(e.contains("limits.trusted"), "{e}");
 }

@@ -27,6 +27,7 @@ pub(crate) fn validate(config: &Config) -> ConfigErrors {
     check_health(config, &mut errors);
     check_cluster(config, &mut errors);
     check_prelogin_limits(config, &mut errors);
+    check_connection_limits(config, &mut errors);
     errors
 }
 
@@ -551,6 +552,80 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
         );
     }
     warnings
+}
+
+/// The largest `limits.prelogin_total` accepted: the per-address table is
+/// sized from it.
+pub const MAX_PRELOGIN_TOTAL: u32 = 1_000_000;
+
+/// `[limits]`, connection and login limits.
+fn check_connection_limits(config: &Config, errors: &mut ConfigErrors) {
+    let limits = &config.limits;
+    if limits.prelogin_total > MAX_PRELOGIN_TOTAL {
+        error(
+            errors,
+            "limits.prelogin_total",
+            format!(
+                "{} is too large (at most {MAX_PRELOGIN_TOTAL}; 0 turns the limit off)",
+                limits.prelogin_total
+            ),
+        );
+    }
+    if limits.prelogin_total != 0 && limits.prelogin_per_ip > limits.prelogin_total {
+        error(
+            errors,
+            "limits.prelogin_per_ip",
+            format!(
+                "{} is above limits.prelogin_total ({}), so it could never be reached; lower it or raise the total",
+                limits.prelogin_per_ip, limits.prelogin_total
+            ),
+        );
+    }
+    if limits.sessions_per_user != 0 && limits.sessions_per_user_ip > limits.sessions_per_user {
+        error(
+            errors,
+            "limits.sessions_per_user_ip",
+            format!(
+                "{} is above limits.sessions_per_user ({}), so it could never be reached; lower it or raise the per-user limit",
+                limits.sessions_per_user_ip, limits.sessions_per_user
+            ),
+        );
+    }
+    if limits.logins_per_backend != 0 {
+        require_positive(
+            errors,
+            "limits.login_queue_timeout",
+            limits.login_queue_timeout,
+        );
+    }
+    if limits.auth_penalty_max < limits.auth_failure_delay {
+        error(
+            errors,
+            "limits.auth_penalty_max",
+            "must be at least limits.auth_failure_delay (the penalty starts there and doubles up to this)",
+        );
+    }
+    if limits.auth_penalty_max > Duration::from_secs(300) {
+        error(
+            errors,
+            "limits.auth_penalty_max",
+            "is longer than 5m: clients would time out before hearing the answer (Dovecot uses 15s)",
+        );
+    }
+    if limits.auth_penalty_forget < Duration::from_secs(1) {
+        error(
+            errors,
+            "limits.auth_penalty_forget",
+            "must be at least 1s (failures are remembered with one-second resolution)",
+        );
+    }
+    if limits.log_interval < Duration::from_secs(1) {
+        error(
+            errors,
+            "limits.log_interval",
+            "must be at least 1s (hits are throttled with one-second resolution)",
+        );
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Listen, Protocol};
 use crate::launch::{backend_set, tls_config};
+use crate::limits::Limits;
 use crate::route::backends::{Backend, BackendId, BackendSet, Lifecycle};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
@@ -151,12 +152,21 @@ pub fn plan(
 
     let (backends, removed) = merge_backends(old_set, fresh, &mut changes);
     let listeners = listener_changes(listeners, &n.listen, &mut changes);
+    // The limit counters go on unless their settings or the backend
+    // count changed (then new connections count afresh; the ones already
+    // counted leave the counters they entered).
+    let limits = if o.limits == n.limits && old_set.backends.len() == backends.len() {
+        old.limits.clone()
+    } else {
+        Arc::new(Limits::new(&n.limits, backends.len()))
+    };
 
     Ok(ReloadPlan {
         shared: Arc::new(Shared {
             config: new,
             user_key,
             tls,
+            limits,
         }),
         backends,
         removed,
@@ -165,25 +175,47 @@ pub fn plan(
     })
 }
 
-/// The lines of a section's pretty-printed description that differ, as
-/// `section: old line -> new line` (one field per line; nested values are
-/// compared line by line too). Secrets print redacted.
+/// The fields of a section whose value differs, as `section.field: old ->
+/// new`, from the section's pretty-printed description (one top-level
+/// field per group of lines; a nested value is shown on one line).
+/// Secrets print redacted.
 fn section_changes(section: &str, old: &str, new: &str) -> Vec<String> {
     if old == new {
         return Vec::new();
     }
-    let old: Vec<&str> = old.lines().map(str::trim).collect();
-    let new: Vec<&str> = new.lines().map(str::trim).collect();
+    let (old, new) = (fields(old), fields(new));
     let mut out = Vec::new();
-    for (i, line) in new.iter().enumerate() {
-        let before = old.get(i).copied().unwrap_or("");
-        if *line != before {
-            let field = |l: &str| l.trim_end_matches(',').to_string();
-            out.push(format!("{section}: {} -> {}", field(before), field(line)));
+    for (name, value) in &new {
+        let before = old.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        if before != Some(value.as_str()) {
+            out.push(format!(
+                "{section}.{name}: {} -> {value}",
+                before.unwrap_or("(none)")
+            ));
         }
     }
-    if old.len() > new.len() {
-        out.push(format!("{section}: changed"));
+    out
+}
+
+/// The top-level `name: value` fields of a `{:#?}` description, each value
+/// with its nested lines joined by spaces.
+fn fields(pretty: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in pretty.lines() {
+        let depth = line.len() - line.trim_start().len();
+        let text = line.trim().trim_end_matches(',');
+        if depth == 4 {
+            if let Some((name, value)) = text.split_once(": ") {
+                out.push((name.to_string(), value.to_string()));
+                continue;
+            }
+        }
+        if depth > 4 {
+            if let Some((_, value)) = out.last_mut() {
+                value.push(' ');
+                value.push_str(text);
+            }
+        }
     }
     out
 }
@@ -341,6 +373,7 @@ mod tests {
         let shared = Shared {
             user_key: UserKeyFormat::parse(&c.server.user_key).unwrap(),
             tls: None,
+            limits: Arc::new(Limits::new(&c.limits, set.backends.len())),
             config: c,
         };
         (shared, set, bound)
@@ -388,7 +421,7 @@ mod tests {
         assert!(
             plan.changes
                 .iter()
-                .any(|c| c == "server: stall_timeout: 60s -> stall_timeout: 5s"),
+                .any(|c| c == "server.stall_timeout: 60s -> 5s"),
             "{:?}",
             plan.changes
         );
@@ -439,6 +472,19 @@ mod tests {
         let plan = plan(&old, &set, &bound, config(BASE)).unwrap();
         assert_eq!(plan.backends[1].lifecycle, Lifecycle::Active);
         assert!(plan.removed.is_empty());
+    }
+
+    #[test]
+    fn nested_values_are_compared_whole() {
+        let (old, set, bound) = in_force(BASE);
+        let new = format!("[limits]\ntrusted = [\"127.0.0.0/8\"]\n\n{BASE}");
+        let plan = plan(&old, &set, &bound, config(&new)).unwrap();
+        assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
+        assert!(
+            plan.changes[0].starts_with("limits.trusted: [] -> ["),
+            "{:?}",
+            plan.changes
+        );
     }
 
     #[test]

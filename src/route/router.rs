@@ -24,7 +24,7 @@ use local_sync::oneshot;
 use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
-use crate::route::shard::{Assignment, NoBackend, ShardTable};
+use crate::route::shard::{Assignment, NoBackend, SessionLimits, SessionOrigin, ShardTable};
 use crate::runtime::mailbox::MailboxSender;
 
 /// Routing messages between cores.
@@ -42,6 +42,8 @@ pub enum RouterMsg {
         protocol: Protocol,
         /// Backends that refused this login for load.
         avoid: Box<[BackendId]>,
+        /// Where a login session comes from (`None` for LMTP).
+        origin: Option<SessionOrigin>,
     },
     /// The answer to an [`RouterMsg::Acquire`] (to the asking core).
     Acquired {
@@ -51,6 +53,8 @@ pub enum RouterMsg {
         req: u64,
         /// The backend, or why there is none.
         result: Result<BackendId, NoBackend>,
+        /// The origin the count was taken for.
+        origin: Option<SessionOrigin>,
     },
     /// A session of `key` on `backend` closed (to the owner).
     Release {
@@ -58,6 +62,8 @@ pub enum RouterMsg {
         key: Box<str>,
         /// The backend the session ran on.
         backend: BackendId,
+        /// Where the session came from, as acquired.
+        origin: Option<SessionOrigin>,
     },
 }
 
@@ -75,6 +81,11 @@ pub enum RouteError {
     Held,
     /// The owner core is gone (the director is shutting down).
     CoreGone,
+    /// The user has `limits.sessions_per_user` sessions already.
+    UserSessions,
+    /// The user has `limits.sessions_per_user_ip` sessions from this
+    /// address and protocol already.
+    UserIpSessions,
 }
 
 impl From<NoBackend> for RouteError {
@@ -83,6 +94,8 @@ impl From<NoBackend> for RouteError {
             NoBackend::NoneRoutable => RouteError::NoBackend,
             NoBackend::ProtocolDown | NoBackend::Busy => RouteError::Unavailable,
             NoBackend::Closing => RouteError::Held,
+            NoBackend::UserSessions => RouteError::UserSessions,
+            NoBackend::UserIpSessions => RouteError::UserIpSessions,
         }
     }
 }
@@ -112,6 +125,7 @@ enum Deferred {
         req: u64,
         protocol: Protocol,
         avoid: Box<[BackendId]>,
+        origin: Option<SessionOrigin>,
     },
 }
 
@@ -200,18 +214,20 @@ impl Router {
     /// the backend it must use; `avoid` lists backends that refused this
     /// login for load (see [`ShardTable::acquire`]). Waits (at most
     /// [`HOLD_WAIT`] in all) while the user is held by a move or its old
-    /// sessions are still closing.
+    /// sessions are still closing. A login session names its `origin`, for
+    /// the per-user session limits; LMTP deliveries name none.
     pub async fn acquire(
         &self,
         key: &str,
         protocol: Protocol,
         avoid: &[BackendId],
+        origin: Option<SessionOrigin>,
     ) -> Result<BackendId, RouteError> {
         let deadline = monoio::time::Instant::now() + HOLD_WAIT;
         let owner = self.owner(key);
         if owner != self.core {
             return self
-                .acquire_remote(key, owner, protocol, avoid, deadline)
+                .acquire_remote(key, owner, protocol, avoid, origin, deadline)
                 .await;
         }
         loop {
@@ -228,7 +244,10 @@ impl Router {
                 }
             }
             let set = self.backends();
-            let result = self.shard.borrow_mut().acquire(key, &set, protocol, avoid);
+            let result = self
+                .shard
+                .borrow_mut()
+                .acquire(key, &set, protocol, avoid, origin);
             match result {
                 Ok(b) => return Ok(b),
                 Err(NoBackend::Closing) => {
@@ -254,6 +273,7 @@ impl Router {
         owner: usize,
         protocol: Protocol,
         avoid: &[BackendId],
+        origin: Option<SessionOrigin>,
         deadline: monoio::time::Instant,
     ) -> Result<BackendId, RouteError> {
         let req = self.next_req.get();
@@ -267,6 +287,7 @@ impl Router {
             req,
             protocol,
             avoid: avoid.into(),
+            origin,
         };
         if !self.post.post(owner, msg) {
             return Err(RouteError::CoreGone);
@@ -278,15 +299,17 @@ impl Router {
         }
     }
 
-    /// Forgets one session of `key` that ran on `backend`.
-    pub fn release(&self, key: &str, backend: BackendId) {
+    /// Forgets one session of `key` (from `origin`, as acquired) that ran
+    /// on `backend`.
+    pub fn release(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
         let owner = self.owner(key);
         if owner == self.core {
-            self.release_local(key, backend);
+            self.release_local(key, backend, origin);
         } else {
             let msg = RouterMsg::Release {
                 key: key.into(),
                 backend,
+                origin,
             };
             // A gone owner means shutdown: nothing left to count.
             let _ = self.post.post(owner, msg);
@@ -295,11 +318,11 @@ impl Router {
 
     /// Releases on this core's shard; when that was the user's last
     /// session, wakes the moves and logins that wait for it.
-    fn release_local(&self, key: &str, backend: BackendId) {
+    fn release_local(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
         let idle = self
             .shard
             .borrow_mut()
-            .release(key, backend, Instant::now());
+            .release(key, backend, origin, Instant::now());
         if !idle {
             return;
         }
@@ -325,7 +348,8 @@ impl Router {
                 req,
                 protocol,
                 avoid,
-            } => self.answer_acquire(key, from, req, protocol, avoid),
+                origin,
+            } => self.answer_acquire(key, from, req, protocol, avoid, origin),
         }
     }
 
@@ -353,6 +377,7 @@ impl Router {
                 req,
                 protocol,
                 avoid,
+                origin,
             } => {
                 if let Some(waiters) = self.holds.borrow_mut().get_mut(&key) {
                     waiters.push(Deferred::Remote {
@@ -360,12 +385,18 @@ impl Router {
                         req,
                         protocol,
                         avoid,
+                        origin,
                     });
                     return;
                 }
-                self.answer_acquire(&key, from, req, protocol, avoid);
+                self.answer_acquire(&key, from, req, protocol, avoid, origin);
             }
-            RouterMsg::Acquired { key, req, result } => {
+            RouterMsg::Acquired {
+                key,
+                req,
+                result,
+                origin,
+            } => {
                 let asker = self.pending.borrow_mut().remove(&req);
                 let delivered = match asker {
                     Some(tx) => tx.send(result).is_ok(),
@@ -375,11 +406,15 @@ impl Router {
                     // The login gave up or was dropped: it will never
                     // release the count this answer took for it.
                     if let Ok(b) = result {
-                        self.release(&key, b);
+                        self.release(&key, b, origin);
                     }
                 }
             }
-            RouterMsg::Release { key, backend } => self.release_local(&key, backend),
+            RouterMsg::Release {
+                key,
+                backend,
+                origin,
+            } => self.release_local(&key, backend, origin),
         }
     }
 
@@ -392,9 +427,13 @@ impl Router {
         req: u64,
         protocol: Protocol,
         avoid: Box<[BackendId]>,
+        origin: Option<SessionOrigin>,
     ) {
         let set = self.backends();
-        let result = self.shard.borrow_mut().acquire(key, &set, protocol, &avoid);
+        let result = self
+            .shard
+            .borrow_mut()
+            .acquire(key, &set, protocol, &avoid, origin);
         if result == Err(NoBackend::Closing) {
             self.closing
                 .borrow_mut()
@@ -405,6 +444,7 @@ impl Router {
                     req,
                     protocol,
                     avoid,
+                    origin,
                 });
             return;
         }
@@ -412,11 +452,12 @@ impl Router {
             key: key.into(),
             req,
             result,
+            origin,
         };
         if !self.post.post(from, msg) {
             // The asker is gone; do not leak its session count.
             if let Ok(b) = result {
-                self.release_local(key, b);
+                self.release_local(key, b, origin);
             }
         }
     }
@@ -475,9 +516,9 @@ impl Router {
         dropped
     }
 
-    /// Changes `user_expire` (a reload).
-    pub fn set_user_expire(&self, expire: std::time::Duration) {
-        self.shard.borrow_mut().set_expire(expire);
+    /// Changes `user_expire` and the session limits (a reload).
+    pub fn set_settings(&self, expire: std::time::Duration, limits: SessionLimits) {
+        self.shard.borrow_mut().set_settings(expire, limits);
     }
 
     /// Removes idle assignments past `user_expire`; returns how many.
@@ -549,11 +590,11 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "mover";
-            let first = r.acquire(key, Protocol::Imap, &[]).await.unwrap();
-            r.release(key, first);
+            let first = r.acquire(key, Protocol::Imap, &[], None).await.unwrap();
+            r.release(key, first, None);
             let target = (first + 1) % 3;
             r.hold(key);
-            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[]));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[], None));
             poll_once(waiting.as_mut());
             assert_eq!(
                 r.holds.borrow()[key].len(),
@@ -571,7 +612,7 @@ mod tests {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
             assert_eq!(
-                r.acquire("stuck", Protocol::Imap, &[]).await,
+                r.acquire("stuck", Protocol::Imap, &[], None).await,
                 Err(RouteError::Held)
             );
         });
@@ -588,6 +629,7 @@ mod tests {
             req: 7,
             protocol: Protocol::Imap,
             avoid: Box::new([]),
+            origin: None,
         });
         assert!(outbox.0.lock().unwrap().is_empty(), "no answer while held");
         owner.unhold("bob", Reassign::To(2));
@@ -619,7 +661,7 @@ mod tests {
                 .unwrap();
             let asker = router(0, 2, outbox.clone());
             let owner = router(1, 2, Arc::new(Outbox::default()));
-            let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[]));
+            let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[], None));
             poll_once(pending.as_mut());
             let (to, msg) = outbox.0.lock().unwrap().remove(0);
             assert_eq!(to, 1);
@@ -662,7 +704,7 @@ mod tests {
             owner.hold(&key);
             let started = std::time::Instant::now();
             assert_eq!(
-                asker.acquire(&key, Protocol::Imap, &[]).await,
+                asker.acquire(&key, Protocol::Imap, &[], None).await,
                 Err(RouteError::Held)
             );
             assert!(
@@ -695,7 +737,7 @@ mod tests {
             let owner_out = Arc::new(Outbox::default());
             let owner = router(1, 2, owner_out.clone());
             {
-                let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[]));
+                let mut pending = std::pin::pin!(asker.acquire(&key, Protocol::Imap, &[], None));
                 poll_once(pending.as_mut());
             } // the login is dropped in the middle of routing
             assert!(asker.pending.borrow().is_empty());
@@ -714,7 +756,7 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             let key = "eve";
-            let old = r.acquire(key, Protocol::Imap, &[]).await.unwrap();
+            let old = r.acquire(key, Protocol::Imap, &[], None).await.unwrap();
             let down = r
                 .backends()
                 .with_change(old, |b| b.set_every_protocol(Health::Unhealthy));
@@ -722,10 +764,10 @@ mod tests {
                 r.apply_backends(Arc::new(down)).is_empty(),
                 "kept: it has a session"
             );
-            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[]));
+            let mut waiting = std::pin::pin!(r.acquire(key, Protocol::Imap, &[], None));
             poll_once(waiting.as_mut());
             assert_eq!(r.local_assignment(key).unwrap().backend, old);
-            r.release(key, old);
+            r.release(key, old, None);
             let new = waiting.await.unwrap();
             assert_ne!(new, old);
             assert_eq!(r.local_assignment(key).unwrap().sessions, 1);
@@ -736,14 +778,14 @@ mod tests {
     fn wait_idle_completes_on_the_last_release() {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
-            let b = r.acquire("fay", Protocol::Imap, &[]).await.unwrap();
-            r.acquire("fay", Protocol::Imap, &[]).await.unwrap();
+            let b = r.acquire("fay", Protocol::Imap, &[], None).await.unwrap();
+            r.acquire("fay", Protocol::Imap, &[], None).await.unwrap();
             assert!(!r.wait_idle("fay", Duration::from_millis(20)).await);
             let mut idle = std::pin::pin!(r.wait_idle("fay", Duration::from_secs(5)));
             poll_once(idle.as_mut());
-            r.release("fay", b);
+            r.release("fay", b, None);
             poll_once(idle.as_mut());
-            r.release("fay", b);
+            r.release("fay", b, None);
             assert!(idle.await);
         });
     }

@@ -13,13 +13,50 @@
 //! replaced until its last session has released it, so a user's new
 //! session never opens on another backend while an old one is still open
 //! ([`NoBackend::Closing`] tells the caller to wait for that).
+//!
+//! The owner core also enforces the per-user session limits
+//! (`limits.sessions_per_user`, `limits.sessions_per_user_ip`): a login
+//! session names its [`SessionOrigin`] and is refused when its user, or
+//! its user from that address and protocol, already has that many. LMTP
+//! deliveries name none and are not limited.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashMap;
 
 use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
+
+/// Where a logged-in session comes from, for the per-address limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOrigin {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The session's protocol (the per-address limit counts per protocol,
+    /// as Dovecot's `mail_max_userip_connections` does).
+    pub protocol: Protocol,
+}
+
+/// The per-user session limits; 0 turns one off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `limits.sessions_per_user`: logged-in sessions of one user.
+    pub per_user: u32,
+    /// `limits.sessions_per_user_ip`: sessions of one user from one
+    /// address, per protocol.
+    pub per_user_ip: u32,
+}
+
+impl SessionLimits {
+    /// The limits `[limits]` sets.
+    pub fn of(config: &crate::config::LimitsConfig) -> SessionLimits {
+        SessionLimits {
+            per_user: config.sessions_per_user,
+            per_user_ip: config.sessions_per_user_ip,
+        }
+    }
+}
 
 /// A user's place.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +69,52 @@ pub struct Assignment {
     pub since: SystemTime,
     /// When the last session closed, while `sessions == 0`.
     idle_since: Option<Instant>,
+    /// Login sessions per origin (LMTP deliveries have none).
+    origins: Vec<(SessionOrigin, u32)>,
+}
+
+impl Assignment {
+    /// Logged-in sessions with an origin (LMTP deliveries not counted).
+    pub fn logged_in(&self) -> u32 {
+        self.origins.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Logged-in sessions from `origin`.
+    fn sessions_from(&self, origin: SessionOrigin) -> u32 {
+        self.origins
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Refuses one more session from `origin` over a limit.
+    fn admits(&self, origin: SessionOrigin, limits: SessionLimits) -> Result<(), NoBackend> {
+        if limits.per_user != 0 && self.logged_in() >= limits.per_user {
+            return Err(NoBackend::UserSessions);
+        }
+        if limits.per_user_ip != 0 && self.sessions_from(origin) >= limits.per_user_ip {
+            return Err(NoBackend::UserIpSessions);
+        }
+        Ok(())
+    }
+
+    /// Counts one more session from `origin`.
+    fn add_origin(&mut self, origin: SessionOrigin) {
+        match self.origins.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.origins.push((origin, 1)),
+        }
+    }
+
+    /// Counts one session from `origin` less.
+    fn remove_origin(&mut self, origin: SessionOrigin) {
+        if let Some(i) = self.origins.iter().position(|(o, _)| *o == origin) {
+            self.origins[i].1 -= 1;
+            if self.origins[i].1 == 0 {
+                self.origins.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// Why a user could not be placed.
@@ -48,6 +131,11 @@ pub enum NoBackend {
     /// The user's backend refused the login for load and the user has
     /// live sessions there, so it cannot be placed elsewhere.
     Busy,
+    /// The user has `limits.sessions_per_user` sessions already.
+    UserSessions,
+    /// The user has `limits.sessions_per_user_ip` sessions from this
+    /// address and protocol already.
+    UserIpSessions,
 }
 
 /// The shard of one core.
@@ -55,14 +143,22 @@ pub enum NoBackend {
 pub struct ShardTable {
     users: AHashMap<Box<str>, Assignment>,
     expire: Duration,
+    limits: SessionLimits,
 }
 
 impl ShardTable {
-    /// An empty shard whose idle assignments live for `expire`.
+    /// An empty shard whose idle assignments live for `expire`, without
+    /// session limits.
     pub fn new(expire: Duration) -> ShardTable {
+        ShardTable::with_limits(expire, SessionLimits::default())
+    }
+
+    /// An empty shard that enforces `limits`.
+    pub fn with_limits(expire: Duration, limits: SessionLimits) -> ShardTable {
         ShardTable {
             users: AHashMap::new(),
             expire,
+            limits,
         }
     }
 
@@ -75,17 +171,25 @@ impl ShardTable {
     /// not moved: [`NoBackend::ProtocolDown`]. A user whose backend is in
     /// `avoid` (it refused this login for load) moves only when it has no
     /// live session there, else [`NoBackend::Busy`].
+    ///
+    /// A login session names its `origin` and is refused over a per-user
+    /// limit ([`NoBackend::UserSessions`], [`NoBackend::UserIpSessions`]).
     pub fn acquire(
         &mut self,
         key: &str,
         set: &BackendSet,
         protocol: Protocol,
         avoid: &[BackendId],
+        origin: Option<SessionOrigin>,
     ) -> Result<BackendId, NoBackend> {
         if let Some(a) = self.users.get_mut(key) {
             if let Some(b) = set.get(a.backend).filter(|b| b.keeps_users()) {
                 let refused = avoid.contains(&a.backend);
                 if !refused && b.serves(protocol) {
+                    if let Some(origin) = origin {
+                        a.admits(origin, self.limits)?;
+                        a.add_origin(origin);
+                    }
                     a.sessions += 1;
                     a.idle_since = None;
                     return Ok(a.backend);
@@ -111,18 +215,29 @@ impl ShardTable {
                 sessions: 1,
                 since: SystemTime::now(),
                 idle_since: None,
+                origins: origin.map(|o| (o, 1)).into_iter().collect(),
             },
         );
         Ok(backend)
     }
 
-    /// Forgets one session of `key` that ran on `backend`. A session of an
-    /// earlier assignment (the user moved meanwhile) does not count.
-    /// Returns true when the user has no session left.
-    pub fn release(&mut self, key: &str, backend: BackendId, now: Instant) -> bool {
+    /// Forgets one session of `key` (from `origin`, as acquired) that ran
+    /// on `backend`. A session of an earlier assignment (the user moved
+    /// meanwhile) does not count. Returns true when the user has no
+    /// session left.
+    pub fn release(
+        &mut self,
+        key: &str,
+        backend: BackendId,
+        origin: Option<SessionOrigin>,
+        now: Instant,
+    ) -> bool {
         match self.users.get_mut(key) {
             Some(a) => {
                 if a.backend == backend && a.sessions > 0 {
+                    if let Some(origin) = origin {
+                        a.remove_origin(origin);
+                    }
                     a.sessions -= 1;
                     if a.sessions == 0 {
                         a.idle_since = Some(now);
@@ -160,6 +275,7 @@ impl ShardTable {
                 sessions: 0,
                 since: SystemTime::now(),
                 idle_since: Some(now),
+                origins: Vec::new(),
             },
         );
     }
@@ -179,9 +295,11 @@ impl ShardTable {
         dropped
     }
 
-    /// Changes how long idle assignments live.
-    pub fn set_expire(&mut self, expire: Duration) {
+    /// Changes how long idle assignments live and the session limits (a
+    /// reload); sessions already counted stay.
+    pub fn set_settings(&mut self, expire: Duration, limits: SessionLimits) {
         self.expire = expire;
+        self.limits = limits;
     }
 
     /// Removes assignments idle for longer than `user_expire`; returns how many.
@@ -221,11 +339,11 @@ mod tests {
     fn assigns_first_choice_and_counts_sessions() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("alice", &set, Protocol::Imap, &[]).unwrap();
+        let b = t.acquire("alice", &set, Protocol::Imap, &[], None).unwrap();
         assert_eq!(Some(b), set.first_choice("alice", Protocol::Imap, &[]));
-        assert_eq!(t.acquire("alice", &set, Protocol::Imap, &[]), Ok(b));
+        assert_eq!(t.acquire("alice", &set, Protocol::Imap, &[], None), Ok(b));
         assert_eq!(t.get("alice").unwrap().sessions, 2);
-        t.release("alice", b, Instant::now());
+        t.release("alice", b, None, Instant::now());
         assert_eq!(t.get("alice").unwrap().sessions, 1);
     }
 
@@ -238,36 +356,41 @@ mod tests {
             .unwrap();
         let without_0 = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire(&key, &without_0, Protocol::Imap, &[]).unwrap();
+        let b = t
+            .acquire(&key, &without_0, Protocol::Imap, &[], None)
+            .unwrap();
         assert_ne!(b, 0);
         // Backend 0 recovers: the user stays where it is.
-        assert_eq!(t.acquire(&key, &set, Protocol::Imap, &[]), Ok(b));
+        assert_eq!(t.acquire(&key, &set, Protocol::Imap, &[], None), Ok(b));
     }
 
     #[test]
     fn moves_when_backend_can_no_longer_keep_users() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("bob", &set, Protocol::Imap, &[]).unwrap();
+        let b = t.acquire("bob", &set, Protocol::Imap, &[], None).unwrap();
         let drained = set.with_change(b, |x| x.admin = AdminState::Drain);
         assert_eq!(
-            t.acquire("bob", &drained, Protocol::Imap, &[]),
+            t.acquire("bob", &drained, Protocol::Imap, &[], None),
             Ok(b),
             "drain keeps its users"
         );
         let down = set.with_change(b, |x| x.admin = AdminState::Down);
         assert_eq!(
-            t.acquire("bob", &down, Protocol::Imap, &[]),
+            t.acquire("bob", &down, Protocol::Imap, &[], None),
             Err(NoBackend::Closing),
             "no new session elsewhere while two are still open on the old backend"
         );
-        t.release("bob", b, Instant::now());
+        t.release("bob", b, None, Instant::now());
         assert_eq!(
-            t.acquire("bob", &down, Protocol::Imap, &[]),
+            t.acquire("bob", &down, Protocol::Imap, &[], None),
             Err(NoBackend::Closing)
         );
-        assert!(t.release("bob", b, Instant::now()), "the last one closed");
-        let nb = t.acquire("bob", &down, Protocol::Imap, &[]).unwrap();
+        assert!(
+            t.release("bob", b, None, Instant::now()),
+            "the last one closed"
+        );
+        let nb = t.acquire("bob", &down, Protocol::Imap, &[], None).unwrap();
         assert_ne!(nb, b);
         assert_eq!(Some(nb), down.first_choice("bob", Protocol::Imap, &[]));
     }
@@ -278,7 +401,7 @@ mod tests {
         let mut t = ShardTable::new(Duration::from_secs(60));
         let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
         for u in &users {
-            t.acquire(u, &set, Protocol::Imap, &[]).unwrap();
+            t.acquire(u, &set, Protocol::Imap, &[], None).unwrap();
         }
         let on_0: Vec<&String> = users
             .iter()
@@ -287,7 +410,7 @@ mod tests {
         // Half of backend 0's users have closed their session.
         let (idle, busy) = on_0.split_at(on_0.len() / 2);
         for u in idle {
-            t.release(u, 0, Instant::now());
+            t.release(u, 0, None, Instant::now());
         }
         let dead = set.with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
         let dropped = t.drop_unkept(&dead);
@@ -305,9 +428,9 @@ mod tests {
         let set = set_of(2);
         let mut t = ShardTable::new(Duration::from_secs(10));
         let start = Instant::now();
-        let b = t.acquire("idle", &set, Protocol::Imap, &[]).unwrap();
-        t.acquire("busy", &set, Protocol::Imap, &[]).unwrap();
-        t.release("idle", b, start);
+        let b = t.acquire("idle", &set, Protocol::Imap, &[], None).unwrap();
+        t.acquire("busy", &set, Protocol::Imap, &[], None).unwrap();
+        t.release("idle", b, None, start);
         assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
         assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
         assert!(t.get("idle").is_none());
@@ -318,10 +441,10 @@ mod tests {
     fn release_of_an_old_assignment_is_ignored() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("carol", &set, Protocol::Imap, &[]).unwrap();
+        let b = t.acquire("carol", &set, Protocol::Imap, &[], None).unwrap();
         let other = (b + 1) % 3;
         t.assign("carol", other, Instant::now());
-        t.release("carol", b, Instant::now());
+        t.release("carol", b, None, Instant::now());
         assert_eq!(t.get("carol").unwrap().sessions, 0);
         assert_eq!(t.get("carol").unwrap().backend, other);
     }
@@ -331,7 +454,7 @@ mod tests {
         let set = set_of(1).with_change(0, |b| b.admin = AdminState::Down);
         let mut t = ShardTable::new(Duration::from_secs(60));
         assert_eq!(
-            t.acquire("x", &set, Protocol::Imap, &[]),
+            t.acquire("x", &set, Protocol::Imap, &[], None),
             Err(NoBackend::NoneRoutable)
         );
     }
@@ -340,22 +463,25 @@ mod tests {
     fn a_failed_protocol_port_neither_moves_nor_drops_the_user() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("dana", &set, Protocol::Imap, &[]).unwrap();
+        let b = t.acquire("dana", &set, Protocol::Imap, &[], None).unwrap();
         let no_pop3 = set.with_change(b, |x| {
             x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
         });
         assert!(t.drop_unkept(&no_pop3).is_empty(), "the assignment stays");
         assert_eq!(
-            t.acquire("dana", &no_pop3, Protocol::Pop3, &[]),
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[], None),
             Err(NoBackend::ProtocolDown)
         );
-        t.release("dana", b, Instant::now());
+        t.release("dana", b, None, Instant::now());
         assert_eq!(
-            t.acquire("dana", &no_pop3, Protocol::Pop3, &[]),
+            t.acquire("dana", &no_pop3, Protocol::Pop3, &[], None),
             Err(NoBackend::ProtocolDown),
             "an idle assignment is not moved either"
         );
-        assert_eq!(t.acquire("dana", &no_pop3, Protocol::Imap, &[]), Ok(b));
+        assert_eq!(
+            t.acquire("dana", &no_pop3, Protocol::Imap, &[], None),
+            Ok(b)
+        );
         assert_eq!(t.get("dana").unwrap().sessions, 1);
     }
 
@@ -370,23 +496,85 @@ mod tests {
             x.set_protocol_health(Protocol::Pop3, Health::Unhealthy)
         });
         let mut t = ShardTable::new(Duration::from_secs(60));
-        assert_ne!(t.acquire(&key, &no_pop3, Protocol::Pop3, &[]), Ok(0));
+        assert_ne!(t.acquire(&key, &no_pop3, Protocol::Pop3, &[], None), Ok(0));
     }
 
     #[test]
     fn a_busy_backend_moves_only_a_user_without_live_sessions() {
         let set = set_of(3);
         let mut t = ShardTable::new(Duration::from_secs(60));
-        let b = t.acquire("erin", &set, Protocol::Imap, &[]).unwrap();
+        let b = t.acquire("erin", &set, Protocol::Imap, &[], None).unwrap();
         assert_eq!(
-            t.acquire("erin", &set, Protocol::Pop3, &[b]),
+            t.acquire("erin", &set, Protocol::Pop3, &[b], None),
             Err(NoBackend::Busy),
             "a user with a live session stays on its backend"
         );
-        t.release("erin", b, Instant::now());
-        let other = t.acquire("erin", &set, Protocol::Pop3, &[b]).unwrap();
+        t.release("erin", b, None, Instant::now());
+        let other = t.acquire("erin", &set, Protocol::Pop3, &[b], None).unwrap();
         assert_ne!(other, b);
         assert_eq!(t.get("erin").unwrap().backend, other);
         assert_eq!(t.get("erin").unwrap().sessions, 1);
+    }
+
+    fn origin(ip: &str, protocol: Protocol) -> Option<SessionOrigin> {
+        Some(SessionOrigin {
+            ip: ip.parse().unwrap(),
+            protocol,
+        })
+    }
+
+    /// Acquires for a login of `origin`'s protocol.
+    fn login(
+        t: &mut ShardTable,
+        key: &str,
+        set: &BackendSet,
+        origin: Option<SessionOrigin>,
+    ) -> Result<BackendId, NoBackend> {
+        let protocol = origin.map_or(Protocol::Lmtp, |o| o.protocol);
+        t.acquire(key, set, protocol, &[], origin)
+    }
+
+    #[test]
+    fn per_user_ip_limit_counts_per_address_and_protocol() {
+        let set = set_of(2);
+        let limits = SessionLimits {
+            per_user: 0,
+            per_user_ip: 2,
+        };
+        let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
+        let a = origin("192.0.2.1", Protocol::Imap);
+        let b = login(&mut t, "dan", &set, a).unwrap();
+        login(&mut t, "dan", &set, a).unwrap();
+        assert_eq!(
+            login(&mut t, "dan", &set, a),
+            Err(NoBackend::UserIpSessions)
+        );
+        assert_eq!(
+            t.get("dan").unwrap().sessions,
+            2,
+            "a refusal counts nothing"
+        );
+        login(&mut t, "dan", &set, origin("192.0.2.2", Protocol::Imap)).expect("another address");
+        login(&mut t, "dan", &set, origin("192.0.2.1", Protocol::Pop3)).expect("another protocol");
+        login(&mut t, "dan", &set, None).expect("LMTP is not limited");
+        t.release("dan", b, a, Instant::now());
+        assert_eq!(login(&mut t, "dan", &set, a), Ok(b), "room after a release");
+    }
+
+    #[test]
+    fn per_user_limit_counts_every_login_session() {
+        let set = set_of(2);
+        let limits = SessionLimits {
+            per_user: 2,
+            per_user_ip: 0,
+        };
+        let mut t = ShardTable::with_limits(Duration::from_secs(60), limits);
+        login(&mut t, "eve", &set, origin("192.0.2.1", Protocol::Imap)).unwrap();
+        login(&mut t, "eve", &set, origin("192.0.2.2", Protocol::Sieve)).unwrap();
+        assert_eq!(
+            login(&mut t, "eve", &set, origin("192.0.2.3", Protocol::Imap)),
+            Err(NoBackend::UserSessions)
+        );
+        assert_eq!(t.get("eve").unwrap().logged_in(), 2);
     }
 }

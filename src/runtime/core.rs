@@ -19,7 +19,7 @@ use crate::config::{Config, Listen, Protocol};
 use crate::control::ControlMsg;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::router::{Reassign, Router, RouterMsg};
-use crate::route::shard::Assignment;
+use crate::route::shard::{Assignment, SessionLimits};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
 use crate::runtime::sessions::{Closed, KickReason, Sessions};
@@ -34,6 +34,10 @@ pub struct Shared {
     pub user_key: UserKeyFormat,
     /// The TLS server configuration, shared by all cores (one ticket key).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The address- and backend-based limits, counted across all cores.
+    /// A reload keeps the same counters unless `[limits]` or the number of
+    /// backends changed; a connection keeps the ones it was counted in.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -224,8 +228,10 @@ impl Core {
 
     /// Puts a reloaded configuration in force for new connections.
     pub fn set_shared(&self, shared: Arc<Shared>) {
-        self.router
-            .set_user_expire(shared.config.server.user_expire);
+        self.router.set_settings(
+            shared.config.server.user_expire,
+            SessionLimits::of(&shared.config.limits),
+        );
         *self.shared.borrow_mut() = shared;
     }
 

@@ -17,7 +17,7 @@ use crate::config::{Driver, Listen};
 use crate::control::{ControlMsg, ControlPlane};
 use crate::route::backends::BackendSet;
 use crate::route::router::{CorePost, Router};
-use crate::route::shard::ShardTable;
+use crate::route::shard::{SessionLimits, ShardTable};
 use crate::runtime::core::{core_main, Core, CoreMsg, Shared};
 use crate::runtime::mailbox::{mailbox, MailboxSender};
 
@@ -140,7 +140,9 @@ pub fn start(
                     }
                 }
                 let expire = shared.config.server.user_expire;
-                let router = Router::new(i, cores, post, backends, ShardTable::new(expire));
+                let limits = SessionLimits::of(&shared.config.limits);
+                let shard = ShardTable::with_limits(expire, limits);
+                let router = Router::new(i, cores, post, backends, shard);
                 let core = std::rc::Rc::new(Core::new(i, shared.clone(), router, control));
                 let name = format!("core {i}");
                 run_runtime(

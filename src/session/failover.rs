@@ -16,6 +16,12 @@
 //! is not reported: the login asks the router again, naming that backend
 //! to avoid, and the router moves the user only if it has no live session
 //! there — otherwise the login gets the "unavailable" answer.
+//!
+//! The login limits act here too: an address with recent failures waits
+//! its penalty before the login is tried, the owner core refuses a session
+//! over a per-user limit, each backend attempt holds one of the backend's
+//! login slots, and a refusal is relayed no sooner than
+//! `limits.auth_failure_delay` after the login began.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,9 +33,12 @@ use tracing::{info, warn};
 
 use crate::backend::{BackendError, Login};
 use crate::config::Protocol;
+use crate::io::{write_bytes, WriteSide};
+use crate::limits::Limit;
 use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
+use crate::route::shard::SessionOrigin;
 use crate::route::user_key::{check_login_name, BadLoginName};
 use crate::runtime::core::Core;
 use crate::runtime::stats::LoginOutcome;
@@ -43,21 +52,30 @@ pub struct Failover<'a> {
     core: &'a Core,
     key: &'a str,
     protocol: Protocol,
+    /// Where the login comes from, for the per-user session limits.
+    origin: SessionOrigin,
     attempts: u32,
     /// Backends that refused this login for load.
     refused: Vec<BackendId>,
 }
 
 impl<'a> Failover<'a> {
-    /// Starts routing a login of `key` over `protocol`.
-    pub fn new(core: &'a Core, key: &'a str, protocol: Protocol) -> Failover<'a> {
+    /// Starts routing a login of `key` from `origin` (its protocol is the
+    /// login's).
+    pub fn new(core: &'a Core, key: &'a str, origin: SessionOrigin) -> Failover<'a> {
         Failover {
             core,
             key,
-            protocol,
+            protocol: origin.protocol,
+            origin,
             attempts: 0,
             refused: Vec::new(),
         }
+    }
+
+    /// Gives back the session counted on `id`.
+    pub fn release(&self, id: BackendId) {
+        self.core.router.release(self.key, id, Some(self.origin));
     }
 
     /// The backend to try next (its session is counted), with the snapshot
@@ -67,11 +85,11 @@ impl<'a> Failover<'a> {
         let id = self
             .core
             .router
-            .acquire(self.key, self.protocol, &self.refused)
+            .acquire(self.key, self.protocol, &self.refused, Some(self.origin))
             .await?;
         let set = self.core.router.backends();
         if set.get(id).is_none() {
-            self.core.router.release(self.key, id);
+            self.release(id);
             return Err(RouteError::NoBackend);
         }
         tracing::Span::current().record("backend", set.get(id).map_or("", |b| &*b.name));
@@ -82,7 +100,7 @@ impl<'a> Failover<'a> {
     /// says whether to try again (after the backend was declared down, or
     /// refused for load).
     pub async fn failed(&mut self, id: BackendId, error: &BackendError) -> bool {
-        self.core.router.release(self.key, id);
+        self.release(id);
         let name = self
             .core
             .router
@@ -157,6 +175,8 @@ pub enum Routed {
         to_client: Vec<u8>,
         /// Which backend.
         backend_id: BackendId,
+        /// Where the session comes from, as counted by the owner core.
+        origin: SessionOrigin,
     },
     /// The backend refused; its answer has been relayed to the client.
     Rejected,
@@ -164,6 +184,8 @@ pub enum Routed {
     NoBackend,
     /// The user's backends failed: answer the protocol's "unavailable".
     Unavailable,
+    /// A limit refused the login: answer the protocol's "try later".
+    OverLimit(Limit),
 }
 
 /// Why a routed login did not log the client in.
@@ -175,6 +197,9 @@ pub enum Refusal {
     NoBackend,
     /// The user's backends failed.
     Unavailable,
+    /// A limit refused the login (`sessions_per_user`,
+    /// `sessions_per_user_ip` or `logins_per_backend`).
+    OverLimit(Limit),
 }
 
 impl Refusal {
@@ -185,7 +210,24 @@ impl Refusal {
             Refusal::Rejected => None,
             Refusal::NoBackend => Some("No server is available for this account, try again later."),
             Refusal::Unavailable => Some("Server unavailable, try again later."),
+            Refusal::OverLimit(Limit::SessionsPerUser) => {
+                Some("Too many sessions for this account, close one and try again.")
+            }
+            Refusal::OverLimit(Limit::SessionsPerUserIp) => Some(
+                "Too many sessions for this account from your address, close one and try again.",
+            ),
+            Refusal::OverLimit(_) => Some("Server busy, try again later."),
         }
+    }
+
+    /// Whether the refusal is a per-user session limit (IMAP `[LIMIT]`,
+    /// POP3 `[IN-USE]`, RFC 5530 and RFC 2449) rather than the server
+    /// being unavailable.
+    pub fn is_user_limit(self) -> bool {
+        matches!(
+            self,
+            Refusal::OverLimit(Limit::SessionsPerUser | Limit::SessionsPerUserIp)
+        )
     }
 }
 
@@ -204,27 +246,32 @@ impl Routed {
                 stream,
                 to_client,
                 backend_id,
+                origin,
             } => Ok(LoggedIn {
                 backend: stream,
                 backend_id,
                 key,
+                origin,
                 to_backend: to_backend(),
                 to_client,
             }),
             Routed::Rejected => Err(Refusal::Rejected),
             Routed::NoBackend => Err(Refusal::NoBackend),
             Routed::Unavailable => Err(Refusal::Unavailable),
+            Routed::OverLimit(limit) => Err(Refusal::OverLimit(limit)),
         }
     }
 }
 
 /// One protocol's backend login: replays the credentials on a backend and
-/// relays its answer to the client stream it is given.
+/// relays its answer to the client stream it is given (a refusal is
+/// handed back instead, for [`login_routed`] to delay and relay).
 pub type Attempt<'x> = Pin<Box<dyn Future<Output = Result<Login, BackendError>> + 'x>>;
 
-/// Routes a login of `key` and runs `attempt` on the user's backend, with
-/// failover, counting the outcome and its latency. The session count of an
-/// accepted login stays acquired (the relay releases it).
+/// Routes a login of `key` from `origin` and runs `attempt` on the user's
+/// backend, with failover, counting the outcome and its latency. The
+/// session count of an accepted login stays acquired (the relay releases
+/// it).
 ///
 /// `attempt` gets the backend, the client stream and a `&&'a ()` whose only
 /// job is to tell the compiler that what the closure borrows for `'a` (the
@@ -232,19 +279,44 @@ pub type Attempt<'x> = Pin<Box<dyn Future<Output = Result<Login, BackendError>> 
 pub async fn login_routed<'a, S, F>(
     core: &Core,
     key: &str,
-    protocol: Protocol,
+    origin: SessionOrigin,
     client: &mut S,
     mut attempt: F,
 ) -> Routed
 where
+    S: WriteSide,
     F: for<'x> FnMut(&'x Backend, &'x mut S, &'x &'a ()) -> Attempt<'x>,
 {
     let anchor: &'a () = &();
+    let protocol = origin.protocol;
+    let began = Instant::now();
+    let shared = core.shared();
+    let limits = &shared.limits;
+    let penalty = limits.auth_penalty(origin.ip);
+    if !penalty.is_zero() {
+        info!(
+            penalty_ms = penalty.as_millis() as u64,
+            "recent failed logins from this address: waiting"
+        );
+        monoio::time::sleep(penalty).await;
+    }
+    // Login latency, as counted, leaves out the penalty.
     let started = Instant::now();
-    let mut route = Failover::new(core, key, protocol);
+    let mut route = Failover::new(core, key, origin);
     loop {
         let (backend_id, set) = match route.next_backend().await {
             Ok(b) => b,
+            Err(e @ (RouteError::UserSessions | RouteError::UserIpSessions)) => {
+                let limit = if e == RouteError::UserSessions {
+                    Limit::SessionsPerUser
+                } else {
+                    Limit::SessionsPerUserIp
+                };
+                limits.hit(limit, origin.ip);
+                core.counters
+                    .login(LoginOutcome::Unavailable, started.elapsed());
+                return Routed::OverLimit(limit);
+            }
             Err(RouteError::Unavailable) => {
                 warn!(
                     protocol = protocol.as_str(),
@@ -262,9 +334,18 @@ where
             }
         };
         let Some(backend) = set.get(backend_id) else {
+            route.release(backend_id);
             return Routed::NoBackend;
         };
-        match attempt(backend, client, &anchor).await {
+        let Some(slot) = limits.backend_login(backend_id, origin.ip).await else {
+            route.release(backend_id);
+            core.counters
+                .login(LoginOutcome::Unavailable, started.elapsed());
+            return Routed::OverLimit(Limit::LoginsPerBackend);
+        };
+        let result = attempt(backend, client, &anchor).await;
+        drop(slot);
+        match result {
             Ok(Login::Accepted { stream, to_client }) => {
                 core.counters.login(LoginOutcome::Ok, started.elapsed());
                 info!("logged in");
@@ -272,13 +353,19 @@ where
                     stream,
                     to_client,
                     backend_id,
+                    origin,
                 };
             }
-            Ok(Login::Rejected) => {
+            Ok(Login::Rejected { answer }) => {
                 core.counters
                     .login(LoginOutcome::Refused, started.elapsed());
                 info!("backend refused the login");
-                core.router.release(key, backend_id);
+                route.release(backend_id);
+                let delay = limits.failure_delay(origin.ip, began);
+                if !delay.is_zero() {
+                    monoio::time::sleep(delay).await;
+                }
+                let _ = write_bytes(client, &answer).await;
                 return Routed::Rejected;
             }
             Err(e) => {

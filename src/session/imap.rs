@@ -19,6 +19,7 @@ use crate::io::{write_bytes, Connection};
 use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
 use crate::proto::sasl::{self, Credentials};
 use crate::route::backends::BackendId;
+use crate::route::shard::SessionOrigin;
 use crate::runtime::core::Core;
 use crate::runtime::stats::PreloginLimit;
 use crate::session::failover::{login_key, login_routed};
@@ -56,6 +57,8 @@ pub struct LoggedIn {
     pub backend_id: BackendId,
     /// The user key the session counts under.
     pub key: String,
+    /// Where the session comes from, as counted by the user's owner core.
+    pub origin: SessionOrigin,
     /// Bytes the client pipelined after its login command.
     pub to_backend: Vec<u8>,
     /// Bytes the backend sent after its tagged OK.
@@ -523,7 +526,8 @@ impl<'a> Prelogin<'a> {
             }
         };
         let (client, id_fields) = (&self.client, &self.id_fields);
-        let routed = login_routed(core, &key, Protocol::Imap, s, |backend, s, _| {
+        let origin = client.origin(Protocol::Imap);
+        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
             Box::pin(login(backend, &creds, tag, client, id_fields, s))
         })
         .await;
@@ -531,7 +535,13 @@ impl<'a> Prelogin<'a> {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {
                 if let Some(text) = refusal.message() {
-                    self.reply(s, format!("{tag} NO [UNAVAILABLE] {text}\r\n"))
+                    // RFC 5530: LIMIT for a per-user session limit.
+                    let code = if refusal.is_user_limit() {
+                        "LIMIT"
+                    } else {
+                        "UNAVAILABLE"
+                    };
+                    self.reply(s, format!("{tag} NO [{code}] {text}\r\n"))
                         .await?;
                 }
                 Ok(None)

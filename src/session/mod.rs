@@ -10,6 +10,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::Protocol;
+use crate::route::shard::SessionOrigin;
+
 pub mod failover;
 pub mod imap;
 pub mod input;
@@ -31,6 +34,17 @@ pub struct ClientInfo {
     pub session_id: String,
     /// Whether the client connection is under TLS now.
     pub tls: bool,
+}
+
+impl ClientInfo {
+    /// Where a `protocol` session of this client comes from, for the
+    /// per-user session limits.
+    pub fn origin(&self, protocol: Protocol) -> SessionOrigin {
+        SessionOrigin {
+            ip: self.peer.ip(),
+            protocol,
+        }
+    }
 }
 
 thread_local! {

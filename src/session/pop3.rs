@@ -313,7 +313,8 @@ impl<'a> Prelogin<'a> {
             }
         };
         let client = &self.client;
-        let routed = login_routed(core, &key, Protocol::Pop3, s, |backend, s, _| {
+        let origin = client.origin(Protocol::Pop3);
+        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;
@@ -321,8 +322,13 @@ impl<'a> Prelogin<'a> {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {
                 if let Some(text) = refusal.message() {
-                    self.reply(s, &format!("-ERR [SYS/TEMP] {text}\r\n"))
-                        .await?;
+                    // RFC 2449: IN-USE for a per-user session limit.
+                    let code = if refusal.is_user_limit() {
+                        "IN-USE"
+                    } else {
+                        "SYS/TEMP"
+                    };
+                    self.reply(s, &format!("-ERR [{code}] {text}\r\n")).await?;
                 }
                 Ok(None)
             }

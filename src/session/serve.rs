@@ -10,13 +10,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Listen, Protocol, TlsMode};
-use crate::io::Connection;
+use crate::io::{write_bytes, Connection};
+use crate::limits::Limit;
 use crate::relay::{relay_split, RelayEnd, RelayOptions, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::runtime::sessions::KickReason;
@@ -155,6 +156,7 @@ fn relayed<C: Connection>(
         backend,
         backend_id,
         key,
+        origin,
         to_backend,
         to_client,
     } = l;
@@ -188,7 +190,7 @@ fn relayed<C: Connection>(
         // backend's retired assignment waits for exactly that.
         let backend_closed = || {
             registration.backend_closed();
-            core.router.release(&key, backend_id);
+            core.router.release(&key, backend_id, Some(origin));
         };
         let (end, stats) =
             relay_split(split, to_backend, to_client, stop, options, backend_closed).await;
@@ -232,6 +234,23 @@ async fn open(
             }
         }
     }
+    // Counted until it logs in or closes, whichever comes first. LMTP has
+    // no login: its client is the MTA, and its connections are not counted.
+    // Counted in the limits the connection started under, even if a
+    // reload puts new ones in force meanwhile.
+    let shared = core.shared();
+    let _prelogin = if listen.protocol == Protocol::Lmtp {
+        None
+    } else {
+        match shared.limits.enter_prelogin(peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(limit) => {
+                let bound = shared.config.server.handshake_timeout;
+                refuse_connection(&mut tcp, listen, limit, bound).await;
+                return None;
+            }
+        }
+    };
     let client = ClientInfo {
         peer,
         local,
@@ -343,6 +362,28 @@ async fn handshake(core: &Core, tcp: TcpStream) -> Option<tls::TlsStream> {
             None
         }
     }
+}
+
+/// Tells a client refused by a pre-login limit why, in its protocol's
+/// greeting form (the write bounded by `bound`), and lets the connection
+/// close. An implicit-TLS client would not understand plaintext, and a
+/// handshake is what the limit spares, so it is closed without a word.
+async fn refuse_connection(tcp: &mut TcpStream, listen: &Listen, limit: Limit, bound: Duration) {
+    if listen.tls == TlsMode::Implicit {
+        return;
+    }
+    let text = match limit {
+        Limit::PreloginPerIp => "Too many connections from your IP",
+        _ => "Too many connections, try again later",
+    };
+    let reply = match listen.protocol {
+        Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}.\r\n"),
+        Protocol::Pop3 => format!("-ERR [SYS/TEMP] {text}.\r\n"),
+        Protocol::Sieve => format!("BYE (TRYLATER) \"{text}.\"\r\n"),
+        // Not counted (no login), so never refused; RFC 5321's answer.
+        Protocol::Lmtp => format!("421 4.7.0 {text}\r\n"),
+    };
+    let _ = monoio::time::timeout(bound, write_bytes(tcp, reply.as_bytes())).await;
 }
 
 /// What a client is told when the director ends its session: IMAP and

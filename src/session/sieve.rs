@@ -390,7 +390,8 @@ impl<'a> Prelogin<'a> {
             }
         };
         let client = &self.client;
-        let routed = login_routed(core, &key, Protocol::Sieve, s, |backend, s, _| {
+        let origin = client.origin(Protocol::Sieve);
+        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
             Box::pin(login(backend, &creds, client, s))
         })
         .await;

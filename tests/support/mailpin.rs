@@ -52,6 +52,14 @@ impl Mailpin {
         } else {
             format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{config}")
         };
+        // Every test client connects from loopback: unless the test sets
+        // its own [limits], loopback is trusted, so the per-address limits
+        // and the failed-login delay stay out of tests about other things.
+        let config = if config.contains("[limits]") {
+            config
+        } else {
+            format!("[limits]\ntrusted = [\"127.0.0.0/8\"]\n\n{config}")
+        };
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailpin"));
         cmd.arg("run")

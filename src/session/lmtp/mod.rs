@@ -382,7 +382,7 @@ impl<'a> Lmtp<'a> {
             if reply.is_positive() {
                 debug!(user = %r.key, "recipient accepted");
             } else {
-                self.core.router.release(&r.key, r.backend);
+                self.core.router.release(&r.key, r.backend, None);
             }
         }
         for step in steps {
@@ -466,7 +466,7 @@ impl<'a> Lmtp<'a> {
         let chosen = join_all(
             wanted
                 .iter()
-                .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[])),
+                .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[], None)),
         )
         .await;
         let mut routed = Vec::with_capacity(wanted.len());
@@ -500,7 +500,7 @@ impl<'a> Lmtp<'a> {
     /// Releases the transaction's recipients in the router.
     fn release(&self, tx: &Transaction) {
         for (key, backend) in tx.recipients() {
-            self.core.router.release(key, backend);
+            self.core.router.release(key, backend, None);
         }
     }
 
