@@ -6,12 +6,14 @@
 //! runtime so checks and admin requests are as asynchronous as the cores,
 //! yet a slow check or a slow admin client never delays a mail session.
 
+use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::admin;
+use crate::admin::{self, AdminListeners};
 use crate::config::Protocol;
 use crate::health::checker::check_loop;
 use crate::route::backends::{BackendId, BackendSet};
@@ -19,6 +21,8 @@ use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
 use crate::runtime::{run_runtime, StartError};
 
+pub mod events;
+pub mod history;
 pub mod state;
 
 use state::{CheckWaker, Control, PerProtocol};
@@ -43,6 +47,8 @@ pub enum ControlMsg {
 pub struct ControlPlane {
     tx: MailboxSender<ControlMsg>,
     thread: Option<JoinHandle<()>>,
+    /// The admin socket file, removed once the control thread stopped.
+    admin_socket: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -51,6 +57,9 @@ impl ControlPlane {
         let _ = self.tx.send(ControlMsg::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(path) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -62,16 +71,17 @@ impl Drop for ControlPlane {
 }
 
 /// Starts the control thread: health checks for every checked protocol
-/// port of every backend and the
-/// admin API on an already bound listener.
+/// port of every backend, the load sampler for the status page, and the
+/// admin API on its already bound listeners.
 pub fn start(
     shared: Arc<Shared>,
     set: Arc<BackendSet>,
     cores: Vec<MailboxSender<CoreMsg>>,
     tx: MailboxSender<ControlMsg>,
     mailbox: Mailbox<ControlMsg>,
-    admin_listener: std::net::TcpListener,
+    admin: AdminListeners,
 ) -> Result<ControlPlane, StartError> {
+    let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
     let driver = shared.config.server.driver;
     let thread = std::thread::Builder::new()
@@ -95,12 +105,8 @@ pub fn start(
                 for (id, protocol, rx) in checkers {
                     monoio::spawn(check_loop(control.clone(), id, protocol, rx));
                 }
-                match monoio::net::TcpListener::from_std(admin_listener) {
-                    Ok(l) => {
-                        monoio::spawn(admin::serve(control.clone(), l));
-                    }
-                    Err(e) => warn!(error = %e, "admin API unavailable"),
-                }
+                monoio::spawn(sample_load(control.clone()));
+                admin::spawn_servers(control.clone(), admin);
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
                         ControlMsg::Unreachable {
@@ -120,8 +126,18 @@ pub fn start(
         Ok(Ok(())) => Ok(ControlPlane {
             tx,
             thread: Some(thread),
+            admin_socket,
         }),
         Ok(Err(e)) => Err(StartError(e)),
         Err(_) => Err(StartError("the control thread died while starting".into())),
+    }
+}
+
+/// Samples the load every [`history::SAMPLE_INTERVAL`] for `GET /history`
+/// (a first sample at once sets the baseline of the rates).
+async fn sample_load(control: Rc<Control>) {
+    loop {
+        control.sample_load().await;
+        monoio::time::sleep(history::SAMPLE_INTERVAL).await;
     }
 }
