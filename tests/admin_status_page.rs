@@ -3,7 +3,8 @@
 //! against a director with a token and three dev backends. The page must
 //! ask for the token, show the three backends, drain one with its button
 //! after a confirmation, and show that; the API must then report the
-//! backend drained. The screenshot is kept as a CI artifact in
+//! backend drained, and markup in an event (a user name) must show as
+//! text. The screenshot is kept as a CI artifact in
 //! `target/ci-artifacts/status-page.png`.
 
 mod support;
@@ -66,6 +67,16 @@ fn the_page_shows_the_backends_and_drains_one_with_its_button() {
         assert!(Instant::now() < deadline, "no load samples");
         std::thread::sleep(Duration::from_millis(250));
     }
+
+    // An event whose user is markup: the page must show it as text.
+    let (status, body) = http(
+        d.mailpin.admin,
+        &format!(
+            "POST /users/%3Cimg%20src%3Dx%20onerror%3Dwindow.pwned%3D1%3E/kick HTTP/1.1\r\n\
+             Host: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
 
     let profile = TempDir::new().unwrap();
     let screenshot = artifacts_dir().join("status-page.png");
@@ -154,6 +165,11 @@ fn the_page_shows_the_backends_and_drains_one_with_its_button() {
     );
     assert_eq!(seen["consoleErrors"], serde_json::json!([]), "{seen}");
     assert!(seen["chartLines"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(
+        seen["markup"],
+        serde_json::json!({"elements": 0, "ran": false, "shownAsText": true}),
+        "strings from the API go into the page as text"
+    );
 
     let backends = api(&d, "/backends");
     let admin: Vec<&str> = backends

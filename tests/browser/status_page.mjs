@@ -74,6 +74,12 @@ try {
       .some((tr) => tr.textContent.includes(name) && tr.textContent.includes("up -> drain")),
     backend, WAIT);
   seen.eventShown = true;
+  // A user name made of markup (kicked by the test before) shows as text.
+  seen.markup = await page.evaluate(() => ({
+    elements: document.querySelectorAll("#events img, #events script").length,
+    ran: window.pwned === 1,
+    shownAsText: [...document.querySelectorAll("#events td")].some((td) => td.textContent.includes("<img")),
+  }));
   seen.chartLines = await page.$$eval("svg.chart polyline", (l) => l.length);
   await page.screenshot({ path: env("MAILPIN_SCREENSHOT"), fullPage: true });
   seen.screenshot = env("MAILPIN_SCREENSHOT");
