@@ -324,3 +324,62 @@ async fn move_user(control: &Control, user: &str, to: Option<String>) -> Respons
         Err(e) => Response::error(503, e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path of the OpenAPI document is routed with the methods it
+    /// lists, and every routed path is in the document.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, ops) in paths {
+            let segs: Vec<&str> = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| if s.starts_with('{') { "x" } else { s })
+                .collect();
+            let methods: Vec<String> = ops
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            assert_eq!(
+                allowed_methods(&segs).map(|m| vec![m.to_string()]),
+                Some(methods),
+                "{path}"
+            );
+        }
+        let routed = [
+            "/",
+            "/openapi.json",
+            "/status",
+            "/backends",
+            "/metrics",
+            "/events",
+            "/history",
+            "/users/{user}",
+            "/backends/{name}/{action}",
+            "/users/{user}/kick",
+            "/users/{user}/move",
+        ];
+        for path in routed {
+            assert!(paths.contains_key(path), "{path} is documented");
+        }
+        assert_eq!(paths.len(), routed.len());
+    }
+
+    #[test]
+    fn the_status_page_is_self_contained() {
+        // The SVG namespace is a name, not something loaded.
+        let page = STATUS_PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
+        for outside in ["http://", "https://", "src=", "<link", "@import"] {
+            assert!(!page.contains(outside), "{outside}");
+        }
+        assert!(!STATUS_PAGE.contains("innerHTML"), "text only into the DOM");
+    }
+}
