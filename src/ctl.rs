@@ -1,16 +1,132 @@
 //! `mailpin ctl`: the admin API from the command line.
 //!
-//! Talks HTTP/1.1 to `admin.listen` with a blocking socket (this is a
+//! Talks HTTP/1.1 to the admin API with a blocking socket (this is a
 //! short-lived command, not the data path), prints tables for people or the
 //! API's JSON with `--json`, and exits non-zero on any error: 1 for an
-//! answer the API refused (404, 400, ...), 2 when the director cannot be
-//! reached.
+//! answer the API refused (404, 400, 401, ...), 2 when the director cannot
+//! be reached or the configuration cannot be read.
+//!
+//! Where it talks ([`Target::resolve`]): `--admin HOST:PORT` or
+//! `--admin unix:PATH` when given; otherwise the config file's
+//! `admin.socket` when set (its file permissions are the access control),
+//! else its `admin.listen`. Over TCP it sends `Authorization: Bearer` with
+//! `MAILPIN_ADMIN_TOKEN` or the config's `admin.token`/`admin.token_file`.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::config::{read_token_file, Config, Secret};
+
+/// The environment variable ctl takes the admin token from first.
+pub const TOKEN_ENV: &str = "MAILPIN_ADMIN_TOKEN";
+
+/// The admin address when neither `--admin` nor a config file says one.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9120";
+
+/// Where the admin API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// `HOST:PORT` over TCP.
+    Tcp(String),
+    /// A Unix socket path (`unix:PATH` on the command line).
+    Unix(PathBuf),
+}
+
+impl AdminAddr {
+    /// `unix:PATH` or `HOST:PORT`.
+    pub fn parse(text: &str) -> AdminAddr {
+        match text.strip_prefix("unix:") {
+            Some(path) => AdminAddr::Unix(PathBuf::from(path)),
+            None => AdminAddr::Tcp(text.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Tcp(a) => f.write_str(a),
+            AdminAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Where ctl talks and with which token.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The admin API's address.
+    pub addr: AdminAddr,
+    /// The bearer token sent over TCP, if any.
+    pub token: Option<Secret>,
+}
+
+impl Target {
+    /// Decides where to talk: `admin` (`--admin`) if given, else the
+    /// `config` file's socket or listener (`config` is `-c`, or the
+    /// default path when that file exists), else [`DEFAULT_ADMIN`]. The
+    /// token is `env_token` if not empty, else the config's.
+    pub fn resolve(
+        admin: Option<&str>,
+        config: Option<&Path>,
+        default_config: &Path,
+        env_token: Option<String>,
+    ) -> Result<Target, CtlError> {
+        let config_path = match (admin, config) {
+            (_, Some(path)) => Some(path),
+            (None, None) if default_config.exists() => Some(default_config),
+            _ => None,
+        };
+        let config = config_path.map(read_config).transpose()?;
+        let addr = match (admin, &config) {
+            (Some(a), _) => AdminAddr::parse(a),
+            (None, Some(c)) if !c.admin.socket.as_os_str().is_empty() => {
+                AdminAddr::Unix(c.admin.socket.clone())
+            }
+            (None, Some(c)) => AdminAddr::Tcp(connectable(c.admin.listen).to_string()),
+            (None, None) => AdminAddr::Tcp(DEFAULT_ADMIN.to_string()),
+        };
+        let token = match env_token.filter(|t| !t.is_empty()) {
+            Some(t) => Some(Secret::new(t)),
+            None => match (&addr, &config) {
+                (AdminAddr::Tcp(_), Some(c)) if !c.admin.token.expose().is_empty() => {
+                    Some(c.admin.token.clone())
+                }
+                (AdminAddr::Tcp(_), Some(c)) if !c.admin.token_file.as_os_str().is_empty() => Some(
+                    read_token_file(&c.admin.token_file)
+                        .map_err(|e| CtlError::Connection(format!("admin.token_file: {e}")))?,
+                ),
+                _ => None,
+            },
+        };
+        Ok(Target { addr, token })
+    }
+}
+
+/// Reads a config file for its `[admin]` section: parsed and validated,
+/// relative paths resolved, but not checked against this machine (ctl may
+/// run as a user who cannot read the TLS key).
+fn read_config(path: &Path) -> Result<Config, CtlError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CtlError::Connection(format!("cannot read {}: {e}", path.display())))?;
+    let mut config = Config::from_toml_str(&text)
+        .map_err(|e| CtlError::Connection(format!("{}:\n{e}", path.display())))?;
+    config.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
+    Ok(config)
+}
+
+/// A wildcard listen address is reached on loopback.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
 
 /// A ctl command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,26 +233,35 @@ impl CtlCommand {
 }
 
 /// Sends one request to the admin API and returns the parsed JSON body.
-pub fn call(admin: &str, method: &str, path: &str) -> Result<Value, CtlError> {
-    let addr = admin
-        .to_socket_addrs()
-        .map_err(|e| CtlError::Connection(format!("bad admin address {admin:?}: {e}")))?
-        .next()
-        .ok_or_else(|| CtlError::Connection(format!("admin address {admin:?} has no address")))?;
+pub fn call(target: &Target, method: &str, path: &str) -> Result<Value, CtlError> {
+    let admin = target.addr.to_string();
     let unreachable =
         |e: std::io::Error| CtlError::Connection(format!("cannot reach mailpin at {admin}: {e}"));
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(unreachable)?;
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(unreachable)?;
-    let mut raw = Vec::new();
-    stream
-        .take(16 << 20)
-        .read_to_end(&mut raw)
-        .map_err(unreachable)?;
+    let raw = match &target.addr {
+        AdminAddr::Tcp(a) => {
+            let addr = a
+                .to_socket_addrs()
+                .map_err(|e| CtlError::Connection(format!("bad admin address {a:?}: {e}")))?
+                .next()
+                .ok_or_else(|| {
+                    CtlError::Connection(format!("admin address {a:?} has no address"))
+                })?;
+            let stream =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(unreachable)?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(unreachable)?;
+            exchange(stream, &request(method, path, a, target.token.as_ref()))
+        }
+        AdminAddr::Unix(p) => {
+            let stream = UnixStream::connect(p).map_err(unreachable)?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(unreachable)?;
+            exchange(stream, &request(method, path, "localhost", None))
+        }
+    };
+    let raw = raw.map_err(unreachable)?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(&raw) {
@@ -152,10 +277,33 @@ pub fn call(admin: &str, method: &str, path: &str) -> Result<Value, CtlError> {
         CtlError::Connection(format!("{admin} answered {status} with no JSON body: {e}"))
     })?;
     if !(200..300).contains(&status) {
-        let message = body["error"].as_str().unwrap_or("error").to_string();
+        let mut message = body["error"].as_str().unwrap_or("error").to_string();
+        if status == 401 {
+            message.push_str(&format!(
+                " (set {TOKEN_ENV}, or give the config file with -c)"
+            ));
+        }
         return Err(CtlError::Refused { status, message });
     }
     Ok(body)
+}
+
+/// The request head (no body).
+fn request(method: &str, path: &str, host: &str, token: Option<&Secret>) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// Writes the request and reads the whole answer (16 MiB at most).
+fn exchange<S: Read + Write>(mut stream: S, request: &str) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 fn s(v: &Value) -> String {
@@ -310,6 +458,25 @@ mod tests {
             cmd.request(),
             ("POST", "/users/a%20b%40x%2Fy/move?to=mail1".to_string())
         );
+    }
+
+    #[test]
+    fn targets() {
+        let none = Path::new("/nonexistent/mailpin.toml");
+        let t = Target::resolve(None, None, none, None).unwrap();
+        assert_eq!(t.addr, AdminAddr::Tcp(DEFAULT_ADMIN.into()));
+        assert!(t.token.is_none());
+        let t = Target::resolve(Some("unix:/run/m.sock"), None, none, Some("tok".into())).unwrap();
+        assert_eq!(t.addr, AdminAddr::Unix("/run/m.sock".into()));
+        assert_eq!(t.token.unwrap().expose(), "tok");
+        assert_eq!(AdminAddr::parse("127.0.0.1:1").to_string(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_token_goes_in_the_request_head() {
+        let r = request("GET", "/status", "h:1", Some(&Secret::new("abc")));
+        assert!(r.contains("Authorization: Bearer abc\r\n"), "{r}");
+        assert!(!request("GET", "/status", "h:1", None).contains("Authorization"));
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn banner(setup: &DevSetup, listen_addrs: &[SocketAddr], admin: Option<Socke
     }
     if let Some(admin) = admin {
         out.push_str(&format!(
-            "  admin {:<9} http://{admin}/status  (mailpin ctl status)\n",
+            "  admin {:<9} http://{admin}/  (status page; mailpin ctl status)\n",
             "http"
         ));
     }

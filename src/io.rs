@@ -183,6 +183,30 @@ impl WriteSide for TcpStream {
     }
 }
 
+// The admin API's Unix socket: plain reads and writes, nothing spliced.
+impl ReadSide for monoio::net::UnixStream {
+    async fn readable(&mut self) -> io::Result<()> {
+        monoio::net::UnixStream::readable(self, false).await
+    }
+
+    async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        let (res, slice) = AsyncReadRent::read(self, buf.slice_mut(len..)).await;
+        (res, slice.into_inner())
+    }
+}
+
+impl WriteSide for monoio::net::UnixStream {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let (res, buf) = AsyncWriteRentExt::write_all(self, buf).await;
+        (res.map(|_| ()), buf)
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        AsyncWriteRent::shutdown(self).await
+    }
+}
+
 /// One half of a split [`TcpStream`].
 ///
 /// Both halves share the socket. io_uring reads and writes on one socket may

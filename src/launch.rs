@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
+use crate::admin::bind::bind_admin;
 use crate::config::{Config, PemSource, Protocol, TlsMode, TlsVersion};
 use crate::control::reload::BoundListener;
 use crate::control::{self, ControlMsg};
@@ -129,13 +130,13 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         .map_err(|e| LaunchError(format!("server.user_key: {e}")))?;
     let backends = Arc::new(backend_set(&config)?);
     let tls = tls_config(&config)?;
-    let admin = std::net::TcpListener::bind(config.admin.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| LaunchError(format!("admin.listen {}: {e}", config.admin.listen)))?;
+    let admin = bind_admin(&config.admin).map_err(LaunchError)?;
     let admin_addr = admin
+        .tcp
         .local_addr()
         .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
     let limits = Arc::new(Limits::new(&config.limits, backends.backends.len()));
+    let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
     let shared = Arc::new(Shared {
         config,
         user_key,
@@ -169,6 +170,9 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
     director.attach_control(control);
     director.admin_addr = Some(admin_addr);
     info!(addr = %admin_addr, "admin API ready");
+    if let Some(path) = admin_socket {
+        info!(path = %path.display(), "admin API socket ready");
+    }
     Ok(director)
 }
 

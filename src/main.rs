@@ -1,7 +1,7 @@
 //! The `mailpin` command line: run, check (and, as they arrive, ctl).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -12,6 +12,9 @@ use mailpin::ctl::{self, CtlCommand};
 use mailpin::devmode::{self, DevPorts};
 use mailpin::launch::{launch, launch_with_path, run_until_signal};
 use mailpin::signals;
+
+/// The configuration file `run`, `check` and `ctl` read by default.
+const DEFAULT_CONFIG: &str = "config/mailpin.toml";
 
 /// The allocator every thread uses (see `mailpin::alloc`).
 #[global_allocator]
@@ -45,9 +48,16 @@ enum Command {
     },
     /// Talk to a running director's admin API.
     Ctl {
-        /// The admin API address (admin.listen).
-        #[arg(long, default_value = "127.0.0.1:9120")]
-        admin: String,
+        /// The admin API: HOST:PORT (as admin.listen) or unix:PATH (as
+        /// admin.socket). Default: the config file's admin.socket, else its
+        /// admin.listen, else 127.0.0.1:9120.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The configuration to take the admin address and token from
+        /// (default config/mailpin.toml, when it exists and --admin is not
+        /// given). MAILPIN_ADMIN_TOKEN overrides its token.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -110,9 +120,10 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ctl {
             admin,
+            config,
             json,
             command,
-        } => ctl(&admin, json, command),
+        } => ctl(admin.as_deref(), config.as_deref(), json, command),
         Command::Run { config, dev } => {
             init_logging();
             signals::block();
@@ -125,7 +136,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn ctl(admin: &str, json: bool, command: CtlCli) -> ExitCode {
+fn ctl(admin: Option<&str>, config: Option<&Path>, json: bool, command: CtlCli) -> ExitCode {
     let cmd = match command {
         CtlCli::Status => CtlCommand::Status,
         CtlCli::Backends => CtlCommand::Backends,
@@ -136,7 +147,19 @@ fn ctl(admin: &str, json: bool, command: CtlCli) -> ExitCode {
         CtlCli::Reload => CtlCommand::Reload,
     };
     let (method, path) = cmd.request();
-    match ctl::call(admin, method, &path) {
+    let target = match ctl::Target::resolve(
+        admin,
+        config,
+        Path::new(DEFAULT_CONFIG),
+        std::env::var(ctl::TOKEN_ENV).ok(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mailpin ctl: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match ctl::call(&target, method, &path) {
         Ok(v) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

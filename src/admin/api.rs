@@ -1,7 +1,9 @@
 //! The admin API's endpoints (the contract in DESIGN §6).
 //!
 //! Unknown backend or user → 404, malformed request → 400, wrong method →
-//! 405, each with `{"error": "..."}`. User names in paths are
+//! 405 (with `Allow`), each with `{"error": "..."}`. Also the status page
+//! (`GET /`), its data (`GET /events`, `GET /history`) and the OpenAPI
+//! description (`GET /openapi.json`, `openapi.json` beside this file). User names in paths are
 //! percent-decoded and normalised with `server.user_key`, exactly as a
 //! login would be.
 
@@ -13,37 +15,67 @@ use crate::admin::http::{Request, Response};
 use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
 use crate::config::Protocol;
+use crate::control::history::SAMPLE_INTERVAL;
 use crate::control::state::{Control, ReloadError};
 use crate::route::backends::{AdminState, Backend, BackendId, Lifecycle};
 use crate::route::router::Reassign;
 
-/// Answers one request.
+/// The status page: one self-contained HTML file (inline CSS and script).
+pub const STATUS_PAGE: &str = include_str!("status_page.html");
+
+/// The OpenAPI 3 description of this API (kept in the repository).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The largest integer a JSON client can hold exactly: the bound of
+/// numbers taken in queries.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The methods each path takes, `None` for no such path.
+fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        [] | ["openapi.json" | "status" | "backends" | "metrics" | "events" | "history"] => {
+            Some("GET")
+        }
+        ["users", _] => Some("GET"),
+        ["backends", _, _] | ["users", _, "kick" | "move"] | ["reload"] => Some("POST"),
+        _ => None,
+    }
+}
+
+/// Answers one request (the access checks have passed).
 pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
     let Some(segments) = req.segments() else {
         return Response::error(400, "bad percent-encoding in the path");
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method.as_str();
-    match (method, segs.as_slice()) {
-        ("GET", ["status"]) => status(control).await,
-        ("GET", ["backends"]) => backends(control).await,
-        ("POST", ["backends", name, action]) => backend_action(control, name, action).await,
-        ("GET", ["users", user]) => user_info(control, user).await,
-        ("POST", ["users", user, "kick"]) => kick(control, user).await,
-        ("POST", ["users", user, "move"]) => move_user(control, user, req.param("to")).await,
-        ("POST", ["reload"]) => reload(control),
-        ("GET", ["metrics"]) => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: render_metrics(control).await.into_bytes(),
-        },
-        (_, ["reload"]) => Response::error(405, format!("{method} is not allowed here, use POST")),
-        (_, ["status"] | ["backends"] | ["metrics"] | ["users", _]) => {
-            Response::error(405, format!("{method} is not allowed here"))
-        }
-        (_, ["backends", _, _] | ["users", _, "kick" | "move"]) => {
-            Response::error(405, format!("{method} is not allowed here, use POST"))
-        }
+    let Some(allowed) = allowed_methods(&segs) else {
+        return Response::error(
+            404,
+            format!("no such endpoint: {} {}", req.method, req.path),
+        );
+    };
+    if method != allowed {
+        return Response::error(405, format!("{method} is not allowed here, use {allowed}"))
+            .with_header("Allow", allowed);
+    }
+    match segs.as_slice() {
+        [] => status_page(),
+        ["openapi.json"] => Response::bytes(200, "application/json", OPENAPI),
+        ["status"] => status(control).await,
+        ["backends"] => backends(control).await,
+        ["events"] => events(control, req),
+        ["history"] => history(control),
+        ["metrics"] => Response::bytes(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render_metrics(control).await,
+        ),
+        ["backends", name, action] => backend_action(control, name, action).await,
+        ["users", user] => user_info(control, user).await,
+        ["users", user, "kick"] => kick(control, user).await,
+        ["users", user, "move"] => move_user(control, user, req.param("to")).await,
+        ["reload"] => reload(control),
         _ => Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
@@ -66,6 +98,69 @@ fn reload(control: &Rc<Control>) -> Response {
     }
 }
 
+/// `GET /`: the page, with headers that keep it out of frames and limit
+/// it to its own inline code and this origin.
+fn status_page() -> Response {
+    Response::bytes(200, "text/html; charset=utf-8", STATUS_PAGE)
+        .with_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        )
+        .with_header("X-Frame-Options", "DENY")
+        .with_header("X-Content-Type-Options", "nosniff")
+        .with_header("Referrer-Policy", "no-referrer")
+        .with_header("Cache-Control", "no-store")
+}
+
+/// `GET /events?since=SEQ`: the recent events numbered above SEQ.
+fn events(control: &Control, req: &Request) -> Response {
+    let since = match req.param("since") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= MAX_SAFE_INTEGER => n,
+            _ => return Response::error(400, "since must be a whole number from 0 to 2^53 - 1"),
+        },
+    };
+    let (events, last) = control.events_since(since);
+    let rows: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "time": rfc3339(e.time),
+                "kind": e.kind.as_str(),
+                "backend": e.backend,
+                "user": e.user,
+                "message": e.message,
+            })
+        })
+        .collect();
+    Response::json(200, &json!({ "last_seq": last, "events": rows }))
+}
+
+/// `GET /history`: the load samples of the last minutes.
+fn history(control: &Control) -> Response {
+    let samples: Vec<Value> = control
+        .load_history()
+        .iter()
+        .map(|s| {
+            json!({
+                "time": rfc3339(s.time),
+                "sessions": s.sessions,
+                "connections": s.connections,
+                "logins_per_s": s.logins_per_s,
+                "connections_per_s": s.connections_per_s,
+                "tls_share": s.tls_share,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        &json!({ "interval": SAMPLE_INTERVAL.as_secs(), "samples": samples }),
+    )
+}
+
 async fn status(control: &Control) -> Response {
     Response::json(
         200,
@@ -77,14 +172,6 @@ async fn status(control: &Control) -> Response {
             "state_version": control.backends().version,
         }),
     )
-}
-
-fn admin_str(s: AdminState) -> &'static str {
-    match s {
-        AdminState::Up => "up",
-        AdminState::Down => "down",
-        AdminState::Drain => "drain",
-    }
 }
 
 async fn backends(control: &Control) -> Response {
@@ -115,7 +202,7 @@ fn backend_json(control: &Control, b: &Backend, sessions: u64, users: u64) -> Va
         "name": &*b.name,
         "host": b.host,
         "weight": b.weight,
-        "admin": admin_str(b.admin),
+        "admin": b.admin.as_str(),
         "health": b.health().as_str(),
         "protocols": protocols_json(b),
         "routable": b.routable(),
@@ -194,7 +281,7 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
 }
 
 fn key_of(control: &Control, user: &str) -> Result<String, Response> {
-    if user.is_empty() || user.len() > 512 || user.chars().any(char::is_control) {
+    if user.is_empty() || user.chars().count() > 512 || user.chars().any(char::is_control) {
         return Err(Response::error(
             400,
             "a user name must be 1 to 512 printable characters",
@@ -255,5 +342,65 @@ async fn move_user(control: &Control, user: &str, to: Option<String>) -> Respons
             &json!({ "user": user, "key": key, "backend": to, "closed_sessions": closed }),
         ),
         Err(e) => Response::error(503, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path of the OpenAPI document is routed with the methods it
+    /// lists, and every routed path is in the document.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, ops) in paths {
+            let segs: Vec<&str> = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| if s.starts_with('{') { "x" } else { s })
+                .collect();
+            let methods: Vec<String> = ops
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            assert_eq!(
+                allowed_methods(&segs).map(|m| vec![m.to_string()]),
+                Some(methods),
+                "{path}"
+            );
+        }
+        let routed = [
+            "/",
+            "/openapi.json",
+            "/status",
+            "/backends",
+            "/metrics",
+            "/events",
+            "/history",
+            "/users/{user}",
+            "/backends/{name}/{action}",
+            "/users/{user}/kick",
+            "/users/{user}/move",
+            "/reload",
+        ];
+        for path in routed {
+            assert!(paths.contains_key(path), "{path} is documented");
+        }
+        assert_eq!(paths.len(), routed.len());
+    }
+
+    #[test]
+    fn the_status_page_is_self_contained() {
+        // The SVG namespace is a name, not something loaded.
+        let page = STATUS_PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
+        for outside in ["http://", "https://", "src=", "<link", "@import"] {
+            assert!(!page.contains(outside), "{outside}");
+        }
+        assert!(!STATUS_PAGE.contains("innerHTML"), "text only into the DOM");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Requests are parsed with `httparse` (a small, well-kept, allocation-free
 //! parser) within fixed bounds: 16 KiB of head, 64 headers, and a body we
-//! read and ignore up to 64 KiB (no endpoint takes one). Every response
+//! read and ignore up to 64 KiB (no endpoint takes one; chunked bodies are
+//! refused). The headers are kept for the access checks (`Host`,
+//! `Authorization`, `Content-Type`, `Origin`). Every response
 //! closes the connection, which keeps the server trivially correct; admin
 //! traffic is a few requests a minute.
 
@@ -24,9 +26,39 @@ pub struct Request {
     pub path: String,
     /// The raw query string (after `?`), if any.
     pub query: Option<String>,
+    /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// The headers, names as sent, values as UTF-8 (others are dropped).
+    pub headers: Vec<(String, String)>,
+    /// The request announced a body (`Content-Length` above 0).
+    pub has_body: bool,
 }
 
 impl Request {
+    /// A request without headers (for tests and internal callers).
+    pub fn new(method: &str, target: &str) -> Request {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.to_string(), None),
+        };
+        Request {
+            method: method.to_string(),
+            path,
+            query,
+            version: 1,
+            headers: Vec::new(),
+            has_body: false,
+        }
+    }
+
+    /// The value of the first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The path's segments, percent-decoded; `None` if one is not UTF-8
     /// after decoding or has a bad escape.
     pub fn segments(&self) -> Option<Vec<String>> {
@@ -84,12 +116,21 @@ pub async fn read_request<R: ReadSide>(r: &mut R) -> Result<Request, ReadError> 
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
-                    None => (target.to_string(), None),
-                };
+                let mut request = Request::new(req.method.unwrap_or(""), req.path.unwrap_or("/"));
+                request.version = req.version.unwrap_or(1);
+                request.headers = req
+                    .headers
+                    .iter()
+                    .filter_map(|h| {
+                        let value = std::str::from_utf8(h.value).ok()?;
+                        Some((h.name.to_string(), value.trim().to_string()))
+                    })
+                    .collect();
+                if request.header("transfer-encoding").is_some() {
+                    return Err(ReadError::Malformed(
+                        "chunked request bodies are not accepted".into(),
+                    ));
+                }
                 let body_len = req
                     .headers
                     .iter()
@@ -102,6 +143,7 @@ pub async fn read_request<R: ReadSide>(r: &mut R) -> Result<Request, ReadError> 
                             .ok()
                     })
                     .unwrap_or(0);
+                request.has_body = body_len > 0;
                 if body_len > MAX_BODY {
                     return Err(ReadError::Malformed("request body too large".into()));
                 }
@@ -117,11 +159,7 @@ pub async fn read_request<R: ReadSide>(r: &mut R) -> Result<Request, ReadError> 
                         Err(e) => return Err(ReadError::Io(e)),
                     }
                 }
-                return Ok(Request {
-                    method,
-                    path,
-                    query,
-                });
+                return Ok(request);
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(ReadError::Malformed(format!("not an HTTP request: {e}"))),
@@ -149,6 +187,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// Body.
     pub body: Vec<u8>,
+    /// Extra headers (`WWW-Authenticate`, `Allow`, security headers).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -160,7 +200,24 @@ impl Response {
             status,
             content_type: "application/json",
             body,
+            headers: vec![("Cache-Control", "no-store".into())],
         }
+    }
+
+    /// A response with a fixed body (a static document, metrics).
+    pub fn bytes(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// This response with one more header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// `{"error": message}` with `status`.
@@ -173,6 +230,8 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         500 => "Internal Server Error",
@@ -183,14 +242,18 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes `resp` and nothing more (the caller closes).
 pub async fn write_response<W: crate::io::WriteSide>(w: &mut W, resp: &Response) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         resp.status,
         reason(resp.status),
         resp.content_type,
         resp.body.len()
-    )
-    .into_bytes();
+    );
+    for (name, value) in &resp.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
     out.extend_from_slice(&resp.body);
     write_bytes(w, &out).await
 }
@@ -201,11 +264,7 @@ mod tests {
 
     #[test]
     fn decodes_path_segments_and_params() {
-        let r = Request {
-            method: "POST".into(),
-            path: "/users/alice%40example.com/move".into(),
-            query: Some("to=mail%202&x".into()),
-        };
+        let r = Request::new("POST", "/users/alice%40example.com/move?to=mail%202&x");
         assert_eq!(
             r.segments().unwrap(),
             vec!["users", "alice@example.com", "move"]

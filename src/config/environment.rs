@@ -33,6 +33,7 @@ pub(crate) fn check_environment(config: &Config) -> ConfigErrors {
     if let Err(message) = check_cores(config.server.cores, usable_cpus()) {
         errors.push(ConfigError::new("server.cores", message));
     }
+    super::admin::check_admin_environment(config, &mut errors);
     errors
 }
 

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod cidr;
 mod duration;
 mod environment;
@@ -26,6 +27,7 @@ mod values;
 use std::path::Path;
 use std::time::Duration;
 
+pub use admin::{check_bearer_token, read_token_file};
 pub use cidr::{Cidr, CidrError};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use environment::usable_cpus;
@@ -128,9 +130,16 @@ impl Config {
         validate::warnings(self)
     }
 
-    /// Makes relative `[tls]` file paths relative to `dir` instead of the
-    /// working directory. Empty paths are left alone (validation reports them).
+    /// Makes relative `[tls]` file paths, `admin.token_file` and
+    /// `admin.socket` relative to `dir` instead of the working directory.
+    /// Empty paths are left alone (validation reports them, or they mean
+    /// "none").
     pub fn resolve_relative_paths(&mut self, dir: &Path) {
+        for file in [&mut self.admin.token_file, &mut self.admin.socket] {
+            if file.is_relative() && !file.as_os_str().is_empty() {
+                *file = dir.join(&*file);
+            }
+        }
         if let Some(tls) = &mut self.tls {
             for source in [&mut tls.cert, &mut tls.key] {
                 if let PemSource::File(file) = source {

@@ -541,19 +541,52 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[admin]`: the admin HTTP API (JSON and `/metrics`).
+/// `[admin]`: the admin HTTP API (JSON, `/metrics`, the status page) and
+/// who may use it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin API listens, `IP:PORT`.
     #[serde(deserialize_with = "values::deserialize_admin_addr")]
     pub listen: SocketAddr,
+    /// When not empty, every request over TCP but `GET /metrics` (see
+    /// `metrics_public`) and the two static documents (`/`, `/openapi.json`)
+    /// needs `Authorization: Bearer TOKEN`. Never logged.
+    pub token: Secret,
+    /// A file holding the token instead (relative to the config file;
+    /// empty = none). Exclusive with `token`.
+    pub token_file: PathBuf,
+    /// A Unix socket path the admin API also listens on (relative to the
+    /// config file; empty = none). Its file permissions are its access
+    /// control: requests over it need no token.
+    pub socket: PathBuf,
+    /// The socket file's mode: `0o600` (the director's user) or `0o660`
+    /// (and its group).
+    pub socket_mode: u32,
+    /// Host names (with or without `:port`) that requests over TCP may name
+    /// in `Host`, besides the listener's own address and `localhost`.
+    pub names: Vec<String>,
+    /// `GET /metrics` needs no token (for Prometheus).
+    pub metrics_public: bool,
+}
+
+impl AdminConfig {
+    /// True when the admin API asks for a bearer token over TCP.
+    pub fn has_token(&self) -> bool {
+        !self.token.expose().is_empty() || !self.token_file.as_os_str().is_empty()
+    }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9120),
+            token: Secret::new(""),
+            token_file: PathBuf::new(),
+            socket: PathBuf::new(),
+            socket_mode: 0o600,
+            names: Vec::new(),
+            metrics_public: true,
         }
     }
 }

@@ -887,12 +887,12 @@ listen = "0.0.0.0:9120"
         "{warnings:?}"
     );
     assert!(
-        warnings[3].starts_with("warning: admin.listen: 0.0.0.0:9120 is not a loopback address"),
+        warnings[3]
+            .starts_with("warning: health.login_user: login_user and login_password are ignored"),
         "{warnings:?}"
     );
     assert!(
-        warnings[4]
-            .starts_with("warning: health.login_user: login_user and login_password are ignored"),
+        warnings[4].starts_with("warning: admin.listen: 0.0.0.0:9120 is not a loopback address"),
         "{warnings:?}"
     );
 }

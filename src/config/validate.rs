@@ -28,6 +28,7 @@ pub(crate) fn validate(config: &Config) -> ConfigErrors {
     check_cluster(config, &mut errors);
     check_prelogin_limits(config, &mut errors);
     check_connection_limits(config, &mut errors);
+    super::admin::check_admin(config, &mut errors);
     errors
 }
 
@@ -530,15 +531,6 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
             );
         }
     }
-    if !config.admin.listen.ip().is_loopback() {
-        warn(
-            "admin.listen".to_owned(),
-            format!(
-                "{} is not a loopback address, and the admin API has no authentication: whoever reaches it can move users and take backends down",
-                config.admin.listen
-            ),
-        );
-    }
     let health = &config.health;
     if health.check != HealthCheck::Login
         && (health.login_user.is_some() || health.login_password.is_some())
@@ -551,6 +543,7 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
             ),
         );
     }
+    warnings.extend(super::admin::admin_warnings(config));
     warnings
 }
 

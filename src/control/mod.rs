@@ -7,18 +7,21 @@
 //! yet a slow check or a slow admin client never delays a mail session.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::admin;
+use crate::admin::{self, AdminListeners};
 use crate::config::Protocol;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::runtime::core::{CoreMsg, Shared};
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
 use crate::runtime::{run_runtime, StartError};
 
+pub mod events;
+pub mod history;
 pub mod reload;
 pub mod state;
 
@@ -47,6 +50,8 @@ pub enum ControlMsg {
 pub struct ControlPlane {
     tx: MailboxSender<ControlMsg>,
     thread: Option<JoinHandle<()>>,
+    /// The admin socket file, removed once the control thread stopped.
+    admin_socket: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -61,6 +66,9 @@ impl ControlPlane {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(path) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -71,9 +79,10 @@ impl Drop for ControlPlane {
 }
 
 /// Starts the control thread: health checks for every checked protocol
-/// port of every backend and the admin API on an already bound listener.
-/// `listeners` are the `[[listen]]` blocks and where they are bound, and
-/// `config_path` the file a reload re-reads (`None` in dev mode).
+/// port of every backend, the load sampler for the status page, and the
+/// admin API on its already bound listeners. `listeners` are the
+/// `[[listen]]` blocks and where they are bound, and `config_path` the file
+/// a reload re-reads (`None` in dev mode).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     shared: Arc<Shared>,
@@ -83,8 +92,9 @@ pub fn start(
     cores: Vec<MailboxSender<CoreMsg>>,
     tx: MailboxSender<ControlMsg>,
     mailbox: Mailbox<ControlMsg>,
-    admin_listener: std::net::TcpListener,
+    admin: AdminListeners,
 ) -> Result<ControlPlane, StartError> {
+    let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
     let driver = shared.config.server.driver;
     let thread = std::thread::Builder::new()
@@ -94,12 +104,8 @@ pub fn start(
                 let control =
                     std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
                 control.start_checks();
-                match monoio::net::TcpListener::from_std(admin_listener) {
-                    Ok(l) => {
-                        monoio::spawn(admin::serve(control.clone(), l));
-                    }
-                    Err(e) => warn!(error = %e, "admin API unavailable"),
-                }
+                monoio::spawn(sample_load(control.clone()));
+                admin::spawn_servers(control.clone(), admin);
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
                         ControlMsg::Unreachable {
@@ -122,8 +128,18 @@ pub fn start(
         Ok(Ok(())) => Ok(ControlPlane {
             tx,
             thread: Some(thread),
+            admin_socket,
         }),
         Ok(Err(e)) => Err(StartError(e)),
         Err(_) => Err(StartError("the control thread died while starting".into())),
+    }
+}
+
+/// Samples the load every [`history::SAMPLE_INTERVAL`] for `GET /history`
+/// (a first sample at once sets the baseline of the rates).
+async fn sample_load(control: Rc<Control>) {
+    loop {
+        control.sample_load().await;
+        monoio::time::sleep(history::SAMPLE_INTERVAL).await;
     }
 }

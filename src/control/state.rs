@@ -19,6 +19,8 @@ use tracing::{info, warn};
 
 use crate::config::Protocol;
 use crate::config::{Config, Listen};
+use crate::control::events::{Event, EventKind, EventLog, EVENT_CAPACITY};
+use crate::control::history::{LoadHistory, Sample, Totals};
 use crate::control::reload::{self, BoundListener, ReloadPlan};
 use crate::health::checker::check_loop;
 use crate::health::tracker::{HealthTracker, Source};
@@ -63,6 +65,8 @@ pub struct Control {
     moves: Cell<u64>,
     reloads: Cell<u64>,
     reload_failures: Cell<u64>,
+    events: RefCell<EventLog>,
+    history: RefCell<LoadHistory>,
 }
 
 /// One value per protocol, indexed by [`Protocol::index`].
@@ -104,6 +108,8 @@ impl Control {
             moves: Cell::new(0),
             reloads: Cell::new(0),
             reload_failures: Cell::new(0),
+            events: RefCell::new(EventLog::new(EVENT_CAPACITY)),
+            history: RefCell::new(LoadHistory::default()),
         };
         control.fit_trackers();
         control
@@ -307,6 +313,38 @@ impl Control {
         });
     }
 
+    /// Records an event for the status page (`GET /events`).
+    fn event(&self, kind: EventKind, backend: Option<&str>, user: Option<&str>, message: String) {
+        self.events.borrow_mut().push(kind, backend, user, message);
+    }
+
+    /// The kept events numbered above `seq`, oldest first, and the number
+    /// of the last event.
+    pub fn events_since(&self, seq: u64) -> (Vec<Event>, u64) {
+        let log = self.events.borrow();
+        (log.since(seq), log.last_seq())
+    }
+
+    /// Takes a load sample from every core's counters (`GET /history`).
+    pub async fn sample_load(&self) {
+        let totals = Totals::from_stats(&self.stats().await);
+        self.history
+            .borrow_mut()
+            .record(Instant::now(), std::time::SystemTime::now(), totals);
+    }
+
+    /// The load samples of the last minutes, oldest first.
+    pub fn load_history(&self) -> Vec<Sample> {
+        self.history.borrow().samples()
+    }
+
+    fn backend_name(&self, id: BackendId) -> String {
+        self.backends()
+            .get(id)
+            .map(|b| b.name.to_string())
+            .unwrap_or_default()
+    }
+
     /// The current backend snapshot.
     pub fn backends(&self) -> Arc<BackendSet> {
         self.set.borrow().clone()
@@ -412,6 +450,16 @@ impl Control {
                 "protocol port up"
             ),
         }
+        let mut message = format!("{} {}", protocol.as_str(), health.as_str());
+        if health == Health::Unhealthy {
+            if let Some(e) = self.last_error(id) {
+                message.push_str(&format!(" ({e})"));
+            }
+        }
+        if after != before {
+            message.push_str(&format!("; backend {}", after.as_str()));
+        }
+        self.event(EventKind::Health, Some(name), None, message);
         if after == BackendHealth::Unhealthy {
             warn!(
                 backend = name,
@@ -456,11 +504,14 @@ impl Control {
     /// (false if that took longer than [`CLOSE_LIMIT`]).
     pub async fn set_admin(&self, id: BackendId, state: AdminState) -> bool {
         let set = self.backends();
-        if set.get(id).is_some_and(|b| b.admin != state) {
-            info!(
-                backend = set.get(id).map(|b| &*b.name).unwrap_or(""),
-                ?state,
-                "admin state"
+        if let Some(before) = set.get(id).map(|b| b.admin).filter(|a| *a != state) {
+            let name = self.backend_name(id);
+            info!(backend = name, ?state, "admin state");
+            self.event(
+                EventKind::Admin,
+                Some(&name),
+                None,
+                format!("admin {} -> {}", before.as_str(), state.as_str()),
             );
             self.publish(set.with_change(id, |b| b.admin = state));
         }
@@ -529,6 +580,12 @@ impl Control {
     pub async fn kick_user(&self, key: &str) -> usize {
         let closed = self.kick_sessions(key).await;
         self.end_kick(key);
+        self.event(
+            EventKind::Kick,
+            None,
+            Some(key),
+            format!("{closed} sessions closed"),
+        );
         closed
     }
 
@@ -552,6 +609,23 @@ impl Control {
         }
     }
 
+    /// A safe move ([`Control::safe_move`]) asked for by an admin,
+    /// recorded as an event.
+    pub async fn move_user(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
+        let target = match to {
+            Reassign::To(id) => self.backend_name(id),
+            _ => "its first-ranked backend".to_string(),
+        };
+        let result = self.safe_move(key, to).await;
+        let message = match &result {
+            Ok(closed) => format!("moved to {target}, {closed} sessions closed"),
+            Err(e) => format!("not moved to {target}: {e}"),
+        };
+        let backend = matches!(to, Reassign::To(_)).then_some(target.as_str());
+        self.event(EventKind::Move, backend, Some(key), message);
+        result
+    }
+
     /// A safe move: hold the user's new logins, close its sessions
     /// everywhere and wait until the owner core counts none left — every
     /// backend connection of the user closed, including logins that were
@@ -560,7 +634,7 @@ impl Control {
     /// backend), then let the held logins through. Returns the sessions
     /// closed, or an error (and the assignment unchanged) when the old
     /// sessions did not close within [`CLOSE_LIMIT`].
-    pub async fn move_user(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
+    async fn safe_move(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
         let owner = self.owner(key);
         self.ask(owner, |done| CoreMsg::Hold {
             key: key.into(),
@@ -607,13 +681,19 @@ impl Control {
         let mut closed = 0;
         let mut moved = 0;
         for batch in users.chunks(FLUSH_PARALLEL) {
-            let moves = batch.iter().map(|k| self.move_user(k, Reassign::Forget));
+            let moves = batch.iter().map(|k| self.safe_move(k, Reassign::Forget));
             for n in join_all(moves).await.into_iter().flatten() {
                 closed += n;
                 moved += 1;
             }
         }
         info!(backend, users = moved, sessions = closed, "flushed");
+        self.event(
+            EventKind::Flush,
+            Some(&self.backend_name(backend)),
+            None,
+            format!("{moved} users flushed, {closed} sessions closed"),
+        );
         (moved, closed)
     }
 

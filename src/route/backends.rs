@@ -27,6 +27,17 @@ pub enum AdminState {
     Drain,
 }
 
+impl AdminState {
+    /// The name in the admin API: `up`, `down` or `drain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Up => "up",
+            AdminState::Down => "down",
+            AdminState::Drain => "drain",
+        }
+    }
+}
+
 /// What the health checks found about one protocol port of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {

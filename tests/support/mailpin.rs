@@ -234,11 +234,31 @@ impl Drop for Mailpin {
 }
 
 /// A raw HTTP/1.1 request to an admin API (the server closes after
-/// answering); returns (status, body).
+/// answering); returns (status, body). A `Host: x` header stands for the
+/// admin address itself (the API refuses a Host that does not name it).
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let (status, _, body) = http_full(addr, request);
+    (status, body)
+}
+
+/// As [`http`], also returning the response head.
+pub fn http_full(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let request = request.replacen("\r\nHost: x\r\n", &format!("\r\nHost: {addr}\r\n"), 1);
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
+    read_answer(s)
+}
+
+/// A raw HTTP request over a Unix socket; returns (status, head, body).
+pub fn http_unix(path: &std::path::Path, request: &str) -> (u16, String, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    read_answer(s)
+}
+
+fn read_answer(mut s: impl Read) -> (u16, String, String) {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out
@@ -246,9 +266,6 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_string(), body.to_string())
 }

@@ -5,6 +5,7 @@
 //! - [`tools`]: is a program installed; skip locally, fail on CI (`CI=true`).
 //! - [`dovecot`] (+ [`dovecot_conf`], [`loopback`], [`procs`], [`tempdir`]):
 //!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
+//! - [`dev_director`]: a director in front of the embedded dev backends.
 //! - [`python`]: run `tests/clients/*.py`, once or interactively.
 //! - [`wire`]: a tiny line client for raw IMAP/POP3/LMTP/ManageSieve talk.
 //!
@@ -14,6 +15,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod dev_director;
 pub mod director;
 pub mod dovecot;
 pub mod dovecot_conf;
