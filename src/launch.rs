@@ -17,6 +17,7 @@ use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
 use crate::runtime::mailbox::mailbox;
 use crate::runtime::{start, Director};
+use crate::sdnotify;
 use crate::signals;
 use crate::tls::{server_config_from_pem, server_config_from_pem_files, MinVersion, TlsSettings};
 
@@ -150,9 +151,28 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
 
 /// Serves until SIGINT or SIGTERM, then drains and stops. Call
 /// [`signals::block`] before starting any thread.
+///
+/// Under systemd (`Type=notify`) the director reports `READY=1` here — every
+/// core listens and the admin API is up by now — and `STOPPING=1` as the
+/// drain begins.
 pub fn run_until_signal(mut director: Director) {
+    sdnotify::ready(&ready_status(&director));
     let signal = signals::wait();
     info!(signal, "stopping: no new connections, draining sessions");
+    sdnotify::stopping(&format!("{signal}: draining sessions"));
     director.stop();
     info!("stopped");
+}
+
+/// The `STATUS=` text systemd shows for a director that serves.
+fn ready_status(director: &Director) -> String {
+    let listen: Vec<String> = director
+        .listen_addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    match director.admin_addr {
+        Some(admin) => format!("serving on {}; admin API on {admin}", listen.join(" ")),
+        None => format!("serving on {}", listen.join(" ")),
+    }
 }

@@ -34,6 +34,7 @@ pub use schema::{
     AdminConfig, Backend, BackendDefaults, ClusterConfig, Driver, Forward, HealthCheck,
     HealthConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode, DEFAULT_WEIGHT,
 };
+pub use schema::{LogConfig, LogFormat};
 pub use validate::{check_backend_name, check_host, check_http_url, check_user_key};
 pub use values::{Secret, TlsVersion};
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[cluster]`: absent for a single director.
     pub cluster: Option<ClusterConfig>,
+    /// `[log]`
+    pub log: LogConfig,
 }
 
 impl Config {

@@ -18,8 +18,8 @@ use super::error::{ConfigError, ConfigErrors, Location};
 use super::Config;
 
 /// The top-level keys of the schema, in the order the reference config uses.
-const SECTIONS: [&str; 8] = [
-    "server", "tls", "listen", "backends", "backend", "health", "admin", "cluster",
+const SECTIONS: [&str; 9] = [
+    "server", "tls", "listen", "backends", "backend", "health", "admin", "cluster", "log",
 ];
 
 /// Parses `text` into a [`Config`] without semantic validation. Every
@@ -89,6 +89,11 @@ pub(crate) fn parse_config(text: &str) -> Result<(Config, Document<'_>), ConfigE
     }
     if let Some(value) = table.get("cluster") {
         config.cluster = document.section(value, "cluster", &mut errors);
+    }
+    if let Some(value) = table.get("log") {
+        config.log = document
+            .section(value, "log", &mut errors)
+            .unwrap_or_default();
     }
 
     if errors.is_empty() {
