@@ -125,21 +125,13 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
             monoio::spawn(relayed(core.clone(), protocol, tls, l, guard, facts).instrument(span));
         }
         Err(before_login) => {
-            let ending = match before_login {
-                PreloginEnd::Closed if protocol == Protocol::Lmtp => "LMTP dialogue ended",
-                PreloginEnd::Closed
-                    if started.elapsed() >= core.shared.config.server.prelogin_timeout =>
-                {
-                    "prelogin timeout"
-                }
-                other => other.reason(),
-            };
-            let facts = facts(tls_version.get());
+            let timed_out = started.elapsed() >= core.shared.config.server.prelogin_timeout;
+            let ending = Ending::Prelogin(before_login.reason(protocol, timed_out));
             closed(
                 &span,
-                Ending::Prelogin(ending),
+                ending,
                 RelayStats::default(),
-                facts,
+                facts(tls_version.get()),
             )
         }
     }
@@ -213,11 +205,15 @@ enum PreloginEnd {
 }
 
 impl PreloginEnd {
-    fn reason(self) -> &'static str {
+    /// The closing line's reason. LMTP has no login: its dialogue just
+    /// ends. A dialogue that lasted `server.prelogin_timeout` was cut by it.
+    fn reason(self, protocol: Protocol, timed_out: bool) -> &'static str {
         match self {
             PreloginEnd::ProxyRefused => "PROXY header refused",
             PreloginEnd::TlsFailed => "TLS handshake failed",
             PreloginEnd::Gone => "disconnected by client before login",
+            PreloginEnd::Closed if protocol == Protocol::Lmtp => "LMTP dialogue ended",
+            PreloginEnd::Closed if timed_out => "prelogin timeout",
             PreloginEnd::Closed => "closed before login",
         }
     }
