@@ -207,7 +207,7 @@ fn an_admin_kick_is_logged_as_json() {
 }
 
 #[test]
-fn a_backend_that_hangs_is_logged_as_backend_down() {
+fn a_backend_that_hangs_is_logged_as_marked_down() {
     let user = "hung-user";
     let Some(mut s) = start("text", user) else {
         return;
@@ -228,7 +228,7 @@ fn a_backend_that_hangs_is_logged_as_backend_down() {
     let line = line.unwrap_or_else(|| panic!("no closing line:\n{}", s.mailpin.log()));
     let f = text_fields(&line);
     assert_common(&f, user, &line);
-    assert_eq!(f["reason"], "backend down", "{line}");
+    assert_eq!(f["reason"], "backend marked down", "{line}");
     assert_eq!(f["end"], "stopped", "{line}");
     drop(session);
     s.cluster.instance_mut(0).stop();

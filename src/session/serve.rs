@@ -168,10 +168,10 @@ impl Ending {
         }
     }
 
-    /// Why the session ended, in an operator's words (`reason=`). An IMAP
-    /// LOGOUT or POP3 QUIT usually reads "disconnected by backend": the
-    /// backend answers it and closes first, as Dovecot's own proxy logs
-    /// "Disconnected by server".
+    /// Why the session ended, in an operator's words (`reason=`). After an
+    /// IMAP LOGOUT or POP3 QUIT the backend answers and closes while the
+    /// client closes as it reads the answer, so either "disconnected by"
+    /// line is a normal end (as in Dovecot's own proxy log).
     fn reason(self) -> &'static str {
         match self {
             Ending::Prelogin(reason) => reason,
@@ -180,7 +180,9 @@ impl Ending {
             Ending::Relay(RelayEnd::Error, _) => "connection error",
             Ending::Relay(RelayEnd::Stalled, _) => "stalled: a side stopped reading",
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin)) => "closed by admin",
-            Ending::Relay(RelayEnd::Stopped, Some(KickReason::BackendDown)) => "backend down",
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::BackendDown)) => {
+                "backend marked down"
+            }
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::Shutdown)) => {
                 "director shutting down"
             }
@@ -209,7 +211,7 @@ impl PreloginEnd {
     /// ends. A dialogue that lasted `server.prelogin_timeout` was cut by it.
     fn reason(self, protocol: Protocol, timed_out: bool) -> &'static str {
         match self {
-            PreloginEnd::ProxyRefused => "PROXY header refused",
+            PreloginEnd::ProxyRefused => "bad PROXY header",
             PreloginEnd::TlsFailed => "TLS handshake failed",
             PreloginEnd::Gone => "disconnected by client before login",
             PreloginEnd::Closed if protocol == Protocol::Lmtp => "LMTP dialogue ended",
