@@ -21,6 +21,7 @@ use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
 use crate::runtime::mailbox::mailbox;
 use crate::runtime::{start, Director};
+use crate::sdnotify;
 use crate::signals;
 use crate::tls::{server_config_from_pem, server_config_from_pem_files, MinVersion, TlsSettings};
 
@@ -179,7 +180,13 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
 /// Serves until SIGINT or SIGTERM, reloading on SIGHUP, then drains and
 /// stops; a second SIGINT or SIGTERM during the drain ends the process at
 /// once. Call [`signals::block`] before starting any thread.
+///
+/// Under systemd (`Type=notify`) the director reports `READY=1` here — every
+/// core listens and the admin API is up by now — and `STOPPING=1` as the
+/// drain begins. A reload needs no notification: the unit's `ExecReload=`
+/// is `mailpin ctl reload`, which returns once the reload is done.
 pub fn run_until_signal(mut director: Director) {
+    sdnotify::ready(&ready_status(&director));
     let signal = loop {
         match signals::wait() {
             signals::Signal::Reload => {
@@ -193,6 +200,7 @@ pub fn run_until_signal(mut director: Director) {
         signal,
         "stopping: no new connections, draining sessions (again to end at once)"
     );
+    sdnotify::stopping(&format!("{signal}: draining sessions"));
     std::thread::spawn(|| loop {
         if let signals::Signal::Stop(name) = signals::wait() {
             tracing::warn!(signal = name, "second stop signal: ending at once");
@@ -201,4 +209,17 @@ pub fn run_until_signal(mut director: Director) {
     });
     director.stop();
     info!("stopped");
+}
+
+/// The `STATUS=` text systemd shows for a director that serves.
+fn ready_status(director: &Director) -> String {
+    let listen: Vec<String> = director
+        .listen_addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    match director.admin_addr {
+        Some(admin) => format!("serving on {}; admin API on {admin}", listen.join(" ")),
+        None => format!("serving on {}", listen.join(" ")),
+    }
 }

@@ -22,6 +22,7 @@ pub mod proto;
 pub mod relay;
 pub mod route;
 pub mod runtime;
+pub mod sdnotify;
 pub mod session;
 pub mod signals;
 pub mod sockopt;

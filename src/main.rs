@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use mailpin::config::Config;
+use mailpin::config::{Config, LogFormat};
 use mailpin::ctl::{self, CtlCommand};
 use mailpin::devmode::{self, DevPorts};
 use mailpin::launch::{launch, launch_with_path, run_until_signal};
@@ -21,32 +21,75 @@ const DEFAULT_CONFIG: &str = "config/mailpin.toml";
 static GLOBAL: mailpin::alloc::Allocator = mailpin::alloc::Allocator;
 
 /// A high-availability mail director: every session of one user goes to one backend.
+///
+/// mailpin sits in front of IMAP, POP3, LMTP and ManageSieve backends that
+/// share one mail store, terminates TLS, learns the user at login and sends
+/// every session of one user to one backend. It checks the backends itself
+/// and moves a dead backend's users within a second.
 #[derive(Parser)]
-#[command(name = "mailpin", version, about)]
+#[command(name = "mailpin", version, about, after_long_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The end of `mailpin --help`: what the man page says besides the options.
+const AFTER_HELP: &str = "\
+Environment:
+  MAILPIN_LOG    log filter (default \"info\"; RUST_LOG when unset), e.g. info,mailpin=debug
+  NO_COLOR       no colours in text logs
+  NOTIFY_SOCKET  set by systemd (Type=notify): READY=1 once serving, STOPPING=1 on SIGTERM
+
+Signals (to `mailpin run`):
+  SIGTERM, SIGINT  stop accepting, drain sessions for server.drain_timeout, exit 0
+
+Files:
+  /etc/mailpin/mailpin.toml  the configuration of the Debian package's unit
+                             (config/mailpin.toml is the annotated reference)
+
+Exit status: 0 ok; 1 invalid config, failed start or refused ctl request;
+2 ctl could not reach the director. The manual: man mailpin";
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve mail protocols.
+    ///
+    /// Checks the configuration, binds every [[listen]] address on every
+    /// core and the admin API, then serves. Under systemd (Type=notify) it
+    /// reports READY=1 once all of that is up. SIGTERM or SIGINT stops
+    /// accepting, reports STOPPING=1, gives established sessions
+    /// server.drain_timeout and exits 0. Logs go to standard error, as text
+    /// or JSON (log.format); every session ends with one "session closed"
+    /// line: user, client, backend, protocol, TLS version, bytes each way,
+    /// duration and reason.
     Run {
         /// Configuration file.
         #[arg(short = 'c', long = "config", default_value = "config/mailpin.toml")]
         config: PathBuf,
         /// Serve with three embedded dev backends and a fresh self-signed
         /// certificate on 127.0.0.1; no configuration file is read.
+        ///
+        /// IMAP 10143 (STARTTLS), IMAPS 10993, POP3 10110, LMTP 10024,
+        /// ManageSieve 14190, admin API 9120; any user name, password "dev".
         #[arg(long, conflicts_with = "config")]
         dev: bool,
     },
     /// Validate a configuration: exit 0, or print every problem and exit 1.
+    ///
+    /// Checks syntax, types, unknown keys, ranges and required companions,
+    /// then the certificate and key files and the CPU count on this
+    /// machine. Every problem is printed with its line, column and key
+    /// path; probable mistakes are printed as warnings.
     Check {
         /// Configuration file.
         #[arg(short = 'c', long = "config", default_value = "config/mailpin.toml")]
         config: PathBuf,
     },
     /// Talk to a running director's admin API.
+    ///
+    /// Exit status: 0 on success, 1 when the API refused the request
+    /// (unknown backend or user, malformed request), 2 when the director
+    /// could not be reached.
     Ctl {
         /// The admin API: HOST:PORT (as admin.listen) or unix:PATH (as
         /// admin.socket). Default: the config file's admin.socket, else its
@@ -102,16 +145,29 @@ enum CtlCli {
     Reload,
 }
 
-fn init_logging() {
+/// Logs to standard error in `format` (`log.format`), filtered by
+/// `MAILPIN_LOG` (or `RUST_LOG`; default `info`).
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MAILPIN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        // One object per line: the event's fields at the top level, the
+        // session's (user, client, backend, ...) under "span".
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -125,7 +181,6 @@ fn main() -> ExitCode {
             command,
         } => ctl(admin.as_deref(), config.as_deref(), json, command),
         Command::Run { config, dev } => {
-            init_logging();
             signals::block();
             if dev {
                 run_dev()
@@ -199,6 +254,7 @@ fn run(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_logging(config.log.format);
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
@@ -215,6 +271,7 @@ fn run(path: &PathBuf) -> ExitCode {
 }
 
 fn run_dev() -> ExitCode {
+    init_logging(LogFormat::Text);
     let setup = match devmode::setup(DevPorts::STANDARD) {
         Ok(s) => s,
         Err(e) => {

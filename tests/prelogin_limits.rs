@@ -300,8 +300,11 @@ fn next_literal() -> Vec<u8> {
 fn limit_count(m: &Mailpin, protocol: &str, limit: &str) -> u64 {
     let mut s = TcpStream::connect_timeout(&m.admin, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        m.admin
+    );
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let needle =

@@ -75,7 +75,7 @@ pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
         ["users", user] => user_info(control, user).await,
         ["users", user, "kick"] => kick(control, user).await,
         ["users", user, "move"] => move_user(control, user, req.param("to")).await,
-        ["reload"] => reload(control),
+        ["reload"] => reload(control).await,
         _ => Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
@@ -85,8 +85,8 @@ pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
 
 /// `POST /reload`: 200 with what changed, or 400 with every error (the
 /// old configuration stays in force).
-fn reload(control: &Rc<Control>) -> Response {
-    match control.reload() {
+async fn reload(control: &Rc<Control>) -> Response {
+    match control.reload().await {
         Ok(changes) => Response::json(200, &json!({ "reloaded": true, "changes": changes })),
         Err(ReloadError(errors)) => Response::json(
             400,

@@ -37,6 +37,7 @@ pub use schema::{
     HealthConfig, LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode,
     DEFAULT_WEIGHT,
 };
+pub use schema::{LogConfig, LogFormat};
 pub use validate::{check_backend_name, check_host, check_http_url, check_user_key};
 pub use values::{Secret, TlsVersion};
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[limits]`
     pub limits: LimitsConfig,
+    /// `[log]`
+    pub log: LogConfig,
 }
 
 impl Config {

@@ -18,8 +18,8 @@ use super::error::{ConfigError, ConfigErrors, Location};
 use super::Config;
 
 /// The top-level keys of the schema, in the order the reference config uses.
-const SECTIONS: [&str; 9] = [
-    "server", "tls", "listen", "backends", "backend", "health", "admin", "cluster", "limits",
+const SECTIONS: [&str; 10] = [
+    "server", "tls", "listen", "backends", "backend", "health", "admin", "cluster", "limits", "log",
 ];
 
 /// Parses `text` into a [`Config`] without semantic validation. Every
@@ -93,6 +93,11 @@ pub(crate) fn parse_config(text: &str) -> Result<(Config, Document<'_>), ConfigE
     if let Some(value) = table.get("limits") {
         config.limits = document
             .section(value, "limits", &mut errors)
+            .unwrap_or_default();
+    }
+    if let Some(value) = table.get("log") {
+        config.log = document
+            .section(value, "log", &mut errors)
             .unwrap_or_default();
     }
 

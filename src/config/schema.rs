@@ -610,3 +610,25 @@ impl Default for ClusterConfig {
         }
     }
 }
+
+/// `[log]`: how the director writes its log (to standard error, which
+/// systemd's journal collects under the unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The line format.
+    pub format: LogFormat,
+}
+
+/// `log.format`: one line per event, as text or as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum LogFormat {
+    /// `TIME LEVEL span{key=value ...}: message key=value ...` (`"text"`).
+    #[default]
+    #[serde(rename = "text")]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the
+    /// event's fields, and the session's fields under `span` (`"json"`).
+    #[serde(rename = "json")]
+    Json,
+}

@@ -1120,3 +1120,25 @@ fn limits_that_contradict_each_other_are_errors() {
     let e = single_error(&minimal_plus("[limits]\ntrusted = [\"10.0.0.0/33\"]\n"));
     assert!(e.contains("limits.trusted"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_by_default_json_when_asked_and_nothing_else() {
+    assert_eq!(
+        Config::from_toml_str(MINIMAL).unwrap().log.format,
+        LogFormat::Text
+    );
+    let reference = Config::from_toml_str(REFERENCE).unwrap();
+    assert_eq!(
+        reference.log,
+        LogConfig::default(),
+        "the reference shows the default"
+    );
+    let json = Config::from_toml_str(&minimal_plus("[log]\nformat = \"json\"\n")).unwrap();
+    assert_eq!(json.log.format, LogFormat::Json);
+    assert_eq!(
+        single_error(&minimal_plus("[log]\nformat = \"xml\"\n")),
+        "log.format: unknown variant `xml`, expected `text` or `json`"
+    );
+    assert!(single_error(&minimal_plus("[log]\nformats = \"json\"\n"))
+        .starts_with("log.formats: unknown key"));
+}

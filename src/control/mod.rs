@@ -114,7 +114,10 @@ pub fn start(
                             error,
                         } => control.unreachable(backend, protocol, error),
                         ControlMsg::Reload => {
-                            let _ = control.reload();
+                            let control = control.clone();
+                            monoio::spawn(async move {
+                                let _ = control.reload().await;
+                            });
                         }
                         ControlMsg::Shutdown => break,
                     }

@@ -14,7 +14,8 @@
 //! advice to restart: `server.cores` and `server.driver` (the cores and
 //! their runtimes exist once), `server.user_key` (every live session is
 //! counted under its key: a new format would let a user's new sessions
-//! land beside its old ones), `admin.listen` and `[cluster]`.
+//! land beside its old ones), `admin.listen`, `log.format` (the log is
+//! set up once) and `[cluster]`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,6 +103,13 @@ pub fn plan(
             "admin.listen",
             o.admin.listen.to_string(),
             n.admin.listen.to_string(),
+        ));
+    }
+    if o.log != n.log {
+        errors.push(restart(
+            "log.format",
+            format!("{:?}", o.log.format),
+            format!("{:?}", n.log.format),
         ));
     }
     if o.cluster != n.cluster {

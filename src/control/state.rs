@@ -187,8 +187,12 @@ impl Control {
     /// end or `server.drain_timeout` passes); listeners are added, changed
     /// in place or closed; the certificate is re-read. Returns what
     /// changed, or every error, with the old configuration still in force.
-    pub fn reload(self: &Rc<Self>) -> Result<Vec<String>, ReloadError> {
+    pub async fn reload(self: &Rc<Self>) -> Result<Vec<String>, ReloadError> {
         let result = self.try_reload();
+        if result.is_ok() {
+            // In force on every core before the caller hears of it.
+            self.ask_all(|done| CoreMsg::Sync { done }).await;
+        }
         match &result {
             Ok(changes) => {
                 self.reloads.set(self.reloads.get() + 1);

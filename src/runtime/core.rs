@@ -137,6 +137,12 @@ pub enum CoreMsg {
         /// Addresses to stop accepting on and close.
         remove: Vec<SocketAddr>,
     },
+    /// Answered once every message sent before it is handled (a reload
+    /// waits for this before it reports the new settings in force).
+    Sync {
+        /// Answered.
+        done: flume::Sender<()>,
+    },
     /// A snapshot of this core's counters.
     Stats {
         /// Gets the snapshot.
@@ -449,6 +455,9 @@ async fn mailbox_loop(
                 update,
                 remove,
             } => core.change_listeners(add, update, remove),
+            CoreMsg::Sync { done } => {
+                let _ = done.send(());
+            }
             CoreMsg::Stats { reply } => {
                 let _ = reply.send(core.stats());
             }

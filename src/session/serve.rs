@@ -5,8 +5,11 @@
 //! on `proxy_protocol` listeners, runs TLS and the protocol's pre-login
 //! phase (IMAP, POP3, ManageSieve) or the LMTP dialogue, relays after
 //! login, releases the user's session count and writes one closing line
-//! with bytes each way and duration.
+//! for operators: the span's user, client, backend and protocol, then the
+//! TLS version, bytes each way, duration and why the session ended
+//! ([`Ending::reason`]); never a credential.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -106,18 +109,32 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
         backend = tracing::field::Empty,
     );
     let started = Instant::now();
-    let mut opening =
-        Box::pin(open(&core, &listen, tcp, peer, session_id).instrument(span.clone()));
+    let tls_version = Cell::new(None);
+    let mut opening = Box::pin(
+        open(&core, &listen, tcp, peer, session_id, &tls_version).instrument(span.clone()),
+    );
     let opened = (&mut opening).await;
     let protocol = listen.protocol;
+    let facts = |tls| Facts { started, tls };
     match opened {
-        Some(Ready::Plain(tcp, l)) => {
-            monoio::spawn(relayed(core.clone(), protocol, tcp, l, guard, started).instrument(span));
+        Ok(Ready::Plain(tcp, l)) => {
+            let facts = facts(None);
+            monoio::spawn(relayed(core.clone(), protocol, tcp, l, guard, facts).instrument(span));
         }
-        Some(Ready::Tls(tls, l)) => {
-            monoio::spawn(relayed(core.clone(), protocol, tls, l, guard, started).instrument(span));
+        Ok(Ready::Tls(tls, l)) => {
+            let facts = facts(Some(tls.version_name()));
+            monoio::spawn(relayed(core.clone(), protocol, tls, l, guard, facts).instrument(span));
         }
-        None => closed(&span, None, RelayStats::default(), started),
+        Err(before_login) => {
+            let timed_out = started.elapsed() >= core.shared().config.server.prelogin_timeout;
+            let ending = Ending::Prelogin(before_login.reason(protocol, timed_out));
+            closed(
+                &span,
+                ending,
+                RelayStats::default(),
+                facts(tls_version.get()),
+            )
+        }
     }
     // Freed only now, after the relay task's allocation: were it freed
     // first, the relay's smaller block would be cut from it and the rest
@@ -125,14 +142,101 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
     drop(opening);
 }
 
-/// The session's closing line: bytes each way and duration.
-fn closed(span: &tracing::Span, end: Option<RelayEnd>, stats: RelayStats, started: Instant) {
+/// What the closing line needs to know from the session's opening.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    /// When the connection was accepted.
+    started: Instant,
+    /// The client connection's TLS version; `None` for plaintext.
+    tls: Option<&'static str>,
+}
+
+/// How a session ended, for its closing line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Before a login reached the relay, for this reason.
+    Prelogin(&'static str),
+    /// The relay ended so; a stopped relay says why it was stopped.
+    Relay(RelayEnd, Option<KickReason>),
+}
+
+impl Ending {
+    /// The `end=` word: `prelogin` or how the relay ended.
+    fn end(self) -> &'static str {
+        match self {
+            Ending::Prelogin(_) => "prelogin",
+            Ending::Relay(end, _) => end_name(end),
+        }
+    }
+
+    /// Why the session ended, in an operator's words (`reason=`). After an
+    /// IMAP LOGOUT or POP3 QUIT the backend answers and closes while the
+    /// client closes as it reads the answer, so either "disconnected by"
+    /// line is a normal end (as in Dovecot's own proxy log).
+    fn reason(self) -> &'static str {
+        match self {
+            Ending::Prelogin(reason) => reason,
+            Ending::Relay(RelayEnd::Client, _) => "disconnected by client",
+            Ending::Relay(RelayEnd::Backend, _) => "disconnected by backend",
+            Ending::Relay(RelayEnd::Error, _) => "connection error",
+            Ending::Relay(RelayEnd::Stalled, _) => "stalled: a side stopped reading",
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin)) => "closed by admin",
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::BackendDown)) => {
+                "backend marked down"
+            }
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Shutdown)) => {
+                "director shutting down"
+            }
+            Ending::Relay(RelayEnd::Stopped, None) => "stopped",
+        }
+    }
+}
+
+/// Why a session ended before it logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreloginEnd {
+    /// A PROXY header was missing, malformed or untrusted.
+    ProxyRefused,
+    /// The TLS handshake failed or timed out.
+    TlsFailed,
+    /// The client was gone before its greeting.
+    Gone,
+    /// A connection limit refused the client before its greeting.
+    Limited,
+    /// The pre-login dialogue ended without a login: the client logged out,
+    /// left, failed to log in or was refused (the session's earlier lines
+    /// say which), or timed out.
+    Closed,
+}
+
+impl PreloginEnd {
+    /// The closing line's reason. LMTP has no login: its dialogue just
+    /// ends. A dialogue that lasted `server.prelogin_timeout` was cut by it.
+    fn reason(self, protocol: Protocol, timed_out: bool) -> &'static str {
+        match self {
+            PreloginEnd::ProxyRefused => "bad PROXY header",
+            PreloginEnd::TlsFailed => "TLS handshake failed",
+            PreloginEnd::Gone => "disconnected by client before login",
+            PreloginEnd::Limited => "connection limit reached",
+            PreloginEnd::Closed if protocol == Protocol::Lmtp => "LMTP dialogue ended",
+            PreloginEnd::Closed if timed_out => "prelogin timeout",
+            PreloginEnd::Closed => "closed before login",
+        }
+    }
+}
+
+/// The session's closing line (the span adds sid, proto, client, user and
+/// backend): TLS version, bytes from the client (`bytes_in`) and to it
+/// (`bytes_out`), duration, how (`end`) and why (`reason`) it ended.
+fn closed(span: &tracing::Span, ending: Ending, stats: RelayStats, facts: Facts) {
     info!(
         parent: span,
-        bytes_up = stats.up,
-        bytes_down = stats.down,
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = end.map_or("prelogin", end_name),
+        tls = facts.tls.unwrap_or("none"),
+        bytes_in = stats.up,
+        bytes_out = stats.down,
+        duration_ms = facts.started.elapsed().as_millis() as u64,
+        end = ending.end(),
+        reason = ending.reason(),
         "session closed"
     );
 }
@@ -150,7 +254,7 @@ fn relayed<C: Connection>(
     client: C,
     l: LoggedIn,
     guard: SessionGuard,
-    started: Instant,
+    facts: Facts,
 ) -> impl Future<Output = ()> {
     let LoggedIn {
         backend,
@@ -163,6 +267,7 @@ fn relayed<C: Connection>(
     core.shared().config.server.keepalive().apply(&backend);
     let split = Split::new(client, backend);
     async move {
+        let kicked_for = Cell::new(None);
         let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
         if !core
             .router
@@ -173,8 +278,10 @@ fn relayed<C: Connection>(
             // The backend went down while this login was on its way.
             registration.kick(KickReason::BackendDown);
         }
+        let kicked = &kicked_for;
         let stop = async move {
             let reason = kick.kicked().await;
+            kicked.set(Some(reason));
             info!(?reason, "closing session");
             goodbye(protocol, reason)
         };
@@ -195,7 +302,8 @@ fn relayed<C: Connection>(
         let (end, stats) =
             relay_split(split, to_backend, to_client, stop, options, backend_closed).await;
         drop(registration);
-        closed(&tracing::Span::current(), Some(end), stats, started);
+        let ending = Ending::Relay(end, kicked_for.get());
+        closed(&tracing::Span::current(), ending, stats, facts);
         drop(guard);
     }
 }
@@ -208,7 +316,8 @@ async fn open(
     tcp: TcpStream,
     peer: SocketAddr,
     session_id: String,
-) -> Option<Ready> {
+    tls_version: &Cell<Option<&'static str>>,
+) -> Result<Ready, PreloginEnd> {
     let mut tcp = tcp;
     let _ = tcp.set_nodelay(true);
     core.shared().config.server.keepalive().apply(&tcp);
@@ -230,7 +339,7 @@ async fn open(
             }
             Err(e) => {
                 warn!(error = %e, "PROXY header refused, closing");
-                return None;
+                return Err(PreloginEnd::ProxyRefused);
             }
         }
     }
@@ -247,7 +356,7 @@ async fn open(
             Err(limit) => {
                 let bound = shared.config.server.handshake_timeout;
                 refuse_connection(&mut tcp, listen, limit, bound).await;
-                return None;
+                return Err(PreloginEnd::Limited);
             }
         }
     };
@@ -267,7 +376,7 @@ async fn open(
                 plaintext_auth,
             };
             let pre = imap::Prelogin::new(core, policy, client);
-            prelogin(core, listen, tcp, Box::new(pre)).await
+            prelogin(core, listen, tcp, tls_version, Box::new(pre)).await
         }
         Protocol::Pop3 => {
             let policy = Pop3Policy {
@@ -275,7 +384,7 @@ async fn open(
                 plaintext_auth,
             };
             let pre = pop3::Prelogin::new(core, policy, client);
-            prelogin(core, listen, tcp, Box::new(pre)).await
+            prelogin(core, listen, tcp, tls_version, Box::new(pre)).await
         }
         Protocol::Sieve => {
             let policy = SievePolicy {
@@ -283,7 +392,7 @@ async fn open(
                 plaintext_auth,
             };
             let pre = sieve::Prelogin::new(core, policy, client);
-            prelogin(core, listen, tcp, Box::new(pre)).await
+            prelogin(core, listen, tcp, tls_version, Box::new(pre)).await
         }
         Protocol::Lmtp => {
             let policy = LmtpPolicy {
@@ -291,7 +400,7 @@ async fn open(
                 idle_timeout: server.prelogin_timeout,
             };
             let lmtp = Lmtp::new(core, policy, client);
-            prelogin(core, listen, tcp, Box::new(lmtp)).await
+            prelogin(core, listen, tcp, tls_version, Box::new(lmtp)).await
         }
     }
 }
@@ -315,37 +424,41 @@ enum Ready {
 }
 
 /// TLS and the protocol's dialogue up to a successful login.
+/// The TLS version of a handshake is noted in `tls_version`.
 async fn prelogin<P: PreloginPhase>(
     core: &Rc<Core>,
     listen: &Listen,
     mut tcp: TcpStream,
+    tls_version: &Cell<Option<&'static str>>,
     mut pre: Box<P>,
-) -> Option<Ready> {
+) -> Result<Ready, PreloginEnd> {
     if listen.tls == TlsMode::Implicit {
-        let mut tls = handshake(core, tcp).await?;
+        let mut tls = handshake(core, tcp).await.ok_or(PreloginEnd::TlsFailed)?;
+        tls_version.set(Some(tls.version_name()));
         pre.upgraded();
         if !pre.greet(&mut tls).await {
-            return None;
+            return Err(PreloginEnd::Gone);
         }
         return match pre.run(&mut tls).await {
-            Outcome::LoggedIn(l) => Some(Ready::Tls(tls, l)),
-            _ => None,
+            Outcome::LoggedIn(l) => Ok(Ready::Tls(tls, l)),
+            _ => Err(PreloginEnd::Closed),
         };
     }
     if !pre.greet(&mut tcp).await {
-        return None;
+        return Err(PreloginEnd::Gone);
     }
     match pre.run(&mut tcp).await {
-        Outcome::LoggedIn(l) => Some(Ready::Plain(tcp, l)),
+        Outcome::LoggedIn(l) => Ok(Ready::Plain(tcp, l)),
         Outcome::StartTls => {
-            let mut tls = handshake(core, tcp).await?;
+            let mut tls = handshake(core, tcp).await.ok_or(PreloginEnd::TlsFailed)?;
+            tls_version.set(Some(tls.version_name()));
             pre.upgraded();
             match pre.run(&mut tls).await {
-                Outcome::LoggedIn(l) => Some(Ready::Tls(tls, l)),
-                _ => None,
+                Outcome::LoggedIn(l) => Ok(Ready::Tls(tls, l)),
+                _ => Err(PreloginEnd::Closed),
             }
         }
-        Outcome::Closed => None,
+        Outcome::Closed => Err(PreloginEnd::Closed),
     }
 }
 

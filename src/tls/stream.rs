@@ -356,6 +356,17 @@ impl TlsStream {
         self.session.with_records(|records| f(records.conn()))
     }
 
+    /// The negotiated protocol version as operators write it
+    /// (`"TLSv1.3"`, `"TLSv1.2"`), for the session's closing log line.
+    pub fn version_name(&self) -> &'static str {
+        self.with_connection(|c| match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            Some(_) => "TLS",
+            None => "TLS (handshake unfinished)",
+        })
+    }
+
     /// Bytes of buffers the session holds besides rustls' own state: 0
     /// while idle, unless the client left a partial record.
     pub fn held_bytes(&self) -> usize {

@@ -109,9 +109,7 @@ impl Mailpin {
         let admin = m
             .wait_for_log(&["admin API ready"], Duration::from_secs(30))
             .unwrap_or_else(|| panic!("no admin API:\n{}", m.log()));
-        m.admin = admin
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
+        m.admin = addr_in(&admin)
             .and_then(|a| a.parse().ok())
             .expect("admin address in the log");
         m
@@ -124,7 +122,7 @@ impl Mailpin {
             let addrs: Vec<SocketAddr> = text
                 .lines()
                 .filter(|l| l.contains("listening"))
-                .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .filter_map(addr_in)
                 .filter_map(|a| a.parse().ok())
                 .collect();
             if addrs.len() >= n {
@@ -231,6 +229,19 @@ impl Drop for Mailpin {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `addr` field of a log line, in the text (`addr=IP:PORT`) or the
+/// JSON (`"addr":"IP:PORT"`) format of `log.format`.
+fn addr_in(line: &str) -> Option<&str> {
+    if let Some(a) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+    {
+        return Some(a);
+    }
+    let (_, rest) = line.split_once("\"addr\":\"")?;
+    rest.split('"').next()
 }
 
 /// A raw HTTP/1.1 request to an admin API (the server closes after
