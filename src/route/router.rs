@@ -565,7 +565,10 @@ mod tests {
         block_on(async {
             let r = router(0, 1, Arc::new(Outbox::default()));
             r.hold("stuck");
-            assert_eq!(r.acquire("stuck", Protocol::Imap, &[]).await, Err(RouteError::Held));
+            assert_eq!(
+                r.acquire("stuck", Protocol::Imap, &[]).await,
+                Err(RouteError::Held)
+            );
         });
     }
 
@@ -653,7 +656,10 @@ mod tests {
             // The owner holds the user (a move), so no answer comes in time.
             owner.hold(&key);
             let started = std::time::Instant::now();
-            assert_eq!(asker.acquire(&key, Protocol::Imap, &[]).await, Err(RouteError::Held));
+            assert_eq!(
+                asker.acquire(&key, Protocol::Imap, &[]).await,
+                Err(RouteError::Held)
+            );
             assert!(
                 started.elapsed() >= HOLD_WAIT,
                 "a remote login waits as long as a local one"

@@ -6,6 +6,7 @@
 //! - [`dovecot`] (+ [`dovecot_conf`], [`loopback`], [`procs`], [`tempdir`]):
 //!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
 //! - [`python`]: run `tests/clients/*.py`, once or interactively.
+//! - [`oauth2_server`]: a token introspection endpoint for Dovecot's oauth2 passdb.
 //! - [`wire`]: a tiny line client for raw IMAP/POP3/LMTP/ManageSieve talk.
 //!
 //! Every integration test file that needs it says `mod support;`. Not every
@@ -19,6 +20,7 @@ pub mod dovecot;
 pub mod dovecot_conf;
 pub mod loopback;
 pub mod mailpin;
+pub mod oauth2_server;
 pub mod procs;
 pub mod python;
 pub mod tempdir;
