@@ -489,3 +489,65 @@ fn pop3_and_managesieve_oauth_and_scram() {
         );
     }
 }
+
+#[test]
+fn oauth_and_scram_before_tls_only_where_plaintext_auth_is() {
+    let Some(s) = setup() else {
+        return;
+    };
+    let dir = s.mailpin.dir().join("cert");
+    let (cert, key) = mailpin::tls::DevCert::generate()
+        .expect("dev cert")
+        .write_to(&dir)
+        .expect("write dev cert");
+    let starttls = |protocol| ListenSpec {
+        protocol,
+        tls: "starttls",
+        extra: "",
+    };
+    let listeners = [starttls("imap"), starttls("pop3"), starttls("sieve")];
+    let cfg = config(&s.cluster, Some((&cert, &key)), "", &listeners, "")
+        .replace("plaintext_auth = true", "plaintext_auth = false");
+    let guarded = Mailpin::start(&cfg, 3);
+    let ir = b64(b"n,a=user0001,\x01auth=Bearer valid-user0001\x01\x01");
+
+    let mut c = LineClient::connect(guarded.listen[0]).unwrap();
+    let greeting = c.read_line().unwrap();
+    assert!(
+        greeting.contains("LOGINDISABLED") && !greeting.contains("AUTH="),
+        "{greeting}"
+    );
+    for mech in ["OAUTHBEARER", "SCRAM-SHA-256"] {
+        let reply = c.imap(&format!("AUTHENTICATE {mech} {ir}")).unwrap();
+        assert_eq!(
+            reply.status,
+            "NO [PRIVACYREQUIRED] Use STARTTLS before logging in."
+        );
+    }
+
+    let mut c = LineClient::connect(guarded.listen[1]).unwrap();
+    c.read_line().unwrap();
+    c.send_line(&format!("AUTH OAUTHBEARER {ir}")).unwrap();
+    assert_eq!(
+        c.read_line().unwrap(),
+        "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+    );
+
+    let mut c = LineClient::connect(guarded.listen[2]).unwrap();
+    let mut caps = Vec::new();
+    loop {
+        let line = c.read_line().unwrap();
+        if line.starts_with("OK") {
+            break;
+        }
+        caps.push(line);
+    }
+    assert!(caps.contains(&"\"SASL\" \"\"".to_owned()), "{caps:?}");
+    c.send_line(&format!("AUTHENTICATE \"SCRAM-SHA-256\" \"{ir}\""))
+        .unwrap();
+    assert_eq!(
+        c.read_line().unwrap(),
+        "NO \"(ENCRYPT-NEEDED) Use STARTTLS before logging in.\""
+    );
+    assert_eq!(s.introspection.requests(), 0);
+}
