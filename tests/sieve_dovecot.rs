@@ -57,7 +57,7 @@ fn authenticate_three_ways_and_manage_scripts() {
     assert!(ok.starts_with("OK"), "{ok}");
     for want in [
         "\"IMPLEMENTATION\"",
-        "\"SASL\" \"PLAIN\"",
+        "\"SASL\" \"PLAIN OAUTHBEARER XOAUTH2 SCRAM-SHA-1 SCRAM-SHA-256\"",
         "\"VERSION\" \"1.0\"",
         "\"SIEVE\" \"",
     ] {

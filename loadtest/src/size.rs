@@ -8,6 +8,7 @@
 
 use serde_json::{json, Value};
 
+use crate::client::sasl::LoginMech;
 use crate::harness::CommonArgs;
 use crate::scenario::idle::{self, IdleArgs};
 use crate::scenario::lmtp::{self, LmtpArgs};
@@ -62,6 +63,7 @@ pub fn run(args: &SizeArgs) -> Result<Value, String> {
             users: 10_000,
             resume: false,
             max_inflight: 4000,
+            mech: LoginMech::Plain,
         },
         mode: Modes::Both,
         find: true,

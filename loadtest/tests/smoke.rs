@@ -121,6 +121,35 @@ fn pop3_logins_complete_plain_stls_and_tls() {
 }
 
 #[test]
+fn oauthbearer_and_scram_logins_relay_through_the_director() {
+    for (protocol, mech) in [
+        ("imap", "oauthbearer"),
+        ("imap", "scram-sha-256"),
+        ("pop3", "scram-sha-256"),
+    ] {
+        let r = run(
+            "logins",
+            &[
+                "--protocol",
+                protocol,
+                "--mech",
+                mech,
+                "--rate",
+                "40",
+                "--duration",
+                "1",
+            ],
+        );
+        assert_healthy(&r);
+        assert_eq!(r["errors"], 0, "{protocol} {mech}: {r}");
+        for m in r["results"]["modes"].as_array().expect("modes") {
+            assert_eq!(m["step"]["mech"], mech, "{m}");
+            assert!(m["step"]["ok"].as_u64().unwrap_or(0) > 0, "{m}");
+        }
+    }
+}
+
+#[test]
 fn idle_holds_starttls_sessions() {
     let r = run(
         "idle",

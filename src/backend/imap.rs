@@ -8,18 +8,24 @@
 //! director, decides whether the password is right. ID and AUTHENTICATE go
 //! out in one write when the backend announces SASL-IR, costing one round
 //! trip after the greeting.
+//!
+//! A relayed mechanism (OAUTHBEARER, XOAUTH2, SCRAM) goes the same way with
+//! the client's own first message; each later `+` challenge of the backend
+//! is relayed to the client and the client's answer (`*` included) to the
+//! backend, until the tagged answer ([`crate::backend::sasl_relay`]).
 
 use monoio::net::TcpStream;
 
 use crate::backend::greeting::{classify, shown, GreetingKind};
+use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
     connect, login_outcome, read_greeting, Answer, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE,
 };
 use crate::config::{Forward, Protocol};
-use crate::io::{write_bytes, WriteSide};
+use crate::io::write_bytes;
 use crate::proto::imap::quote::{write_string, LiteralStyle};
 use crate::proto::lines::LineReader;
-use crate::proto::sasl::{encode_plain, Credentials};
+use crate::proto::sasl::encode_plain;
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
@@ -91,12 +97,13 @@ fn tagged_status<'a>(line: &'a [u8], tag: &str) -> Option<&'a [u8]> {
     Some(rest.split(|&b| b == b' ').next().unwrap_or(rest))
 }
 
-/// Logs `creds` in on `backend` for a client whose command had tag
-/// `client_tag`, relaying the backend's positive answer to `client` (a
-/// refusal comes back in [`crate::backend::Login::Rejected`], for the session to delay).
-pub async fn login<W: WriteSide>(
+/// Logs the client in on `backend` with `auth`, for a client whose command
+/// had tag `client_tag`, relaying the backend's positive answer (and, for
+/// a relayed mechanism, its challenges) to `client`; a refusal comes back
+/// in [`crate::backend::Login::Rejected`], for the session to delay.
+pub async fn login<W: SaslClient>(
     backend: &Backend,
-    creds: &Credentials,
+    auth: Auth<'_>,
     client_tag: &str,
     info: &ClientInfo,
     client_fields: &IdFields,
@@ -108,7 +115,7 @@ pub async fn login<W: WriteSide>(
         converse(
             &mut stream,
             backend,
-            creds,
+            auth,
             client_tag,
             info,
             client_fields,
@@ -120,10 +127,10 @@ pub async fn login<W: WriteSide>(
 }
 
 /// The dialogue after connect. `Some(leftover)` on OK, `None` on NO/BAD.
-async fn converse<W: WriteSide>(
+async fn converse<W: SaslClient>(
     stream: &mut TcpStream,
     backend: &Backend,
-    creds: &Credentials,
+    auth: Auth<'_>,
     client_tag: &str,
     info: &ClientInfo,
     client_fields: &IdFields,
@@ -137,7 +144,14 @@ async fn converse<W: WriteSide>(
         _ => return Err(BackendError::Greeting(shown(&greeting))),
     }
     let sasl_ir = greeting_has(&greeting, "SASL-IR");
-    let plain = encode_plain(creds);
+    let (mechanism, first) = match auth {
+        Auth::Plain(creds) => (
+            "PLAIN",
+            zeroize::Zeroizing::new(encode_plain(creds).as_bytes().to_vec()),
+        ),
+        Auth::Relayed(r) => (r.mechanism.name(), r.initial.clone()),
+    };
+    let relay_challenges = matches!(auth, Auth::Relayed(_));
 
     let mut out = Vec::with_capacity(512);
     let id_tag = id_tag(client_tag);
@@ -145,16 +159,19 @@ async fn converse<W: WriteSide>(
     if send_id {
         out.extend_from_slice(&id_command(id_tag, info, client_fields));
     }
+    let mut out = zeroize::Zeroizing::new(out);
     out.extend_from_slice(client_tag.as_bytes());
-    out.extend_from_slice(b" AUTHENTICATE PLAIN");
+    out.extend_from_slice(b" AUTHENTICATE ");
+    out.extend_from_slice(mechanism.as_bytes());
     if sasl_ir {
         out.push(b' ');
-        out.extend_from_slice(plain.as_bytes());
+        out.extend_from_slice(&first);
     }
     out.extend_from_slice(b"\r\n");
     write_bytes(stream, &out)
         .await
         .map_err(BackendError::Lost)?;
+    drop(out);
 
     if send_id {
         // Skip the answer to our ID: `* ID (...)` and the tagged reply,
@@ -173,7 +190,7 @@ async fn converse<W: WriteSide>(
     // Until something reached the client, a lost backend is retried elsewhere.
     let mut relayed_any = false;
     loop {
-        let line = lines
+        let mut line = lines
             .read_line(stream, MAX_BACKEND_LINE)
             .await
             .map_err(|e| {
@@ -184,17 +201,32 @@ async fn converse<W: WriteSide>(
                 }
             })?;
         if line.starts_with(b"+") {
-            if sent_response {
+            let mut resp = if !sent_response {
+                // The empty challenge of a backend without SASL-IR: the
+                // first message is ours to send, the client never sees it.
+                sent_response = true;
+                first.clone()
+            } else if relay_challenges {
+                relayed_any = true;
+                line.extend_from_slice(b"\r\n");
+                write_bytes(client, &line).await.map_err(BackendError::Io)?;
+                client
+                    .sasl_response()
+                    .await
+                    .map_err(|_| BackendError::ClientLeft)?
+            } else {
                 return Err(BackendError::Protocol(
                     "second SASL challenge for PLAIN".into(),
                 ));
-            }
-            let mut resp = plain.as_bytes().to_vec();
+            };
             resp.extend_from_slice(b"\r\n");
-            write_bytes(stream, &resp)
-                .await
-                .map_err(BackendError::Lost)?;
-            sent_response = true;
+            write_bytes(stream, &resp).await.map_err(|e| {
+                if relayed_any {
+                    BackendError::Io(e)
+                } else {
+                    BackendError::Lost(e)
+                }
+            })?;
             continue;
         }
         let status = tagged_status(&line, client_tag).map(|s| s.to_ascii_uppercase());

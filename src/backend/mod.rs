@@ -19,6 +19,7 @@ pub mod greeting;
 pub mod imap;
 pub mod lmtp;
 pub mod pop3;
+pub mod sasl_relay;
 pub mod sieve;
 
 /// Hop count sent with Dovecot's XCLIENT (POP3, LMTP, ManageSieve): how
@@ -122,6 +123,9 @@ pub enum BackendError {
     Io(io::Error),
     /// The backend said something the director did not expect.
     Protocol(String),
+    /// The client left (or ran into a pre-login bound) in the middle of a
+    /// relayed SASL exchange; the session has said its goodbye.
+    ClientLeft,
 }
 
 impl std::fmt::Display for BackendError {
@@ -135,6 +139,7 @@ impl std::fmt::Display for BackendError {
             BackendError::Timeout => write!(f, "no answer within {LOGIN_TIMEOUT:?}"),
             BackendError::Io(e) => write!(f, "connection failed: {e}"),
             BackendError::Protocol(m) => write!(f, "unexpected answer: {m}"),
+            BackendError::ClientLeft => f.write_str("the client left during the SASL exchange"),
         }
     }
 }

@@ -5,30 +5,36 @@
 //! `forward = "id"` (Dovecot honours it from `login_trusted_networks`; a
 //! refusal is not fatal), then replays the credentials as `AUTH PLAIN` with
 //! an initial response. The backend's answer — `+OK ...` or `-ERR [AUTH]
-//! ...` — reaches the client word for word.
+//! ...` — reaches the client word for word. A relayed mechanism
+//! (OAUTHBEARER, XOAUTH2, SCRAM) goes as `AUTH MECH <client's first
+//! message>`; each `+ ` challenge is relayed to the client and its answer
+//! back, until `+OK` or `-ERR` ([`crate::backend::sasl_relay`]).
 
 use monoio::net::TcpStream;
 
 use crate::backend::greeting::{classify, shown, GreetingKind};
+use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
     connect, login_outcome, read_greeting, read_line, Answer, BackendError, LOGIN_TIMEOUT,
     XCLIENT_TTL,
 };
 use crate::config::{Forward, Protocol};
-use crate::io::{write_bytes, WriteSide};
+use crate::io::write_bytes;
 use crate::proto::lines::LineReader;
 use crate::proto::pop3::{reply_status, xclient_command, Reply};
-use crate::proto::sasl::{encode_plain, Credentials};
+use crate::proto::sasl::encode_plain;
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
 pub use super::Login;
 
-/// Logs `creds` in on `backend`, relaying a positive answer to `client` (a
-/// refusal comes back in [`crate::backend::Login::Rejected`], for the session to delay).
-pub async fn login<W: WriteSide>(
+/// Logs the client in on `backend` with `auth`, relaying the backend's
+/// positive answer (and a relayed mechanism's challenges) to `client`; a
+/// refusal comes back in [`crate::backend::Login::Rejected`], for the
+/// session to delay.
+pub async fn login<W: SaslClient>(
     backend: &Backend,
-    creds: &Credentials,
+    auth: Auth<'_>,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Login, BackendError> {
@@ -37,7 +43,7 @@ pub async fn login<W: WriteSide>(
         &mut stream,
         backend.forward == Forward::Id,
         backend.connect_timeout,
-        creds,
+        auth,
         info,
         client,
     );
@@ -52,11 +58,11 @@ fn unexpected(what: &str, line: &[u8]) -> BackendError {
     ))
 }
 
-async fn converse<W: WriteSide>(
+async fn converse<W: SaslClient>(
     stream: &mut TcpStream,
     forward_id: bool,
     greeting_limit: std::time::Duration,
-    creds: &Credentials,
+    auth: Auth<'_>,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Answer, BackendError> {
@@ -84,25 +90,51 @@ async fn converse<W: WriteSide>(
             return Err(unexpected("XCLIENT answer", &answer));
         }
     }
-    let plain = encode_plain(creds);
-    let mut auth = zeroize::Zeroizing::new(Vec::with_capacity(plain.len() + 16));
-    auth.extend_from_slice(b"AUTH PLAIN ");
-    auth.extend_from_slice(plain.as_bytes());
-    auth.extend_from_slice(b"\r\n");
-    write_bytes(stream, &auth).await.map_err(BackendError::Io)?;
-    drop(auth);
-    let answer = read_line(&mut lines, stream).await?;
-    let status = reply_status(&answer);
-    let mut relayed = answer;
-    relayed.extend_from_slice(b"\r\n");
-    match status {
-        Some(Reply::Ok) => {
-            write_bytes(client, &relayed)
-                .await
-                .map_err(BackendError::Io)?;
-            Ok(Answer::Accepted(lines.into_leftover()))
+    let mut command = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    command.extend_from_slice(b"AUTH ");
+    match auth {
+        Auth::Plain(creds) => {
+            command.extend_from_slice(b"PLAIN ");
+            command.extend_from_slice(encode_plain(creds).as_bytes());
         }
-        Some(Reply::Err) => Ok(Answer::Refused(relayed)),
-        _ => Err(unexpected("AUTH answer", &relayed)),
+        Auth::Relayed(r) => {
+            command.extend_from_slice(r.mechanism.name().as_bytes());
+            command.push(b' ');
+            command.extend_from_slice(&r.initial);
+        }
+    }
+    command.extend_from_slice(b"\r\n");
+    write_bytes(stream, &command)
+        .await
+        .map_err(BackendError::Io)?;
+    drop(command);
+    loop {
+        let answer = read_line(&mut lines, stream).await?;
+        let status = reply_status(&answer);
+        let mut relayed = answer;
+        relayed.extend_from_slice(b"\r\n");
+        match status {
+            Some(Reply::Ok) => {
+                write_bytes(client, &relayed)
+                    .await
+                    .map_err(BackendError::Io)?;
+                return Ok(Answer::Accepted(lines.into_leftover()));
+            }
+            Some(Reply::Err) => return Ok(Answer::Refused(relayed)),
+            Some(Reply::Continue) if matches!(auth, Auth::Relayed(_)) => {
+                write_bytes(client, &relayed)
+                    .await
+                    .map_err(BackendError::Io)?;
+                let mut response = client
+                    .sasl_response()
+                    .await
+                    .map_err(|_| BackendError::ClientLeft)?;
+                response.extend_from_slice(b"\r\n");
+                write_bytes(stream, &response)
+                    .await
+                    .map_err(BackendError::Io)?;
+            }
+            _ => return Err(unexpected("AUTH answer", &relayed)),
+        }
     }
 }

@@ -6,29 +6,35 @@
 //! client's address with `XCLIENT ADDR= PORT= SESSION= TTL=`; then it
 //! replays the credentials as `AUTHENTICATE "PLAIN" "<base64>"`. The
 //! backend's answer — `OK`, `NO` or `BYE` with their codes — reaches the
-//! client word for word.
+//! client word for word. A relayed mechanism (OAUTHBEARER, XOAUTH2, SCRAM)
+//! goes as `AUTHENTICATE "MECH" "<client's first message>"`; each quoted
+//! challenge is relayed to the client and its answer back as a string,
+//! until the status line ([`crate::backend::sasl_relay`]).
 
 use monoio::net::TcpStream;
 
 use crate::backend::greeting::{classify, shown, GreetingKind};
+use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
     connect, login_outcome, read_line, Answer, BackendError, LOGIN_TIMEOUT, XCLIENT_TTL,
 };
 use crate::config::{Forward, Protocol};
-use crate::io::{write_bytes, WriteSide};
+use crate::io::write_bytes;
 use crate::proto::lines::LineReader;
-use crate::proto::sasl::{encode_plain, Credentials};
-use crate::proto::sieve::{response_status, Status};
+use crate::proto::sasl::encode_plain;
+use crate::proto::sieve::{quote, response_status, Status};
 use crate::route::backends::Backend;
 use crate::session::ClientInfo;
 
 pub use super::Login;
 
-/// Logs `creds` in on `backend`, relaying a positive answer to `client` (a
-/// refusal comes back in [`crate::backend::Login::Rejected`], for the session to delay).
-pub async fn login<W: WriteSide>(
+/// Logs the client in on `backend` with `auth`, relaying the backend's
+/// positive answer (and a relayed mechanism's challenges) to `client`; a
+/// refusal comes back in [`crate::backend::Login::Rejected`], for the
+/// session to delay.
+pub async fn login<W: SaslClient>(
     backend: &Backend,
-    creds: &Credentials,
+    auth: Auth<'_>,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Login, BackendError> {
@@ -37,7 +43,7 @@ pub async fn login<W: WriteSide>(
         &mut stream,
         backend.forward == Forward::Id,
         backend.connect_timeout,
-        creds,
+        auth,
         info,
         client,
     );
@@ -63,11 +69,11 @@ async fn read_response(
     ))
 }
 
-async fn converse<W: WriteSide>(
+async fn converse<W: SaslClient>(
     stream: &mut TcpStream,
     forward_id: bool,
     greeting_limit: std::time::Duration,
-    creds: &Credentials,
+    auth: Auth<'_>,
     info: &ClientInfo,
     client: &mut W,
 ) -> Result<Answer, BackendError> {
@@ -102,24 +108,60 @@ async fn converse<W: WriteSide>(
         // NO (an untrusted director) still serves the user.
         let _ = read_response(&mut lines, stream).await?;
     }
-    let plain = encode_plain(creds);
-    let mut auth = zeroize::Zeroizing::new(Vec::with_capacity(plain.len() + 32));
-    auth.extend_from_slice(b"AUTHENTICATE \"PLAIN\" \"");
-    auth.extend_from_slice(plain.as_bytes());
-    auth.extend_from_slice(b"\"\r\n");
-    write_bytes(stream, &auth).await.map_err(BackendError::Io)?;
-    let (data, status_line, status) = read_response(&mut lines, stream).await?;
+    let mut command = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    command.extend_from_slice(b"AUTHENTICATE ");
+    match auth {
+        Auth::Plain(creds) => {
+            command.extend_from_slice(b"\"PLAIN\" \"");
+            command.extend_from_slice(encode_plain(creds).as_bytes());
+            command.push(b'"');
+        }
+        Auth::Relayed(r) => {
+            command.push(b'"');
+            command.extend_from_slice(r.mechanism.name().as_bytes());
+            command.extend_from_slice(b"\" ");
+            command.extend_from_slice(&quote(&r.initial));
+        }
+    }
+    command.extend_from_slice(b"\r\n");
+    write_bytes(stream, &command)
+        .await
+        .map_err(BackendError::Io)?;
+    drop(command);
     let mut relayed = Vec::new();
-    for l in data.iter().chain(std::iter::once(&status_line)) {
-        relayed.extend_from_slice(l);
+    for _ in 0..1000 {
+        let line = read_line(&mut lines, stream).await?;
+        let status = response_status(&line);
+        relayed.extend_from_slice(&line);
         relayed.extend_from_slice(b"\r\n");
+        match status {
+            Some(Status::Ok) => {
+                write_bytes(client, &relayed)
+                    .await
+                    .map_err(BackendError::Io)?;
+                return Ok(Answer::Accepted(lines.into_leftover()));
+            }
+            Some(_) => return Ok(Answer::Refused(relayed)),
+            // A challenge: a quoted string (Pigeonhole's form; base64 is
+            // always quotable).
+            None if line.starts_with(b"\"") && matches!(auth, Auth::Relayed(_)) => {
+                write_bytes(client, &std::mem::take(&mut relayed))
+                    .await
+                    .map_err(BackendError::Io)?;
+                let response = client
+                    .sasl_response()
+                    .await
+                    .map_err(|_| BackendError::ClientLeft)?;
+                let mut answer = zeroize::Zeroizing::new(quote(&response));
+                answer.extend_from_slice(b"\r\n");
+                write_bytes(stream, &answer)
+                    .await
+                    .map_err(BackendError::Io)?;
+            }
+            None => {}
+        }
     }
-    if status == Status::Ok {
-        write_bytes(client, &relayed)
-            .await
-            .map_err(BackendError::Io)?;
-        Ok(Answer::Accepted(lines.into_leftover()))
-    } else {
-        Ok(Answer::Refused(relayed))
-    }
+    Err(BackendError::Protocol(
+        "response of more than 1000 lines".into(),
+    ))
 }

@@ -59,9 +59,30 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// TCP keepalive: unanswered probes before the connection is dropped.
     pub keepalive_probes: u32,
+
+    // SASL mechanisms (issue 13).
+    /// The SASL mechanisms offered before login, in this order, in IMAP
+    /// CAPABILITY, POP3 CAPA and ManageSieve's SASL capability. Only
+    /// mechanisms mailpin can route: PLAIN, LOGIN (decoded and replayed),
+    /// OAUTHBEARER, XOAUTH2, SCRAM-SHA-1, SCRAM-SHA-256 (relayed).
+    pub sasl_mechanisms: Vec<String>,
 }
 
 impl ServerConfig {
+    /// The mechanisms of `sasl_mechanisms` that mailpin knows, in order
+    /// and without repeats (validation refuses the others).
+    pub fn sasl_mechanisms(&self) -> Vec<crate::proto::sasl_passthrough::Mechanism> {
+        let mut out = Vec::new();
+        for m in &self.sasl_mechanisms {
+            if let Some(m) = crate::proto::sasl_passthrough::Mechanism::parse(m.as_bytes()) {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
     /// The keepalive settings of client and backend connections.
     pub fn keepalive(&self) -> crate::sockopt::Keepalive {
         crate::sockopt::Keepalive {
@@ -89,6 +110,10 @@ impl Default for ServerConfig {
             keepalive_idle: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             keepalive_probes: 6,
+            sasl_mechanisms: crate::proto::sasl_passthrough::Mechanism::ALL
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect(),
         }
     }
 }

@@ -1142,3 +1142,42 @@ fn log_format_is_text_by_default_json_when_asked_and_nothing_else() {
     assert!(single_error(&minimal_plus("[log]\nformats = \"json\"\n"))
         .starts_with("log.formats: unknown key"));
 }
+
+#[test]
+fn sasl_mechanisms_default_and_refusals() {
+    let config = built_in_code();
+    assert_eq!(
+        config.server.sasl_mechanisms,
+        [
+            "PLAIN",
+            "LOGIN",
+            "OAUTHBEARER",
+            "XOAUTH2",
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-256"
+        ]
+    );
+    let text =
+        minimal_plus("[server]\nsasl_mechanisms = [\"scram-sha-256\", \"PLAIN\", \"PLAIN\"]\n");
+    let config = Config::from_toml_str(&text).expect("valid");
+    use crate::proto::sasl_passthrough::Mechanism;
+    assert_eq!(
+        config.server.sasl_mechanisms(),
+        [Mechanism::ScramSha256, Mechanism::Plain]
+    );
+    let errors = errors_of(&minimal_plus(
+        "[server]\nsasl_mechanisms = [\"CRAM-MD5\", \"SCRAM-SHA-256-PLUS\", \"GSSAPI\"]\n",
+    ));
+    let shown: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    assert!(shown[0].starts_with("server.sasl_mechanisms: \"CRAM-MD5\" cannot be offered by a proxy: the server speaks first"), "{shown:?}");
+    assert!(
+        shown[1].contains("channel binding cannot pass through a TLS-terminating proxy"),
+        "{shown:?}"
+    );
+    assert!(shown[2].contains("\"GSSAPI\" is not a mechanism mailpin can pass through (known: PLAIN, LOGIN, OAUTHBEARER, XOAUTH2, SCRAM-SHA-1, SCRAM-SHA-256)"), "{shown:?}");
+    assert_eq!(
+        single_error(&minimal_plus("[server]\nsasl_mechanisms = []\n")),
+        "server.sasl_mechanisms: must list at least one mechanism, or no client could log in"
+    );
+}

@@ -42,12 +42,40 @@ fn require_positive(errors: &mut ConfigErrors, path: &str, duration: Duration) {
     }
 }
 
+/// `server.sasl_mechanisms`: known, routable mechanisms, at least one.
+fn check_sasl_mechanisms(names: &[String], errors: &mut ConfigErrors) {
+    use crate::proto::sasl_passthrough::{not_routable, Mechanism};
+    const PATH: &str = "server.sasl_mechanisms";
+    if names.is_empty() {
+        error(
+            errors,
+            PATH,
+            "must list at least one mechanism, or no client could log in",
+        );
+    }
+    for name in names {
+        if Mechanism::parse(name.as_bytes()).is_some() {
+            continue;
+        }
+        let known: Vec<&str> = Mechanism::ALL.iter().map(|m| m.name()).collect();
+        let message = match not_routable(name) {
+            Some(why) => format!("{name:?} cannot be offered by a proxy: {why}"),
+            None => format!(
+                "{name:?} is not a mechanism mailpin can pass through (known: {})",
+                known.join(", ")
+            ),
+        };
+        error(errors, PATH, message);
+    }
+}
+
 fn check_server(config: &Config, errors: &mut ConfigErrors) {
     let server = &config.server;
     if let Err(message) = check_user_key(&server.user_key) {
         error(errors, "server.user_key", message);
     }
     require_positive(errors, "server.prelogin_timeout", server.prelogin_timeout);
+    check_sasl_mechanisms(&server.sasl_mechanisms, errors);
     require_positive(errors, "server.handshake_timeout", server.handshake_timeout);
     require_positive(errors, "server.stall_timeout", server.stall_timeout);
     if !server.keepalive_idle.is_zero() {

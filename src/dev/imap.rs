@@ -20,6 +20,10 @@ use std::time::SystemTime;
 
 use monoio::net::TcpStream;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use super::auth::{DevSasl, DevStep};
 use super::fetch::{self, Item};
 use super::format::{self, push_string};
 use super::search::{self, Candidate};
@@ -31,7 +35,7 @@ use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseErro
 use crate::proto::sasl;
 
 /// Capabilities announced before login.
-const CAPS_PRE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID IDLE UNSELECT UIDPLUS AUTH=PLAIN";
+const CAPS_PRE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID IDLE UNSELECT UIDPLUS AUTH=PLAIN AUTH=OAUTHBEARER AUTH=XOAUTH2 AUTH=SCRAM-SHA-1 AUTH=SCRAM-SHA-256";
 /// Capabilities announced after login.
 const CAPS_LOGGED_IN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID IDLE UNSELECT UIDPLUS";
 /// The system flags a mailbox offers.
@@ -396,7 +400,7 @@ impl Session {
     async fn authenticate(&mut self, cmd: &Command) -> io::Result<Flow> {
         let tag = cmd.tag.as_str();
         let mechanism = cmd.astring(0).unwrap_or_default();
-        if !mechanism.eq_ignore_ascii_case(b"PLAIN") {
+        let Some(mut exchange) = DevSasl::start(mechanism, &self.context.config.password) else {
             tagged(
                 &mut self.out,
                 tag,
@@ -404,37 +408,56 @@ impl Session {
                 "Unsupported authentication mechanism.",
             );
             return Ok(Flow::Continue);
-        }
-        let answer = match cmd.astring(1) {
-            Some(initial) => initial.to_vec(),
+        };
+        let mut next = match cmd.astring(1) {
+            Some(initial) => sasl::decode_initial_response(initial),
             None => {
                 self.out.extend_from_slice(b"+ \r\n");
                 self.flush().await?;
                 match self.read_line().await? {
-                    Some(line) => line,
+                    Some(line) => sasl::decode_response(&line),
                     None => return Ok(Flow::Close),
                 }
             }
         };
-        match sasl::decode_plain(&answer) {
-            Ok(creds) => {
-                let authzid_ok = creds.authzid.as_ref().is_none_or(|a| *a == creds.user);
-                if authzid_ok && self.password_ok(&creds.password) {
-                    self.logged_in(tag, &creds.user);
-                } else {
-                    self.auth_failed(tag);
+        // Bounded: SCRAM, the longest exchange, has three client messages.
+        for _ in 0..4 {
+            let message = match next {
+                Ok(m) => m,
+                Err(sasl::SaslError::Cancelled) => {
+                    tagged(&mut self.out, tag, "BAD", "Authentication cancelled.");
+                    return Ok(Flow::Continue);
+                }
+                Err(e) => {
+                    tagged(
+                        &mut self.out,
+                        tag,
+                        "BAD",
+                        &format!("Invalid response: {e}."),
+                    );
+                    return Ok(Flow::Continue);
+                }
+            };
+            match exchange.step(&message) {
+                DevStep::Success(user) => {
+                    self.logged_in(tag, &user);
+                    return Ok(Flow::Continue);
+                }
+                DevStep::Failure => break,
+                DevStep::Challenge(challenge) => {
+                    self.out.extend_from_slice(b"+ ");
+                    self.out
+                        .extend_from_slice(STANDARD.encode(challenge).as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                    self.flush().await?;
+                    next = match self.read_line().await? {
+                        Some(line) => sasl::decode_response(&line),
+                        None => return Ok(Flow::Close),
+                    };
                 }
             }
-            Err(sasl::SaslError::Cancelled) => {
-                tagged(&mut self.out, tag, "BAD", "Authentication cancelled.")
-            }
-            Err(e) => tagged(
-                &mut self.out,
-                tag,
-                "BAD",
-                &format!("Invalid response: {e}."),
-            ),
         }
+        self.auth_failed(tag);
         Ok(Flow::Continue)
     }
 

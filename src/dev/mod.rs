@@ -18,7 +18,10 @@
 //!   SEARCH.
 //! * [`protocols`]: POP3, LMTP and ManageSieve dev servers over the same
 //!   store (`pop3`, `lmtp`, `sieve`).
+//! * `auth` and [`scram`]: the SASL mechanisms they accept (PLAIN,
+//!   OAUTHBEARER/XOAUTH2 with any token, SCRAM with the dev password).
 
+mod auth;
 pub mod fetch;
 pub mod format;
 mod imap;
@@ -26,6 +29,7 @@ mod lmtp;
 mod pop3;
 pub mod protocols;
 pub mod registry;
+pub mod scram;
 pub mod search;
 pub mod server;
 pub mod sessions;

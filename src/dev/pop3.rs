@@ -1,5 +1,6 @@
-//! The dev POP3 server (RFC 1939, RFC 5034 AUTH PLAIN, Dovecot's XCLIENT):
-//! any user with the dev password; the mailbox is the user's INBOX in the
+//! The dev POP3 server (RFC 1939, RFC 5034 AUTH with the mechanisms of
+//! [`crate::dev::auth`], Dovecot's XCLIENT): any user with the dev password
+//! (or, over OAuth, any token); the mailbox is the user's INBOX in the
 //! shared [`Store`], so mail delivered over LMTP or appended over IMAP can
 //! be read here. DELE marks `\Deleted`; QUIT expunges.
 
@@ -8,12 +9,12 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::dev::auth::{run_exchange, DevSasl, Framing, DEV_MECHANISMS};
 use crate::dev::protocols::Liveness;
 use crate::dev::registry::LiveSession;
 use crate::dev::store::{FlagChange, Store, INBOX};
 use crate::io::write_bytes;
 use crate::proto::pop3::{parse_command, pass_argument};
-use crate::proto::sasl;
 use crate::session::input::ClientInput;
 
 const IDLE: Duration = Duration::from_secs(600);
@@ -51,8 +52,8 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store, liveness: Liveness,
         };
         let reply: Vec<u8> = match (cmd.keyword.as_str(), logged_in.as_deref()) {
             ("CAPA", _) => {
-                b"+OK\r\nUSER\r\nSASL PLAIN\r\nUIDL\r\nTOP\r\nRESP-CODES\r\nXCLIENT\r\n.\r\n"
-                    .to_vec()
+                format!("+OK\r\nUSER\r\nSASL {DEV_MECHANISMS}\r\nUIDL\r\nTOP\r\nRESP-CODES\r\nXCLIENT\r\n.\r\n")
+                    .into_bytes()
             }
             ("XCLIENT", None) => b"+OK\r\n".to_vec(),
             ("NOOP", _) => b"+OK\r\n".to_vec(),
@@ -72,22 +73,31 @@ pub(crate) async fn serve(mut conn: TcpStream, store: Store, liveness: Liveness,
                 b"+OK\r\n".to_vec()
             }
             ("PASS", None) | ("AUTH", None) => {
-                let creds = if cmd.keyword == "PASS" {
+                let who = if cmd.keyword == "PASS" {
                     user.take()
                         .zip(pass_argument(&line))
-                        .map(|(u, p)| sasl::Credentials::new(u, p.to_vec()))
+                        .filter(|(_, p)| *p == password.as_bytes())
+                        .map(|(u, _)| u)
                 } else {
-                    cmd.args.get(1).and_then(|ir| sasl::decode_plain(ir).ok())
+                    let mech = cmd.args.first().copied().unwrap_or_default();
+                    match DevSasl::start(mech, &password) {
+                        Some(exchange) => {
+                            let initial = cmd.args.get(1).copied();
+                            let run = run_exchange(&mut conn, &mut input, exchange, initial, Framing::Pop3);
+                            match run.await {
+                                Ok(who) => who,
+                                Err(()) => return,
+                            }
+                        }
+                        None => None,
+                    }
                 };
-                match creds {
-                    Some(c) if c.password.as_slice() == password.as_bytes() => {
-                        store.ensure_user(&c.user);
-                        uids = store
-                            .uids(&c.user, INBOX)
-                            .map(|(_, u)| u)
-                            .unwrap_or_default();
-                        live = liveness.login(&c.user);
-                        logged_in = Some(c.user.clone());
+                match who {
+                    Some(u) => {
+                        store.ensure_user(&u);
+                        uids = store.uids(&u, INBOX).map(|(_, u)| u).unwrap_or_default();
+                        live = liveness.login(&u);
+                        logged_in = Some(u);
                         b"+OK Logged in.\r\n".to_vec()
                     }
                     _ => b"-ERR [AUTH] Authentication failed.\r\n".to_vec(),

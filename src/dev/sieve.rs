@@ -1,6 +1,6 @@
 //! The dev ManageSieve server (RFC 5804): any user with the dev password;
 //! scripts live in memory per dev server thread, keyed by user. It answers
-//! CAPABILITY, AUTHENTICATE "PLAIN", XCLIENT, LISTSCRIPTS, PUTSCRIPT,
+//! CAPABILITY, AUTHENTICATE (the mechanisms of `crate::dev::auth`), XCLIENT, LISTSCRIPTS, PUTSCRIPT,
 //! GETSCRIPT, SETACTIVE, DELETESCRIPT, CHECKSCRIPT, HAVESPACE, NOOP and
 //! LOGOUT; scripts are stored, not compiled.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::dev::auth::{run_exchange, DevSasl, Framing};
 use crate::io::write_bytes;
-use crate::proto::sasl;
 use crate::proto::sieve::{parse_line, quote, SieveArg};
 use crate::session::input::ClientInput;
 
@@ -58,8 +58,30 @@ pub(crate) async fn serve(mut conn: TcpStream, password: String) {
                 _ => break false,
             }
         };
-        let reply = if complete {
-            answer(&args, &mut user, &password)
+        let authenticate = matches!(args.first(), Some(SieveArg::Atom(a)) if a.eq_ignore_ascii_case("AUTHENTICATE"));
+        let reply = if complete && authenticate && user.is_none() {
+            let mech = args
+                .get(1)
+                .and_then(SieveArg::as_string)
+                .unwrap_or_default();
+            match DevSasl::start(mech, &password) {
+                None => "NO \"Unsupported authentication mechanism.\"\r\n".to_string(),
+                Some(exchange) => {
+                    let initial = args.get(2).and_then(SieveArg::as_string);
+                    match run_exchange(&mut conn, &mut input, exchange, initial, Framing::Sieve)
+                        .await
+                    {
+                        Err(()) => return,
+                        Ok(Some(u)) => {
+                            user = Some(u);
+                            "OK \"Logged in.\"\r\n".to_string()
+                        }
+                        Ok(None) => "NO \"Authentication failed.\"\r\n".to_string(),
+                    }
+                }
+            }
+        } else if complete {
+            answer(&args, &mut user)
         } else {
             "NO \"Syntax error.\"\r\n".to_string()
         };
@@ -70,7 +92,7 @@ pub(crate) async fn serve(mut conn: TcpStream, password: String) {
     }
 }
 
-fn answer(args: &[SieveArg], user: &mut Option<String>, password: &str) -> String {
+fn answer(args: &[SieveArg], user: &mut Option<String>) -> String {
     let Some(SieveArg::Atom(name)) = args.first() else {
         return "NO \"Expected a command.\"\r\n".into();
     };
@@ -83,13 +105,6 @@ fn answer(args: &[SieveArg], user: &mut Option<String>, password: &str) -> Strin
         ("NOOP", _) => "OK \"NOOP completed.\"\r\n".into(),
         ("LOGOUT", _) => "OK \"Bye.\"\r\n".into(),
         ("XCLIENT", None) => "OK \"Updated.\"\r\n".into(),
-        ("AUTHENTICATE", None) => match s(2).map(sasl::decode_plain) {
-            Some(Ok(c)) if c.password.as_slice() == password.as_bytes() => {
-                *user = Some(c.user.clone());
-                "OK \"Logged in.\"\r\n".into()
-            }
-            _ => "NO \"Authentication failed.\"\r\n".into(),
-        },
         (_, None) => "NO \"Authenticate first.\"\r\n".into(),
         ("LISTSCRIPTS", Some(u)) => with(u, &mut |sc| {
             let mut out = String::new();

@@ -5,6 +5,8 @@
 //!   literals, lists) and the writer for IMAP strings.
 //! - [`sasl`]: SASL PLAIN and LOGIN decoding and PLAIN encoding, for
 //!   AUTHENTICATE in every protocol that carries SASL.
+//! - [`sasl_passthrough`]: the mechanisms mailpin offers, and the user in
+//!   the first message of the relayed ones (OAUTHBEARER, XOAUTH2, SCRAM).
 //! - [`lines`]: bounded line reading from backends.
 //! - [`proxy_v2`]: the PROXY v2 header sent to backends.
 //! - [`proxy_in`]: PROXY v1/v2 headers received from load balancers.
@@ -18,5 +20,6 @@ pub mod pop3;
 pub mod proxy_in;
 pub mod proxy_v2;
 pub mod sasl;
+pub mod sasl_passthrough;
 pub mod sieve;
 pub mod smtp;

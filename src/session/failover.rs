@@ -154,12 +154,18 @@ impl<'a> Failover<'a> {
 /// character is refused here, for every protocol, before any backend is
 /// contacted: the caller answers with its protocol's refusal.
 pub fn login_key(core: &Core, creds: &Credentials) -> Result<String, BadLoginName> {
-    check_login_name(&creds.user, creds.authzid.as_deref())?;
-    let login_name = creds
-        .authzid
-        .as_deref()
-        .filter(|z| !z.is_empty())
-        .unwrap_or(&creds.user);
+    login_key_of(core, &creds.user, creds.authzid.as_deref())
+}
+
+/// [`login_key`] for a login known by its `user` and optional `authzid`
+/// (the identities of a relayed SASL mechanism's first message).
+pub fn login_key_of(
+    core: &Core,
+    user: &str,
+    authzid: Option<&str>,
+) -> Result<String, BadLoginName> {
+    check_login_name(user, authzid)?;
+    let login_name = authzid.filter(|z| !z.is_empty()).unwrap_or(user);
     let key = core.shared().user_key.key(login_name);
     tracing::Span::current().record("user", key.as_str());
     Ok(key)
@@ -366,6 +372,14 @@ where
                     monoio::time::sleep(delay).await;
                 }
                 let _ = write_bytes(client, &answer).await;
+                return Routed::Rejected;
+            }
+            Err(BackendError::ClientLeft) => {
+                // The client went away mid-exchange: neither the backend's
+                // fault nor a refusal to retry.
+                core.counters
+                    .login(LoginOutcome::Refused, started.elapsed());
+                route.release(backend_id);
                 return Routed::Rejected;
             }
             Err(e) => {

@@ -4,7 +4,10 @@
 //! answers CAPABILITY, NOOP, ID, LOGOUT and STARTTLS itself, takes LOGIN and
 //! AUTHENTICATE (PLAIN, LOGIN; with or without SASL-IR; `*` cancels), and
 //! hands the credentials to the user's backend, whose answer the client gets
-//! word for word. Everything else before login is refused with the tagged
+//! word for word. OAUTHBEARER, XOAUTH2 and SCRAM are routed by the user in
+//! the client's first message and then relayed round by round
+//! ([`crate::session::relayed_auth`]); `server.sasl_mechanisms` says which
+//! mechanisms are offered. Everything else before login is refused with the tagged
 //! BAD the RFC asks for. Lines, literals, SASL responses, the bytes and the
 //! commands before login are bounded ([`crate::session::limits`]): past a
 //! bound, or after too many bad commands, the session ends with `* BYE`.
@@ -13,17 +16,22 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, info};
 
+use zeroize::Zeroizing;
+
 use crate::backend::imap::{login, IdFields};
+use crate::backend::sasl_relay::{Auth, ClientGone, SaslClient};
 use crate::config::Protocol;
-use crate::io::{write_bytes, Connection};
+use crate::io::{write_bytes, Connection, WriteSide};
 use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
 use crate::proto::sasl::{self, Credentials};
+use crate::proto::sasl_passthrough::Mechanism;
 use crate::route::backends::BackendId;
 use crate::route::shard::SessionOrigin;
 use crate::runtime::core::Core;
-use crate::runtime::stats::PreloginLimit;
-use crate::session::failover::{login_key, login_routed};
+use crate::runtime::stats::{Counters, PreloginLimit};
+use crate::session::failover::{login_key, login_key_of, login_routed};
 use crate::session::limits::{limit_text, Budget, PreloginLimits};
+use crate::session::relayed_auth::{self, FirstMessageError};
 use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
@@ -127,7 +135,10 @@ impl<'a> Prelogin<'a> {
             caps.push_str(" STARTTLS");
         }
         if self.login_allowed() {
-            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+            for mechanism in self.core.shared().config.server.sasl_mechanisms() {
+                caps.push_str(" AUTH=");
+                caps.push_str(mechanism.name());
+            }
         } else {
             caps.push_str(" LOGINDISABLED");
         }
@@ -188,29 +199,14 @@ impl<'a> Prelogin<'a> {
     /// Reads more client bytes before the deadline; false when the session
     /// must end (closed, error, or pre-login timeout, which says BYE).
     async fn fill<S: Connection>(&mut self, s: &mut S) -> bool {
-        self.buf.reserve(1024);
-        let read =
-            monoio::time::timeout_at(self.deadline, s.read_into(std::mem::take(&mut self.buf)));
-        match read.await {
-            Ok((Ok(n), buf)) => {
-                self.buf = buf;
-                self.received += n as u64;
-                if let Err(limit) = self.budget.bytes(self.received) {
-                    self.limit_reached(s, limit).await;
-                    return false;
-                }
-                n > 0
-            }
-            Ok((Err(e), _)) => {
-                debug!(error = %e, "client read failed");
-                false
-            }
-            Err(_) => {
-                info!("pre-login timeout");
-                let _ = write_bytes(s, b"* BYE Pre-login timeout, disconnecting.\r\n").await;
-                false
-            }
-        }
+        let mut input = ImapInput {
+            buf: &mut self.buf,
+            received: &mut self.received,
+            budget: &mut self.budget,
+            counters: &self.core.counters,
+            deadline: self.deadline,
+        };
+        input.fill(s).await
     }
 
     /// Answers unparseable input. A syntax error or a refused
@@ -402,7 +398,8 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    /// AUTHENTICATE PLAIN or LOGIN, with or without an initial response.
+    /// AUTHENTICATE with one of `server.sasl_mechanisms`, with or without
+    /// an initial response.
     async fn authenticate<S: Connection>(
         &mut self,
         s: &mut S,
@@ -418,14 +415,16 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
-        if mech != "PLAIN" && mech != "LOGIN" {
+        let offered = self.core.shared().config.server.sasl_mechanisms();
+        let Some(mechanism) = Mechanism::parse(mech.as_bytes()).filter(|m| offered.contains(m))
+        else {
             self.reply(
                 s,
                 format!("{tag} NO Unsupported authentication mechanism.\r\n"),
             )
             .await?;
             return Ok(None);
-        }
+        };
         if !self.login_allowed() {
             return self.privacy_required(s, tag).await;
         }
@@ -434,6 +433,9 @@ impl<'a> Prelogin<'a> {
                 self.limit_reached(s, limit).await;
                 return Err(Bye);
             }
+        }
+        if mechanism.is_relayed() {
+            return self.relayed(s, tag, mechanism, initial).await;
         }
         let creds = if mech == "PLAIN" {
             let response = match initial {
@@ -509,15 +511,41 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    /// Routes the user and replays the credentials on its backend.
-    async fn login<S: Connection>(
+    /// Starts a relayed mechanism: reads the first message (the initial
+    /// response, or the answer to an empty challenge), routes by its user
+    /// and relays the exchange to the backend.
+    async fn relayed<S: Connection>(
         &mut self,
         s: &mut S,
         tag: &str,
-        creds: Credentials,
+        mechanism: Mechanism,
+        initial: Option<String>,
     ) -> Result<Option<Outcome>, Bye> {
-        let core = self.core;
-        let key = match login_key(core, &creds) {
+        let first = match initial {
+            Some(ir) => ir.into_bytes(),
+            None => match self.sasl_step(s, b"+ \r\n").await? {
+                Some(r) => r,
+                None => return self.cancelled(s, tag).await,
+            },
+        };
+        let (identity, relayed) = match relayed_auth::start(mechanism, first) {
+            Ok(started) => started,
+            Err(FirstMessageError::Encoding(e)) => {
+                self.bad(s, tag, &format!("Invalid SASL response: {e}."))
+                    .await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                debug!(error = %e, mechanism = mechanism.name(), "first SASL message refused");
+                self.reply(
+                    s,
+                    format!("{tag} NO [AUTHENTICATIONFAILED] Cannot log in: {e}.\r\n"),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        let key = match login_key_of(self.core, &identity.user, identity.authzid.as_deref()) {
             Ok(key) => key,
             Err(e) => {
                 debug!(error = %e, "login name refused");
@@ -525,12 +553,63 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.route(s, tag, key, Auth::Relayed(&relayed)).await
+    }
+
+    /// Routes the user of `creds` and replays them on its backend.
+    async fn login<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+        creds: Credentials,
+    ) -> Result<Option<Outcome>, Bye> {
+        let key = match login_key(self.core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, tag, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
+        self.route(s, tag, key, Auth::Plain(&creds)).await
+    }
+
+    /// Logs the user of `key` in on its backend with `auth`.
+    async fn route<S: Connection>(
+        &mut self,
+        s: &mut S,
+        tag: &str,
+        key: String,
+        auth: Auth<'_>,
+    ) -> Result<Option<Outcome>, Bye> {
+        let core = self.core;
         let (client, id_fields) = (&self.client, &self.id_fields);
-        let origin = client.origin(Protocol::Imap);
-        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
-            Box::pin(login(backend, &creds, tag, client, id_fields, s))
-        })
-        .await;
+        let (routed, gone) = {
+            let mut sasl_client = ImapSaslClient {
+                s: &mut *s,
+                reader: &mut self.reader,
+                input: ImapInput {
+                    buf: &mut self.buf,
+                    received: &mut self.received,
+                    budget: &mut self.budget,
+                    counters: &core.counters,
+                    deadline: self.deadline,
+                },
+                gone: false,
+            };
+            let routed = login_routed(
+                core,
+                &key,
+                client.origin(Protocol::Imap),
+                &mut sasl_client,
+                |backend, c, _| Box::pin(login(backend, auth, tag, client, id_fields, c)),
+            )
+            .await;
+            (routed, sasl_client.gone)
+        };
+        if gone {
+            return Err(Bye);
+        }
         match routed.into_logged_in(key, || std::mem::take(&mut self.buf)) {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {
@@ -545,6 +624,97 @@ impl<'a> Prelogin<'a> {
                         .await?;
                 }
                 Ok(None)
+            }
+        }
+    }
+}
+
+/// The client's input before login, borrowed from [`Prelogin`] field by
+/// field so a relayed SASL exchange can read from it while the backend
+/// login holds the client's details.
+struct ImapInput<'p> {
+    buf: &'p mut Vec<u8>,
+    received: &'p mut u64,
+    budget: &'p mut Budget,
+    counters: &'p Counters,
+    deadline: Instant,
+}
+
+impl ImapInput<'_> {
+    /// Reads more client bytes before the deadline; false when the session
+    /// must end (closed, error, byte budget, or pre-login timeout, which
+    /// says BYE).
+    async fn fill<S: Connection>(&mut self, s: &mut S) -> bool {
+        self.buf.reserve(1024);
+        let read = monoio::time::timeout_at(self.deadline, s.read_into(std::mem::take(self.buf)));
+        match read.await {
+            Ok((Ok(n), buf)) => {
+                *self.buf = buf;
+                *self.received += n as u64;
+                if let Err(limit) = self.budget.bytes(*self.received) {
+                    self.limit_reached(s, limit).await;
+                    return false;
+                }
+                n > 0
+            }
+            Ok((Err(e), _)) => {
+                debug!(error = %e, "client read failed");
+                false
+            }
+            Err(_) => {
+                info!("pre-login timeout");
+                let _ = write_bytes(s, b"* BYE Pre-login timeout, disconnecting.\r\n").await;
+                false
+            }
+        }
+    }
+
+    /// Counts and logs a pre-login limit hit and says `* BYE`.
+    async fn limit_reached<S: Connection>(&mut self, s: &mut S, limit: PreloginLimit) {
+        self.budget.reached(self.counters, limit);
+        let bye = format!("* BYE {}.\r\n", limit_text(limit, Protocol::Imap));
+        let _ = write_bytes(s, bye.as_bytes()).await;
+    }
+}
+
+/// The client side of a backend login: where the backend's answer goes,
+/// and, for a relayed mechanism, where each answer to a challenge comes
+/// from (one line, bounded by `limits.sasl_max`).
+struct ImapSaslClient<'p, S> {
+    s: &'p mut S,
+    reader: &'p mut CommandReader,
+    input: ImapInput<'p>,
+    /// The client left or was sent away during the exchange.
+    gone: bool,
+}
+
+impl<S: Connection> WriteSide for ImapSaslClient<'_, S> {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        self.s.write_all(buf).await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.s.shutdown().await
+    }
+}
+
+impl<S: Connection> SaslClient for ImapSaslClient<'_, S> {
+    async fn sasl_response(&mut self) -> Result<Zeroizing<Vec<u8>>, ClientGone> {
+        loop {
+            let max = self.input.budget.limits().sasl;
+            match self.reader.take_line_within(self.input.buf, max) {
+                Ok(Some(line)) => return Ok(Zeroizing::new(line)),
+                Ok(None) => {
+                    if !self.input.fill(self.s).await {
+                        self.gone = true;
+                        return Err(ClientGone);
+                    }
+                }
+                Err(_) => {
+                    self.input.limit_reached(self.s, PreloginLimit::Sasl).await;
+                    self.gone = true;
+                    return Err(ClientGone);
+                }
             }
         }
     }

@@ -20,6 +20,8 @@ pub mod limits;
 pub mod lmtp;
 pub mod pop3;
 pub mod proxy_header;
+pub mod relayed_auth;
+pub mod sasl_input;
 pub mod serve;
 pub mod sieve;
 

@@ -4,27 +4,34 @@
 //! The director greets, answers CAPA, STLS and QUIT itself, takes USER/PASS
 //! and `AUTH PLAIN` (with an initial response or after a `+ ` continuation;
 //! `*` cancels), routes the user and replays the credentials on its backend,
-//! whose `+OK` or `-ERR` the client gets word for word. When no backend can
+//! whose `+OK` or `-ERR` the client gets word for word. `AUTH OAUTHBEARER`,
+//! `XOAUTH2` and `SCRAM-*` are routed by the user in the first message and
+//! relayed round by round ([`crate::session::relayed_auth`]);
+//! `server.sasl_mechanisms` says which mechanisms are offered. When no backend can
 //! take the user the client hears `-ERR [SYS/TEMP]` (RFC 3206). Lines, SASL
 //! responses, the bytes and the commands before login are bounded
 //! ([`crate::session::limits`]); past a bound, or after too many bad
 //! commands, the client hears `-ERR` and is closed.
 
-use crate::session::failover::{login_key, login_routed};
+use crate::session::failover::{login_key, login_key_of, login_routed};
 use monoio::time::Instant;
 use tracing::{debug, info};
 
 use crate::backend::pop3::login;
+use crate::backend::sasl_relay::Auth;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::pop3::{parse_command, pass_argument};
 use crate::proto::sasl::{self, Credentials};
+use crate::proto::sasl_passthrough::Mechanism;
 use crate::route::user_key::check_login_name;
 use crate::runtime::core::Core;
 use crate::runtime::stats::PreloginLimit;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
+use crate::session::relayed_auth::{self, FirstMessageError};
+use crate::session::sasl_input::InputSaslClient;
 use crate::session::ClientInfo;
 
 /// What the listener allows before login.
@@ -79,13 +86,26 @@ impl<'a> Prelogin<'a> {
         self.client.tls || self.policy.plaintext_auth
     }
 
+    /// The SASL mechanisms offered: `server.sasl_mechanisms` but LOGIN,
+    /// which POP3 has USER/PASS for.
+    fn offered(&self) -> Vec<Mechanism> {
+        let mut mechanisms = self.core.shared().config.server.sasl_mechanisms();
+        mechanisms.retain(|m| *m != Mechanism::Login);
+        mechanisms
+    }
+
     /// The CAPA answer before login.
     pub fn capabilities(&self) -> String {
         let mut caps = String::from(
             "+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n",
         );
         if self.login_allowed() {
-            caps.push_str("USER\r\nSASL PLAIN\r\n");
+            caps.push_str("USER\r\nSASL");
+            for mechanism in self.offered() {
+                caps.push(' ');
+                caps.push_str(mechanism.name());
+            }
+            caps.push_str("\r\n");
         }
         if self.policy.starttls && !self.client.tls {
             caps.push_str("STLS\r\n");
@@ -226,7 +246,13 @@ impl<'a> Prelogin<'a> {
                 return self.login(s, Credentials::new(user, pass)).await;
             }
             ("AUTH", []) => {
-                self.reply(s, "+OK\r\nPLAIN\r\n.\r\n").await?;
+                let mut list = String::from("+OK\r\n");
+                for mechanism in self.offered() {
+                    list.push_str(mechanism.name());
+                    list.push_str("\r\n");
+                }
+                list.push_str(".\r\n");
+                self.reply(s, &list).await?;
             }
             ("AUTH", [mech, rest @ ..]) if rest.len() <= 1 => {
                 let initial = rest.first().map(|ir| ir.to_vec());
@@ -255,17 +281,19 @@ impl<'a> Prelogin<'a> {
         Ok(None)
     }
 
-    /// AUTH PLAIN with or without an initial response (RFC 5034).
+    /// AUTH with one of `server.sasl_mechanisms`, with or without an
+    /// initial response (RFC 5034).
     async fn authenticate<S: Connection>(
         &mut self,
         s: &mut S,
         mech: &[u8],
         initial: Option<Vec<u8>>,
     ) -> Result<Option<Outcome>, Close> {
-        if !mech.eq_ignore_ascii_case(b"PLAIN") {
+        let offered = self.offered();
+        let Some(mechanism) = Mechanism::parse(mech).filter(|m| offered.contains(m)) else {
             self.bad(s, "Unsupported authentication mechanism.").await?;
             return Ok(None);
-        }
+        };
         if !self.login_allowed() {
             return self.privacy_required(s).await;
         }
@@ -287,6 +315,9 @@ impl<'a> Prelogin<'a> {
                 line
             }
         };
+        if mechanism.is_relayed() {
+            return self.relayed(s, mechanism, response).await;
+        }
         match sasl::decode_plain(&response) {
             Ok(creds) => self.login(s, creds).await,
             Err(e) => {
@@ -297,14 +328,27 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    /// Routes the user and replays the credentials on its backend.
-    async fn login<S: Connection>(
+    /// Routes a relayed mechanism by the user in its first message and
+    /// relays the exchange to the backend.
+    async fn relayed<S: Connection>(
         &mut self,
         s: &mut S,
-        creds: Credentials,
+        mechanism: Mechanism,
+        first: Vec<u8>,
     ) -> Result<Option<Outcome>, Close> {
-        let core = self.core;
-        let key = match login_key(core, &creds) {
+        let (identity, relayed) = match relayed_auth::start(mechanism, first) {
+            Ok(started) => started,
+            Err(FirstMessageError::Encoding(e)) => {
+                self.bad(s, &format!("Invalid SASL response: {e}.")).await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                debug!(error = %e, mechanism = mechanism.name(), "first SASL message refused");
+                self.bad(s, &format!("[AUTH] Cannot log in: {e}.")).await?;
+                return Ok(None);
+            }
+        };
+        let key = match login_key_of(self.core, &identity.user, identity.authzid.as_deref()) {
             Ok(key) => key,
             Err(e) => {
                 debug!(error = %e, "login name refused");
@@ -312,12 +356,58 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.route(s, key, Auth::Relayed(&relayed)).await
+    }
+
+    /// Routes the user of `creds` and replays them on its backend.
+    async fn login<S: Connection>(
+        &mut self,
+        s: &mut S,
+        creds: Credentials,
+    ) -> Result<Option<Outcome>, Close> {
+        let key = match login_key(self.core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
+        self.route(s, key, Auth::Plain(&creds)).await
+    }
+
+    /// Logs the user of `key` in on its backend with `auth`.
+    async fn route<S: Connection>(
+        &mut self,
+        s: &mut S,
+        key: String,
+        auth: Auth<'_>,
+    ) -> Result<Option<Outcome>, Close> {
+        let core = self.core;
         let client = &self.client;
-        let origin = client.origin(Protocol::Pop3);
-        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
-            Box::pin(login(backend, &creds, client, s))
-        })
-        .await;
+        let (routed, gone) = {
+            let mut sasl_client = InputSaslClient {
+                s: &mut *s,
+                input: &mut self.input,
+                budget: &mut self.budget,
+                counters: &core.counters,
+                deadline: self.deadline,
+                protocol: Protocol::Pop3,
+                gone: false,
+            };
+            let routed = login_routed(
+                core,
+                &key,
+                client.origin(Protocol::Pop3),
+                &mut sasl_client,
+                |backend, c, _| Box::pin(login(backend, auth, client, c)),
+            )
+            .await;
+            (routed, sasl_client.gone)
+        };
+        if gone {
+            return Err(Close);
+        }
         match routed.into_logged_in(key, || self.input.take_buffered()) {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {

@@ -5,27 +5,34 @@
 //! takes `AUTHENTICATE "PLAIN"` with the initial response as a quoted
 //! string or a literal — or after an empty `""` challenge, `"*"` cancelling —
 //! and replays the credentials on the user's backend, whose answer reaches
-//! the client word for word. No backend for the user: `NO (TRYLATER)`
+//! the client word for word. `AUTHENTICATE "OAUTHBEARER"`, `"XOAUTH2"` and
+//! `"SCRAM-*"` are routed by the user in the first message and relayed
+//! round by round ([`crate::session::relayed_auth`]);
+//! `server.sasl_mechanisms` says which mechanisms are offered. No backend for the user: `NO (TRYLATER)`
 //! (§1.3). The SIEVE extension list before login is Pigeonhole's usual
 //! set; after login, CAPABILITY goes to the backend and is authoritative.
 //! Lines, literals, SASL responses, the bytes and the commands before login
 //! are bounded ([`crate::session::limits`]); past a bound the client hears
 //! `BYE` and is closed.
 
-use crate::session::failover::{login_key, login_routed};
+use crate::session::failover::{login_key, login_key_of, login_routed};
 use monoio::time::Instant;
 use tracing::{debug, info};
 
+use crate::backend::sasl_relay::Auth;
 use crate::backend::sieve::login;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
 use crate::proto::sasl::{self, Credentials};
+use crate::proto::sasl_passthrough::Mechanism;
 use crate::proto::sieve::{parse_line, quote, LiteralMarker, SieveArg};
 use crate::runtime::core::Core;
 use crate::runtime::stats::PreloginLimit;
 use crate::session::imap::Outcome;
 use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
+use crate::session::relayed_auth::{self, FirstMessageError};
+use crate::session::sasl_input::InputSaslClient;
 use crate::session::ClientInfo;
 
 /// The Sieve extensions announced before login (Pigeonhole's defaults).
@@ -84,11 +91,20 @@ impl<'a> Prelogin<'a> {
         self.client.tls || self.policy.plaintext_auth
     }
 
+    /// The SASL mechanisms offered: `server.sasl_mechanisms` but LOGIN,
+    /// which ManageSieve clients do not use.
+    fn offered(&self) -> Vec<Mechanism> {
+        let mut mechanisms = self.core.shared().config.server.sasl_mechanisms();
+        mechanisms.retain(|m| *m != Mechanism::Login);
+        mechanisms
+    }
+
     /// The capability response, ending with OK.
     pub fn capabilities(&self) -> String {
         let mut caps = String::from("\"IMPLEMENTATION\" \"mailpin\"\r\n");
         if self.login_allowed() {
-            caps.push_str("\"SASL\" \"PLAIN\"\r\n");
+            let names: Vec<&str> = self.offered().iter().map(|m| m.name()).collect();
+            caps.push_str(&format!("\"SASL\" \"{}\"\r\n", names.join(" ")));
         } else {
             caps.push_str("\"SASL\" \"\"\r\n");
         }
@@ -293,10 +309,11 @@ impl<'a> Prelogin<'a> {
                     self.bad(s, "Mechanism must be a string.").await?;
                     return Ok(None);
                 };
-                if !mech.eq_ignore_ascii_case(b"PLAIN") {
+                let offered = self.offered();
+                let Some(mechanism) = Mechanism::parse(mech).filter(|m| offered.contains(m)) else {
                     self.bad(s, "Unsupported authentication mechanism.").await?;
                     return Ok(None);
-                }
+                };
                 if !self.login_allowed() {
                     self.bad(s, "(ENCRYPT-NEEDED) Use STARTTLS before logging in.")
                         .await?;
@@ -321,6 +338,9 @@ impl<'a> Prelogin<'a> {
                         }
                     },
                 };
+                if mechanism.is_relayed() {
+                    return self.relayed(s, mechanism, response).await;
+                }
                 return match sasl::decode_plain(&response) {
                     Ok(creds) => self.login(s, creds).await,
                     Err(e) => {
@@ -374,14 +394,28 @@ impl<'a> Prelogin<'a> {
         }
     }
 
-    /// Routes the user and replays the credentials on its backend.
-    async fn login<S: Connection>(
+    /// Routes a relayed mechanism by the user in its first message and
+    /// relays the exchange to the backend. The first message is the
+    /// string's contents: base64 as the client encoded it.
+    async fn relayed<S: Connection>(
         &mut self,
         s: &mut S,
-        creds: Credentials,
+        mechanism: Mechanism,
+        first: Vec<u8>,
     ) -> Result<Option<Outcome>, Close> {
-        let core = self.core;
-        let key = match login_key(core, &creds) {
+        let (identity, relayed) = match relayed_auth::start(mechanism, first) {
+            Ok(started) => started,
+            Err(e) => {
+                debug!(error = %e, mechanism = mechanism.name(), "first SASL message refused");
+                let text = match e {
+                    FirstMessageError::Encoding(e) => format!("Invalid SASL response: {e}."),
+                    e => format!("Cannot log in: {e}."),
+                };
+                self.bad(s, &text).await?;
+                return Ok(None);
+            }
+        };
+        let key = match login_key_of(self.core, &identity.user, identity.authzid.as_deref()) {
             Ok(key) => key,
             Err(e) => {
                 debug!(error = %e, "login name refused");
@@ -389,12 +423,58 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.route(s, key, Auth::Relayed(&relayed)).await
+    }
+
+    /// Routes the user of `creds` and replays them on its backend.
+    async fn login<S: Connection>(
+        &mut self,
+        s: &mut S,
+        creds: Credentials,
+    ) -> Result<Option<Outcome>, Close> {
+        let key = match login_key(self.core, &creds) {
+            Ok(key) => key,
+            Err(e) => {
+                debug!(error = %e, "login name refused");
+                self.bad(s, &format!("Invalid login: {e}.")).await?;
+                return Ok(None);
+            }
+        };
+        self.route(s, key, Auth::Plain(&creds)).await
+    }
+
+    /// Logs the user of `key` in on its backend with `auth`.
+    async fn route<S: Connection>(
+        &mut self,
+        s: &mut S,
+        key: String,
+        auth: Auth<'_>,
+    ) -> Result<Option<Outcome>, Close> {
+        let core = self.core;
         let client = &self.client;
-        let origin = client.origin(Protocol::Sieve);
-        let routed = login_routed(core, &key, origin, s, |backend, s, _| {
-            Box::pin(login(backend, &creds, client, s))
-        })
-        .await;
+        let (routed, gone) = {
+            let mut sasl_client = InputSaslClient {
+                s: &mut *s,
+                input: &mut self.input,
+                budget: &mut self.budget,
+                counters: &core.counters,
+                deadline: self.deadline,
+                protocol: Protocol::Sieve,
+                gone: false,
+            };
+            let routed = login_routed(
+                core,
+                &key,
+                client.origin(Protocol::Sieve),
+                &mut sasl_client,
+                |backend, c, _| Box::pin(login(backend, auth, client, c)),
+            )
+            .await;
+            (routed, sasl_client.gone)
+        };
+        if gone {
+            return Err(Close);
+        }
         match routed.into_logged_in(key, || self.input.take_buffered()) {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {

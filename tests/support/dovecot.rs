@@ -94,6 +94,10 @@ pub struct DovecotOptions {
     pub auth_failure_delay: Duration,
     /// How long an instance may take to greet after its start.
     pub ready_timeout: Duration,
+    /// Token introspection URL: when set, every instance also offers
+    /// OAUTHBEARER, XOAUTH2 (an `oauth2` passdb asking this URL) and
+    /// SCRAM-SHA-1/-256. `None` (the default): PLAIN and LOGIN only.
+    pub oauth2_introspection: Option<String>,
 }
 
 impl Default for DovecotOptions {
@@ -104,6 +108,7 @@ impl Default for DovecotOptions {
             tls: None,
             auth_failure_delay: Duration::ZERO,
             ready_timeout: Duration::from_secs(15),
+            oauth2_introspection: None,
         }
     }
 }
@@ -292,6 +297,7 @@ impl DovecotInstance {
         let name = format!("mpdc-{}-{serial}", std::process::id());
         let dir = root.join(format!("i{index}"));
         let base_dir = dir.join("run");
+        let oauth2_conf = dir.join("oauth2.conf.ext");
         let state_dir = dir.join("state");
         fs::create_dir_all(&state_dir).expect("create the instance's state_dir");
         let log_path = dir.join("dovecot.log");
@@ -308,8 +314,16 @@ impl DovecotInstance {
             haproxy,
             tls: options.tls.as_ref(),
             auth_failure_delay: options.auth_failure_delay,
+            oauth2_conf: options
+                .oauth2_introspection
+                .as_ref()
+                .map(|_| oauth2_conf.as_path()),
         });
         fs::write(&config_path, config).expect("write dovecot.conf");
+        if let Some(url) = &options.oauth2_introspection {
+            fs::write(&oauth2_conf, dovecot_conf::render_oauth2(url))
+                .expect("write oauth2.conf.ext");
+        }
         DovecotInstance {
             index,
             name,

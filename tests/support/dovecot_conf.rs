@@ -45,6 +45,19 @@ pub struct ConfigInputs<'a> {
     pub tls: Option<&'a TlsFiles>,
     /// Delay before Dovecot answers a failed authentication.
     pub auth_failure_delay: Duration,
+    /// Also offer OAUTHBEARER and XOAUTH2 (an `oauth2` passdb with this
+    /// `oauth2.conf.ext`, see [`render_oauth2`]) and SCRAM-SHA-1/-256
+    /// (derived from the passwd-file's `{PLAIN}` passwords).
+    pub oauth2_conf: Option<&'a Path>,
+}
+
+/// The `oauth2.conf.ext` of a backend whose tokens are checked at
+/// `introspection_url` (RFC 7662 POST, `{"active": true, "username": ..}`).
+pub fn render_oauth2(introspection_url: &str) -> String {
+    format!(
+        "introspection_url = {introspection_url}\nintrospection_mode = post\n\
+         username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+    )
 }
 
 /// Renders the whole configuration file.
@@ -79,7 +92,7 @@ listen = {addr}
 protocols = imap pop3 lmtp sieve
 {ssl}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{more_mechanisms}
 auth_verbose = yes
 auth_verbose_passwords = no
 auth_debug = no
@@ -97,7 +110,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN {passwd_file}
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid={uid} gid={uid} home={store}/%u
 }}
@@ -170,6 +183,18 @@ plugin {{
         failure_delay = inputs.auth_failure_delay.as_secs(),
         passwd_file = inputs.passwd_file.display(),
         uid = MAIL_UID_GID,
+        more_mechanisms = if inputs.oauth2_conf.is_some() {
+            " oauthbearer xoauth2 scram-sha-1 scram-sha-256"
+        } else {
+            ""
+        },
+        oauth2_passdb = match inputs.oauth2_conf {
+            Some(path) => format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = oauthbearer xoauth2\n  args = {}\n}}\n",
+                path.display()
+            ),
+            None => String::new(),
+        },
     );
     conf
 }

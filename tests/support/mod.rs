@@ -7,6 +7,7 @@
 //!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
 //! - [`dev_director`]: a director in front of the embedded dev backends.
 //! - [`python`]: run `tests/clients/*.py`, once or interactively.
+//! - [`oauth2_server`]: a token introspection endpoint for Dovecot's oauth2 passdb.
 //! - [`wire`]: a tiny line client for raw IMAP/POP3/LMTP/ManageSieve talk.
 //!
 //! Every integration test file that needs it says `mod support;`. Not every
@@ -21,6 +22,7 @@ pub mod dovecot;
 pub mod dovecot_conf;
 pub mod loopback;
 pub mod mailpin;
+pub mod oauth2_server;
 pub mod procs;
 pub mod python;
 pub mod tempdir;

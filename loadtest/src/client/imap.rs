@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::conn::{Endpoint, Transport};
+use super::sasl::SaslLogin;
 use super::wire::{protocol_error, Wire};
 
 /// The status of a tagged reply.
@@ -138,6 +139,42 @@ impl ImapClient {
             return Err(protocol_error(format!("{what}: {:?}", reply.status)));
         }
         Ok(reply)
+    }
+
+    /// `AUTHENTICATE` with SASL-IR, answering each challenge, until the
+    /// tagged reply, which must be OK.
+    pub async fn authenticate(&mut self, login: &mut SaslLogin) -> io::Result<()> {
+        let tag = self.tag();
+        let command = format!(
+            "{tag} AUTHENTICATE {} {}\r\n",
+            login.mechanism(),
+            login.initial_response()
+        );
+        self.wire.write_all(command.into_bytes()).await?;
+        for _ in 0..8 {
+            let line = self.wire.read_line().await?;
+            if let Some(challenge) = line.strip_prefix(b"+") {
+                let answer = login.answer(challenge)?;
+                self.wire
+                    .write_all(format!("{answer}\r\n").into_bytes())
+                    .await?;
+                continue;
+            }
+            let Some(rest) = line
+                .strip_prefix(tag.as_bytes())
+                .and_then(|r| r.strip_prefix(b" "))
+            else {
+                continue;
+            };
+            if !rest.starts_with(b"OK") {
+                return Err(protocol_error(format!(
+                    "AUTHENTICATE: {}",
+                    String::from_utf8_lossy(rest)
+                )));
+            }
+            return login.finished();
+        }
+        Err(protocol_error("AUTHENTICATE: too many lines"))
     }
 
     /// `LOGIN user password`; the user name is a plain atom.

@@ -6,5 +6,6 @@ pub mod conn;
 pub mod imap;
 pub mod lmtp;
 pub mod pop3;
+pub mod sasl;
 pub mod tls;
 pub mod wire;

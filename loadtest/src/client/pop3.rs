@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::conn::{Endpoint, Transport};
+use super::sasl::SaslLogin;
 use super::wire::{protocol_error, Wire};
 
 /// A POP3 client session.
@@ -81,6 +82,35 @@ impl Pop3Client {
         self.command(&format!("PASS {password}"), "PASS")
             .await
             .map(|_| ())
+    }
+
+    /// `AUTH` with an initial response, answering each challenge, until
+    /// `+OK`.
+    pub async fn authenticate(&mut self, login: &mut SaslLogin) -> io::Result<()> {
+        let command = format!(
+            "AUTH {} {}\r\n",
+            login.mechanism(),
+            login.initial_response()
+        );
+        self.wire.write_all(command.into_bytes()).await?;
+        for _ in 0..8 {
+            let line = self.wire.read_line().await?;
+            if line.starts_with(b"+OK") {
+                return login.finished();
+            }
+            if let Some(challenge) = line.strip_prefix(b"+") {
+                let answer = login.answer(challenge)?;
+                self.wire
+                    .write_all(format!("{answer}\r\n").into_bytes())
+                    .await?;
+                continue;
+            }
+            return Err(protocol_error(format!(
+                "AUTH: {}",
+                String::from_utf8_lossy(&line)
+            )));
+        }
+        Err(protocol_error("AUTH: too many lines"))
     }
 
     /// `STAT`.

@@ -3,7 +3,8 @@
 //! omission: a late client thread or a slow director shows up as latency,
 //! not as a lower offered rate). `--find` searches the highest rate whose
 //! p99 stays within `--p99-ms` with under 0.1 % failures. IMAP (LOGIN) or
-//! POP3 (USER/PASS), over plain, STARTTLS/STLS or implicit TLS; with
+//! POP3 (USER/PASS) — or, with `--mech`, OAUTHBEARER or SCRAM-SHA-256
+//! relayed by the director — over plain, STARTTLS/STLS or implicit TLS; with
 //! `--resume` each client thread keeps one ticket store, and the report
 //! gives the share of TLS handshakes that resumed.
 
@@ -20,6 +21,7 @@ use super::{user_name, Modes, PASSWORD};
 use crate::client::conn::{Endpoint, Transport};
 use crate::client::imap::ImapClient;
 use crate::client::pop3::Pop3Client;
+use crate::client::sasl::{LoginMech, SaslLogin};
 use crate::client::tls::client_config;
 use crate::harness::{CommonArgs, Harness};
 use crate::metrics::{merged, Latency, LatencySummary};
@@ -77,6 +79,10 @@ pub struct LoadArgs {
     /// Logins in flight per client thread before new ones count as failed.
     #[arg(long, default_value_t = 4000)]
     pub max_inflight: usize,
+    /// How the clients authenticate: `plain` (LOGIN, USER/PASS),
+    /// `oauthbearer` or `scram-sha-256` (AUTHENTICATE/AUTH with SASL-IR).
+    #[arg(long, value_enum, default_value = "plain")]
+    pub mech: LoginMech,
 }
 
 /// Options of `logins`.
@@ -105,6 +111,8 @@ pub struct LoginsArgs {
 pub struct StepResult {
     /// imap or pop3.
     pub protocol: &'static str,
+    /// plain, oauthbearer or scram-sha-256.
+    pub mech: &'static str,
     /// plain, STARTTLS or TLS.
     pub mode: &'static str,
     /// Offered logins/s.
@@ -164,8 +172,9 @@ impl StepResult {
             String::new()
         };
         format!(
-            "{} {} offered {:.0}/s: {:.0} logins/s, {} failed, {}; director {:.2} cores busy ({:.0} logins/s per core), client {:.2}, backends {:.2}{resumed}",
+            "{} {} {} offered {:.0}/s: {:.0} logins/s, {} failed, {}; director {:.2} cores busy ({:.0} logins/s per core), client {:.2}, backends {:.2}{resumed}",
             self.protocol,
+            self.mech,
             self.mode,
             self.offered,
             self.achieved,
@@ -183,6 +192,7 @@ impl StepResult {
 /// measurement. Returns the latency from `due` and whether TLS resumed.
 pub async fn login_once(
     protocol: LoginProtocol,
+    mech: LoginMech,
     endpoint: Endpoint,
     tls: &std::sync::Arc<rustls::ClientConfig>,
     user: &str,
@@ -191,7 +201,10 @@ pub async fn login_once(
     match protocol {
         LoginProtocol::Imap => {
             let mut client = ImapClient::connect(endpoint, tls).await?;
-            client.login(user, PASSWORD).await?;
+            match sasl_login(mech, user, endpoint) {
+                Some(mut login) => client.authenticate(&mut login).await?,
+                None => client.login(user, PASSWORD).await?,
+            }
             let latency = due.elapsed();
             let resumed = client.resumed();
             let _ = client.logout().await;
@@ -199,13 +212,31 @@ pub async fn login_once(
         }
         LoginProtocol::Pop3 => {
             let mut client = Pop3Client::connect(endpoint, tls).await?;
-            client.login(user, PASSWORD).await?;
+            match sasl_login(mech, user, endpoint) {
+                Some(mut login) => client.authenticate(&mut login).await?,
+                None => client.login(user, PASSWORD).await?,
+            }
             let latency = due.elapsed();
             let resumed = client.resumed();
             let _ = client.quit().await;
             Ok((latency, resumed))
         }
     }
+}
+
+/// The SASL login of `mech`, or `None` for LOGIN / USER-PASS.
+fn sasl_login(mech: LoginMech, user: &str, endpoint: Endpoint) -> Option<SaslLogin> {
+    if mech == LoginMech::Plain {
+        return None;
+    }
+    let host = endpoint.addr.ip().to_string();
+    Some(SaslLogin::start(
+        mech,
+        user,
+        PASSWORD,
+        &host,
+        endpoint.addr.port(),
+    ))
 }
 
 /// What one client thread of a step measured.
@@ -228,7 +259,7 @@ pub fn run_step(
     record: bool,
 ) -> Result<(StepResult, Timeline), String> {
     let counters = harness.fresh_counters();
-    let protocol = load.protocol;
+    let (protocol, mech) = (load.protocol, load.mech);
     let endpoint = harness.endpoint(protocol.protocol(), transport)?;
     let threads = harness.args.client_threads.max(1);
     let rate = load.rate.max(0.1) / threads as f64;
@@ -264,7 +295,7 @@ pub fn run_step(
                     monoio::spawn(async move {
                         let attempt = monoio::time::timeout(
                             LOGIN_TIMEOUT,
-                            login_once(protocol, endpoint, &tls_config, &user, due),
+                            login_once(protocol, mech, endpoint, &tls_config, &user, due),
                         )
                         .await;
                         let ok = matches!(attempt, Ok(Ok(_)));
@@ -294,8 +325,9 @@ pub fn run_step(
         })
     };
     let label = format!(
-        "logins {} {}",
+        "logins {} {} {}",
         protocol.protocol().as_str(),
+        mech.name(),
         transport.name()
     );
     let finished = || handles.iter().all(|h| h.is_finished());
@@ -313,6 +345,7 @@ pub fn run_step(
     let busy = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / elapsed;
     let result = StepResult {
         protocol: protocol.protocol().as_str(),
+        mech: mech.name(),
         mode: transport.name(),
         offered: load.rate,
         achieved: ok as f64 / duration.as_secs_f64().min(elapsed),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::conn::Endpoint;
 use crate::client::imap::ImapClient;
+use crate::client::sasl::LoginMech;
 use crate::client::tls::client_config;
 use crate::metrics::{Counters, Latency};
 use crate::scenario::logins::{login_once, LoginProtocol};
@@ -351,7 +352,14 @@ async fn logins(
         monoio::spawn(async move {
             let attempt = monoio::time::timeout(
                 GIVE_UP,
-                login_once(LoginProtocol::Imap, endpoint, &tls, &user, due),
+                login_once(
+                    LoginProtocol::Imap,
+                    LoginMech::Plain,
+                    endpoint,
+                    &tls,
+                    &user,
+                    due,
+                ),
             )
             .await;
             let mut t = tally.borrow_mut();
