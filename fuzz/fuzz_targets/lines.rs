@@ -32,8 +32,9 @@ impl ReadSide for Peer<'_> {
         let Some(piece) = self.pieces.first_mut() else {
             return (Ok(0), buf);
         };
-        let n = piece.len().min(buf.capacity() - buf.len());
-        assert!(n > 0, "read_into without spare capacity");
+        let spare = buf.capacity() - buf.len();
+        assert!(spare > 0, "read_into without spare capacity");
+        let n = piece.len().min(spare);
         buf.extend_from_slice(&piece[..n]);
         *piece = &piece[n..];
         if piece.is_empty() {
@@ -57,6 +58,7 @@ fn ready<F: Future>(future: F) -> F::Output {
 
 /// The lines read from `pieces` and the error kind that ended them.
 fn read_all(pieces: Vec<&[u8]>, max: usize) -> (Vec<Vec<u8>>, io::ErrorKind) {
+    let pieces = pieces.into_iter().filter(|p| !p.is_empty()).collect();
     let mut peer = Peer { pieces };
     let mut reader = LineReader::new();
     let mut lines = Vec::new();
