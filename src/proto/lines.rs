@@ -31,6 +31,11 @@ impl LineReader {
         loop {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos;
+                if end >= max {
+                    // One read may bring more than `max` bytes (the buffer
+                    // grows by doubling): the bound is on the line.
+                    return Err(too_long(max));
+                }
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
                 self.scanned = 0;
                 line.pop();
@@ -41,10 +46,7 @@ impl LineReader {
             }
             self.scanned = self.buf.len();
             if self.buf.len() >= max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("line longer than {max} bytes"),
-                ));
+                return Err(too_long(max));
             }
             let want = (max - self.buf.len()).min(4096);
             self.buf.reserve(want);
@@ -63,6 +65,14 @@ impl LineReader {
     pub fn into_leftover(self) -> Vec<u8> {
         self.buf
     }
+}
+
+/// The error for a line whose end does not come within `max` bytes.
+fn too_long(max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("line longer than {max} bytes"),
+    )
 }
 
 #[cfg(test)]
@@ -96,6 +106,20 @@ mod tests {
             let mut s = Script(vec![b"* OK"]);
             let err = LineReader::new().read_line(&mut s, 100).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        });
+    }
+
+    /// Found by the `lines` fuzz target: a read into a buffer that had
+    /// grown by doubling brought the line end past the bound, and the
+    /// over-long line was returned.
+    #[test]
+    fn line_end_past_the_bound_in_the_same_read_is_an_error() {
+        block_on(async {
+            let first: &'static [u8] = &[b'x'; 4096];
+            let second: &'static [u8] = b"yyyyyyyyyyyyyyyyyyyy\r\n";
+            let mut s = Script(vec![first, second]);
+            let err = LineReader::new().read_line(&mut s, 4100).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         });
     }
 }

@@ -61,6 +61,10 @@ pub fn parse_path(arg: &[u8]) -> Result<Path<'_>, &'static str> {
     let mut quoted = false;
     let mut escaped = false;
     for (i, &b) in body.iter().enumerate() {
+        if matches!(b, b'\r' | b'\n' | 0) {
+            // Not even escaped (RFC 5321 quoted-pairSMTP is %d92 %d32-126).
+            return Err("control character in path");
+        }
         if escaped {
             escaped = false;
             continue;
@@ -81,7 +85,6 @@ pub fn parse_path(arg: &[u8]) -> Result<Path<'_>, &'static str> {
                     params,
                 });
             }
-            b'\r' | b'\n' | 0 => return Err("control character in path"),
             _ => {}
         }
     }
@@ -330,6 +333,16 @@ mod tests {
         assert!(parse_path(b"<a@b").is_err());
         assert!(parse_path(b"<a@b>x").is_err());
         assert!(parse_path(b"<\"a\\\">\"@b>").is_ok());
+    }
+
+    /// Found by the `smtp` fuzz target: a backslash inside a quoted local
+    /// part let NUL (or CR) into the path, to the login name and the
+    /// backend's RCPT line.
+    #[test]
+    fn escaped_control_characters_are_refused_in_paths() {
+        assert!(parse_path(b"<\"b\\\0 smith\"@e.com>").is_err());
+        assert!(parse_path(b"<\"b\\\r\"@e.com>").is_err());
+        assert!(parse_path(b"<\"b\\\\\"@e.com>").is_ok());
     }
 
     #[test]

@@ -10,12 +10,20 @@
 //! * [`records`] is the session's synchronous half: rustls' unbuffered
 //!   connection and the buffers mailpin owns for it.
 //! * [`devcert`] makes the self-signed certificate of `run --dev`.
+//! * `driver` (tests and the `fuzzing` feature only) runs [`records`]
+//!   over in-memory bytes, for the record-split property test and the
+//!   `tls_records` fuzz target.
 
 pub mod accept;
 pub mod config;
 pub mod devcert;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod driver;
 pub mod records;
 pub mod stream;
+
+#[cfg(test)]
+mod records_split;
 
 pub use accept::{accept, HandshakeError};
 pub use config::{

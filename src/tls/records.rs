@@ -344,7 +344,7 @@ impl Records {
         match &result {
             Err(e) => {
                 self.failed = Some(e.clone());
-                self.collect_alert();
+                self.collect_alert(consumed);
                 consumed = self.inbox.len();
             }
             Ok(stop) => self.unprocessed = *stop == Stop::BufferFull,
@@ -356,13 +356,24 @@ impl Records {
         result
     }
 
-    /// After an error: moves the alert rustls queued into the outbox. No
-    /// input is given again: rustls would deframe the bad bytes once more
-    /// and try to send a second fatal alert (a debug assertion in rustls).
-    fn collect_alert(&mut self) {
-        // Bounded: rustls queues one alert, maybe split into few chunks.
+    /// After an error: moves the alert rustls queued into the outbox.
+    ///
+    /// rustls is given the inbox from `consumed` on, the bytes it has not
+    /// released: a handshake message it is joining from several records
+    /// still lives there, and an empty slice would make it index past the
+    /// end (a panic found by the `tls_records` fuzz target). It is only
+    /// asked while it has records queued, which it hands out before
+    /// looking at input: deframing the bad bytes once more would make it
+    /// try to send a second fatal alert (a debug assertion in rustls).
+    fn collect_alert(&mut self, consumed: usize) {
+        // Bounded: rustls queues one alert, after the few handshake
+        // records the failing step may have queued.
         for _ in 0..8 {
-            let status = self.conn.process_tls_records(&mut []);
+            if !self.conn.wants_write() {
+                return;
+            }
+            let rest = self.inbox.get_mut(consumed..).unwrap_or_default();
+            let status = self.conn.process_tls_records(rest);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     if encode_into(&mut encode, &mut self.outbox).is_err() {
@@ -725,5 +736,27 @@ mod tests {
         assert!(p.server.has_outgoing(), "an alert waits for the write turn");
         assert!(p.server.read_plaintext(&mut buf).is_err(), "errors stick");
         assert!(buf.is_empty());
+    }
+
+    /// Found by the `tls_records` fuzz target: a ClientHello fragmented
+    /// over two records, then a record rustls cannot deframe. rustls still
+    /// holds the first fragment in the inbox when it fails; collecting the
+    /// alert with an empty slice made it index past its end and panic.
+    #[test]
+    fn error_while_joining_a_fragmented_handshake_message_queues_an_alert() {
+        let mut p = pair(&rustls::version::TLS13);
+        let hello = p.client_flight();
+        let (header, body) = hello.split_at(5);
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&header[..3]);
+        wire.extend_from_slice(&40u16.to_be_bytes());
+        wire.extend_from_slice(&body[..40]);
+        // A record of content type 0: not TLS.
+        wire.extend_from_slice(&[0x00, 0x03, 0x03, 0x00, 0x02, 0x01, 0x02]);
+        feed(&mut p.server, &wire);
+        assert!(p.server.handshake_pass().is_err());
+        assert!(p.server.has_outgoing(), "an alert waits for the write turn");
+        assert!(p.server.handshake_pass().is_err(), "errors stick");
+        assert_eq!(p.server.inbox(), b"", "nothing is kept after an error");
     }
 }
