@@ -193,6 +193,9 @@ pub fn run_until_signal(mut director: Director) {
                 info!("SIGHUP: reloading the configuration");
                 director.reload();
             }
+            signals::Signal::Upgrade => {
+                tracing::warn!("SIGUSR2: the binary upgrade is not built yet; ignored");
+            }
             signals::Signal::Stop(name) => break name,
         }
     };

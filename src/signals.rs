@@ -3,10 +3,12 @@
 //! SIGINT, SIGTERM and SIGHUP are blocked in every thread (call [`block`]
 //! before starting any) and the main thread waits for them with `sigwait`,
 //! so no signal handler ever runs on a core in the middle of its work.
-//! SIGHUP asks for a reload and never ends the process.
+//! SIGHUP asks for a reload and never ends the process; SIGUSR2, kept for
+//! the binary upgrade, is logged and ignored rather than left to end the
+//! process by default.
 
 /// The signals waited for.
-const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2];
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub enum Signal {
     Stop(&'static str),
     /// SIGHUP: re-read the configuration.
     Reload,
+    /// SIGUSR2: a binary upgrade, not built yet.
+    Upgrade,
 }
 
 fn handled_set() -> libc::sigset_t {
@@ -50,6 +54,7 @@ pub fn wait() -> Signal {
             (0, libc::SIGINT) => return Signal::Stop("SIGINT"),
             (0, libc::SIGTERM) => return Signal::Stop("SIGTERM"),
             (0, libc::SIGHUP) => return Signal::Reload,
+            (0, libc::SIGUSR2) => return Signal::Upgrade,
             _ => continue,
         }
     }

@@ -191,6 +191,8 @@ struct Acceptor {
     canceller: Rc<RefCell<Option<Canceller>>>,
     /// Set when the loop is told to stop.
     stopped: Rc<Cell<bool>>,
+    /// Completes when the loop has ended and dropped its socket.
+    ended: local_sync::oneshot::Receiver<()>,
 }
 
 impl Acceptor {
@@ -337,9 +339,17 @@ pub async fn core_main(
     monoio::spawn(mailbox_loop(core.clone(), mailbox, stop_tx));
 
     let _ = stop_rx.await;
-    for a in core.acceptors.borrow_mut().drain(..) {
+    let acceptors: Vec<Acceptor> = core.acceptors.borrow_mut().drain(..).collect();
+    for a in &acceptors {
         a.stop();
     }
+    for a in acceptors {
+        let _ = monoio::time::timeout(Duration::from_secs(1), a.ended).await;
+    }
+    // The dropped sockets' closes are io_uring operations: let the ring
+    // submit them before this runtime can end, or a listener would stay
+    // open (queuing connections nobody accepts) until the process exits.
+    monoio::time::sleep(Duration::from_millis(5)).await;
     drain(&core).await;
 }
 
@@ -355,11 +365,13 @@ impl Core {
         };
         let canceller = Canceller::new();
         let handle = canceller.handle();
+        let (ended_tx, ended) = local_sync::oneshot::channel();
         let acceptor = Acceptor {
             addr: listen.addr,
             listen: Rc::new(RefCell::new(Rc::new(listen))),
             canceller: Rc::new(RefCell::new(Some(canceller))),
             stopped: Rc::new(Cell::new(false)),
+            ended,
         };
         monoio::spawn(accept_loop(
             self.clone(),
@@ -367,6 +379,7 @@ impl Core {
             listener,
             handle,
             acceptor.stopped.clone(),
+            ended_tx,
         ));
         self.acceptors.borrow_mut().push(acceptor);
     }
@@ -487,6 +500,7 @@ async fn accept_loop(
     listener: TcpListener,
     cancel: CancelHandle,
     stopped: Rc<Cell<bool>>,
+    ended: local_sync::oneshot::Sender<()>,
 ) {
     let addr = listen.borrow().addr;
     while !stopped.get() {
@@ -504,6 +518,8 @@ async fn accept_loop(
             }
         }
     }
+    drop(listener);
+    let _ = ended.send(());
     debug!(core = core.id, addr = %addr, "listener closed");
 }
 
@@ -533,12 +549,14 @@ async fn drain(core: &Core) {
             sessions = core.active_sessions(),
             "drain timeout: closing remaining sessions"
         );
-        let closed = core.sessions.kick_where(KickReason::Shutdown, |_| false);
-        let _ = monoio::time::timeout(Duration::from_secs(1), async {
-            for c in closed {
-                c.wait().await;
-            }
-        })
-        .await;
+        // Backend side first, then the client's goodbye: wait for the
+        // sessions to end entirely (bounded by the relay's own bounds on
+        // both), or the runtime would end before the goodbyes are written.
+        let _ = core.sessions.kick_where(KickReason::Shutdown, |_| false);
+        let limit = crate::relay::BACKEND_CLOSE_TIMEOUT + crate::relay::GOODBYE_TIMEOUT * 2;
+        let deadline = monoio::time::Instant::now() + limit + Duration::from_millis(500);
+        while core.active_sessions() > 0 && monoio::time::Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
