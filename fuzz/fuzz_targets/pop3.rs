@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailpin::proto::pop3::{self, MAX_COMMAND_LINE};
+use mailpin::proto::pop3;
+use mailpin_fuzz::MAX_COMMAND_LINE;
 
 fuzz_target!(|data: &[u8]| {
     for line in data.split(|&b| b == b'\n') {

@@ -8,7 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailpin::proto::sieve::{self, LiteralMarker, SieveArg, MAX_COMMAND_LINE};
+use mailpin::proto::sieve::{self, LiteralMarker, SieveArg};
+use mailpin_fuzz::MAX_COMMAND_LINE;
 
 fuzz_target!(|data: &[u8]| {
     for line in data.split(|&b| b == b'\n') {

@@ -10,7 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailpin::proto::smtp::{self, DotScanner, MAX_COMMAND_LINE};
+use mailpin::proto::smtp::{self, DotScanner};
+use mailpin_fuzz::MAX_COMMAND_LINE;
 use mailpin_fuzz::Cuts;
 
 /// Whether `part` is a slice of `whole`'s memory (its suffix, here).

@@ -2,6 +2,11 @@
 //! input into the cut points of a byte stream, the way a socket delivers
 //! it in arbitrary reads.
 
+/// The longest pre-login command line a client can get to a parser: the
+/// default of `server.max_line`, which bounds IMAP, POP3, ManageSieve and
+/// LMTP lines alike.
+pub const MAX_COMMAND_LINE: usize = 8192;
+
 /// Cut sizes for feeding a stream in pieces, drawn from a seed so that
 /// the fuzzer controls them (SplitMix64 over the seed).
 pub struct Cuts {
