@@ -16,7 +16,7 @@ use crate::dev::{
     spawn_backends, spawn_protocol_servers, DevBackendConfig, DevBackends, DevProtocolServers,
     Registry, Store, DEV_PASSWORD,
 };
-use crate::launch::LaunchError;
+use crate::prepare::LaunchError;
 use crate::tls::DevCert;
 
 /// Where the dev director listens.

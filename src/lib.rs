@@ -18,6 +18,7 @@ pub mod health;
 pub mod io;
 pub mod launch;
 pub mod limits;
+pub mod prepare;
 pub mod proto;
 pub mod relay;
 pub mod route;

@@ -53,7 +53,17 @@ fn status_backends_and_user_show_the_state() {
     let (code, json, _) = m.ctl(&["--json", "status"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for k in ["version", "uptime", "cores", "sessions", "state_version"] {
+    assert_eq!(v["pid"], m.pid(), "{json}");
+    assert!(v["cluster"].is_null(), "{json}");
+    for k in [
+        "version",
+        "uptime",
+        "cores",
+        "sessions",
+        "state_version",
+        "cluster",
+        "pid",
+    ] {
         assert!(v.get(k).is_some(), "status has {k}: {json}");
     }
 

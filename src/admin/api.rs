@@ -170,6 +170,9 @@ async fn status(control: &Control) -> Response {
             "cores": control.cores(),
             "sessions": control.session_count().await,
             "state_version": control.backends().version,
+            // No cluster mode yet: a director on its own.
+            "cluster": Value::Null,
+            "pid": std::process::id(),
         }),
     )
 }

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, Listen, Protocol};
-use crate::launch::{backend_set, tls_config};
 use crate::limits::Limits;
+use crate::prepare::{backend_set, tls_config};
 use crate::route::backends::{Backend, BackendId, BackendSet, Lifecycle};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::core::Shared;
