@@ -17,7 +17,11 @@ use crate::backend::sasl_relay::{ClientGone, SaslClient};
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection, WriteSide};
 use crate::proto::sieve::{parse_line, SieveArg};
+use crate::route::backends::Backend;
+use crate::route::shard::SessionOrigin;
+use crate::runtime::core::Core;
 use crate::runtime::stats::{Counters, PreloginLimit};
+use crate::session::failover::{login_routed, Attempt, Routed};
 use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, Stopped};
 
@@ -40,7 +44,45 @@ pub struct InputSaslClient<'p, S> {
     pub gone: bool,
 }
 
-impl<S: Connection> InputSaslClient<'_, S> {
+impl<'p, S: Connection> InputSaslClient<'p, S> {
+    /// A POP3 or ManageSieve client (`protocol`) about to log in.
+    pub fn new(
+        s: &'p mut S,
+        input: &'p mut ClientInput,
+        budget: &'p mut Budget,
+        counters: &'p Counters,
+        deadline: Instant,
+        protocol: Protocol,
+    ) -> Self {
+        InputSaslClient {
+            s,
+            input,
+            budget,
+            counters,
+            deadline,
+            protocol,
+            gone: false,
+        }
+    }
+
+    /// Routes the login of `key` from `origin`, running `attempt` on the
+    /// chosen backend with this client (a relayed mechanism reads the
+    /// client's answers through it); `None` when the client left or was
+    /// sent away during the exchange.
+    pub async fn route<'a, F>(
+        mut self,
+        core: &Core,
+        key: &str,
+        origin: SessionOrigin,
+        attempt: F,
+    ) -> Option<Routed>
+    where
+        F: for<'x> FnMut(&'x Backend, &'x mut Self, &'x &'a ()) -> Attempt<'x>,
+    {
+        let routed = login_routed(core, key, origin, &mut self, attempt).await;
+        (!self.gone).then_some(routed)
+    }
+
     /// Says the protocol's goodbye with `text` and marks the client gone.
     async fn goodbye(&mut self, text: &str) -> ClientGone {
         let line = match self.protocol {

@@ -15,7 +15,7 @@
 //! are bounded ([`crate::session::limits`]); past a bound the client hears
 //! `BYE` and is closed.
 
-use crate::session::failover::{login_key, login_key_of, login_routed};
+use crate::session::failover::{login_key, login_key_of};
 use monoio::time::Instant;
 use tracing::{debug, info};
 
@@ -452,29 +452,24 @@ impl<'a> Prelogin<'a> {
     ) -> Result<Option<Outcome>, Close> {
         let core = self.core;
         let client = &self.client;
-        let (routed, gone) = {
-            let mut sasl_client = InputSaslClient {
-                s: &mut *s,
-                input: &mut self.input,
-                budget: &mut self.budget,
-                counters: &core.counters,
-                deadline: self.deadline,
-                protocol: Protocol::Sieve,
-                gone: false,
-            };
-            let routed = login_routed(
-                core,
-                &key,
-                client.origin(Protocol::Sieve),
-                &mut sasl_client,
-                |backend, c, _| Box::pin(login(backend, auth, client, c)),
-            )
-            .await;
-            (routed, sasl_client.gone)
-        };
-        if gone {
+        let routed = InputSaslClient::new(
+            &mut *s,
+            &mut self.input,
+            &mut self.budget,
+            &core.counters,
+            self.deadline,
+            Protocol::Sieve,
+        )
+        .route(
+            core,
+            &key,
+            client.origin(Protocol::Sieve),
+            |backend, c, _| Box::pin(login(backend, auth, client, c)),
+        )
+        .await;
+        let Some(routed) = routed else {
             return Err(Close);
-        }
+        };
         match routed.into_logged_in(key, || self.input.take_buffered()) {
             Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
             Err(refusal) => {
