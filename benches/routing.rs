@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use mailpin::config::{Forward, Protocol};
+use mailpin::mailbox::mailbox;
 use mailpin::route::backends::{Backend, BackendId, BackendSet};
 use mailpin::route::router::{owner_of, CorePost, Router, RouterMsg};
 use mailpin::route::shard::ShardTable;
-use mailpin::runtime::mailbox::mailbox;
 
 fn backends(n: usize) -> BackendSet {
     let addr: SocketAddr = "127.0.0.1:143".parse().unwrap();

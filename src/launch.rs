@@ -5,6 +5,7 @@
 //! cores. `run` then blocks the calling (main) thread until SIGINT or
 //! SIGTERM and drains.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,14 +14,60 @@ use tracing::info;
 use crate::admin::bind::bind_admin;
 use crate::config::Config;
 use crate::control::reload::BoundListener;
-use crate::control::{self, ControlMsg};
+use crate::control::{self, ControlPlane};
 use crate::limits::Limits;
+use crate::mailbox::mailbox;
+use crate::plane::{ControlMsg, Shared};
 use crate::route::user_key::UserKeyFormat;
-use crate::runtime::core::Shared;
-use crate::runtime::mailbox::mailbox;
-use crate::runtime::{start, Director};
+use crate::runtime::{start, Cores};
 use crate::sdnotify;
+use crate::session::serve::spawn_session;
 use crate::signals;
+
+/// A running director: its cores, its control plane and where they listen.
+pub struct Director {
+    cores: Cores,
+    control: Option<ControlPlane>,
+    /// The admin socket file, removed once the control plane stopped.
+    admin_socket: Option<PathBuf>,
+    /// The addresses actually bound, in `[[listen]]` order (a port of 0 in
+    /// the config is replaced by the one the kernel chose).
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Where the admin API listens.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl Director {
+    /// How many cores run.
+    pub fn cores(&self) -> usize {
+        self.cores.cores()
+    }
+
+    /// Asks the control plane to re-read the configuration file.
+    pub fn reload(&self) {
+        if let Some(c) = &self.control {
+            c.reload();
+        }
+    }
+
+    /// Stops the control plane (no admin request or health flip acts
+    /// during the drain), then drains and stops the cores.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            c.stop();
+        }
+        if let Some(path) = self.admin_socket.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        self.cores.stop();
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 pub use crate::prepare::{backend_set, tls_config, LaunchError};
 
@@ -54,13 +101,18 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         limits,
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
-    let mut director = start(shared.clone(), backends.clone(), control_tx.clone())
-        .map_err(|e| LaunchError(e.to_string()))?;
+    let mut cores = start(
+        shared.clone(),
+        backends.clone(),
+        control_tx.clone(),
+        spawn_session,
+    )
+    .map_err(|e| LaunchError(e.to_string()))?;
     let listeners = shared
         .config
         .listen
         .iter()
-        .zip(&director.listen_addrs)
+        .zip(&cores.listen_addrs)
         .map(|(configured, bound)| BoundListener {
             configured: configured.clone(),
             bound: *bound,
@@ -71,14 +123,25 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         path,
         listeners,
         backends,
-        director.core_mailboxes(),
+        cores.core_mailboxes(),
         control_tx,
         control_box,
-        admin,
-    )
-    .map_err(|e| LaunchError(e.to_string()))?;
-    director.attach_control(control);
-    director.admin_addr = Some(admin_addr);
+        Box::new(move |control| crate::admin::spawn_servers(control, admin)),
+    );
+    let control = match control {
+        Ok(control) => control,
+        Err(e) => {
+            cores.stop();
+            return Err(LaunchError(e.to_string()));
+        }
+    };
+    let director = Director {
+        listen_addrs: cores.listen_addrs.clone(),
+        cores,
+        control: Some(control),
+        admin_socket: admin_socket.clone(),
+        admin_addr: Some(admin_addr),
+    };
     info!(addr = %admin_addr, "admin API ready");
     if let Some(path) = admin_socket {
         info!(path = %path.display(), "admin API socket ready");

@@ -12,8 +12,8 @@ use std::fmt::Write;
 use crate::config::Protocol;
 use crate::control::state::Control;
 use crate::limits::Limit;
+use crate::plane::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 use crate::route::backends::{BackendHealth, BackendId, BackendSet, Health};
-use crate::runtime::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 
 /// Escapes a label value.
 pub fn escape_label(v: &str) -> String {

@@ -16,6 +16,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
@@ -27,7 +28,6 @@ use crate::proto::imap::quote::{write_string, LiteralStyle};
 use crate::proto::lines::LineReader;
 use crate::proto::sasl::encode_plain;
 use crate::route::backends::Backend;
-use crate::session::ClientInfo;
 
 /// The ID fields a client sent before login, kept to forward.
 pub type IdFields = Vec<(Vec<u8>, Option<Vec<u8>>)>;

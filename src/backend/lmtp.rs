@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::{connect, BackendError, LOGIN_TIMEOUT, MAX_BACKEND_LINE, XCLIENT_TTL};
 use crate::config::{Forward, Protocol};
 use crate::io::WriteSide;
 use crate::proto::lines::LineReader;
 use crate::proto::smtp::{filter_mail_params, parse_reply_line, Reply};
 use crate::route::backends::Backend;
-use crate::session::ClientInfo;
 
 /// The name the director gives in its LHLO.
 pub const LHLO_NAME: &str = "mailpin";

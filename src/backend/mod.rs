@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+use crate::backend::client_info::ClientInfo;
 use crate::config::{Forward, Protocol};
 use crate::io::write_bytes;
 use crate::proto::proxy_v2;
 use crate::route::backends::Backend;
-use crate::session::ClientInfo;
 
+pub mod client_info;
 pub mod greeting;
 pub mod imap;
 pub mod lmtp;

@@ -12,6 +12,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
@@ -24,7 +25,6 @@ use crate::proto::lines::LineReader;
 use crate::proto::pop3::{reply_status, xclient_command, Reply};
 use crate::proto::sasl::encode_plain;
 use crate::route::backends::Backend;
-use crate::session::ClientInfo;
 
 pub use super::Login;
 

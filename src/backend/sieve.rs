@@ -13,6 +13,7 @@
 
 use monoio::net::TcpStream;
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::greeting::{classify, shown, GreetingKind};
 use crate::backend::sasl_relay::{Auth, SaslClient};
 use crate::backend::{
@@ -24,7 +25,6 @@ use crate::proto::lines::LineReader;
 use crate::proto::sasl::encode_plain;
 use crate::proto::sieve::{quote, response_status, Status};
 use crate::route::backends::Backend;
-use crate::session::ClientInfo;
 
 pub use super::Login;
 

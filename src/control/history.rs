@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::runtime::stats::CoreStats;
+use crate::plane::stats::CoreStats;
 
 /// How often the load is sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);

@@ -13,12 +13,10 @@ use std::thread::JoinHandle;
 
 use tracing::debug;
 
-use crate::admin::{self, AdminListeners};
-use crate::config::Protocol;
-use crate::route::backends::{BackendId, BackendSet};
-use crate::runtime::core::{CoreMsg, Shared};
-use crate::runtime::mailbox::{Mailbox, MailboxSender};
-use crate::runtime::{run_runtime, StartError};
+use crate::mailbox::{Mailbox, MailboxSender};
+use crate::plane::{ControlMsg, CoreMsg, Shared};
+use crate::route::backends::BackendSet;
+use crate::startup::{run_runtime, StartError};
 
 pub mod events;
 pub mod history;
@@ -28,30 +26,10 @@ pub mod state;
 use reload::BoundListener;
 use state::Control;
 
-/// Messages to the control plane.
-#[derive(Debug)]
-pub enum ControlMsg {
-    /// A client login could not connect to a backend.
-    Unreachable {
-        /// The backend.
-        backend: BackendId,
-        /// The protocol whose port failed.
-        protocol: Protocol,
-        /// What went wrong.
-        error: String,
-    },
-    /// Re-read the configuration file (SIGHUP); the outcome is logged.
-    Reload,
-    /// Stop.
-    Shutdown,
-}
-
 /// The running control plane.
 pub struct ControlPlane {
     tx: MailboxSender<ControlMsg>,
     thread: Option<JoinHandle<()>>,
-    /// The admin socket file, removed once the control thread stopped.
-    admin_socket: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -66,9 +44,6 @@ impl ControlPlane {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Some(path) = self.admin_socket.take() {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 
@@ -79,10 +54,11 @@ impl Drop for ControlPlane {
 }
 
 /// Starts the control thread: health checks for every checked protocol
-/// port of every backend, the load sampler for the status page, and the
-/// admin API on its already bound listeners. `listeners` are the
-/// `[[listen]]` blocks and where they are bound, and `config_path` the file
-/// a reload re-reads (`None` in dev mode).
+/// port of every backend, the load sampler for the status page, and then
+/// `with_control` on that thread (the caller starts the admin API there:
+/// the control plane serves it but does not import it). `listeners` are
+/// the `[[listen]]` blocks and where they are bound, and `config_path` the
+/// file a reload re-reads (`None` in dev mode).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     shared: Arc<Shared>,
@@ -92,9 +68,8 @@ pub fn start(
     cores: Vec<MailboxSender<CoreMsg>>,
     tx: MailboxSender<ControlMsg>,
     mailbox: Mailbox<ControlMsg>,
-    admin: AdminListeners,
+    with_control: Box<dyn FnOnce(Rc<Control>) + Send>,
 ) -> Result<ControlPlane, StartError> {
-    let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
     let driver = shared.config.server.driver;
     let thread = std::thread::Builder::new()
@@ -105,7 +80,7 @@ pub fn start(
                     std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
                 control.start_checks();
                 monoio::spawn(sample_load(control.clone()));
-                admin::spawn_servers(control.clone(), admin);
+                with_control(control.clone());
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
                         ControlMsg::Unreachable {
@@ -131,7 +106,6 @@ pub fn start(
         Ok(Ok(())) => Ok(ControlPlane {
             tx,
             thread: Some(thread),
-            admin_socket,
         }),
         Ok(Err(e)) => Err(StartError(e)),
         Err(_) => Err(StartError("the control thread died while starting".into())),

@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use crate::config::{Config, Listen, Protocol};
 use crate::limits::Limits;
+use crate::plane::Shared;
 use crate::prepare::{backend_set, tls_config};
 use crate::route::backends::{Backend, BackendId, BackendSet, Lifecycle};
 use crate::route::user_key::UserKeyFormat;
-use crate::runtime::core::Shared;
 
 /// A listener as configured, and the address it is bound to (a configured
 /// port 0 becomes the port the kernel chose).

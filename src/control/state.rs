@@ -22,16 +22,16 @@ use crate::config::{Config, Listen};
 use crate::control::events::{Event, EventKind, EventLog, EVENT_CAPACITY};
 use crate::control::history::{LoadHistory, Sample, Totals};
 use crate::control::reload::{self, BoundListener, ReloadPlan};
-use crate::health::checker::check_loop;
+use crate::health::checker::{check_loop, CheckHost};
 use crate::health::tracker::{HealthTracker, Source};
+use crate::mailbox::MailboxSender;
+use crate::plane::stats::CoreStats;
+use crate::plane::KickReason;
+use crate::plane::{CoreMsg, Shared};
 use crate::route::backends::{AdminState, BackendHealth, BackendId, BackendSet, Health, Lifecycle};
 use crate::route::router::{owner_of, Reassign};
 use crate::route::shard::Assignment;
-use crate::runtime::bind_all;
-use crate::runtime::core::{CoreMsg, Shared};
-use crate::runtime::mailbox::MailboxSender;
-use crate::runtime::sessions::KickReason;
-use crate::runtime::stats::CoreStats;
+use crate::startup::bind_all;
 
 /// How long a move, kick or backend down waits for the backend
 /// connections of the sessions it ends to close. Each closes within
@@ -761,4 +761,26 @@ async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
     .await;
     out.extend(results.into_iter().flatten());
     out
+}
+
+/// The health checkers read the backends and settings in force through
+/// the control plane and report every result to it.
+impl CheckHost for Control {
+    fn backends(&self) -> Arc<BackendSet> {
+        Control::backends(self)
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        Control::shared(self)
+    }
+
+    fn health_result(
+        &self,
+        id: BackendId,
+        protocol: Protocol,
+        result: Result<(), String>,
+        source: Source,
+    ) {
+        Control::health_result(self, id, protocol, result, source)
+    }
 }

@@ -15,9 +15,9 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::io::write_bytes;
+use crate::proto::client_input::ClientInput;
 use crate::proto::sasl::{decode_initial_response, decode_response};
 use crate::proto::sieve::{parse_line, SieveArg};
-use crate::session::input::ClientInput;
 
 use crate::proto::sasl::parse_plain;
 use crate::proto::sasl_passthrough::{first_message_identity, Mechanism};

@@ -13,10 +13,10 @@ use crate::dev::protocols::Liveness;
 use crate::dev::registry::LiveSession;
 use crate::dev::store::{Store, INBOX};
 use crate::io::write_bytes;
+use crate::proto::client_input::ClientInput;
 use crate::proto::smtp::{
     mailbox_user, parse_bdat, parse_command, parse_path, strip_keyword, DotScanner,
 };
-use crate::session::input::ClientInput;
 
 /// The largest message the dev server takes.
 pub const MAX_MESSAGE: usize = 64 << 20;

@@ -14,8 +14,8 @@ use crate::dev::protocols::Liveness;
 use crate::dev::registry::LiveSession;
 use crate::dev::store::{FlagChange, Store, INBOX};
 use crate::io::write_bytes;
+use crate::proto::client_input::ClientInput;
 use crate::proto::pop3::{parse_command, pass_argument};
-use crate::session::input::ClientInput;
 
 const IDLE: Duration = Duration::from_secs(600);
 

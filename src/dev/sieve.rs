@@ -13,8 +13,8 @@ use monoio::time::Instant;
 
 use crate::dev::auth::{run_exchange, DevSasl, Framing};
 use crate::io::write_bytes;
+use crate::proto::client_input::ClientInput;
 use crate::proto::sieve::{parse_line, quote, SieveArg};
-use crate::session::input::ClientInput;
 
 const IDLE: Duration = Duration::from_secs(600);
 const MAX_SCRIPT: usize = 1 << 20;

@@ -11,13 +11,32 @@
 //! [`crate::health::tracker`]).
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Protocol;
-use crate::control::state::Control;
 use crate::health::check::{run_check, CheckLogin};
 use crate::health::tracker::Source;
-use crate::route::backends::BackendId;
+use crate::plane::Shared;
+use crate::route::backends::{BackendId, BackendSet};
+
+/// What a check loop needs from the one owner of backend state (the
+/// control plane), which implements it: the backends and settings in force
+/// at each round, and where each result goes.
+pub trait CheckHost {
+    /// The backends in force now.
+    fn backends(&self) -> Arc<BackendSet>;
+    /// The settings in force now.
+    fn shared(&self) -> Arc<Shared>;
+    /// Takes one check result of `protocol`'s port of backend `id`.
+    fn health_result(
+        &self,
+        id: BackendId,
+        protocol: Protocol,
+        result: Result<(), String>,
+        source: Source,
+    );
+}
 
 /// A small xorshift generator for jitter (no need for a crypto RNG).
 struct Jitter(u64);
@@ -41,10 +60,10 @@ impl Jitter {
     }
 }
 
-/// Checks `protocol`'s port of backend `id` forever, feeding results to
-/// `control`.
-pub async fn check_loop(
-    control: Rc<Control>,
+/// Checks `protocol`'s port of backend `id` until a reload retires it,
+/// feeding results to `control`.
+pub async fn check_loop<H: CheckHost + ?Sized>(
+    control: Rc<H>,
     id: BackendId,
     protocol: Protocol,
     mut wake: local_sync::mpsc::unbounded::Rx<()>,

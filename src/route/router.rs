@@ -22,10 +22,10 @@ use ahash::AHashMap;
 use local_sync::oneshot;
 
 use crate::config::Protocol;
+use crate::mailbox::MailboxSender;
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::hrw;
 use crate::route::shard::{Assignment, NoBackend, SessionLimits, SessionOrigin, ShardTable};
-use crate::runtime::mailbox::MailboxSender;
 
 /// Routing messages between cores.
 #[derive(Debug)]

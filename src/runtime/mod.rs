@@ -3,105 +3,47 @@
 //! [`start`] binds every `[[listen]]` address once per core with
 //! SO_REUSEPORT (so the kernel spreads connections over the cores and no
 //! core ever waits on another), starts one pinned thread per core with its
-//! own io_uring runtime, and returns a [`Director`] handle through which the
-//! control plane talks to the cores.
+//! own io_uring runtime, and returns a [`Cores`] handle through which the
+//! control plane talks to the cores. The cores serve each accepted
+//! connection with the [`ServeFn`] they are given (the session layer's), so
+//! this module never imports the sessions it runs.
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use socket2::{Domain, Socket, Type};
 use tracing::{info, warn};
 
-use crate::config::{Driver, Listen};
-use crate::control::{ControlMsg, ControlPlane};
+use crate::config::Listen;
+use crate::mailbox::{mailbox, MailboxSender};
+use crate::plane::{ControlMsg, CoreMsg, Shared};
 use crate::route::backends::BackendSet;
 use crate::route::router::{CorePost, Router};
 use crate::route::shard::{SessionLimits, ShardTable};
-use crate::runtime::core::{core_main, Core, CoreMsg, Shared};
-use crate::runtime::mailbox::{mailbox, MailboxSender};
+use crate::runtime::core::{core_main, Core, ServeFn};
+use crate::startup::{bind_all, core_count, run_runtime, StartError};
 
 pub mod core;
-pub mod mailbox;
 pub mod sessions;
-pub mod stats;
 
-/// Entries of each core's io_uring submission queue.
-const URING_ENTRIES: u32 = 1024;
-
-/// Listen backlog of every socket.
-const BACKLOG: i32 = 4096;
-
-/// A running director: its cores and how to reach them.
-pub struct Director {
+/// The running cores and how to reach them.
+pub struct Cores {
     threads: Vec<JoinHandle<()>>,
     mailboxes: Vec<MailboxSender<CoreMsg>>,
-    control: Option<ControlPlane>,
     /// The addresses actually bound, in `[[listen]]` order (a port of 0 in
     /// the config is replaced by the one the kernel chose).
     pub listen_addrs: Vec<SocketAddr>,
-    /// Where the admin API listens, once started.
-    pub admin_addr: Option<SocketAddr>,
-}
-
-/// Why the director could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// How many cores `server.cores` asks for (0 = every online core).
-pub fn core_count(configured: usize) -> usize {
-    if configured > 0 {
-        configured
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
-}
-
-fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// Binds `addr` once per core (SO_REUSEPORT); the first bind fixes the
-/// port when it is 0. Returns the bound address and the sockets, in core
-/// order.
-pub fn bind_all(
-    addr: SocketAddr,
-    cores: usize,
-) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
-    let fail = |e: std::io::Error| StartError(format!("cannot listen on {addr}: {e}"));
-    let first = bind_one(addr).map_err(fail)?;
-    let bound = first.local_addr().map_err(fail)?;
-    let mut all = vec![first];
-    for _ in 1..cores {
-        all.push(bind_one(bound).map_err(fail)?);
-    }
-    Ok((bound, all))
 }
 
 /// Starts the cores and returns once every one of them runs. Cores report
-/// to the control plane through `control`.
+/// to the control plane through `control` and hand every accepted
+/// connection to `serve`.
 pub fn start(
     shared: Arc<Shared>,
     backends: Arc<BackendSet>,
     control: MailboxSender<ControlMsg>,
-) -> Result<Director, StartError> {
+    serve: ServeFn,
+) -> Result<Cores, StartError> {
     let cores = core_count(shared.config.server.cores);
 
     // Bind everything first, so a busy port fails the start cleanly.
@@ -143,7 +85,7 @@ pub fn start(
                 let limits = SessionLimits::of(&shared.config.limits);
                 let shard = ShardTable::with_limits(expire, limits);
                 let router = Router::new(i, cores, post, backends, shard);
-                let core = std::rc::Rc::new(Core::new(i, shared.clone(), router, control));
+                let core = std::rc::Rc::new(Core::new(i, shared.clone(), router, control, serve));
                 let name = format!("core {i}");
                 run_runtime(
                     shared.config.server.driver,
@@ -156,12 +98,10 @@ pub fn start(
         threads.push(thread);
     }
     drop(ready_tx);
-    let mut director = Director {
+    let mut director = Cores {
         threads,
         mailboxes: senders,
-        control: None,
         listen_addrs,
-        admin_addr: None,
     };
     for _ in 0..cores {
         match ready_rx.recv() {
@@ -180,49 +120,7 @@ pub fn start(
     Ok(director)
 }
 
-/// Builds a runtime on the configured driver for the thread called `name`,
-/// reports on `ready` whether that worked, and runs `main` on it.
-pub fn run_runtime<F: std::future::Future<Output = ()>>(
-    driver: Driver,
-    name: &str,
-    ready: mpsc::Sender<Result<(), String>>,
-    main: F,
-) {
-    let uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(URING_ENTRIES)
-        .enable_timer()
-        .build();
-    match uring {
-        Ok(mut rt) => {
-            let _ = ready.send(Ok(()));
-            rt.block_on(main);
-        }
-        Err(e) if driver == Driver::Auto => {
-            warn!(thread = name, error = %e, "io_uring unavailable, falling back to epoll (server.driver = \"auto\")");
-            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build()
-            {
-                Ok(mut rt) => {
-                    let _ = ready.send(Ok(()));
-                    rt.block_on(main);
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("{name}: cannot start an epoll runtime: {e}")));
-                }
-            }
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!(
-                "{name}: io_uring is unavailable ({e}); it may be disabled \
-                 (sysctl kernel.io_uring_disabled) or blocked by a seccomp profile. \
-                 Set server.driver = \"auto\" to allow an epoll fallback."
-            )));
-        }
-    }
-}
-
-impl Director {
+impl Cores {
     /// How many cores run.
     pub fn cores(&self) -> usize {
         self.mailboxes.len()
@@ -233,12 +131,6 @@ impl Director {
         self.mailboxes.clone()
     }
 
-    /// Hands the running control plane to the director, which stops it
-    /// before the cores.
-    pub fn attach_control(&mut self, control: ControlPlane) {
-        self.control = Some(control);
-    }
-
     /// Sends a message to every core.
     pub fn broadcast(&self, msg: impl Fn() -> CoreMsg) {
         for m in &self.mailboxes {
@@ -246,18 +138,8 @@ impl Director {
         }
     }
 
-    /// Asks the control plane to re-read the configuration file.
-    pub fn reload(&self) {
-        if let Some(c) = &self.control {
-            c.reload();
-        }
-    }
-
     /// Asks every core to stop accepting and drain, and waits for them.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.control.take() {
-            c.stop();
-        }
         self.broadcast(|| CoreMsg::Shutdown);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -265,7 +147,7 @@ impl Director {
     }
 }
 
-impl Drop for Director {
+impl Drop for Cores {
     fn drop(&mut self) {
         self.stop();
     }

@@ -23,18 +23,8 @@ use std::task::{Poll, Waker};
 use ahash::AHashMap;
 
 use crate::config::Protocol;
+use crate::plane::KickReason;
 use crate::route::backends::BackendId;
-
-/// Why a session was ended from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KickReason {
-    /// An administrator kicked or moved the user.
-    Admin,
-    /// The session's backend went down (health or admin).
-    BackendDown,
-    /// The director is shutting down.
-    Shutdown,
-}
 
 /// What a session and its registry entry share: the kick, and whether the
 /// session has ended. One small allocation per session (it lives as long

@@ -35,14 +35,14 @@ use crate::backend::{BackendError, Login};
 use crate::config::Protocol;
 use crate::io::{write_bytes, WriteSide};
 use crate::limits::Limit;
+use crate::plane::stats::LoginOutcome;
 use crate::proto::sasl::Credentials;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::route::router::RouteError;
 use crate::route::shard::SessionOrigin;
 use crate::route::user_key::{check_login_name, BadLoginName};
 use crate::runtime::core::Core;
-use crate::runtime::stats::LoginOutcome;
-use crate::session::imap::LoggedIn;
+use crate::session::outcome::LoggedIn;
 
 /// Backends one login tries at most.
 pub const MAX_ATTEMPTS: u32 = 4;

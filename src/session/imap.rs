@@ -12,27 +12,25 @@
 //! commands before login are bounded ([`crate::session::limits`]): past a
 //! bound, or after too many bad commands, the session ends with `* BYE`.
 
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, info};
 
 use zeroize::Zeroizing;
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::imap::{login, IdFields};
 use crate::backend::sasl_relay::{Auth, ClientGone, SaslClient};
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection, WriteSide};
+use crate::plane::stats::{Counters, PreloginLimit};
 use crate::proto::imap::command::{Arg, Command, CommandReader, Limits, ParseError, Step};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sasl_passthrough::Mechanism;
-use crate::route::backends::BackendId;
-use crate::route::shard::SessionOrigin;
 use crate::runtime::core::Core;
-use crate::runtime::stats::{Counters, PreloginLimit};
 use crate::session::failover::{login_key, login_key_of, login_routed};
 use crate::session::limits::{limit_text, Budget, PreloginLimits};
+use crate::session::outcome::Outcome;
 use crate::session::relayed_auth::{self, FirstMessageError};
-use crate::session::ClientInfo;
 
 /// At most this many ID field pairs are kept (RFC 2971 allows 30).
 const MAX_ID_FIELDS: usize = 30;
@@ -44,33 +42,6 @@ pub struct ImapPolicy {
     pub starttls: bool,
     /// LOGIN and AUTHENTICATE are allowed before TLS.
     pub plaintext_auth: bool,
-}
-
-/// How the pre-login phase ended.
-pub enum Outcome {
-    /// The client left, misbehaved or timed out; the connection is done.
-    Closed,
-    /// The client asked for TLS and was told to begin: upgrade, then call
-    /// [`Prelogin::run`] again on the TLS stream.
-    StartTls,
-    /// The backend accepted the login.
-    LoggedIn(LoggedIn),
-}
-
-/// A session the backend accepted, ready to relay.
-pub struct LoggedIn {
-    /// The backend connection, logged in.
-    pub backend: TcpStream,
-    /// Which backend.
-    pub backend_id: BackendId,
-    /// The user key the session counts under.
-    pub key: String,
-    /// Where the session comes from, as counted by the user's owner core.
-    pub origin: SessionOrigin,
-    /// Bytes the client pipelined after its login command.
-    pub to_backend: Vec<u8>,
-    /// Bytes the backend sent after its tagged OK.
-    pub to_client: Vec<u8>,
 }
 
 /// The state of one client before login; survives a STARTTLS upgrade.

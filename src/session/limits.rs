@@ -18,8 +18,8 @@ use tracing::warn;
 
 use crate::config::{Config, Protocol};
 use crate::io::ReadSide;
-use crate::runtime::stats::{Counters, PreloginLimit};
-use crate::session::input::{ClientInput, InputError};
+use crate::plane::stats::{Counters, PreloginLimit};
+use crate::proto::client_input::{ClientInput, InputError};
 
 /// Why a bounded read gave no line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,47 +7,19 @@
 //! submodule.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::config::Protocol;
-use crate::route::shard::SessionOrigin;
 
 pub mod failover;
 pub mod imap;
-pub mod input;
 pub mod limits;
 pub mod lmtp;
+pub mod outcome;
 pub mod pop3;
 pub mod proxy_header;
 pub mod relayed_auth;
 pub mod sasl_input;
 pub mod serve;
 pub mod sieve;
-
-/// What the director knows about a client connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The client's address (from a PROXY header when one was accepted).
-    pub peer: SocketAddr,
-    /// The address the client connected to.
-    pub local: SocketAddr,
-    /// The session id, also sent to the backend (`x-session-id`).
-    pub session_id: String,
-    /// Whether the client connection is under TLS now.
-    pub tls: bool,
-}
-
-impl ClientInfo {
-    /// Where a `protocol` session of this client comes from, for the
-    /// per-user session limits.
-    pub fn origin(&self, protocol: Protocol) -> SessionOrigin {
-        SessionOrigin {
-            ip: self.peer.ip(),
-            protocol,
-        }
-    }
-}
 
 thread_local! {
     static NEXT_SESSION: Cell<u64> = const { Cell::new(0) };

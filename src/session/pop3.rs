@@ -17,22 +17,22 @@ use crate::session::failover::{login_key, login_key_of};
 use monoio::time::Instant;
 use tracing::{debug, info};
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::pop3::login;
 use crate::backend::sasl_relay::Auth;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
+use crate::plane::stats::PreloginLimit;
+use crate::proto::client_input::{ClientInput, InputError};
 use crate::proto::pop3::{parse_command, pass_argument};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sasl_passthrough::Mechanism;
 use crate::route::user_key::check_login_name;
 use crate::runtime::core::Core;
-use crate::runtime::stats::PreloginLimit;
-use crate::session::imap::Outcome;
-use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
+use crate::session::outcome::Outcome;
 use crate::session::relayed_auth::{self, FirstMessageError};
 use crate::session::sasl_input::InputSaslClient;
-use crate::session::ClientInfo;
 
 /// What the listener allows before login.
 #[derive(Debug, Clone, Copy)]

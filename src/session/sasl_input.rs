@@ -16,13 +16,13 @@ use zeroize::Zeroizing;
 use crate::backend::sasl_relay::{ClientGone, SaslClient};
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection, WriteSide};
+use crate::plane::stats::{Counters, PreloginLimit};
+use crate::proto::client_input::{ClientInput, InputError};
 use crate::proto::sieve::{parse_line, SieveArg};
 use crate::route::backends::Backend;
 use crate::route::shard::SessionOrigin;
 use crate::runtime::core::Core;
-use crate::runtime::stats::{Counters, PreloginLimit};
 use crate::session::failover::{login_routed, Attempt, Routed};
-use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, Stopped};
 
 /// A POP3 or ManageSieve client during its backend login.

@@ -18,17 +18,19 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
+use crate::backend::client_info::ClientInfo;
 use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::{write_bytes, Connection};
 use crate::limits::Limit;
+use crate::plane::KickReason;
 use crate::relay::{relay_split, RelayEnd, RelayOptions, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
-use crate::runtime::sessions::KickReason;
-use crate::session::imap::{ImapPolicy, LoggedIn, Outcome};
+use crate::session::imap::ImapPolicy;
 use crate::session::lmtp::{Lmtp, LmtpPolicy};
+use crate::session::outcome::{LoggedIn, Outcome};
 use crate::session::pop3::Pop3Policy;
 use crate::session::sieve::SievePolicy;
-use crate::session::{imap, new_session_id, pop3, proxy_header, sieve, ClientInfo};
+use crate::session::{imap, new_session_id, pop3, proxy_header, sieve};
 use crate::tls;
 
 /// What [`run_prelogin`] needs from a protocol's pre-login phase.
@@ -88,6 +90,12 @@ impl PreloginPhase for Lmtp<'_> {
     async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
         Lmtp::run(self, s).await
     }
+}
+
+/// Starts serving one accepted connection as a task of this core: the
+/// session layer's [`crate::runtime::core::ServeFn`].
+pub fn spawn_session(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: SocketAddr) {
+    monoio::spawn(serve(core, listen, tcp, peer));
 }
 
 /// Serves one accepted connection.

@@ -19,21 +19,21 @@ use crate::session::failover::{login_key, login_key_of};
 use monoio::time::Instant;
 use tracing::{debug, info};
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::sasl_relay::Auth;
 use crate::backend::sieve::login;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
+use crate::plane::stats::PreloginLimit;
+use crate::proto::client_input::{ClientInput, InputError};
 use crate::proto::sasl::{self, Credentials};
 use crate::proto::sasl_passthrough::Mechanism;
 use crate::proto::sieve::{parse_line, quote, LiteralMarker, SieveArg};
 use crate::runtime::core::Core;
-use crate::runtime::stats::PreloginLimit;
-use crate::session::imap::Outcome;
-use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
+use crate::session::outcome::Outcome;
 use crate::session::relayed_auth::{self, FirstMessageError};
 use crate::session::sasl_input::InputSaslClient;
-use crate::session::ClientInfo;
 
 /// The Sieve extensions announced before login (Pigeonhole's defaults).
 pub const SIEVE_EXTENSIONS: &str = "fileinto reject envelope encoded-character vacation subaddress comparator-i;ascii-numeric relational regex imap4flags copy include variables body enotify environment mailbox date index ihave duplicate mime foreverypart extracttext";

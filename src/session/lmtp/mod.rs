@@ -39,18 +39,18 @@ use std::time::Duration;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::backend::client_info::ClientInfo;
 use crate::config::Protocol;
 use crate::io::{write_bytes, Connection};
+use crate::plane::stats::PreloginLimit;
+use crate::proto::client_input::{ClientInput, InputError};
 use crate::proto::smtp::{
     mailbox_user, parse_bdat, parse_command, parse_path, strip_keyword, DotScanner, Reply,
 };
 use crate::route::user_key::is_valid_login_name;
 use crate::runtime::core::Core;
-use crate::runtime::stats::PreloginLimit;
-use crate::session::imap::Outcome;
-use crate::session::input::{ClientInput, InputError};
 use crate::session::limits::{limit_text, Budget, PreloginLimits, Stopped};
-use crate::session::ClientInfo;
+use crate::session::outcome::Outcome;
 use join::join_all;
 use transaction::{IdlePool, Routed, Transaction};
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 use monoio::net::{TcpListener, TcpStream};
 
 use super::transaction::{IdlePool, Routed, Transaction};
+use crate::backend::client_info::ClientInfo;
 use crate::config::{Forward, Protocol};
 use crate::io::testing::block_on;
 use crate::io::{write_bytes, ReadSide};
 use crate::route::backends::{Backend, BackendSet};
-use crate::session::ClientInfo;
 
 /// How a scripted backend behaves.
 #[derive(Clone, Copy)]

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::backend::client_info::ClientInfo;
 use crate::backend::lmtp::{open, LmtpBackend, COMMAND_TIMEOUT, DELIVERY_TIMEOUT};
 use crate::backend::BackendError;
 use crate::proto::smtp::Reply;
 use crate::route::backends::{Backend, BackendId, BackendSet};
 use crate::session::lmtp::join::join_all;
-use crate::session::ClientInfo;
 
 /// Backend connections whose last transaction ended cleanly, kept for the
 /// client's next transaction (one per backend).

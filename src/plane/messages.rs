@@ -1,0 +1,179 @@
+//! The messages between the control wing and the cores.
+//!
+//! The control plane (backend state, health, admin, reloads, the cluster)
+//! and the cores (listeners, sessions, the shard table) meet only here:
+//! the control plane sends [`CoreMsg`] to each core's mailbox, a core
+//! reports to the control plane with [`ControlMsg`], and [`Shared`] is the
+//! read-only configuration snapshot a reload hands to every core.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Listen, Protocol};
+use crate::plane::stats::CoreStats;
+use crate::route::backends::{BackendId, BackendSet};
+use crate::route::router::{Reassign, RouterMsg};
+use crate::route::shard::Assignment;
+use crate::route::user_key::UserKeyFormat;
+
+/// Why a session was ended from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// An administrator kicked or moved the user.
+    Admin,
+    /// The session's backend went down (health or admin).
+    BackendDown,
+    /// The director is shutting down.
+    Shutdown,
+}
+
+/// What every core reads and nobody changes after start.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// `server.user_key`, parsed.
+    pub user_key: UserKeyFormat,
+    /// The TLS server configuration, shared by all cores (one ticket key).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The address- and backend-based limits, counted across all cores.
+    /// A reload keeps the same counters unless `[limits]` or the number of
+    /// backends changed; a connection keeps the ones it was counted in.
+    pub limits: Arc<crate::limits::Limits>,
+}
+
+impl std::fmt::Debug for Shared {
+    /// The configuration; the parsed template and TLS setup are derived
+    /// from it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Messages a core receives.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// Routing traffic between cores.
+    Route(RouterMsg),
+    /// A new backend snapshot: apply it, and end the sessions on backends
+    /// that can no longer keep users.
+    Backends(Arc<BackendSet>),
+    /// End every session of a user on this core; answer how many once they
+    /// have all closed.
+    KickUser {
+        /// The user key.
+        key: Box<str>,
+        /// Why.
+        reason: KickReason,
+        /// Gets the number of sessions ended.
+        done: flume::Sender<usize>,
+    },
+    /// Hold new logins of a user this core owns (a move begins).
+    Hold {
+        /// The user key.
+        key: Box<str>,
+        /// Answered once the hold is in place.
+        done: flume::Sender<()>,
+    },
+    /// A kick of a user begun with [`CoreMsg::KickUser`] is over: its new
+    /// sessions are left alone again.
+    EndKick {
+        /// The user key.
+        key: Box<str>,
+    },
+    /// Answer once a user this core owns has no session left (its backend
+    /// connections are all closed), or `limit` passed: true if none is left.
+    WaitIdle {
+        /// The user key.
+        key: Box<str>,
+        /// How long to wait at most.
+        limit: Duration,
+        /// Gets whether the user has no session left.
+        done: flume::Sender<bool>,
+    },
+    /// Answer once no session on this core has an open connection to
+    /// `backend`, or `limit` passed: true if none has.
+    WaitBackendClosed {
+        /// The backend.
+        backend: BackendId,
+        /// How long to wait at most.
+        limit: Duration,
+        /// Gets whether all are closed.
+        done: flume::Sender<bool>,
+    },
+    /// End a hold: change the user's assignment and let the held logins
+    /// through.
+    Unhold {
+        /// The user key.
+        key: Box<str>,
+        /// What becomes of the assignment.
+        assign: Reassign,
+        /// Answered once done.
+        done: flume::Sender<()>,
+    },
+    /// The assignment of a user this core owns.
+    Lookup {
+        /// The user key.
+        key: Box<str>,
+        /// Gets the assignment, if any.
+        reply: flume::Sender<Option<Assignment>>,
+    },
+    /// The users of this core's shard assigned to a backend.
+    UsersOn {
+        /// The backend.
+        backend: BackendId,
+        /// Gets the keys.
+        reply: flume::Sender<Vec<Box<str>>>,
+    },
+    /// A reloaded configuration: new connections use it.
+    Reload(Arc<Shared>),
+    /// Listener changes of a reload.
+    Listeners {
+        /// New listening sockets of this core (one per new `[[listen]]`).
+        add: Vec<(Listen, std::net::TcpListener)>,
+        /// New settings for listeners that stay (matched by address).
+        update: Vec<Listen>,
+        /// Addresses to stop accepting on and close.
+        remove: Vec<SocketAddr>,
+    },
+    /// Answered once every message sent before it is handled (a reload
+    /// waits for this before it reports the new settings in force).
+    Sync {
+        /// Answered.
+        done: flume::Sender<()>,
+    },
+    /// A snapshot of this core's counters.
+    Stats {
+        /// Gets the snapshot.
+        reply: flume::Sender<CoreStats>,
+    },
+    /// Stop accepting, drain, and stop.
+    Shutdown,
+}
+
+impl From<RouterMsg> for CoreMsg {
+    fn from(m: RouterMsg) -> Self {
+        CoreMsg::Route(m)
+    }
+}
+
+/// Messages to the control plane.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// A client login could not connect to a backend.
+    Unreachable {
+        /// The backend.
+        backend: BackendId,
+        /// The protocol whose port failed.
+        protocol: Protocol,
+        /// What went wrong.
+        error: String,
+    },
+    /// Re-read the configuration file (SIGHUP); the outcome is logged.
+    Reload,
+    /// Stop.
+    Shutdown,
+}
