@@ -178,6 +178,8 @@ pub struct Core {
     set_waiters: std::cell::RefCell<Vec<local_sync::oneshot::Sender<()>>>,
     /// The listening sockets this core accepts on.
     acceptors: RefCell<Vec<Acceptor>>,
+    /// Tells clients before login that the core stops serving them.
+    pub prelogin_drain: crate::runtime::prelogin_drain::PreloginDrain,
 }
 
 /// One listening socket of a core: its settings (replaceable by a reload)
@@ -225,6 +227,7 @@ impl Core {
             active: Cell::new(0),
             set_waiters: Default::default(),
             acceptors: RefCell::new(Vec::new()),
+            prelogin_drain: Default::default(),
         }
     }
 
@@ -346,6 +349,8 @@ pub async fn core_main(
     for a in acceptors {
         let _ = monoio::time::timeout(Duration::from_secs(1), a.ended).await;
     }
+    // No more accepts: clients before login get their goodbye now.
+    core.prelogin_drain.start();
     // The dropped sockets' closes are io_uring operations: let the ring
     // submit them before this runtime can end, or a listener would stay
     // open (queuing connections nobody accepts) until the process exits.

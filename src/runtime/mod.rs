@@ -23,6 +23,7 @@ use crate::runtime::mailbox::{mailbox, MailboxSender};
 
 pub mod core;
 pub mod mailbox;
+pub mod prelogin_drain;
 pub mod sessions;
 pub mod stats;
 
