@@ -28,3 +28,4 @@ pub mod session;
 pub mod signals;
 pub mod sockopt;
 pub mod tls;
+pub mod upgrade;

@@ -21,7 +21,9 @@ use crate::runtime::mailbox::{Mailbox, MailboxSender};
 use crate::runtime::{run_runtime, StartError};
 
 pub mod events;
+pub mod handover;
 pub mod history;
+pub mod peer;
 pub mod reload;
 pub mod state;
 
@@ -42,6 +44,22 @@ pub enum ControlMsg {
     },
     /// Re-read the configuration file (SIGHUP); the outcome is logged.
     Reload,
+    /// Binary upgrade: where `POST /upgrade` asks the main thread.
+    MainThread(flume::Sender<handover::MainEvent>),
+    /// Binary upgrade, in the new process: forward admin actions to the
+    /// predecessor (`None` once it has exited).
+    Predecessor(Option<handover::PredecessorLink>),
+    /// Binary upgrade, in the old process: an admin action forwarded by
+    /// the new one.
+    Peer {
+        /// What to do.
+        request: handover::PeerRequest,
+        /// Gets the answer once done.
+        reply: flume::Sender<handover::PeerAnswer>,
+    },
+    /// Binary upgrade, in the old process: stop accepting admin requests
+    /// (the new process serves the admin API now); answered once stopped.
+    StopAdmin(flume::Sender<()>),
     /// Stop.
     Shutdown,
 }
@@ -58,6 +76,22 @@ impl ControlPlane {
     /// Asks for a reload of the configuration file (SIGHUP).
     pub fn reload(&self) {
         let _ = self.tx.send(ControlMsg::Reload);
+    }
+
+    /// Sends the control thread a message.
+    pub fn send(&self, msg: ControlMsg) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// The control thread's mailbox, for another thread.
+    pub fn sender(&self) -> MailboxSender<ControlMsg> {
+        self.tx.clone()
+    }
+
+    /// Leaves the admin socket file in place when stopping: after a
+    /// binary upgrade it belongs to the new process.
+    pub fn keep_admin_socket(&mut self) {
+        self.admin_socket = None;
     }
 
     /// Stops the control thread and waits for it.
@@ -105,7 +139,7 @@ pub fn start(
                     std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
                 control.start_checks();
                 monoio::spawn(sample_load(control.clone()));
-                admin::spawn_servers(control.clone(), admin);
+                let mut admin_stop = Some(admin::spawn_servers(control.clone(), admin));
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
                         ControlMsg::Unreachable {
@@ -118,6 +152,20 @@ pub fn start(
                             monoio::spawn(async move {
                                 let _ = control.reload().await;
                             });
+                        }
+                        ControlMsg::MainThread(main) => control.set_main_thread(main),
+                        ControlMsg::Predecessor(link) => control.set_predecessor(link),
+                        ControlMsg::Peer { request, reply } => {
+                            let control = control.clone();
+                            monoio::spawn(async move {
+                                let _ = reply.send(control.peer_request(request).await);
+                            });
+                        }
+                        ControlMsg::StopAdmin(done) => {
+                            if let Some(stop) = admin_stop.take() {
+                                stop.stop();
+                            }
+                            let _ = done.send(());
                         }
                         ControlMsg::Shutdown => break,
                     }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Listen, Protocol};
 use crate::control::ControlMsg;
 use crate::route::backends::{BackendId, BackendSet};
-use crate::route::router::{Reassign, Router, RouterMsg};
+use crate::route::router::{HandedOverAssignment, HandedOverRelease, Reassign, Router, RouterMsg};
 use crate::route::shard::{Assignment, SessionLimits};
 use crate::route::user_key::UserKeyFormat;
 use crate::runtime::mailbox::{Mailbox, MailboxSender};
@@ -150,6 +150,38 @@ pub enum CoreMsg {
     },
     /// Stop accepting, drain, and stop.
     Shutdown,
+    /// Binary upgrade: messages of the hand-over (see [`UpgradeMsg`]).
+    Upgrade(UpgradeMsg),
+}
+
+/// A core's part in a binary upgrade.
+#[derive(Debug)]
+pub enum UpgradeMsg {
+    /// Old process: stop accepting (pending accepts cancelled, what raced
+    /// in served) and answer with a copy of every listening socket, which
+    /// stays open for the new process.
+    HandOverListeners {
+        /// Gets the sockets with their settings.
+        done: flume::Sender<Vec<(Listen, std::os::fd::OwnedFd)>>,
+    },
+    /// Old process: hand the routing state over (see
+    /// [`Router::hand_over`]).
+    HandOverRoutes {
+        /// Gets each counted session that ends from now on.
+        releases: flume::Sender<HandedOverRelease>,
+        /// Gets this core's assignments.
+        done: flume::Sender<Vec<HandedOverAssignment>>,
+    },
+    /// Old process: the new one failed; route new sessions again (the
+    /// listeners come back with [`CoreMsg::Listeners`]).
+    Resume,
+    /// New process: take over assignments this core owns.
+    TakeOver {
+        /// User key, backend, since, sessions open in the old process.
+        assignments: Vec<(Box<str>, BackendId, std::time::SystemTime, u32)>,
+        /// Answered once done.
+        done: flume::Sender<()>,
+    },
 }
 
 impl From<RouterMsg> for CoreMsg {
@@ -195,6 +227,9 @@ struct Acceptor {
     stopped: Rc<Cell<bool>>,
     /// Completes when the loop has ended and dropped its socket.
     ended: local_sync::oneshot::Receiver<()>,
+    /// The socket's descriptor, open while the loop runs (a binary
+    /// upgrade copies it before stopping the loop).
+    fd: std::os::fd::RawFd,
 }
 
 impl Acceptor {
@@ -356,6 +391,8 @@ pub async fn core_main(
     // open (queuing connections nobody accepts) until the process exits.
     monoio::time::sleep(Duration::from_millis(5)).await;
     drain(&core).await;
+    // After a binary upgrade: every session has ended, and said so.
+    core.router.end_hand_over();
 }
 
 impl Core {
@@ -368,6 +405,7 @@ impl Core {
                 return;
             }
         };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let canceller = Canceller::new();
         let handle = canceller.handle();
         let (ended_tx, ended) = local_sync::oneshot::channel();
@@ -377,6 +415,7 @@ impl Core {
             canceller: Rc::new(RefCell::new(Some(canceller))),
             stopped: Rc::new(Cell::new(false)),
             ended,
+            fd,
         };
         monoio::spawn(accept_loop(
             self.clone(),
@@ -483,6 +522,45 @@ async fn mailbox_loop(
                 if let Some(tx) = stop.take() {
                     let _ = tx.send(());
                 }
+            }
+            CoreMsg::Upgrade(m) => core.upgrade_step(m),
+        }
+    }
+}
+
+/// A core's steps of a binary upgrade.
+impl Core {
+    fn upgrade_step(self: &Rc<Self>, msg: UpgradeMsg) {
+        match msg {
+            UpgradeMsg::HandOverListeners { done } => {
+                let acceptors: Vec<Acceptor> = self.acceptors.borrow_mut().drain(..).collect();
+                let mut sockets = Vec::with_capacity(acceptors.len());
+                for a in &acceptors {
+                    // SAFETY: the accept loop owns this descriptor and runs
+                    // until stopped below, so it is open here.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(a.fd) };
+                    match fd.try_clone_to_owned() {
+                        Ok(copy) => sockets.push(((**a.listen.borrow()).clone(), copy)),
+                        Err(e) => {
+                            warn!(core = self.id, addr = %a.addr, error = %e, "cannot copy listener")
+                        }
+                    }
+                    a.stop();
+                }
+                monoio::spawn(async move {
+                    for a in acceptors {
+                        let _ = monoio::time::timeout(Duration::from_secs(1), a.ended).await;
+                    }
+                    let _ = done.send(sockets);
+                });
+            }
+            UpgradeMsg::HandOverRoutes { releases, done } => {
+                let _ = done.send(self.router.hand_over(releases));
+            }
+            UpgradeMsg::Resume => self.router.end_hand_over(),
+            UpgradeMsg::TakeOver { assignments, done } => {
+                self.router.take_over(assignments);
+                let _ = done.send(());
             }
         }
     }

@@ -22,6 +22,7 @@ use crate::runtime::core::{core_main, Core, CoreMsg, Shared};
 use crate::runtime::mailbox::{mailbox, MailboxSender};
 
 pub mod core;
+pub mod handover;
 pub mod mailbox;
 pub mod prelogin_drain;
 pub mod sessions;
@@ -96,6 +97,9 @@ pub fn bind_all(
     Ok((bound, all))
 }
 
+/// Each core's listening sockets with their settings, in core order.
+pub type PerCoreListeners = Vec<Vec<(Listen, std::net::TcpListener)>>;
+
 /// Starts the cores and returns once every one of them runs. Cores report
 /// to the control plane through `control`.
 pub fn start(
@@ -106,8 +110,7 @@ pub fn start(
     let cores = core_count(shared.config.server.cores);
 
     // Bind everything first, so a busy port fails the start cleanly.
-    let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> =
-        (0..cores).map(|_| Vec::new()).collect();
+    let mut per_core: PerCoreListeners = (0..cores).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
     for listen in &shared.config.listen {
         let (bound, sockets) = bind_all(listen.addr, cores)?;
@@ -119,6 +122,20 @@ pub fn start(
             per_core[i].push((l, socket));
         }
     }
+    start_with(shared, backends, control, per_core, listen_addrs)
+}
+
+/// Starts the cores on sockets bound already: `per_core` (one list per
+/// core; empty lists start cores that accept nothing until given
+/// listeners) and the bound `listen_addrs` in `[[listen]]` order.
+pub fn start_with(
+    shared: Arc<Shared>,
+    backends: Arc<BackendSet>,
+    control: MailboxSender<ControlMsg>,
+    per_core: PerCoreListeners,
+    listen_addrs: Vec<SocketAddr>,
+) -> Result<Director, StartError> {
+    let cores = per_core.len();
 
     let (senders, boxes): (Vec<_>, Vec<_>) = (0..cores).map(|_| mailbox::<CoreMsg>()).unzip();
     let post: Arc<dyn CorePost> = Arc::new(senders.clone());
