@@ -62,9 +62,11 @@ impl Control {
             PeerRequest::Kick(key) => PeerAnswer::Kicked(self.kick_user(&key).await),
             PeerRequest::SetAdmin(name, state) => {
                 let state = match state.as_str() {
+                    "up" => AdminState::Up,
                     "down" => AdminState::Down,
                     "drain" => AdminState::Drain,
-                    _ => AdminState::Up,
+                    // Not a state this version knows: nothing done.
+                    _ => return PeerAnswer::AdminSet(false),
                 };
                 match self.backends().by_name(&name).map(|b| b.id) {
                     Some(id) => PeerAnswer::AdminSet(self.set_admin(id, state).await),

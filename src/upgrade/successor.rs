@@ -332,6 +332,10 @@ fn follow(link: UnixStream, following: Following, director: &Director) {
         Ok(w) => w,
         Err(e) => {
             warn!(error = %e, "upgrade link unusable; the old process's sessions are not followed");
+            if let Some(control) = director.control_sender() {
+                let _ = control.send(ControlMsg::Predecessor(None));
+            }
+            set_predecessor_draining(false);
             return;
         }
     };
