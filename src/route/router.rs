@@ -870,4 +870,55 @@ mod tests {
             assert!(idle.await);
         });
     }
+
+    /// Binary upgrade: the old process's router hands its shard over,
+    /// opens no session after that and reports each counted one that
+    /// ends; the new process's router counts them until reported.
+    #[test]
+    fn a_handed_over_shard_reports_its_sessions_and_opens_none() {
+        block_on(async {
+            let old = router(0, 1, Arc::new(Outbox::default()));
+            let b = old
+                .acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            old.acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            let (tx, reports) = flume::unbounded();
+            let handed = old.hand_over(tx);
+            assert_eq!(handed.len(), 1);
+            assert_eq!((handed[0].0.as_ref(), handed[0].3), ("alice", 2));
+            assert_eq!(
+                old.acquire("bob", Protocol::Imap, &[], None).await,
+                Err(RouteError::Unavailable),
+                "no new session in the old process"
+            );
+            old.release("alice", b, None);
+            let name = old.backends().get(b).unwrap().name.to_string();
+            let (key, backend) = reports.try_recv().unwrap();
+            assert_eq!((key.as_ref(), backend.as_ref()), ("alice", name.as_str()));
+
+            let new = router(0, 1, Arc::new(Outbox::default()));
+            let since = handed[0].2;
+            new.take_over(vec![("alice".into(), b, since, 1)]);
+            new.apply_backends(Arc::new(
+                new.backends()
+                    .with_change(b, |x| x.set_every_protocol(Health::Unhealthy)),
+            ));
+            assert_eq!(
+                new.acquire("alice", Protocol::Imap, &[], None).await,
+                Err(RouteError::Held),
+                "not elsewhere while the old process's session is open"
+            );
+            new.release("alice", b, None);
+            let now = new
+                .acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            assert_ne!(now, b);
+            old.end_hand_over();
+            assert!(old.acquire("bob", Protocol::Imap, &[], None).await.is_ok());
+        });
+    }
 }

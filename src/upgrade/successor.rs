@@ -416,3 +416,81 @@ fn release(cores: &[MailboxSender<CoreMsg>], key: &str, backend: BackendId) {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with IMAP listeners on `addrs` (in order).
+    fn config_with(addrs: &[SocketAddr]) -> Config {
+        let mut text = String::new();
+        for a in addrs {
+            text.push_str(&format!(
+                "[[listen]]\nprotocol = \"imap\"\naddr = \"{a}\"\ntls = \"none\"\nplaintext_auth = true\n\n"
+            ));
+        }
+        text.push_str("[[backend]]\nname = \"b\"\nhost = \"127.0.0.1\"\n");
+        Config::from_toml_str(&text).expect("config")
+    }
+
+    /// `cores` SO_REUSEPORT sockets on one new port, as an old process
+    /// with that many cores passes them.
+    fn old_sockets(cores: usize, index: usize) -> (SocketAddr, Vec<ListenSocket>) {
+        let (bound, sockets) = bind_all("127.0.0.1:0".parse().unwrap(), cores).unwrap();
+        let received = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(core, socket)| ListenSocket {
+                index: Some(index),
+                core,
+                protocol: "imap".into(),
+                bound,
+                socket,
+            })
+            .collect();
+        (bound, received)
+    }
+
+    fn sockets_per_core(per_core: &PerCoreListeners) -> Vec<usize> {
+        per_core.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn fewer_cores_keep_every_socket_more_cores_bind_the_rest() {
+        let (kept, from_two) = old_sockets(2, 0);
+        let config = config_with(&[kept]);
+        let (per_core, addrs) = place_listeners(&config, 1, from_two).unwrap();
+        assert_eq!(addrs, vec![kept]);
+        assert_eq!(
+            sockets_per_core(&per_core),
+            vec![2],
+            "the surplus one is accepted on too"
+        );
+
+        let (kept, from_one) = old_sockets(1, 0);
+        let config = config_with(&[kept]);
+        let (per_core, _) = place_listeners(&config, 3, from_one).unwrap();
+        assert_eq!(sockets_per_core(&per_core), vec![1, 1, 1]);
+        for (listen, socket) in per_core.iter().flatten() {
+            assert_eq!(listen.addr, kept);
+            assert_eq!(socket.local_addr().unwrap(), kept);
+        }
+    }
+
+    #[test]
+    fn listeners_new_in_the_config_are_bound_and_removed_ones_closed() {
+        let (kept, mut received) = old_sockets(2, 0);
+        let (removed, gone) = old_sockets(2, 5);
+        received.extend(gone);
+        let config = config_with(&[kept, "127.0.0.1:0".parse().unwrap()]);
+        let (per_core, addrs) = place_listeners(&config, 2, received).unwrap();
+        assert_eq!(addrs[0], kept);
+        assert_ne!(addrs[1], removed, "a new listener is bound anew");
+        assert_eq!(sockets_per_core(&per_core), vec![2, 2]);
+        assert!(
+            std::net::TcpStream::connect(removed).is_err(),
+            "a listener the config no longer has is closed"
+        );
+        assert!(std::net::TcpStream::connect(kept).is_ok());
+    }
+}
