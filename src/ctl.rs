@@ -155,6 +155,8 @@ pub enum CtlCommand {
     },
     /// `reload`
     Reload,
+    /// `upgrade`
+    Upgrade,
 }
 
 /// Why a ctl command failed.
@@ -220,6 +222,7 @@ impl CtlCommand {
             CtlCommand::User(u) => ("GET", format!("/users/{}", encode_segment(u))),
             CtlCommand::Kick(u) => ("POST", format!("/users/{}/kick", encode_segment(u))),
             CtlCommand::Reload => ("POST", "/reload".into()),
+            CtlCommand::Upgrade => ("POST", "/upgrade".into()),
             CtlCommand::Move { user, backend } => (
                 "POST",
                 format!(
@@ -435,6 +438,11 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
                 format!("reloaded:\n{}", changes.join("\n"))
             }
         }
+        CtlCommand::Upgrade => format!(
+            "upgraded: the new process {} serves; the old process {} drains and exits",
+            s(&v["new_pid"]),
+            s(&v["old_pid"])
+        ),
         CtlCommand::Move { .. } => format!(
             "{} moved to {} ({} sessions closed)",
             s(&v["user"]),

@@ -1,9 +1,9 @@
 //! From a checked configuration to a running director.
 //!
 //! Parses the user-key template, resolves backend host names once at start,
-//! builds the TLS configuration when a listener needs it, and starts the
-//! cores. `run` then blocks the calling (main) thread until SIGINT or
-//! SIGTERM and drains.
+//! builds the TLS configuration when a listener needs it, binds (or, in a
+//! binary upgrade, inherits) the sockets, and starts the cores and the
+//! control plane. [`crate::supervise`] then runs the main thread.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,31 +16,61 @@ use crate::config::Config;
 use crate::control::reload::BoundListener;
 use crate::control::{self, ControlPlane};
 use crate::limits::Limits;
-use crate::mailbox::mailbox;
+use crate::mailbox::{mailbox, MailboxSender};
 use crate::plane::{ControlMsg, Shared};
 use crate::route::user_key::UserKeyFormat;
-use crate::runtime::{start, Cores};
-use crate::sdnotify;
+use crate::runtime::{start, start_with, Cores};
 use crate::session::serve::spawn_session;
-use crate::signals;
+
+pub use crate::prepare::{backend_set, tls_config, LaunchError};
 
 /// A running director: its cores, its control plane and where they listen.
 pub struct Director {
     cores: Cores,
     control: Option<ControlPlane>,
-    /// The admin socket file, removed once the control plane stopped.
+    /// The admin socket file, removed once the control plane stopped
+    /// (unless a binary upgrade handed it to the new process).
     admin_socket: Option<PathBuf>,
     /// The addresses actually bound, in `[[listen]]` order (a port of 0 in
     /// the config is replaced by the one the kernel chose).
     pub listen_addrs: Vec<SocketAddr>,
     /// Where the admin API listens.
     pub admin_addr: Option<SocketAddr>,
+    /// Copies of the admin API's sockets, which a binary upgrade passes on.
+    admin_sockets: AdminSockets,
+}
+
+/// Copies of the admin API's listening sockets (the control thread serves
+/// the originals).
+pub struct AdminSockets {
+    /// The TCP listener.
+    pub tcp: Option<std::net::TcpListener>,
+    /// The Unix socket listener and its path, when configured.
+    pub unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+}
+
+impl AdminSockets {
+    fn copy_of(admin: &crate::admin::AdminListeners) -> AdminSockets {
+        AdminSockets {
+            tcp: admin.tcp.try_clone().ok(),
+            unix: admin
+                .unix
+                .as_ref()
+                .and_then(|(l, path)| l.try_clone().ok().map(|l| (l, path.clone()))),
+        }
+    }
 }
 
 impl Director {
     /// How many cores run.
     pub fn cores(&self) -> usize {
         self.cores.cores()
+    }
+
+    /// The running cores (a binary upgrade steps them through the
+    /// hand-over).
+    pub fn running_cores(&self) -> &Cores {
+        &self.cores
     }
 
     /// Asks the control plane to re-read the configuration file.
@@ -50,16 +80,54 @@ impl Director {
         }
     }
 
+    /// Copies of the admin API's sockets, for a binary upgrade.
+    pub fn admin_sockets(&self) -> &AdminSockets {
+        &self.admin_sockets
+    }
+
+    /// The control plane, for the upgrade's messages to it.
+    pub fn control(&mut self) -> Option<&mut ControlPlane> {
+        self.control.as_mut()
+    }
+
+    /// The control plane's mailbox, for another thread.
+    pub fn control_sender(&self) -> Option<MailboxSender<ControlMsg>> {
+        self.control.as_ref().map(ControlPlane::sender)
+    }
+
+    /// Leaves the admin socket file in place when stopping: after a
+    /// binary upgrade it belongs to the new process.
+    pub fn keep_admin_socket(&mut self) {
+        self.admin_socket = None;
+    }
+
     /// Stops the control plane (no admin request or health flip acts
     /// during the drain), then drains and stops the cores.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.control.take() {
             c.stop();
         }
+        self.remove_admin_socket();
+        self.cores.stop();
+    }
+
+    /// Old process after a hand-over: the cores drain (pre-login clients
+    /// get their goodbye, logged-in sessions run until
+    /// `server.drain_timeout`) and stop; the control plane stops only
+    /// then, as it carries out the new process's forwarded admin actions
+    /// until the last session ended.
+    pub fn drain_after_hand_over(&mut self) {
+        self.cores.stop();
+        if let Some(mut c) = self.control.take() {
+            c.stop();
+        }
+        self.remove_admin_socket();
+    }
+
+    fn remove_admin_socket(&mut self) {
         if let Some(path) = self.admin_socket.take() {
             let _ = std::fs::remove_file(path);
         }
-        self.cores.stop();
     }
 }
 
@@ -68,8 +136,6 @@ impl Drop for Director {
         self.stop();
     }
 }
-
-pub use crate::prepare::{backend_set, tls_config, LaunchError};
 
 /// Starts the director for `config` (a configuration built in code, as
 /// dev mode's: reload has no file to re-read).
@@ -80,6 +146,34 @@ pub fn launch(config: Config) -> Result<Director, LaunchError> {
 /// Starts the director for `config`, read from `path` (which a reload
 /// re-reads).
 pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Director, LaunchError> {
+    launch_from(config, path, SocketSource::Bind).map(|(director, _)| director)
+}
+
+/// Where a starting director's sockets come from.
+pub enum SocketSource {
+    /// Bind every listener and the admin API.
+    Bind,
+    /// Binary upgrade: the admin API's sockets came from the old process;
+    /// the cores start without listeners (the new process gives them
+    /// theirs once it has taken the routing state over), and the control
+    /// plane forwards admin actions to the old process from the start.
+    Inherited {
+        /// The bound `[[listen]]` addresses, in order.
+        listen_addrs: Vec<std::net::SocketAddr>,
+        /// The admin API's sockets.
+        admin: crate::admin::AdminListeners,
+        /// The link to the old process.
+        predecessor: crate::plane::handover::PredecessorLink,
+    },
+}
+
+/// Starts the director for `config` (read from `path`, if any) on the
+/// sockets `source` says; also returns the backend set it routes to.
+pub fn launch_from(
+    config: Config,
+    path: Option<PathBuf>,
+    source: SocketSource,
+) -> Result<(Director, Arc<crate::route::backends::BackendSet>), LaunchError> {
     config
         .validate()
         .map_err(|e| LaunchError(format!("invalid configuration:\n{e}")))?;
@@ -87,7 +181,15 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         .map_err(|e| LaunchError(format!("server.user_key: {e}")))?;
     let backends = Arc::new(backend_set(&config)?);
     let tls = tls_config(&config)?;
-    let admin = bind_admin(&config.admin).map_err(LaunchError)?;
+    let (admin, inherited) = match source {
+        SocketSource::Bind => (bind_admin(&config.admin).map_err(LaunchError)?, None),
+        SocketSource::Inherited {
+            listen_addrs,
+            admin,
+            predecessor,
+        } => (admin, Some((listen_addrs, predecessor))),
+    };
+    let admin_sockets = AdminSockets::copy_of(&admin);
     let admin_addr = admin
         .tcp
         .local_addr()
@@ -101,13 +203,32 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         limits,
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
-    let mut cores = start(
-        shared.clone(),
-        backends.clone(),
-        control_tx.clone(),
-        spawn_session,
-    )
-    .map_err(|e| LaunchError(e.to_string()))?;
+    let started = match inherited {
+        None => start(
+            shared.clone(),
+            backends.clone(),
+            control_tx.clone(),
+            spawn_session,
+        ),
+        Some((listen_addrs, predecessor)) => {
+            // Queued before the control plane starts, so it is in force
+            // before the first admin request is read.
+            let _ = control_tx.send(ControlMsg::Predecessor(Some(predecessor)));
+            let cores = crate::startup::core_count(shared.config.server.cores);
+            let per_core = (0..cores).map(|_| Vec::new()).collect();
+            let (shared, backends) = (shared.clone(), backends.clone());
+            let control = control_tx.clone();
+            start_with(
+                shared,
+                backends,
+                control,
+                spawn_session,
+                per_core,
+                listen_addrs,
+            )
+        }
+    };
+    let mut cores = started.map_err(|e| LaunchError(e.to_string()))?;
     let listeners = shared
         .config
         .listen
@@ -122,11 +243,14 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         shared,
         path,
         listeners,
-        backends,
+        backends.clone(),
         cores.core_mailboxes(),
         control_tx,
         control_box,
-        Box::new(move |control| crate::admin::spawn_servers(control, admin)),
+        Box::new(move |control| {
+            let stop = crate::admin::spawn_servers(control, admin);
+            Box::new(move || stop.stop())
+        }),
     );
     let control = match control {
         Ok(control) => control,
@@ -141,60 +265,11 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         control: Some(control),
         admin_socket: admin_socket.clone(),
         admin_addr: Some(admin_addr),
+        admin_sockets,
     };
     info!(addr = %admin_addr, "admin API ready");
     if let Some(path) = admin_socket {
         info!(path = %path.display(), "admin API socket ready");
     }
-    Ok(director)
-}
-
-/// Serves until SIGINT or SIGTERM, reloading on SIGHUP, then drains and
-/// stops; a second SIGINT or SIGTERM during the drain ends the process at
-/// once. Call [`signals::block`] before starting any thread.
-///
-/// Under systemd (`Type=notify`) the director reports `READY=1` here — every
-/// core listens and the admin API is up by now — and `STOPPING=1` as the
-/// drain begins. A reload needs no notification: the unit's `ExecReload=`
-/// is `mailpin ctl reload`, which returns once the reload is done.
-pub fn run_until_signal(mut director: Director) {
-    sdnotify::ready(&ready_status(&director));
-    let signal = loop {
-        match signals::wait() {
-            signals::Signal::Reload => {
-                info!("SIGHUP: reloading the configuration");
-                director.reload();
-            }
-            signals::Signal::Upgrade => {
-                tracing::warn!("SIGUSR2: the binary upgrade is not built yet; ignored");
-            }
-            signals::Signal::Stop(name) => break name,
-        }
-    };
-    info!(
-        signal,
-        "stopping: no new connections, draining sessions (again to end at once)"
-    );
-    sdnotify::stopping(&format!("{signal}: draining sessions"));
-    std::thread::spawn(|| loop {
-        if let signals::Signal::Stop(name) = signals::wait() {
-            tracing::warn!(signal = name, "second stop signal: ending at once");
-            std::process::exit(0);
-        }
-    });
-    director.stop();
-    info!("stopped");
-}
-
-/// The `STATUS=` text systemd shows for a director that serves.
-fn ready_status(director: &Director) -> String {
-    let listen: Vec<String> = director
-        .listen_addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    match director.admin_addr {
-        Some(admin) => format!("serving on {}; admin API on {admin}", listen.join(" ")),
-        None => format!("serving on {}", listen.join(" ")),
-    }
+    Ok((director, backends))
 }

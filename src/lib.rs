@@ -30,4 +30,6 @@ pub mod session;
 pub mod signals;
 pub mod sockopt;
 pub mod startup;
+pub mod supervise;
 pub mod tls;
+pub mod upgrade;

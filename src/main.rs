@@ -10,8 +10,9 @@ use tracing_subscriber::EnvFilter;
 use mailpin::config::{Config, LogFormat};
 use mailpin::ctl::{self, CtlCommand};
 use mailpin::devmode::{self, DevPorts};
-use mailpin::launch::{launch, launch_with_path, run_until_signal};
+use mailpin::launch::{launch, launch_with_path};
 use mailpin::signals;
+use mailpin::supervise::{run_until_signal, serve};
 
 /// The configuration file `run`, `check` and `ctl` read by default.
 const DEFAULT_CONFIG: &str = "config/mailpin.toml";
@@ -143,6 +144,12 @@ enum CtlCli {
     /// Re-read the configuration file (as SIGHUP): print what changed, or
     /// every error and exit 1 (the old configuration stays in force).
     Reload,
+    /// Binary upgrade (as SIGUSR2): start the binary this director was
+    /// started from with the same configuration file, hand it the
+    /// listening sockets and the routing state, then drain this process
+    /// and exit. Prints both process ids; exits 1 if the new process
+    /// failed (this one serves on) or an upgrade is not possible now.
+    Upgrade,
 }
 
 /// Logs to standard error in `format` (`log.format`), filtered by
@@ -200,6 +207,7 @@ fn ctl(admin: Option<&str>, config: Option<&Path>, json: bool, command: CtlCli) 
         CtlCli::Kick { user } => CtlCommand::Kick(user),
         CtlCli::Move { user, backend } => CtlCommand::Move { user, backend },
         CtlCli::Reload => CtlCommand::Reload,
+        CtlCli::Upgrade => CtlCommand::Upgrade,
     };
     let (method, path) = cmd.request();
     let target = match ctl::Target::resolve(
@@ -247,10 +255,18 @@ fn check(path: &PathBuf) -> ExitCode {
 }
 
 fn run(path: &PathBuf) -> ExitCode {
+    mailpin::upgrade::remember_binary();
+    // A binary upgrade starts this binary again with the same file.
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    let mut upgrade_link = mailpin::upgrade::successor::inherited_link();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
+            if let Some(link) = upgrade_link.as_mut() {
+                let error = format!("its configuration is invalid:\n{errors}");
+                mailpin::upgrade::successor::report_failure(link, &error);
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -258,9 +274,21 @@ fn run(path: &PathBuf) -> ExitCode {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    if let Some(link) = upgrade_link {
+        return match mailpin::upgrade::successor::take_over(config, path, link) {
+            Ok(director) => {
+                serve(director, Some(path.clone()), false);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mailpin: binary upgrade: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match launch_with_path(config, Some(path.clone())) {
         Ok(director) => {
-            run_until_signal(director);
+            serve(director, Some(path.clone()), true);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -3,9 +3,9 @@
 //! SIGINT, SIGTERM and SIGHUP are blocked in every thread (call [`block`]
 //! before starting any) and the main thread waits for them with `sigwait`,
 //! so no signal handler ever runs on a core in the middle of its work.
-//! SIGHUP asks for a reload and never ends the process; SIGUSR2, kept for
-//! the binary upgrade, is logged and ignored rather than left to end the
-//! process by default.
+//! SIGHUP asks for a reload and never ends the process; SIGUSR2 asks for
+//! a binary upgrade (`crate::upgrade`), and never ends the process by
+//! itself either.
 
 /// The signals waited for.
 const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2];
@@ -17,7 +17,7 @@ pub enum Signal {
     Stop(&'static str),
     /// SIGHUP: re-read the configuration.
     Reload,
-    /// SIGUSR2: a binary upgrade, not built yet.
+    /// SIGUSR2: a binary upgrade.
     Upgrade,
 }
 

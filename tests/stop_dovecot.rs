@@ -1,7 +1,8 @@
 //! Stopping against real Dovecot: SIGTERM stops accepting at once, lets a
 //! logged-in session run until `server.drain_timeout`, then closes it with
 //! a goodbye (backend side first) and exits 0; a second SIGTERM ends the
-//! process at once; SIGHUP and SIGUSR2 never end it.
+//! process at once; SIGHUP never ends it; clients still before login get
+//! their protocol's goodbye as soon as the drain begins.
 
 mod support;
 
@@ -144,15 +145,11 @@ fn a_second_sigterm_ends_the_drain_at_once() {
 }
 
 #[test]
-fn sighup_and_sigusr2_never_end_the_process() {
+fn sighup_never_ends_the_process() {
     let Some((cluster, m)) = start("30s") else {
         return;
     };
     let mut session = Session::login(m.listen[0], &cluster.user(3));
-    send_signal(m.pid(), libc::SIGUSR2);
-    assert!(m
-        .wait_for_log(&["SIGUSR2"], Duration::from_secs(5))
-        .is_some());
     send_signal(m.pid(), libc::SIGHUP);
     assert!(m
         .wait_for_log(&["SIGHUP"], Duration::from_secs(5))
@@ -160,4 +157,114 @@ fn sighup_and_sigusr2_never_end_the_process() {
     assert!(pid_alive(m.pid()));
     session.send("b NOOP");
     session.until("b ");
+}
+
+/// Everything a client hears until the server closes, at most `limit`.
+fn until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let deadline = Instant::now() + limit;
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10)),
+            ))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&heard).into_owned(), true),
+            Ok(n) => heard.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(_) => return (String::from_utf8_lossy(&heard).into_owned(), true),
+        }
+    }
+    (String::from_utf8_lossy(&heard).into_owned(), false)
+}
+
+/// Connects and reads the greeting (up to the line starting with `last`).
+fn greeted(addr: SocketAddr, last: &str) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut s = Session {
+        stream: stream.try_clone().unwrap(),
+    };
+    loop {
+        let line = s.line();
+        assert!(!line.is_empty(), "closed before its greeting");
+        if line.starts_with(last) {
+            break;
+        }
+    }
+    stream.set_read_timeout(None).unwrap();
+    stream
+}
+
+#[test]
+fn clients_before_login_get_their_goodbye_as_the_drain_begins() {
+    if !require_dovecot() {
+        return;
+    }
+    let cluster = DovecotCluster::start(1, DovecotOptions::default());
+    let listeners = ["imap", "pop3", "sieve", "lmtp"].map(ListenSpec::plain);
+    let c = config(&cluster, None, "drain_timeout = \"6s\"", &listeners, "");
+    let mut m = Mailpin::start(&c, 4);
+    let user = cluster.user(4);
+    let mut logged_in = Session::login(m.listen[0], &user);
+    let mut imap = greeted(m.listen[0], "* OK");
+    let mut pop3 = greeted(m.listen[1], "+OK");
+    let mut sieve = greeted(m.listen[2], "OK");
+    let mut lmtp = greeted(m.listen[3], "220");
+    let signalled = Instant::now();
+    send_signal(m.pid(), libc::SIGTERM);
+    // Within a bound far below drain_timeout: the goodbye, then the close.
+    let bound = Duration::from_secs(3);
+    let (heard, closed) = until_closed(&mut imap, bound);
+    assert!(
+        heard.starts_with("* BYE [UNAVAILABLE]") && closed,
+        "IMAP: {heard:?} closed={closed}"
+    );
+    let (heard, closed) = until_closed(&mut sieve, bound);
+    assert!(
+        heard.starts_with("BYE (TRYLATER)") && closed,
+        "Sieve: {heard:?} closed={closed}"
+    );
+    let (heard, closed) = until_closed(&mut lmtp, bound);
+    assert!(
+        heard.starts_with("421 4.3.2") && closed,
+        "LMTP: {heard:?} closed={closed}"
+    );
+    // POP3 has no unsolicited reply: its next command is refused.
+    m.wait_for_log(&["stopping"], Duration::from_secs(5))
+        .expect("stopping");
+    pop3.write_all(b"CAPA\r\n").unwrap();
+    let (heard, closed) = until_closed(&mut pop3, bound);
+    assert!(
+        heard.starts_with("-ERR [SYS/TEMP]") && closed,
+        "POP3: {heard:?} closed={closed}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    // The logged-in session goes on until drain_timeout.
+    logged_in.send("b NOOP");
+    logged_in.until("b ");
+    assert_eq!(cluster.instance(0).who_count(&user, "imap"), 1);
+    let (heard, closed) = until_closed(&mut logged_in.stream, Duration::from_secs(15));
+    assert!(heard.contains("* BYE") && closed, "{heard:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(5500),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(m.wait_exit(Duration::from_secs(10)), Some(0));
 }

@@ -22,7 +22,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use mailpin::config::{Backend, Cidr, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
-use mailpin::launch::{launch, run_until_signal};
+use mailpin::launch::launch;
+use mailpin::supervise::run_until_signal;
 use mailpin::tls::DevCert;
 
 use crate::client::conn::Transport;

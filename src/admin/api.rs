@@ -37,7 +37,9 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
             Some("GET")
         }
         ["users", _] => Some("GET"),
-        ["backends", _, _] | ["users", _, "kick" | "move"] | ["reload"] => Some("POST"),
+        ["backends", _, _] | ["users", _, "kick" | "move"] | ["reload"] | ["upgrade"] => {
+            Some("POST")
+        }
         _ => None,
     }
 }
@@ -76,6 +78,7 @@ pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
         ["users", user, "kick"] => kick(control, user).await,
         ["users", user, "move"] => move_user(control, user, req.param("to")).await,
         ["reload"] => reload(control).await,
+        ["upgrade"] => upgrade(control).await,
         _ => Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
@@ -95,6 +98,20 @@ async fn reload(control: &Rc<Control>) -> Response {
                 "errors": errors,
             }),
         ),
+    }
+}
+
+/// `POST /upgrade`: hand over to a new process of the binary; 200 with
+/// both process ids once the new one serves (this one then drains and
+/// exits), 409 when no upgrade is possible now, 500 when the new process
+/// failed before it was ready (this one serves on).
+async fn upgrade(control: &Rc<Control>) -> Response {
+    match control.request_upgrade().await {
+        Ok(done) => Response::json(
+            200,
+            &json!({ "upgraded": true, "old_pid": done.old_pid, "new_pid": done.new_pid }),
+        ),
+        Err(refused) => Response::error(refused.status, refused.message),
     }
 }
 
@@ -390,6 +407,7 @@ mod tests {
             "/users/{user}/kick",
             "/users/{user}/move",
             "/reload",
+            "/upgrade",
         ];
         for path in routed {
             assert!(paths.contains_key(path), "{path} is documented");

@@ -261,6 +261,16 @@ pub async fn render_metrics(control: &Control) -> String {
     let (ok, failed) = control.reload_counts();
     let _ = writeln!(out, "mailpin_reloads_total{{result=\"ok\"}} {ok}");
     let _ = writeln!(out, "mailpin_reloads_total{{result=\"failed\"}} {failed}");
+
+    header(
+        &mut out,
+        "upgrades_total",
+        "counter",
+        "Binary upgrades by result: ok (handed over to a new process), or failed (this process serves on).",
+    );
+    let (ok, failed) = crate::plane::handover::upgrade_counts();
+    let _ = writeln!(out, "mailpin_upgrades_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(out, "mailpin_upgrades_total{{result=\"failed\"}} {failed}");
     header(
         &mut out,
         "health_flips_total",

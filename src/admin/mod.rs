@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, UnixListener};
 use tracing::{debug, warn};
 
@@ -58,8 +59,31 @@ impl Rules {
     }
 }
 
-/// Serves the admin API on the listeners until the runtime stops.
-pub fn spawn_servers(control: Rc<Control>, listeners: AdminListeners) {
+/// Stops the admin API's accept loops: after a binary upgrade the new
+/// process accepts on the same sockets, so the old one must stop taking
+/// requests (the ones it already took are answered).
+pub struct AdminStop {
+    stopped: Rc<std::cell::Cell<bool>>,
+    canceller: Canceller,
+}
+
+impl AdminStop {
+    /// Cancels the pending accepts; the loops end and drop their copies
+    /// of the sockets.
+    pub fn stop(self) {
+        self.stopped.set(true);
+        let _ = self.canceller.cancel();
+    }
+}
+
+/// Serves the admin API on the listeners until the runtime stops or the
+/// returned [`AdminStop`] is used.
+pub fn spawn_servers(control: Rc<Control>, listeners: AdminListeners) -> AdminStop {
+    let stop = AdminStop {
+        stopped: Rc::new(std::cell::Cell::new(false)),
+        canceller: Canceller::new(),
+    };
+    let until = |stop: &AdminStop| (stop.stopped.clone(), stop.canceller.handle());
     let access = Rc::new(Rules {
         made_from: RefCell::new((
             control.shared().config.admin.clone(),
@@ -68,26 +92,32 @@ pub fn spawn_servers(control: Rc<Control>, listeners: AdminListeners) {
     });
     match TcpListener::from_std(listeners.tcp) {
         Ok(l) => {
-            monoio::spawn(serve_tcp(control.clone(), access.clone(), l));
+            monoio::spawn(serve_tcp(control.clone(), access.clone(), l, until(&stop)));
         }
         Err(e) => warn!(error = %e, "admin API unavailable over TCP"),
     }
     if let Some((unix, path)) = listeners.unix {
         match UnixListener::from_std(unix) {
             Ok(l) => {
-                monoio::spawn(serve_unix(control, access, l));
+                monoio::spawn(serve_unix(control, access, l, until(&stop)));
             }
             Err(e) => {
                 warn!(error = %e, path = %path.display(), "admin API unavailable on its socket")
             }
         }
     }
+    stop
 }
 
-/// Accepts TCP admin connections forever, one task per connection.
-async fn serve_tcp(control: Rc<Control>, access: Rc<Rules>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
+/// Whether an accept loop was stopped, and the handle that cancels its
+/// pending accept.
+type Until = (Rc<std::cell::Cell<bool>>, CancelHandle);
+
+/// Accepts TCP admin connections until stopped, one task per connection.
+async fn serve_tcp(control: Rc<Control>, access: Rc<Rules>, listener: TcpListener, until: Until) {
+    let (stopped, cancel) = until;
+    while !stopped.get() {
+        match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 let Ok(local) = stream.local_addr() else {
                     continue;
@@ -101,6 +131,7 @@ async fn serve_tcp(control: Rc<Control>, access: Rc<Rules>, listener: TcpListene
                     peer,
                 ));
             }
+            Err(_) if stopped.get() => break,
             Err(e) => {
                 warn!(error = %e, "admin accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
@@ -109,10 +140,12 @@ async fn serve_tcp(control: Rc<Control>, access: Rc<Rules>, listener: TcpListene
     }
 }
 
-/// Accepts Unix socket admin connections forever, one task per connection.
-async fn serve_unix(control: Rc<Control>, access: Rc<Rules>, listener: UnixListener) {
-    loop {
-        match listener.accept().await {
+/// Accepts Unix socket admin connections until stopped, one task per
+/// connection.
+async fn serve_unix(control: Rc<Control>, access: Rc<Rules>, listener: UnixListener, until: Until) {
+    let (stopped, cancel) = until;
+    while !stopped.get() {
+        match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, _)) => {
                 monoio::spawn(handle(
                     control.clone(),
@@ -122,6 +155,7 @@ async fn serve_unix(control: Rc<Control>, access: Rc<Rules>, listener: UnixListe
                     "unix".to_string(),
                 ));
             }
+            Err(_) if stopped.get() => break,
             Err(e) => {
                 warn!(error = %e, "admin accept failed on the socket");
                 monoio::time::sleep(Duration::from_millis(50)).await;

@@ -20,11 +20,16 @@ use crate::startup::{run_runtime, StartError};
 
 pub mod events;
 pub mod history;
+pub mod peer;
 pub mod reload;
 pub mod state;
 
 use reload::BoundListener;
 use state::Control;
+
+/// Stops what the caller started on the control thread (the admin API):
+/// a binary upgrade does so before the old process drains.
+pub type StopFn = Box<dyn FnOnce()>;
 
 /// The running control plane.
 pub struct ControlPlane {
@@ -36,6 +41,16 @@ impl ControlPlane {
     /// Asks for a reload of the configuration file (SIGHUP).
     pub fn reload(&self) {
         let _ = self.tx.send(ControlMsg::Reload);
+    }
+
+    /// Sends the control thread a message.
+    pub fn send(&self, msg: ControlMsg) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// The control thread's mailbox, for another thread.
+    pub fn sender(&self) -> MailboxSender<ControlMsg> {
+        self.tx.clone()
     }
 
     /// Stops the control thread and waits for it.
@@ -56,7 +71,8 @@ impl Drop for ControlPlane {
 /// Starts the control thread: health checks for every checked protocol
 /// port of every backend, the load sampler for the status page, and then
 /// `with_control` on that thread (the caller starts the admin API there:
-/// the control plane serves it but does not import it). `listeners` are
+/// the control plane serves it but does not import it; what it returns
+/// stops it again). `listeners` are
 /// the `[[listen]]` blocks and where they are bound, and `config_path` the
 /// file a reload re-reads (`None` in dev mode).
 #[allow(clippy::too_many_arguments)]
@@ -68,7 +84,7 @@ pub fn start(
     cores: Vec<MailboxSender<CoreMsg>>,
     tx: MailboxSender<ControlMsg>,
     mailbox: Mailbox<ControlMsg>,
-    with_control: Box<dyn FnOnce(Rc<Control>) + Send>,
+    with_control: Box<dyn FnOnce(Rc<Control>) -> StopFn + Send>,
 ) -> Result<ControlPlane, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let driver = shared.config.server.driver;
@@ -80,7 +96,7 @@ pub fn start(
                     std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
                 control.start_checks();
                 monoio::spawn(sample_load(control.clone()));
-                with_control(control.clone());
+                let mut admin_stop = Some(with_control(control.clone()));
                 while let Some(msg) = mailbox.recv().await {
                     match msg {
                         ControlMsg::Unreachable {
@@ -93,6 +109,20 @@ pub fn start(
                             monoio::spawn(async move {
                                 let _ = control.reload().await;
                             });
+                        }
+                        ControlMsg::MainThread(main) => control.set_main_thread(main),
+                        ControlMsg::Predecessor(link) => control.set_predecessor(link),
+                        ControlMsg::Peer { request, reply } => {
+                            let control = control.clone();
+                            monoio::spawn(async move {
+                                let _ = reply.send(control.peer_request(request).await);
+                            });
+                        }
+                        ControlMsg::StopAdmin(done) => {
+                            if let Some(stop) = admin_stop.take() {
+                                stop();
+                            }
+                            let _ = done.send(());
                         }
                         ControlMsg::Shutdown => break,
                     }

@@ -25,6 +25,7 @@ use crate::control::reload::{self, BoundListener, ReloadPlan};
 use crate::health::checker::{check_loop, CheckHost};
 use crate::health::tracker::{HealthTracker, Source};
 use crate::mailbox::MailboxSender;
+use crate::plane::handover::{PeerAnswer, PeerRequest};
 use crate::plane::stats::CoreStats;
 use crate::plane::KickReason;
 use crate::plane::{CoreMsg, Shared};
@@ -67,6 +68,9 @@ pub struct Control {
     reload_failures: Cell<u64>,
     events: RefCell<EventLog>,
     history: RefCell<LoadHistory>,
+    /// Binary upgrade: `POST /upgrade`'s way to the main thread and, in a
+    /// new process, the link to the predecessor still draining.
+    pub(crate) upgrade: crate::plane::handover::UpgradeHooks,
 }
 
 /// One value per protocol, indexed by [`Protocol::index`].
@@ -110,6 +114,7 @@ impl Control {
             reload_failures: Cell::new(0),
             events: RefCell::new(EventLog::new(EVENT_CAPACITY)),
             history: RefCell::new(LoadHistory::default()),
+            upgrade: Default::default(),
         };
         control.fit_trackers();
         control
@@ -519,6 +524,17 @@ impl Control {
             );
             self.publish(set.with_change(id, |b| b.admin = state));
         }
+        // Binary upgrade: the predecessor's sessions on it count too.
+        let predecessor_closed = match self.upgrade.predecessor() {
+            Some(link) => {
+                let request = PeerRequest::set_admin(&self.backend_name(id), state);
+                !matches!(
+                    link.ask(request, CLOSE_LIMIT).await,
+                    Some(PeerAnswer::AdminSet(false))
+                )
+            }
+            None => true,
+        };
         if state != AdminState::Down {
             return true;
         }
@@ -527,7 +543,7 @@ impl Control {
             limit: CLOSE_LIMIT,
             done,
         });
-        closed.await.iter().all(|c| *c)
+        closed.await.iter().all(|c| *c) && predecessor_closed
     }
 
     /// Sends a request to every core and gathers the answers.
@@ -601,9 +617,19 @@ impl Control {
             reason: KickReason::Admin,
             done,
         });
-        bounded(CLOSE_LIMIT, kicks)
+        let here = bounded(CLOSE_LIMIT, kicks)
             .await
-            .map_or(0, |v| v.iter().sum())
+            .map_or(0, |v| v.iter().sum());
+        // Binary upgrade: the user's sessions still open in the
+        // predecessor are closed too before this returns.
+        let there = match self.upgrade.predecessor() {
+            Some(link) => match link.ask(PeerRequest::Kick(key.into()), CLOSE_LIMIT).await {
+                Some(PeerAnswer::Kicked(n)) => n,
+                _ => 0,
+            },
+            None => 0,
+        };
+        here + there
     }
 
     /// Ends the kick of `key` on every core.

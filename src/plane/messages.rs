@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, Listen, Protocol};
+use crate::plane::handover;
 use crate::plane::stats::CoreStats;
 use crate::route::backends::{BackendId, BackendSet};
-use crate::route::router::{Reassign, RouterMsg};
+use crate::route::router::{HandedOverAssignment, HandedOverRelease, Reassign, RouterMsg};
 use crate::route::shard::Assignment;
 use crate::route::user_key::UserKeyFormat;
 
@@ -152,6 +153,38 @@ pub enum CoreMsg {
     },
     /// Stop accepting, drain, and stop.
     Shutdown,
+    /// Binary upgrade: messages of the hand-over (see [`UpgradeMsg`]).
+    Upgrade(UpgradeMsg),
+}
+
+/// A core's part in a binary upgrade.
+#[derive(Debug)]
+pub enum UpgradeMsg {
+    /// Old process: stop accepting (pending accepts cancelled, what raced
+    /// in served) and answer with a copy of every listening socket, which
+    /// stays open for the new process.
+    HandOverListeners {
+        /// Gets the sockets with their settings.
+        done: flume::Sender<Vec<(Listen, std::os::fd::OwnedFd)>>,
+    },
+    /// Old process: hand the routing state over (see
+    /// [`crate::route::router::Router::hand_over`]).
+    HandOverRoutes {
+        /// Gets each counted session that ends from now on.
+        releases: flume::Sender<HandedOverRelease>,
+        /// Gets this core's assignments.
+        done: flume::Sender<Vec<HandedOverAssignment>>,
+    },
+    /// Old process: the new one failed; route new sessions again (the
+    /// listeners come back with [`CoreMsg::Listeners`]).
+    Resume,
+    /// New process: take over assignments this core owns.
+    TakeOver {
+        /// User key, backend, since, sessions open in the old process.
+        assignments: Vec<(Box<str>, BackendId, std::time::SystemTime, u32)>,
+        /// Answered once done.
+        done: flume::Sender<()>,
+    },
 }
 
 impl From<RouterMsg> for CoreMsg {
@@ -174,6 +207,22 @@ pub enum ControlMsg {
     },
     /// Re-read the configuration file (SIGHUP); the outcome is logged.
     Reload,
+    /// Binary upgrade: where `POST /upgrade` asks the main thread.
+    MainThread(flume::Sender<handover::MainEvent>),
+    /// Binary upgrade, in the new process: forward admin actions to the
+    /// predecessor (`None` once it has exited).
+    Predecessor(Option<handover::PredecessorLink>),
+    /// Binary upgrade, in the old process: an admin action forwarded by
+    /// the new one.
+    Peer {
+        /// What to do.
+        request: handover::PeerRequest,
+        /// Gets the answer once done.
+        reply: flume::Sender<handover::PeerAnswer>,
+    },
+    /// Binary upgrade, in the old process: stop accepting admin requests
+    /// (the new process serves the admin API now); answered once stopped.
+    StopAdmin(flume::Sender<()>),
     /// Stop.
     Shutdown,
 }

@@ -162,7 +162,19 @@ pub struct Router {
     closing: RefCell<AHashMap<Box<str>, Vec<Deferred>>>,
     /// Moves waiting for a user's last session to be released.
     idle_watchers: RefCell<AHashMap<Box<str>, Vec<oneshot::Sender<()>>>>,
+    /// Binary upgrade, old process: set once the routing state went to the
+    /// new process. No new session is counted any more, and each counted
+    /// session that ends is reported here (user key, backend name).
+    handed_over: RefCell<Option<flume::Sender<HandedOverRelease>>>,
 }
+
+/// A session of the old process that ended after the hand-over: the user
+/// key and the backend's name.
+pub type HandedOverRelease = (Box<str>, Box<str>);
+
+/// One assignment as handed to a new process: user key, backend name,
+/// since, live sessions.
+pub type HandedOverAssignment = (Box<str>, Box<str>, std::time::SystemTime, u32);
 
 /// Removes a remote request from the pending table when the asking future
 /// ends, whether it got its answer, gave up or was dropped.
@@ -197,6 +209,7 @@ impl Router {
             holds: RefCell::new(AHashMap::new()),
             closing: RefCell::new(AHashMap::new()),
             idle_watchers: RefCell::new(AHashMap::new()),
+            handed_over: RefCell::new(None),
         }
     }
 
@@ -243,11 +256,7 @@ impl Router {
                     return Err(RouteError::Held);
                 }
             }
-            let set = self.backends();
-            let result = self
-                .shard
-                .borrow_mut()
-                .acquire(key, &set, protocol, avoid, origin);
+            let result = self.shard_acquire(key, protocol, avoid, origin);
             match result {
                 Ok(b) => return Ok(b),
                 Err(NoBackend::Closing) => {
@@ -319,10 +328,19 @@ impl Router {
     /// Releases on this core's shard; when that was the user's last
     /// session, wakes the moves and logins that wait for it.
     fn release_local(&self, key: &str, backend: BackendId, origin: Option<SessionOrigin>) {
+        let counted = self.handed_over.borrow().is_some()
+            && self
+                .shard
+                .borrow()
+                .get(key)
+                .is_some_and(|a| a.backend == backend && a.sessions > 0);
         let idle = self
             .shard
             .borrow_mut()
             .release(key, backend, origin, Instant::now());
+        if counted {
+            self.report_handed_over_release(key, backend);
+        }
         if !idle {
             return;
         }
@@ -429,11 +447,7 @@ impl Router {
         avoid: Box<[BackendId]>,
         origin: Option<SessionOrigin>,
     ) {
-        let set = self.backends();
-        let result = self
-            .shard
-            .borrow_mut()
-            .acquire(key, &set, protocol, &avoid, origin);
+        let result = self.shard_acquire(key, protocol, &avoid, origin);
         if result == Err(NoBackend::Closing) {
             self.closing
                 .borrow_mut()
@@ -534,6 +548,73 @@ impl Router {
     /// Users assigned on this core's shard.
     pub fn local_users(&self) -> usize {
         self.shard.borrow().len()
+    }
+
+    /// Counts a session in the shard, unless the routing state was
+    /// handed to a new process: then no new session opens here (a
+    /// temporary failure; the client's retry reaches the new process).
+    fn shard_acquire(
+        &self,
+        key: &str,
+        protocol: Protocol,
+        avoid: &[BackendId],
+        origin: Option<SessionOrigin>,
+    ) -> Result<BackendId, NoBackend> {
+        if self.handed_over.borrow().is_some() {
+            return Err(NoBackend::Busy);
+        }
+        let set = self.backends();
+        self.shard
+            .borrow_mut()
+            .acquire(key, &set, protocol, avoid, origin)
+    }
+}
+
+/// Binary upgrade: handing this core's shard to a new process, and taking
+/// one over from an old one.
+impl Router {
+    /// Old process: stops counting new sessions, reports each counted
+    /// session that ends to `releases` from now on, and returns every
+    /// assignment of this core's shard (the new process follows them).
+    pub fn hand_over(
+        &self,
+        releases: flume::Sender<HandedOverRelease>,
+    ) -> Vec<HandedOverAssignment> {
+        *self.handed_over.borrow_mut() = Some(releases);
+        let set = self.backends();
+        self.shard
+            .borrow()
+            .iter()
+            .filter_map(|(key, a)| {
+                let name: Box<str> = (*set.get(a.backend)?.name).into();
+                Some((key.into(), name, a.since, a.sessions))
+            })
+            .collect()
+    }
+
+    /// Old process: stops reporting ended sessions and routes new ones
+    /// again — after the new process failed, or once this core drained
+    /// (the reports end there: the new process learns so).
+    pub fn end_hand_over(&self) {
+        *self.handed_over.borrow_mut() = None;
+    }
+
+    /// New process: takes over assignments this core owns (user key,
+    /// backend, since, sessions still open in the old process, which the
+    /// old process's reports release one by one).
+    pub fn take_over(&self, assignments: Vec<(Box<str>, BackendId, std::time::SystemTime, u32)>) {
+        let now = Instant::now();
+        let mut shard = self.shard.borrow_mut();
+        for (key, backend, since, sessions) in assignments {
+            shard.import(&key, backend, since, sessions, now);
+        }
+    }
+
+    fn report_handed_over_release(&self, key: &str, backend: BackendId) {
+        let name: Option<Box<str>> = self.backends().get(backend).map(|b| (*b.name).into());
+        if let (Some(tx), Some(name)) = (&*self.handed_over.borrow(), name) {
+            let _ = tx.send((key.into(), name));
+        }
     }
 }
 
@@ -787,6 +868,57 @@ mod tests {
             poll_once(idle.as_mut());
             r.release("fay", b, None);
             assert!(idle.await);
+        });
+    }
+
+    /// Binary upgrade: the old process's router hands its shard over,
+    /// opens no session after that and reports each counted one that
+    /// ends; the new process's router counts them until reported.
+    #[test]
+    fn a_handed_over_shard_reports_its_sessions_and_opens_none() {
+        block_on(async {
+            let old = router(0, 1, Arc::new(Outbox::default()));
+            let b = old
+                .acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            old.acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            let (tx, reports) = flume::unbounded();
+            let handed = old.hand_over(tx);
+            assert_eq!(handed.len(), 1);
+            assert_eq!((handed[0].0.as_ref(), handed[0].3), ("alice", 2));
+            assert_eq!(
+                old.acquire("bob", Protocol::Imap, &[], None).await,
+                Err(RouteError::Unavailable),
+                "no new session in the old process"
+            );
+            old.release("alice", b, None);
+            let name = old.backends().get(b).unwrap().name.to_string();
+            let (key, backend) = reports.try_recv().unwrap();
+            assert_eq!((key.as_ref(), backend.as_ref()), ("alice", name.as_str()));
+
+            let new = router(0, 1, Arc::new(Outbox::default()));
+            let since = handed[0].2;
+            new.take_over(vec![("alice".into(), b, since, 1)]);
+            new.apply_backends(Arc::new(
+                new.backends()
+                    .with_change(b, |x| x.set_every_protocol(Health::Unhealthy)),
+            ));
+            assert_eq!(
+                new.acquire("alice", Protocol::Imap, &[], None).await,
+                Err(RouteError::Held),
+                "not elsewhere while the old process's session is open"
+            );
+            new.release("alice", b, None);
+            let now = new
+                .acquire("alice", Protocol::Imap, &[], None)
+                .await
+                .unwrap();
+            assert_ne!(now, b);
+            old.end_hand_over();
+            assert!(old.acquire("bob", Protocol::Imap, &[], None).await.is_ok());
         });
     }
 }

@@ -280,6 +280,30 @@ impl ShardTable {
         );
     }
 
+    /// Binary upgrade, new process: takes over an assignment of the old
+    /// process with `sessions` still open there (counted like sessions of
+    /// this process, without an origin, until the old process reports
+    /// them ended).
+    pub fn import(
+        &mut self,
+        key: &str,
+        backend: BackendId,
+        since: SystemTime,
+        sessions: u32,
+        now: Instant,
+    ) {
+        self.users.insert(
+            key.into(),
+            Assignment {
+                backend,
+                sessions,
+                since,
+                idle_since: (sessions == 0).then_some(now),
+                origins: Vec::new(),
+            },
+        );
+    }
+
     /// Drops every idle assignment to a backend that can no longer keep
     /// users and returns the keys dropped. Assignments with sessions stay,
     /// retiring, until their last session is released.

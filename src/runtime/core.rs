@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Listen, Protocol};
 use crate::mailbox::{Mailbox, MailboxSender};
 use crate::plane::stats::{CoreStats, Counters};
-use crate::plane::{ControlMsg, CoreMsg, KickReason, Shared};
+use crate::plane::{ControlMsg, CoreMsg, KickReason, Shared, UpgradeMsg};
 use crate::route::backends::{BackendId, BackendSet};
 use crate::route::router::Router;
 use crate::route::shard::SessionLimits;
@@ -52,6 +52,8 @@ pub struct Core {
     set_waiters: std::cell::RefCell<Vec<local_sync::oneshot::Sender<()>>>,
     /// The listening sockets this core accepts on.
     acceptors: RefCell<Vec<Acceptor>>,
+    /// Tells clients before login that the core stops serving them.
+    pub prelogin_drain: crate::runtime::prelogin_drain::PreloginDrain,
 }
 
 /// One listening socket of a core: its settings (replaceable by a reload)
@@ -67,6 +69,9 @@ struct Acceptor {
     stopped: Rc<Cell<bool>>,
     /// Completes when the loop has ended and dropped its socket.
     ended: local_sync::oneshot::Receiver<()>,
+    /// The socket's descriptor, open while the loop runs (a binary
+    /// upgrade copies it before stopping the loop).
+    fd: std::os::fd::RawFd,
 }
 
 impl Acceptor {
@@ -101,6 +106,7 @@ impl Core {
             active: Cell::new(0),
             set_waiters: Default::default(),
             acceptors: RefCell::new(Vec::new()),
+            prelogin_drain: Default::default(),
         }
     }
 
@@ -222,11 +228,15 @@ pub async fn core_main(
     for a in acceptors {
         let _ = monoio::time::timeout(Duration::from_secs(1), a.ended).await;
     }
+    // No more accepts: clients before login get their goodbye now.
+    core.prelogin_drain.start();
     // The dropped sockets' closes are io_uring operations: let the ring
     // submit them before this runtime can end, or a listener would stay
     // open (queuing connections nobody accepts) until the process exits.
     monoio::time::sleep(Duration::from_millis(5)).await;
     drain(&core).await;
+    // After a binary upgrade: every session has ended, and said so.
+    core.router.end_hand_over();
 }
 
 impl Core {
@@ -239,6 +249,7 @@ impl Core {
                 return;
             }
         };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let canceller = Canceller::new();
         let handle = canceller.handle();
         let (ended_tx, ended) = local_sync::oneshot::channel();
@@ -248,6 +259,7 @@ impl Core {
             canceller: Rc::new(RefCell::new(Some(canceller))),
             stopped: Rc::new(Cell::new(false)),
             ended,
+            fd,
         };
         monoio::spawn(accept_loop(
             self.clone(),
@@ -354,6 +366,45 @@ async fn mailbox_loop(
                 if let Some(tx) = stop.take() {
                     let _ = tx.send(());
                 }
+            }
+            CoreMsg::Upgrade(m) => core.upgrade_step(m),
+        }
+    }
+}
+
+/// A core's steps of a binary upgrade.
+impl Core {
+    fn upgrade_step(self: &Rc<Self>, msg: UpgradeMsg) {
+        match msg {
+            UpgradeMsg::HandOverListeners { done } => {
+                let acceptors: Vec<Acceptor> = self.acceptors.borrow_mut().drain(..).collect();
+                let mut sockets = Vec::with_capacity(acceptors.len());
+                for a in &acceptors {
+                    // SAFETY: the accept loop owns this descriptor and runs
+                    // until stopped below, so it is open here.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(a.fd) };
+                    match fd.try_clone_to_owned() {
+                        Ok(copy) => sockets.push(((**a.listen.borrow()).clone(), copy)),
+                        Err(e) => {
+                            warn!(core = self.id, addr = %a.addr, error = %e, "cannot copy listener")
+                        }
+                    }
+                    a.stop();
+                }
+                monoio::spawn(async move {
+                    for a in acceptors {
+                        let _ = monoio::time::timeout(Duration::from_secs(1), a.ended).await;
+                    }
+                    let _ = done.send(sockets);
+                });
+            }
+            UpgradeMsg::HandOverRoutes { releases, done } => {
+                let _ = done.send(self.router.hand_over(releases));
+            }
+            UpgradeMsg::Resume => self.router.end_hand_over(),
+            UpgradeMsg::TakeOver { assignments, done } => {
+                self.router.take_over(assignments);
+                let _ = done.send(());
             }
         }
     }

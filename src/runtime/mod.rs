@@ -24,6 +24,8 @@ use crate::runtime::core::{core_main, Core, ServeFn};
 use crate::startup::{bind_all, core_count, run_runtime, StartError};
 
 pub mod core;
+pub mod handover;
+pub mod prelogin_drain;
 pub mod sessions;
 
 /// The running cores and how to reach them.
@@ -34,6 +36,9 @@ pub struct Cores {
     /// the config is replaced by the one the kernel chose).
     pub listen_addrs: Vec<SocketAddr>,
 }
+
+/// Each core's listening sockets with their settings, in core order.
+pub type PerCoreListeners = Vec<Vec<(Listen, std::net::TcpListener)>>;
 
 /// Starts the cores and returns once every one of them runs. Cores report
 /// to the control plane through `control` and hand every accepted
@@ -47,8 +52,7 @@ pub fn start(
     let cores = core_count(shared.config.server.cores);
 
     // Bind everything first, so a busy port fails the start cleanly.
-    let mut per_core: Vec<Vec<(Listen, std::net::TcpListener)>> =
-        (0..cores).map(|_| Vec::new()).collect();
+    let mut per_core: PerCoreListeners = (0..cores).map(|_| Vec::new()).collect();
     let mut listen_addrs = Vec::new();
     for listen in &shared.config.listen {
         let (bound, sockets) = bind_all(listen.addr, cores)?;
@@ -60,6 +64,21 @@ pub fn start(
             per_core[i].push((l, socket));
         }
     }
+    start_with(shared, backends, control, serve, per_core, listen_addrs)
+}
+
+/// Starts the cores on sockets bound already: `per_core` (one list per
+/// core; empty lists start cores that accept nothing until given
+/// listeners) and the bound `listen_addrs` in `[[listen]]` order.
+pub fn start_with(
+    shared: Arc<Shared>,
+    backends: Arc<BackendSet>,
+    control: MailboxSender<ControlMsg>,
+    serve: ServeFn,
+    per_core: PerCoreListeners,
+    listen_addrs: Vec<SocketAddr>,
+) -> Result<Cores, StartError> {
+    let cores = per_core.len();
 
     let (senders, boxes): (Vec<_>, Vec<_>) = (0..cores).map(|_| mailbox::<CoreMsg>()).unzip();
     let post: Arc<dyn CorePost> = Arc::new(senders.clone());

@@ -62,6 +62,11 @@ pub struct Prelogin<'a> {
 /// A reply that ends with the client being disconnected.
 struct Bye;
 
+/// What a client before login is told when the director drains (RFC 9051
+/// §7.1.5: BYE, sent unsolicited, then the server closes; RFC 5530's
+/// UNAVAILABLE says it is temporary).
+const SHUTDOWN_BYE: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down, please reconnect.\r\n";
+
 impl<'a> Prelogin<'a> {
     /// A new pre-login phase for `client`, bounded by `server.prelogin_timeout`.
     pub fn new(core: &'a Core, policy: ImapPolicy, client: ClientInfo) -> Prelogin<'a> {
@@ -147,10 +152,16 @@ impl<'a> Prelogin<'a> {
                     continue;
                 }
                 Ok(Step::NeedMore) => {
-                    if !self.fill(s).await {
-                        return Outcome::Closed;
+                    let core = self.core;
+                    match core.prelogin_drain.unless_started(self.fill(s)).await {
+                        Some(true) => continue,
+                        Some(false) => return Outcome::Closed,
+                        None => {
+                            info!("director draining: closing before login");
+                            let _ = write_bytes(s, SHUTDOWN_BYE).await;
+                            return Outcome::Closed;
+                        }
                     }
-                    continue;
                 }
                 Err(e) => {
                     if self.refuse_input(s, &e).await.is_err() {

@@ -122,9 +122,15 @@ impl<'a> Prelogin<'a> {
     /// Runs the dialogue until login, STLS or the end.
     pub async fn run<S: Connection>(&mut self, s: &mut S) -> Outcome {
         loop {
-            let line = match self.read_line(s, PreloginLimit::Line).await {
-                Ok(line) => line,
-                Err(Close) => return Outcome::Closed,
+            let core = self.core;
+            let read = core
+                .prelogin_drain
+                .unless_started(self.read_line(s, PreloginLimit::Line))
+                .await;
+            let line = match read {
+                Some(Ok(line)) => line,
+                Some(Err(Close)) => return Outcome::Closed,
+                None => return self.refuse_next_command(s).await,
             };
             if let Err(limit) = self.budget.command() {
                 self.limit_reached(s, limit).await;
@@ -136,6 +142,23 @@ impl<'a> Prelogin<'a> {
                 Err(Close) => return Outcome::Closed,
             }
         }
+    }
+
+    /// The director drains: POP3 has no unsolicited reply (RFC 1939 §3),
+    /// so the client's next command is answered `-ERR [SYS/TEMP]` (RFC
+    /// 2449 §8.1.3: a temporary condition, try again later) and the
+    /// connection closes. A client that sends nothing more is closed with
+    /// the drain's end or its pre-login timeout, whichever comes first.
+    async fn refuse_next_command<S: Connection>(&mut self, s: &mut S) -> Outcome {
+        info!("director draining: the next command before login is refused");
+        if self.read_line(s, PreloginLimit::Line).await.is_ok() {
+            let _ = write_bytes(
+                s,
+                b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n",
+            )
+            .await;
+        }
+        Outcome::Closed
     }
 
     /// Reads one line within the byte budget: a command line

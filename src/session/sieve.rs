@@ -137,10 +137,23 @@ impl<'a> Prelogin<'a> {
             }
         }
         loop {
-            let args = match self.read_command(s).await {
-                Ok(Some(args)) => args,
-                Ok(None) => continue,
-                Err(Close) => return Outcome::Closed,
+            let core = self.core;
+            let args = match core
+                .prelogin_drain
+                .unless_started(self.read_command(s))
+                .await
+            {
+                Some(Ok(Some(args))) => args,
+                Some(Ok(None)) => continue,
+                Some(Err(Close)) => return Outcome::Closed,
+                None => {
+                    // RFC 5804 §1.3 and §2.12: BYE, with TRYLATER for a
+                    // temporary condition, may be sent at any time.
+                    info!("director draining: closing before login");
+                    let bye = b"BYE (TRYLATER) \"Server shutting down, please reconnect.\"\r\n";
+                    let _ = write_bytes(s, bye).await;
+                    return Outcome::Closed;
+                }
             };
             match self.handle(s, args).await {
                 Ok(None) => {}

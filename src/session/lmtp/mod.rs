@@ -149,9 +149,18 @@ impl<'a> Lmtp<'a> {
             if !self.input.buffered().contains(&b'\n') && self.flush(s).await.is_err() {
                 break Outcome::Closed;
             }
-            let line = match self.next_line(s).await {
-                Ok(line) => line,
-                Err(Close) => break Outcome::Closed,
+            let core = self.core;
+            let line = match core.prelogin_drain.unless_started(self.next_line(s)).await {
+                Some(Ok(line)) => line,
+                Some(Err(Close)) => break Outcome::Closed,
+                None => {
+                    // RFC 5321 §3.8 (LMTP inherits it, RFC 2033): a server
+                    // that shuts down answers 421 and closes; a transaction
+                    // without its final DATA reply is the client's to retry.
+                    info!("director draining: 421 to the LMTP client");
+                    self.reply("421 4.3.2 Service shutting down, try again later\r\n");
+                    break Outcome::Closed;
+                }
             };
             match self.handle(s, line).await {
                 Ok(None) => {}
