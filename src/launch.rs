@@ -47,11 +47,16 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
         .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
     let limits = Arc::new(Limits::new(&config.limits, backends.backends.len()));
     let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| Arc::new(crate::cluster_link::ClusterLink::new(c.name.clone())));
     let shared = Arc::new(Shared {
         config,
         user_key,
         tls,
         limits,
+        cluster: cluster.clone(),
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
     let mut director = start(shared.clone(), backends.clone(), control_tx.clone())
@@ -66,6 +71,7 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
             bound: *bound,
         })
         .collect();
+    let cluster_config = shared.config.cluster.clone();
     let control = control::start(
         shared,
         path,
@@ -79,6 +85,23 @@ pub fn launch_with_path(config: Config, path: Option<PathBuf>) -> Result<Directo
     .map_err(|e| LaunchError(e.to_string()))?;
     director.attach_control(control);
     director.admin_addr = Some(admin_addr);
+    // Cluster mode: the etcd thread. The director starts fenced (logins
+    // get a temporary failure) and serves once etcd has granted a lease.
+    if let (Some(link), Some(config)) = (cluster, cluster_config.as_ref()) {
+        let handle = crate::cluster::start(
+            config,
+            link,
+            director.core_mailboxes(),
+            admin_addr.to_string(),
+        )
+        .map_err(LaunchError)?;
+        director.attach_cluster(handle);
+        info!(
+            name = %config.name,
+            etcd = %config.etcd.join(","),
+            "cluster mode: connecting to etcd (fenced until a lease is held)"
+        );
+    }
     info!(addr = %admin_addr, "admin API ready");
     if let Some(path) = admin_socket {
         info!(path = %path.display(), "admin API socket ready");

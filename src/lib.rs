@@ -9,6 +9,8 @@ pub mod admin;
 pub mod alloc;
 pub mod backend;
 pub mod bufpool;
+pub mod cluster;
+pub mod cluster_link;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -143,6 +143,9 @@ enum CtlCli {
     /// Re-read the configuration file (as SIGHUP): print what changed, or
     /// every error and exit 1 (the old configuration stays in force).
     Reload,
+    /// The directors of the cluster, the leader, etcd's state (cluster
+    /// mode only).
+    Cluster,
 }
 
 /// Logs to standard error in `format` (`log.format`), filtered by
@@ -200,6 +203,7 @@ fn ctl(admin: Option<&str>, config: Option<&Path>, json: bool, command: CtlCli) 
         CtlCli::Kick { user } => CtlCommand::Kick(user),
         CtlCli::Move { user, backend } => CtlCommand::Move { user, backend },
         CtlCli::Reload => CtlCommand::Reload,
+        CtlCli::Cluster => CtlCommand::Cluster,
     };
     let (method, path) = cmd.request();
     let target = match ctl::Target::resolve(

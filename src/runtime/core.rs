@@ -38,6 +38,9 @@ pub struct Shared {
     /// A reload keeps the same counters unless `[limits]` or the number of
     /// backends changed; a connection keeps the ones it was counted in.
     pub limits: Arc<crate::limits::Limits>,
+    /// Cluster mode: the fence a login checks and the cluster's view;
+    /// `None` for a director on its own. Kept by a reload.
+    pub cluster: Option<Arc<crate::cluster_link::ClusterLink>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -143,6 +146,17 @@ pub enum CoreMsg {
         /// Answered.
         done: flume::Sender<()>,
     },
+    // -- cluster mode (src/cluster/fencing.rs) --
+    /// End every session on this core (the director is fenced: its lease
+    /// may expire); answer how many once their backend connections are
+    /// closed.
+    KickAll {
+        /// Why.
+        reason: KickReason,
+        /// Gets the number of sessions ended.
+        done: flume::Sender<usize>,
+    },
+    // -- end cluster mode --
     /// A snapshot of this core's counters.
     Stats {
         /// Gets the snapshot.
@@ -232,6 +246,17 @@ impl Core {
     /// starts and keeps them, so a reload changes only what comes after it.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.borrow().clone()
+    }
+
+    /// Cluster mode: whether this director is fenced (cut off from etcd
+    /// past its deadline), so logins get a temporary failure. One atomic
+    /// load; always false for a director on its own.
+    pub fn fenced(&self) -> bool {
+        self.shared
+            .borrow()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.fence.is_fenced())
     }
 
     /// Puts a reloaded configuration in force for new connections.
@@ -430,6 +455,11 @@ async fn mailbox_loop(
                 monoio::spawn(reply_when_closed(closed, done));
             }
             CoreMsg::EndKick { key } => core.sessions.end_kick(&key),
+            CoreMsg::KickAll { reason, done } => {
+                let closed = core.sessions.kick_where(reason, |_| false);
+                core.counters.kicked(closed.len());
+                monoio::spawn(reply_when_closed(closed, done));
+            }
             CoreMsg::WaitIdle { key, limit, done } => {
                 let core = core.clone();
                 monoio::spawn(async move {

@@ -37,6 +37,9 @@ pub struct Director {
     threads: Vec<JoinHandle<()>>,
     mailboxes: Vec<MailboxSender<CoreMsg>>,
     control: Option<ControlPlane>,
+    /// Cluster mode: the etcd thread, stopped after the cores have drained
+    /// (sessions are served under the lease until then).
+    cluster: Option<crate::cluster::ClusterHandle>,
     /// The addresses actually bound, in `[[listen]]` order (a port of 0 in
     /// the config is replaced by the one the kernel chose).
     pub listen_addrs: Vec<SocketAddr>,
@@ -160,6 +163,7 @@ pub fn start(
         threads,
         mailboxes: senders,
         control: None,
+        cluster: None,
         listen_addrs,
         admin_addr: None,
     };
@@ -262,6 +266,15 @@ impl Director {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(mut c) = self.cluster.take() {
+            c.stop();
+        }
+    }
+
+    /// Hands the running cluster thread to the director, which stops it
+    /// after the cores.
+    pub fn attach_cluster(&mut self, cluster: crate::cluster::ClusterHandle) {
+        self.cluster = Some(cluster);
     }
 }
 

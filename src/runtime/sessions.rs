@@ -34,6 +34,8 @@ pub enum KickReason {
     BackendDown,
     /// The director is shutting down.
     Shutdown,
+    /// The director is fenced: cut off from etcd, its lease may expire.
+    Fenced,
 }
 
 /// What a session and its registry entry share: the kick, and whether the

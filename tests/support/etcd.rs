@@ -1,0 +1,210 @@
+//! A real etcd cluster for the cluster-mode tests: N members of Debian's
+//! `etcd` 3.4, each on its own loopback address ([`LoopbackLease`]) with
+//! client port 2379 and peer port 2380, data in a temporary directory,
+//! `--heartbeat-interval 100 --election-timeout 1000` (etcd's defaults,
+//! said out loud). Members are stopped by PID when the cluster is dropped
+//! (continued first if a test stopped them).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::loopback::LoopbackLease;
+use super::procs::send_signal;
+use super::tempdir::TempDir;
+use super::tools::require_tool;
+
+/// One etcd member.
+pub struct EtcdMember {
+    child: Child,
+    lease: LoopbackLease,
+    name: String,
+}
+
+impl EtcdMember {
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("http://{}:2379", self.lease.addr())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its member name (`m0`, `m1`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A running etcd cluster.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    _dir: TempDir,
+}
+
+/// True if etcd and etcdctl are installed (skip locally, fail on CI).
+pub fn require_etcd() -> bool {
+    require_tool("etcd") && require_tool("etcdctl")
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster has a leader.
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = TempDir::new().expect("temp dir");
+        let leases: Vec<LoopbackLease> = (0..n).map(|_| LoopbackLease::acquire()).collect();
+        let initial: Vec<String> = leases
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("m{i}=http://{}:2380", l.addr()))
+            .collect();
+        let token = format!("mailpin-test-{}-{}", std::process::id(), leases[0].addr());
+        let mut members = Vec::new();
+        for (i, lease) in leases.into_iter().enumerate() {
+            let name = format!("m{i}");
+            let addr = lease.addr();
+            let data = dir.path().join(&name);
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+            let child = Command::new("etcd")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &format!("http://{addr}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{addr}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{addr}:2380")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{addr}:2380"),
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &token])
+                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start etcd");
+            members.push(EtcdMember { child, lease, name });
+        }
+        let cluster = EtcdCluster { members, _dir: dir };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every member reports health (a leader, quorum).
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for m in &self.members {
+            let addr: SocketAddr = format!("{}:2379", m.lease.addr()).parse().unwrap();
+            loop {
+                if healthy(addr) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} not healthy",
+                    m.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[EtcdMember] {
+        &self.members
+    }
+
+    /// Every client URL, as a TOML array.
+    pub fn toml_endpoints(&self) -> String {
+        let urls: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{:?}", m.url()))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// The index of the raft leader, asked of the members that answer.
+    pub fn leader(&self) -> Option<usize> {
+        for m in &self.members {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &m.url(), "--command-timeout=2s"])
+                .args(["endpoint", "status", "-w", "json"])
+                .output()
+                .ok()?;
+            let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let status = &v[0]["Status"];
+            let leader = status["leader"].as_u64();
+            let me = status["header"]["member_id"].as_u64();
+            if let (Some(leader), Some(me)) = (leader, me) {
+                if leader == me {
+                    return Some(self.index_of(&m.url()));
+                }
+                // Ask the others which one that is.
+                for (i, other) in self.members.iter().enumerate() {
+                    let out = Command::new("etcdctl")
+                        .env("ETCDCTL_API", "3")
+                        .args(["--endpoints", &other.url(), "--command-timeout=2s"])
+                        .args(["endpoint", "status", "-w", "json"])
+                        .output()
+                        .ok()?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    if v[0]["Status"]["header"]["member_id"].as_u64() == Some(leader) {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn index_of(&self, url: &str) -> usize {
+        self.members.iter().position(|m| m.url() == url).unwrap()
+    }
+
+    /// SIGSTOPs member `i` (it hangs: connections stay open, nothing answers).
+    pub fn pause(&self, i: usize) {
+        send_signal(self.members[i].pid(), libc::SIGSTOP);
+    }
+
+    /// SIGCONTs member `i`.
+    pub fn resume(&self, i: usize) {
+        send_signal(self.members[i].pid(), libc::SIGCONT);
+    }
+}
+
+/// Whether the member at `addr` answers `/health` with a leader (bounded:
+/// a stopped member must not hang the test).
+fn healthy(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.starts_with("HTTP/1.1 200") && body.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            send_signal(m.pid(), libc::SIGCONT);
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+    }
+}
