@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod dev;
+pub mod devcluster;
 pub mod devmode;
 pub mod health;
 pub mod io;

@@ -73,6 +73,11 @@ enum Command {
         /// ManageSieve 14190, admin API 9120; any user name, password "dev".
         #[arg(long, conflicts_with = "config")]
         dev: bool,
+        /// With --dev: also start a local 3-member etcd (etcd on PATH;
+        /// clients on 127.0.0.1:12379, 12479, 12579) and a second director
+        /// (mail ports + 1000, admin 9121), both in cluster mode.
+        #[arg(long, requires = "dev")]
+        cluster: bool,
     },
     /// Validate a configuration: exit 0, or print every problem and exit 1.
     ///
@@ -183,9 +188,15 @@ fn main() -> ExitCode {
             json,
             command,
         } => ctl(admin.as_deref(), config.as_deref(), json, command),
-        Command::Run { config, dev } => {
+        Command::Run {
+            config,
+            dev,
+            cluster,
+        } => {
             signals::block();
-            if dev {
+            if dev && cluster {
+                run_dev_cluster()
+            } else if dev {
                 run_dev()
             } else {
                 run(&config)
@@ -272,6 +283,65 @@ fn run(path: &PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `run --dev --cluster`: the local etcd, the dev backends, two directors.
+fn run_dev_cluster() -> ExitCode {
+    init_logging(LogFormat::Text);
+    let etcd = match mailpin::devcluster::LocalEtcd::start() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let setup = match devmode::setup(DevPorts::STANDARD) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut directors = Vec::new();
+    for config in mailpin::devcluster::director_configs(&setup.config) {
+        match launch(config) {
+            Ok(d) => directors.push(d),
+            Err(e) => {
+                eprintln!("mailpin: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{}",
+        devmode::banner(&setup, &directors[0].listen_addrs, directors[0].admin_addr)
+    );
+    println!(
+        "  cluster mode: etcd members {:?} (PIDs {:?}, data in {})\n  \
+         director d1: the ports above; director d2: mail ports + 1000, admin {}\n  \
+         try: mailpin ctl --admin 127.0.0.1:9120 cluster\n",
+        mailpin::devcluster::LocalEtcd::urls(),
+        etcd.pids(),
+        etcd.dir().display(),
+        directors[1]
+            .admin_addr
+            .map_or_else(String::new, |a| a.to_string()),
+    );
+    loop {
+        match signals::wait() {
+            signals::Signal::Stop(name) => {
+                tracing::info!(signal = name, "stopping both directors, then etcd");
+                break;
+            }
+            other => tracing::info!(?other, "ignored in dev cluster mode"),
+        }
+    }
+    for mut d in directors {
+        d.stop();
+    }
+    drop(setup);
+    drop(etcd);
+    ExitCode::SUCCESS
 }
 
 fn run_dev() -> ExitCode {
