@@ -3,6 +3,7 @@
 //! once always agree on one backend per user, exactly one of them creates
 //! each assignment, and a burst of claims goes through the group commit.
 //! Login routing does not use the store yet; this tests the store itself.
+#![cfg(feature = "cluster")]
 
 mod support;
 
