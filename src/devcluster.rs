@@ -80,26 +80,17 @@ impl LocalEtcd {
             let name = format!("m{}", i + 1);
             let log = std::fs::File::create(local.dir.join(format!("{name}.log")))
                 .map_err(|e| LaunchError(format!("etcd log: {e}")))?;
+            let client_url = format!("http://127.0.0.1:{client}");
             let child = Command::new(&etcd)
-                .args(["--name", &name])
-                .arg("--data-dir")
-                .arg(local.dir.join(&name))
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "mailpin-dev"])
+                .args(etcd_member_args(&EtcdMember {
+                    name: &name,
+                    data_dir: &local.dir.join(&name),
+                    listen_client: &client_url,
+                    advertise_client: &client_url,
+                    peer: &format!("http://127.0.0.1:{peer}"),
+                    initial_cluster: &initial.join(","),
+                    token: "mailpin-dev",
+                }))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -144,10 +135,56 @@ impl Drop for LocalEtcd {
     }
 }
 
-/// Whether the member on `port` answers `/health` with a leader.
+/// One member of a static etcd cluster, for [`etcd_member_args`].
+pub struct EtcdMember<'a> {
+    /// Its name in `initial_cluster`.
+    pub name: &'a str,
+    /// Its data directory.
+    pub data_dir: &'a Path,
+    /// The client URL it listens on.
+    pub listen_client: &'a str,
+    /// The client URL it advertises.
+    pub advertise_client: &'a str,
+    /// Its peer URL (listened on and advertised).
+    pub peer: &'a str,
+    /// Every member as `name=peer-url`, comma-separated.
+    pub initial_cluster: &'a str,
+    /// The cluster token (distinct per cluster).
+    pub token: &'a str,
+}
+
+/// The command-line arguments of one member of a new static cluster, with
+/// etcd's default timing said out loud (heartbeat 100 ms, election 1 s);
+/// also used by the tests.
+pub fn etcd_member_args(m: &EtcdMember) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut pair = |k: &str, v: &std::ffi::OsStr| {
+        args.push(k.into());
+        args.push(v.to_owned());
+    };
+    pair("--name", m.name.as_ref());
+    pair("--data-dir", m.data_dir.as_os_str());
+    pair("--listen-client-urls", m.listen_client.as_ref());
+    pair("--advertise-client-urls", m.advertise_client.as_ref());
+    pair("--listen-peer-urls", m.peer.as_ref());
+    pair("--initial-advertise-peer-urls", m.peer.as_ref());
+    pair("--initial-cluster", m.initial_cluster.as_ref());
+    pair("--initial-cluster-state", "new".as_ref());
+    pair("--initial-cluster-token", m.token.as_ref());
+    pair("--heartbeat-interval", "100".as_ref());
+    pair("--election-timeout", "1000".as_ref());
+    args
+}
+
+/// Whether the member on 127.0.0.1:`port` answers `/health` with a leader.
 fn healthy(port: u16) -> bool {
+    etcd_healthy(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Whether the etcd member at `addr` answers `/health` with a leader
+/// (bounded: a hung member answers false; also used by the tests).
+pub fn etcd_healthy(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
         return false;
     };

@@ -42,13 +42,22 @@ enum LeaseEnd {
 /// Holds a lease, registers and campaigns, forever: one lease after the
 /// other.
 pub async fn run(ctx: &Context) {
+    // A lease this director lost track of: it may live on in etcd (a new
+    // etcd leader extends every lease by a TTL), holding the director's
+    // name, so it is revoked before the name is registered again.
+    let mut previous: Option<i64> = None;
     loop {
+        if let Some(old) = previous {
+            if revoke(ctx, old).await {
+                previous = None;
+            }
+        }
         let Some((lease, granted_at)) = grant(ctx).await else {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
         if !register(ctx, lease).await {
-            revoke(ctx, lease).await;
+            let _ = revoke(ctx, lease).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
@@ -62,6 +71,7 @@ pub async fn run(ctx: &Context) {
         };
         ctx.lease.set(None);
         ctx.connected.set(false);
+        previous = Some(lease);
         match end {
             LeaseEnd::Expired => {
                 ClusterCounters::bump(&ctx.link.counters.lease_expiries);
@@ -116,11 +126,18 @@ async fn grant(ctx: &Context) -> Option<(i64, Instant)> {
     }
 }
 
-/// Revokes a lease (best effort: it expires by itself otherwise).
-pub async fn revoke(ctx: &Context, lease: i64) {
+/// Revokes a lease (best effort: it expires by itself otherwise); true
+/// once etcd no longer has it.
+pub async fn revoke(ctx: &Context, lease: i64) -> bool {
     let ep = ctx.lease_endpoint.get();
-    if let Ok(mut client) = ctx.endpoints.client(ep).await {
-        let _ = bounded(CALL_TIMEOUT, client.lease_revoke(lease)).await;
+    let result = async {
+        let mut client = ctx.endpoints.client(ep).await?;
+        bounded(CALL_TIMEOUT, client.lease_revoke(lease)).await
+    }
+    .await;
+    match result {
+        Ok(_) => true,
+        Err(e) => e.contains("not found"),
     }
 }
 

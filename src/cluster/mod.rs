@@ -132,7 +132,7 @@ pub fn start(
                 // others know at once.
                 ctx.link.fence.close();
                 if let Some(lease) = ctx.lease.take() {
-                    membership::revoke(&ctx, lease).await;
+                    let _ = membership::revoke(&ctx, lease).await;
                 }
                 tracing::info!("left the cluster");
             });

@@ -297,6 +297,29 @@ mod tests {
         );
     }
 
+    const MINIMAL: &str = "[[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:10143\"\n\
+        plaintext_auth = true\n\n[[backend]]\nname = \"mail1\"\nhost = \"10.0.0.11\"\n\n";
+
+    #[test]
+    fn every_key_parses_from_toml_and_errors_are_located() {
+        let text = format!(
+            "{MINIMAL}[cluster]\netcd = [\"https://10.0.0.1:2379\"]\nprefix = \"/m\"\nname = \"d7\"\n\
+             lease_ttl = \"6s\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             user = \"mailpin\"\npassword_file = \"etcd-pw\"\n"
+        );
+        let config = crate::config::Config::from_toml_str(&text).expect("valid");
+        let c = config.cluster.expect("[cluster]");
+        assert_eq!(c.name, "d7");
+        assert_eq!(c.lease_ttl, Duration::from_secs(6));
+        assert_eq!(c.ca, PathBuf::from("ca.pem"));
+        assert_eq!(c.user, "mailpin");
+        let bad = format!("{MINIMAL}[cluster]\nlease_ttl = \"1s\"\nttl = 3\n");
+        let e = crate::config::Config::from_toml_str(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ttl"), "{e}");
+    }
+
     #[test]
     fn tls_settings_need_https_and_go_together() {
         let c = ClusterConfig {

@@ -6,6 +6,8 @@
 //! (continued first if a test stopped them).
 
 use std::net::SocketAddr;
+
+use mailpin::devcluster::{etcd_healthy, etcd_member_args, EtcdMember as MemberArgs};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,21 +68,17 @@ impl EtcdCluster {
             let addr = lease.addr();
             let data = dir.path().join(&name);
             let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+            let client = format!("http://{addr}:2379");
             let child = Command::new("etcd")
-                .args(["--name", &name])
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--listen-client-urls", &format!("http://{addr}:2379")])
-                .args(["--advertise-client-urls", &format!("http://{addr}:2379")])
-                .args(["--listen-peer-urls", &format!("http://{addr}:2380")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://{addr}:2380"),
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &token])
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+                .args(etcd_member_args(&MemberArgs {
+                    name: &name,
+                    data_dir: &data,
+                    listen_client: &client,
+                    advertise_client: &client,
+                    peer: &format!("http://{addr}:2380"),
+                    initial_cluster: &initial.join(","),
+                    token: &token,
+                }))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -99,7 +97,7 @@ impl EtcdCluster {
         for m in &self.members {
             let addr: SocketAddr = format!("{}:2379", m.lease.addr()).parse().unwrap();
             loop {
-                if healthy(addr) {
+                if etcd_healthy(addr) {
                     break;
                 }
                 assert!(
@@ -179,24 +177,6 @@ impl EtcdCluster {
     pub fn resume(&self, i: usize) {
         send_signal(self.members[i].pid(), libc::SIGCONT);
     }
-}
-
-/// Whether the member at `addr` answers `/health` with a leader (bounded:
-/// a stopped member must not hang the test).
-fn healthy(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.starts_with("HTTP/1.1 200") && body.contains("\"health\":\"true\"")
 }
 
 impl Drop for EtcdCluster {

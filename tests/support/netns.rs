@@ -11,6 +11,8 @@
 //! (and with it the veth pair) deleted.
 
 use std::net::SocketAddr;
+
+use mailpin::devcluster::{etcd_healthy, etcd_member_args, EtcdMember};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,23 +102,18 @@ impl PartitionedEtcd {
             let name = format!("m{i}");
             let log =
                 std::fs::File::create(this._dir.path().join(format!("{name}.log"))).expect("log");
+            let peer_url = format!("http://127.0.0.1:{}", port + 1);
             let child = Command::new("ip")
-                .args(["netns", "exec", &ns, "etcd", "--name", &name])
-                .arg("--data-dir")
-                .arg(this._dir.path().join(&name))
-                .args(["--listen-client-urls", &format!("http://0.0.0.0:{port}")])
-                .args(["--advertise-client-urls", &format!("http://{ns_ip}:{port}")])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", port + 1),
-                ])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{}", port + 1),
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+                .args(["netns", "exec", &ns, "etcd"])
+                .args(etcd_member_args(&EtcdMember {
+                    name: &name,
+                    data_dir: &this._dir.path().join(&name),
+                    listen_client: &format!("http://0.0.0.0:{port}"),
+                    advertise_client: &format!("http://{ns_ip}:{port}"),
+                    peer: &peer_url,
+                    initial_cluster: &initial.join(","),
+                    token: &ns,
+                }))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -127,7 +124,7 @@ impl PartitionedEtcd {
         let deadline = Instant::now() + Duration::from_secs(30);
         for port in CLIENT_PORTS {
             let addr: SocketAddr = format!("{ns_ip}:{port}").parse().unwrap();
-            while !healthy(addr) {
+            while !etcd_healthy(addr) {
                 assert!(Instant::now() < deadline, "etcd in {ns} not healthy");
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -170,23 +167,6 @@ impl PartitionedEtcd {
         let out = self.etcdctl(&["get", key, "--keys-only"]);
         String::from_utf8_lossy(&out.stdout).contains(key)
     }
-}
-
-/// Whether the member at `addr` answers `/health` with a leader.
-fn healthy(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.starts_with("HTTP/1.1 200") && body.contains("\"health\":\"true\"")
 }
 
 impl Drop for PartitionedEtcd {
