@@ -403,6 +403,7 @@ mod tests {
             "/users/{user}/kick",
             "/users/{user}/move",
             "/reload",
+            "/cluster",
         ];
         for path in routed {
             assert!(paths.contains_key(path), "{path} is documented");
