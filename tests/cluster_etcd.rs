@@ -14,36 +14,53 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::Value;
 use support::etcd::{require_etcd, EtcdCluster};
 use support::mailpin::{http, Mailpin};
 use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
 
-/// A director config in cluster mode with an IMAP and a POP3 listener in
-/// front of `backends` (host, imap port, pop3 port).
-fn director_config(
-    etcd: &EtcdCluster,
-    name: &str,
-    ttl: &str,
-    backends: &[(String, u16, u16)],
-) -> String {
+/// A director config in cluster mode with IMAP, POP3, LMTP and
+/// ManageSieve listeners (in that order) in front of `backends`.
+fn director_config(etcd: &EtcdCluster, name: &str, ttl: &str, backends: &[BackendPorts]) -> String {
     let mut c = format!(
         "[server]\ncores = 1\n\n[cluster]\netcd = {}\nprefix = \"/mailpin-test\"\nname = \"{name}\"\nlease_ttl = \"{ttl}\"\n\n\
          [[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n\
-         [[listen]]\nprotocol = \"pop3\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n",
+         [[listen]]\nprotocol = \"pop3\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n\
+         [[listen]]\nprotocol = \"lmtp\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\n\n\
+         [[listen]]\nprotocol = \"sieve\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n",
         etcd.toml_endpoints()
     );
-    for (i, (host, imap, pop3)) in backends.iter().enumerate() {
+    for (i, b) in backends.iter().enumerate() {
         c.push_str(&format!(
-            "[[backend]]\nname = \"b{i}\"\nhost = \"{host}\"\nimap = {imap}\npop3 = {pop3}\n\n"
+            "[[backend]]\nname = \"b{i}\"\nhost = \"{}\"\nimap = {}\npop3 = {}\nlmtp = {}\nsieve = {}\n\n",
+            b.host, b.imap, b.pop3, b.lmtp, b.sieve
         ));
     }
     c
 }
 
+/// Where a backend listens.
+struct BackendPorts {
+    host: String,
+    imap: u16,
+    pop3: u16,
+    lmtp: u16,
+    sieve: u16,
+}
+
+/// The listeners of [`director_config`].
+const LISTENERS: usize = 4;
+
 /// A backend nobody listens on (the membership tests route no one).
-fn no_backend() -> Vec<(String, u16, u16)> {
-    vec![("127.0.0.1".into(), 1, 1)]
+fn no_backend() -> Vec<BackendPorts> {
+    vec![BackendPorts {
+        host: "127.0.0.1".into(),
+        imap: 1,
+        pop3: 1,
+        lmtp: 1,
+        sieve: 1,
+    }]
 }
 
 fn get_json(m: &Mailpin, path: &str) -> (u16, Value) {
@@ -92,6 +109,22 @@ fn wait_until(
     start.elapsed()
 }
 
+/// Reads ManageSieve lines up to a status line (OK, NO, BYE); returns it.
+fn sieve_status(c: &mut LineClient) -> String {
+    for _ in 0..100 {
+        let line = c.read_line().expect("a ManageSieve line");
+        let word = line
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        if ["OK", "NO", "BYE"].contains(&word.as_str()) {
+            return line;
+        }
+    }
+    panic!("no ManageSieve status line");
+}
+
 fn names(view: &Value) -> Vec<String> {
     view["directors"]
         .as_array()
@@ -109,8 +142,14 @@ fn two_directors_agree_on_the_leader_and_a_dead_leader_is_replaced_after_its_lea
         return;
     }
     let etcd = EtcdCluster::start(3);
-    let mut d1 = Mailpin::start(&director_config(&etcd, "d1", "3s", &no_backend()), 2);
-    let mut d2 = Mailpin::start(&director_config(&etcd, "d2", "3s", &no_backend()), 2);
+    let mut d1 = Mailpin::start(
+        &director_config(&etcd, "d1", "3s", &no_backend()),
+        LISTENERS,
+    );
+    let mut d2 = Mailpin::start(
+        &director_config(&etcd, "d2", "3s", &no_backend()),
+        LISTENERS,
+    );
     let agreed = wait_until(
         &[&d1, &d2],
         Duration::from_secs(15),
@@ -178,7 +217,10 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
         return;
     }
     let etcd = EtcdCluster::start(3);
-    let d1 = Mailpin::start(&director_config(&etcd, "d1", "6s", &no_backend()), 2);
+    let d1 = Mailpin::start(
+        &director_config(&etcd, "d1", "6s", &no_backend()),
+        LISTENERS,
+    );
     wait_until(
         &[&d1],
         Duration::from_secs(15),
@@ -255,9 +297,15 @@ fn a_director_without_quorum_fences_then_serves_again() {
     }
     let dovecot = DovecotCluster::start(1, DovecotOptions::default());
     let inst = dovecot.instance(0);
-    let backends = vec![(inst.addr().to_string(), inst.imap_port(), inst.pop3_port())];
+    let backends = vec![BackendPorts {
+        host: inst.addr().to_string(),
+        imap: inst.imap_port(),
+        pop3: inst.pop3_port(),
+        lmtp: inst.lmtp_port(),
+        sieve: inst.sieve_port(),
+    }];
     let etcd = EtcdCluster::start(3);
-    let d1 = Mailpin::start(&director_config(&etcd, "d1", "3s", &backends), 2);
+    let d1 = Mailpin::start(&director_config(&etcd, "d1", "3s", &backends), LISTENERS);
     wait_until(&[&d1], Duration::from_secs(15), "serving", || {
         get_json(&d1, "/cluster").1["etcd"]["fenced"] == false
     });
@@ -312,8 +360,24 @@ fn a_director_without_quorum_fences_then_serves_again() {
     p.send_line("PASS pass").unwrap();
     let answer = p.read_line().unwrap();
     assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+    let mut l = LineClient::connect(d1.listen[2]).expect("connect");
+    l.smtp_reply().expect("greeting");
+    l.send_line("LHLO test").unwrap();
+    l.smtp_reply().unwrap();
+    l.send_line("MAIL FROM:<a@example.org>").unwrap();
+    l.smtp_reply().unwrap();
+    l.send_line(&format!("RCPT TO:<{user}>")).unwrap();
+    let rcpt = l.smtp_reply().unwrap();
+    assert!(rcpt.last().unwrap().starts_with("451 4.4.0"), "{rcpt:?}");
+    let mut m = LineClient::connect(d1.listen[3]).expect("connect");
+    sieve_status(&mut m);
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pass"));
+    m.send_line(&format!("AUTHENTICATE \"PLAIN\" \"{plain}\""))
+        .unwrap();
+    let answer = sieve_status(&mut m);
+    assert!(answer.starts_with("NO (TRYLATER)"), "{answer}");
     let refused_in = t.elapsed();
-    eprintln!("two refusals took {refused_in:?}");
+    eprintln!("four refusals took {refused_in:?}");
     assert!(refused_in < Duration::from_secs(1), "{refused_in:?}");
 
     // Quorum back: a fresh lease, and logins are served again.
