@@ -394,3 +394,55 @@ fn a_director_without_quorum_fences_then_serves_again() {
     assert!(r.is_ok(), "{}", r.status);
     assert_eq!(metric(&d1, "mailpin_cluster_fences_total"), 1);
 }
+
+#[test]
+fn a_watch_that_fell_behind_a_compaction_reads_everything_again() {
+    if !require_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    // The director's first endpoint (where its watch sits) is a member
+    // that is not the raft leader, so hanging it stalls no write.
+    let raft_leader = etcd.leader().expect("an etcd leader");
+    let watched = (raft_leader + 1) % 3;
+    let config = director_config(&etcd, "d1", "6s", &no_backend())
+        .replace(&etcd.toml_endpoints(), &etcd.toml_endpoints_from(watched));
+    let d1 = Mailpin::start(&config, LISTENERS);
+    wait_until(&[&d1], Duration::from_secs(15), "leading", || {
+        get_json(&d1, "/cluster").1["leader"] == "d1"
+    });
+    // Hang the watched member, then write and compact through the raft
+    // leader within the 3 s the watch needs to notice: the watch's next
+    // revision is gone when it is re-created.
+    etcd.pause(watched);
+    let other = etcd.members()[raft_leader].url();
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &other, "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let record = r#"{"admin":"x","since":"2026-01-01T00:00:00Z","version":"0"}"#;
+    etcdctl(&["put", "/mailpin-test/v1/directors/dx", record]);
+    // Compaction keeps the revision it is done at: write past dx's.
+    etcdctl(&["put", "/elsewhere", "1"]);
+    let status = etcdctl(&["endpoint", "status", "-w", "json"]);
+    let v: Value = serde_json::from_str(&status).unwrap();
+    let revision = v[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    etcdctl(&["compact", &revision.to_string()]);
+    let took = wait_until(&[&d1], Duration::from_secs(10), "resync", || {
+        metric(&d1, "mailpin_cluster_watch_resyncs_total") >= 1
+            && names(&get_json(&d1, "/cluster").1).contains(&"dx".to_owned())
+    });
+    eprintln!("resynced {took:?} after the compaction");
+    etcd.resume(watched);
+    assert_eq!(metric(&d1, "mailpin_cluster_fences_total"), 0);
+}

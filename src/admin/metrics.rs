@@ -286,7 +286,7 @@ fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
     use crate::cluster_link::ClusterCounters;
     let view = link.view();
     let c = &link.counters;
-    let series: [(&str, &str, &str, u64); 8] = [
+    let series: [(&str, &str, &str, u64); 9] = [
         (
             "cluster_etcd_connected",
             "gauge",
@@ -334,6 +334,12 @@ fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
             "counter",
             "Watches re-created (silent, broken or cancelled).",
             ClusterCounters::read(&c.watch_restarts),
+        ),
+        (
+            "cluster_watch_resyncs_total",
+            "counter",
+            "Full reads after the watch's revision was compacted away.",
+            ClusterCounters::read(&c.resyncs),
         ),
     ];
     for (name, kind, help, value) in series {

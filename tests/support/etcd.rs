@@ -117,10 +117,14 @@ impl EtcdCluster {
 
     /// Every client URL, as a TOML array.
     pub fn toml_endpoints(&self) -> String {
-        let urls: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{:?}", m.url()))
+        self.toml_endpoints_from(0)
+    }
+
+    /// Every client URL as a TOML array, member `first` first.
+    pub fn toml_endpoints_from(&self, first: usize) -> String {
+        let n = self.members.len();
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("{:?}", self.members[(first + i) % n].url()))
             .collect();
         format!("[{}]", urls.join(", "))
     }
