@@ -4,11 +4,17 @@
 //! down. The director must close its sessions (backend side first) and
 //! refuse logins *before* etcd lets its lease expire — its registration is
 //! still in etcd, seen from inside the namespace, when its session is
-//! closed — and serve again once the link is back.
+//! closed. A second director inside the namespace (still with etcd)
+//! becomes the leader only after that lease has expired. The cut-off
+//! director serves again once the link is back.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use mailpin::cluster_link::ClusterLink;
+use mailpin::config::ClusterConfig;
 
 use support::mailpin::{http, Mailpin};
 use support::netns::{require_netns, PartitionedEtcd};
@@ -59,6 +65,24 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
         fenced(&d1) == Some(false)
     });
     assert!(etcd.has_key("/part/v1/directors/d1"));
+    // d2: a cluster thread (no listeners) inside etcd's namespace, started
+    // after d1 leads, so it follows.
+    let d2_config = ClusterConfig {
+        etcd: etcd.inside_urls(),
+        prefix: "/part".into(),
+        name: "d2".into(),
+        lease_ttl: Duration::from_secs(4),
+        ..ClusterConfig::default()
+    };
+    let d2_link = Arc::new(ClusterLink::new("d2"));
+    let link = d2_link.clone();
+    let _d2 = etcd.run_inside(move || {
+        mailpin::cluster::start(&d2_config, link, Vec::new(), "inside".into()).expect("d2")
+    });
+    wait_until(&d1, Duration::from_secs(15), "d2 follows d1", || {
+        let v = d2_link.view();
+        v.leader.as_deref() == Some("d1") && v.directors.len() == 2
+    });
     let user = dovecot.user(1);
     let mut held = LineClient::connect(d1.listen[0]).expect("connect");
     held.read_line().expect("greeting");
@@ -80,6 +104,11 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     assert!(
         still_registered,
         "etcd expired the lease before the director closed its session"
+    );
+    assert_eq!(
+        d2_link.view().leader.as_deref(),
+        Some("d1"),
+        "d2 took over before d1 had fenced"
     );
     assert!(fenced_after < Duration::from_secs(4), "{fenced_after:?}");
     assert!(
@@ -103,6 +132,13 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     let expired_after = cut.elapsed();
     eprintln!("lease expired in etcd {expired_after:?} after the cut");
     assert!(expired_after > fenced_after);
+    // The director that still has etcd takes over only now.
+    let t = Instant::now();
+    wait_until(&d1, Duration::from_secs(5), "d2 leads", || {
+        d2_link.view().leader.as_deref() == Some("d2")
+    });
+    eprintln!("d2 leads {:?} after the cut", cut.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3));
 
     etcd.heal();
     let t = Instant::now();
@@ -114,4 +150,7 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     let mut c = LineClient::connect(d1.listen[0]).expect("connect");
     c.read_line().expect("greeting");
     assert!(c.imap(&format!("LOGIN {user} pass")).unwrap().is_ok());
+    wait_until(&d1, Duration::from_secs(10), "d2 sees d1 back", || {
+        d2_link.view().directors.len() == 2
+    });
 }

@@ -162,6 +162,31 @@ impl PartitionedEtcd {
             .expect("etcdctl")
     }
 
+    /// Runs `f` on a new thread that has entered the namespace; threads it
+    /// starts stay inside (a second director's cluster thread, say).
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("namespace file");
+            // SAFETY: a valid namespace descriptor; entering a network
+            // namespace changes only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in the namespace")
+    }
+
+    /// The client URLs as seen from inside the namespace.
+    pub fn inside_urls(&self) -> Vec<String> {
+        CLIENT_PORTS
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
     /// Whether `key` exists (asked inside the namespace).
     pub fn has_key(&self, key: &str) -> bool {
         let out = self.etcdctl(&["get", key, "--keys-only"]);
