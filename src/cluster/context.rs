@@ -36,6 +36,9 @@ pub struct Context {
     pub seen: RefCell<Seen>,
     /// The last error talking to etcd.
     pub last_error: RefCell<Option<String>>,
+    /// Woken by the watch when the leader key goes: campaign at once
+    /// rather than at the next tick.
+    pub leader_gone: tokio::sync::Notify,
 }
 
 /// What the watch has seen of the cluster.

@@ -15,7 +15,8 @@
 //! (`create_revision == 0`); it vanishes with the leader's lease. The
 //! leader puts `tick` every [`TICK`], guarded by the leader key's
 //! create revision, so a deposed leader cannot tick: every director's
-//! watch expects a tick and re-creates itself when none comes.
+//! watch expects a tick and re-creates itself when none comes. A follower
+//! campaigns every tick, and at once when its watch sees the leader key go.
 
 use std::time::{Duration, Instant};
 
@@ -348,6 +349,10 @@ async fn lead(ctx: &Context, lease: i64) {
                 ctx.failed("leader", e);
             }
         }
-        tokio::time::sleep(TICK).await;
+        // A follower campaigns again at once when the leader key goes.
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = ctx.leader_gone.notified(), if leading.is_none() => {}
+        }
     }
 }

@@ -109,6 +109,7 @@ pub fn start(
         connected: Cell::new(false),
         seen: RefCell::new(context::Seen::default()),
         last_error: RefCell::new(None),
+        leader_gone: tokio::sync::Notify::new(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (claims_tx, claims_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -113,6 +113,9 @@ pub async fn run(ctx: &Context) {
                             leader = seen.leader.as_deref(),
                             "the cluster's leader changed"
                         );
+                        if seen.leader.is_none() {
+                            ctx.leader_gone.notify_one();
+                        }
                     }
                     _ => {}
                 }
