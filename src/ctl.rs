@@ -157,6 +157,8 @@ pub enum CtlCommand {
     Reload,
     /// `upgrade`
     Upgrade,
+    /// `cluster`
+    Cluster,
 }
 
 /// Why a ctl command failed.
@@ -223,6 +225,7 @@ impl CtlCommand {
             CtlCommand::Kick(u) => ("POST", format!("/users/{}/kick", encode_segment(u))),
             CtlCommand::Reload => ("POST", "/reload".into()),
             CtlCommand::Upgrade => ("POST", "/upgrade".into()),
+            CtlCommand::Cluster => ("GET", "/cluster".into()),
             CtlCommand::Move { user, backend } => (
                 "POST",
                 format!(
@@ -449,7 +452,60 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
             s(&v["backend"]),
             s(&v["closed_sessions"])
         ),
+        CtlCommand::Cluster => render_cluster(v),
     }
+}
+
+/// `ctl cluster`: who this director is, the leader, etcd, the directors.
+fn render_cluster(v: &Value) -> String {
+    let etcd = &v["etcd"];
+    let state = if etcd["fenced"].as_bool() == Some(true) {
+        "FENCED (serving nothing)"
+    } else if etcd["connected"].as_bool() == Some(true) {
+        "connected"
+    } else {
+        "reconnecting"
+    };
+    let mut out = format!(
+        "director {}  leader {}\netcd {}  via {}  lease {} (ttl {}s)  revision {}",
+        s(&v["name"]),
+        s(&v["leader"]),
+        state,
+        s(&etcd["endpoint"]),
+        s(&etcd["lease"]),
+        s(&etcd["lease_ttl"]),
+        s(&etcd["revision"]),
+    );
+    if let Some(e) = etcd["last_error"].as_str() {
+        out.push_str(&format!("\nlast error: {e}"));
+    }
+    let rows: Vec<Vec<String>> = v["directors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let leader = if d["leader"].as_bool() == Some(true) {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    vec![
+                        s(&d["name"]),
+                        leader.to_owned(),
+                        s(&d["admin"]),
+                        s(&d["since"]),
+                        s(&d["version"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push('\n');
+    out.push_str(&table(
+        &["DIRECTOR", "LEADER", "ADMIN", "SINCE", "VERSION"],
+        &rows,
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct Director {
     pub admin_addr: Option<SocketAddr>,
     /// Copies of the admin API's sockets, which a binary upgrade passes on.
     admin_sockets: AdminSockets,
+    /// Cluster mode: the etcd thread, stopped after the cores have drained
+    /// (sessions are served under the lease until then).
+    cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// Copies of the admin API's listening sockets (the control thread serves
@@ -71,6 +74,11 @@ impl Director {
     /// hand-over).
     pub fn running_cores(&self) -> &Cores {
         &self.cores
+    }
+
+    /// Whether this director runs in cluster mode (`[cluster]`).
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Asks the control plane to re-read the configuration file.
@@ -109,6 +117,7 @@ impl Director {
         }
         self.remove_admin_socket();
         self.cores.stop();
+        self.stop_cluster();
     }
 
     /// Old process after a hand-over: the cores drain (pre-login clients
@@ -118,10 +127,17 @@ impl Director {
     /// until the last session ended.
     pub fn drain_after_hand_over(&mut self) {
         self.cores.stop();
+        self.stop_cluster();
         if let Some(mut c) = self.control.take() {
             c.stop();
         }
         self.remove_admin_socket();
+    }
+
+    fn stop_cluster(&mut self) {
+        if let Some(mut c) = self.cluster.take() {
+            c.stop();
+        }
     }
 
     fn remove_admin_socket(&mut self) {
@@ -196,11 +212,16 @@ pub fn launch_from(
         .map_err(|e| LaunchError(format!("admin.listen: {e}")))?;
     let limits = Arc::new(Limits::new(&config.limits, backends.backends.len()));
     let admin_socket = admin.unix.as_ref().map(|(_, path)| path.clone());
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| Arc::new(crate::cluster_link::ClusterLink::new(c.name.clone())));
     let shared = Arc::new(Shared {
         config,
         user_key,
         tls,
         limits,
+        cluster: cluster.clone(),
     });
     let (control_tx, control_box) = mailbox::<ControlMsg>();
     let started = match inherited {
@@ -239,6 +260,7 @@ pub fn launch_from(
             bound: *bound,
         })
         .collect();
+    let cluster_config = shared.config.cluster.clone();
     let control = control::start(
         shared,
         path,
@@ -266,7 +288,26 @@ pub fn launch_from(
         admin_socket: admin_socket.clone(),
         admin_addr: Some(admin_addr),
         admin_sockets,
+        cluster: None,
     };
+    let mut director = director;
+    // Cluster mode: the etcd thread. The director starts fenced (logins
+    // get a temporary failure) and serves once etcd has granted a lease.
+    if let (Some(link), Some(config)) = (cluster, cluster_config.as_ref()) {
+        let handle = crate::cluster::start(
+            config,
+            link,
+            director.cores.core_mailboxes(),
+            admin_addr.to_string(),
+        )
+        .map_err(LaunchError)?;
+        director.cluster = Some(handle);
+        info!(
+            name = %config.name,
+            etcd = %config.etcd.join(","),
+            "cluster mode: connecting to etcd (fenced until a lease is held)"
+        );
+    }
     info!(addr = %admin_addr, "admin API ready");
     if let Some(path) = admin_socket {
         info!(path = %path.display(), "admin API socket ready");

@@ -74,6 +74,11 @@ enum Command {
         /// ManageSieve 14190, admin API 9120; any user name, password "dev".
         #[arg(long, conflicts_with = "config")]
         dev: bool,
+        /// With --dev: also start a local 3-member etcd (etcd on PATH;
+        /// clients on 127.0.0.1:12379, 12479, 12579) and a second director
+        /// (mail ports + 1000, admin 9121), both in cluster mode.
+        #[arg(long, requires = "dev")]
+        cluster: bool,
     },
     /// Validate a configuration: exit 0, or print every problem and exit 1.
     ///
@@ -150,6 +155,9 @@ enum CtlCli {
     /// and exit. Prints both process ids; exits 1 if the new process
     /// failed (this one serves on) or an upgrade is not possible now.
     Upgrade,
+    /// The directors of the cluster, the leader, etcd's state (cluster
+    /// mode only).
+    Cluster,
 }
 
 /// Logs to standard error in `format` (`log.format`), filtered by
@@ -187,9 +195,15 @@ fn main() -> ExitCode {
             json,
             command,
         } => ctl(admin.as_deref(), config.as_deref(), json, command),
-        Command::Run { config, dev } => {
+        Command::Run {
+            config,
+            dev,
+            cluster,
+        } => {
             signals::block();
-            if dev {
+            if dev && cluster {
+                run_dev_cluster()
+            } else if dev {
                 run_dev()
             } else {
                 run(&config)
@@ -208,6 +222,7 @@ fn ctl(admin: Option<&str>, config: Option<&Path>, json: bool, command: CtlCli) 
         CtlCli::Move { user, backend } => CtlCommand::Move { user, backend },
         CtlCli::Reload => CtlCommand::Reload,
         CtlCli::Upgrade => CtlCommand::Upgrade,
+        CtlCli::Cluster => CtlCommand::Cluster,
     };
     let (method, path) = cmd.request();
     let target = match ctl::Target::resolve(
@@ -296,6 +311,65 @@ fn run(path: &PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `run --dev --cluster`: the local etcd, the dev backends, two directors.
+fn run_dev_cluster() -> ExitCode {
+    init_logging(LogFormat::Text);
+    let etcd = match mailpin::devcluster::LocalEtcd::start() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let setup = match devmode::setup(DevPorts::STANDARD) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailpin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut directors = Vec::new();
+    for config in mailpin::devcluster::director_configs(&setup.config) {
+        match launch(config) {
+            Ok(d) => directors.push(d),
+            Err(e) => {
+                eprintln!("mailpin: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{}",
+        devmode::banner(&setup, &directors[0].listen_addrs, directors[0].admin_addr)
+    );
+    println!(
+        "  cluster mode: etcd members {:?} (PIDs {:?}, data in {})\n  \
+         director d1: the ports above; director d2: mail ports + 1000, admin {}\n  \
+         try: mailpin ctl --admin 127.0.0.1:9120 cluster\n",
+        mailpin::devcluster::LocalEtcd::urls(),
+        etcd.pids(),
+        etcd.dir().display(),
+        directors[1]
+            .admin_addr
+            .map_or_else(String::new, |a| a.to_string()),
+    );
+    loop {
+        match signals::wait() {
+            signals::Signal::Stop(name) => {
+                tracing::info!(signal = name, "stopping both directors, then etcd");
+                break;
+            }
+            other => tracing::info!(?other, "ignored in dev cluster mode"),
+        }
+    }
+    for mut d in directors {
+        d.stop();
+    }
+    drop(setup);
+    drop(etcd);
+    ExitCode::SUCCESS
 }
 
 fn run_dev() -> ExitCode {

@@ -33,7 +33,8 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// The methods each path takes, `None` for no such path.
 fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     match segs {
-        [] | ["openapi.json" | "status" | "backends" | "metrics" | "events" | "history"] => {
+        []
+        | ["openapi.json" | "status" | "backends" | "metrics" | "events" | "history" | "cluster"] => {
             Some("GET")
         }
         ["users", _] => Some("GET"),
@@ -79,10 +80,23 @@ pub async fn route(control: &Rc<Control>, req: &Request) -> Response {
         ["users", user, "move"] => move_user(control, user, req.param("to")).await,
         ["reload"] => reload(control).await,
         ["upgrade"] => upgrade(control).await,
+        ["cluster"] => cluster(control),
         _ => Response::error(
             404,
             format!("no such endpoint: {} {}", req.method, req.path),
         ),
+    }
+}
+
+/// `GET /cluster`: this director's view of the cluster; 404 for a
+/// director on its own.
+fn cluster(control: &Control) -> Response {
+    match control.shared().cluster.as_ref() {
+        Some(link) => match serde_json::to_value(&*link.view()) {
+            Ok(view) => Response::json(200, &view),
+            Err(e) => Response::error(500, format!("cluster view: {e}")),
+        },
+        None => Response::error(404, "not a cluster: this director has no [cluster] section"),
     }
 }
 
@@ -187,8 +201,7 @@ async fn status(control: &Control) -> Response {
             "cores": control.cores(),
             "sessions": control.session_count().await,
             "state_version": control.backends().version,
-            // No cluster mode yet: a director on its own.
-            "cluster": Value::Null,
+            "cluster": control.shared().cluster.as_ref().map(|c| c.name.clone()),
             "pid": std::process::id(),
         }),
     )
@@ -408,6 +421,7 @@ mod tests {
             "/users/{user}/move",
             "/reload",
             "/upgrade",
+            "/cluster",
         ];
         for path in routed {
             assert!(paths.contains_key(path), "{path} is documented");

@@ -285,7 +285,77 @@ pub async fn render_metrics(control: &Control) -> String {
         "Version of the backend state.",
     );
     let _ = writeln!(out, "mailpin_state_version {}", set.version);
+    if let Some(link) = control.shared().cluster.as_ref() {
+        cluster_metrics(&mut out, link);
+    }
     out
+}
+
+/// The cluster mode series (only for a director in a cluster).
+fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
+    use crate::cluster_link::ClusterCounters;
+    let view = link.view();
+    let c = &link.counters;
+    let series: [(&str, &str, &str, u64); 9] = [
+        (
+            "cluster_etcd_connected",
+            "gauge",
+            "1 if this director holds a lease and its last keepalive was answered.",
+            u64::from(view.etcd.connected),
+        ),
+        (
+            "cluster_fenced",
+            "gauge",
+            "1 while this director is fenced (cut off from etcd: serves nothing).",
+            u64::from(link.fence.is_fenced()),
+        ),
+        (
+            "cluster_leader",
+            "gauge",
+            "1 if this director is the cluster's leader.",
+            u64::from(view.is_leader()),
+        ),
+        (
+            "cluster_directors",
+            "gauge",
+            "Directors registered in etcd, this one included.",
+            view.directors.len() as u64,
+        ),
+        (
+            "cluster_lease_expiries_total",
+            "counter",
+            "Leases of this director lost (expired or unconfirmed for a TTL) and granted anew.",
+            ClusterCounters::read(&c.lease_expiries),
+        ),
+        (
+            "cluster_fences_total",
+            "counter",
+            "Times this director fenced itself.",
+            ClusterCounters::read(&c.fences),
+        ),
+        (
+            "cluster_fenced_sessions_total",
+            "counter",
+            "Sessions closed by fencing.",
+            ClusterCounters::read(&c.fenced_sessions),
+        ),
+        (
+            "cluster_watch_restarts_total",
+            "counter",
+            "Watches re-created (silent, broken or cancelled).",
+            ClusterCounters::read(&c.watch_restarts),
+        ),
+        (
+            "cluster_watch_resyncs_total",
+            "counter",
+            "Full reads after the watch's revision was compacted away.",
+            ClusterCounters::read(&c.resyncs),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "mailpin_{name} {value}");
+    }
 }
 
 /// The per protocol port health gauges and flip counters.

@@ -34,6 +34,9 @@ pub(crate) fn check_environment(config: &Config) -> ConfigErrors {
         errors.push(ConfigError::new("server.cores", message));
     }
     super::admin::check_admin_environment(config, &mut errors);
+    if let Some(cluster) = &config.cluster {
+        super::cluster::check_cluster_environment(cluster, &mut errors);
+    }
     errors
 }
 

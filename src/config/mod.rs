@@ -16,6 +16,7 @@
 
 mod admin;
 mod cidr;
+mod cluster;
 mod duration;
 mod environment;
 mod error;
@@ -29,13 +30,13 @@ use std::time::Duration;
 
 pub use admin::{check_bearer_token, read_token_file};
 pub use cidr::{Cidr, CidrError};
+pub use cluster::{host_name, ClusterConfig, MIN_LEASE_TTL};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use environment::usable_cpus;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use schema::{
-    AdminConfig, Backend, BackendDefaults, ClusterConfig, Driver, Forward, HealthCheck,
-    HealthConfig, LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode,
-    DEFAULT_WEIGHT,
+    AdminConfig, Backend, BackendDefaults, Driver, Forward, HealthCheck, HealthConfig,
+    LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode, DEFAULT_WEIGHT,
 };
 pub use schema::{LogConfig, LogFormat};
 pub use validate::{check_backend_name, check_host, check_http_url, check_user_key};
@@ -142,6 +143,9 @@ impl Config {
             if file.is_relative() && !file.as_os_str().is_empty() {
                 *file = dir.join(&*file);
             }
+        }
+        if let Some(cluster) = &mut self.cluster {
+            cluster.resolve_relative_paths(dir);
         }
         if let Some(tls) = &mut self.tls {
             for source in [&mut tls.cert, &mut tls.key] {

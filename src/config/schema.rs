@@ -616,26 +616,6 @@ impl Default for AdminConfig {
     }
 }
 
-/// `[cluster]`: shared state in etcd for several directors. Absent = one
-/// director with its state in memory.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// etcd endpoints, `http://` or `https://` URLs.
-    pub etcd: Vec<String>,
-    /// Key prefix under which mailpin keeps its state.
-    pub prefix: String,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            etcd: vec!["http://127.0.0.1:2379".to_owned()],
-            prefix: "/mailpin".to_owned(),
-        }
-    }
-}
-
 /// `[log]`: how the director writes its log (to standard error, which
 /// systemd's journal collects under the unit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

@@ -380,30 +380,8 @@ fn check_health(config: &Config, errors: &mut ConfigErrors) {
 }
 
 fn check_cluster(config: &Config, errors: &mut ConfigErrors) {
-    let Some(cluster) = &config.cluster else {
-        return;
-    };
-    if cluster.etcd.is_empty() {
-        error(
-            errors,
-            "cluster.etcd",
-            "must list at least one endpoint (e.g. [\"http://127.0.0.1:2379\"]; remove [cluster] for a single director)",
-        );
-    }
-    for (index, endpoint) in cluster.etcd.iter().enumerate() {
-        if let Err(message) = check_http_url(endpoint) {
-            error(errors, format!("cluster.etcd[{index}]"), message);
-        }
-    }
-    if !cluster.prefix.starts_with('/') {
-        error(
-            errors,
-            "cluster.prefix",
-            format!(
-                "{:?} must start with \"/\" (e.g. \"/mailpin\")",
-                cluster.prefix
-            ),
-        );
+    if let Some(cluster) = &config.cluster {
+        super::cluster::check_cluster(cluster, errors);
     }
 }
 

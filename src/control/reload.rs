@@ -175,6 +175,7 @@ pub fn plan(
             user_key,
             tls,
             limits,
+            cluster: old.cluster.clone(),
         }),
         backends,
         removed,
@@ -383,6 +384,7 @@ mod tests {
             tls: None,
             limits: Arc::new(Limits::new(&c.limits, set.backends.len())),
             config: c,
+            cluster: None,
         };
         (shared, set, bound)
     }

@@ -27,6 +27,8 @@ pub enum KickReason {
     BackendDown,
     /// The director is shutting down.
     Shutdown,
+    /// The director is fenced: cut off from etcd, its lease may expire.
+    Fenced,
 }
 
 /// What every core reads and nobody changes after start.
@@ -41,6 +43,9 @@ pub struct Shared {
     /// A reload keeps the same counters unless `[limits]` or the number of
     /// backends changed; a connection keeps the ones it was counted in.
     pub limits: Arc<crate::limits::Limits>,
+    /// Cluster mode: the fence a login checks and the cluster's view;
+    /// `None` for a director on its own. Kept by a reload.
+    pub cluster: Option<Arc<crate::cluster_link::ClusterLink>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -146,6 +151,17 @@ pub enum CoreMsg {
         /// Answered.
         done: flume::Sender<()>,
     },
+    // -- cluster mode (src/cluster/fencing.rs) --
+    /// End every session on this core (the director is fenced: its lease
+    /// may expire); answer how many once their backend connections are
+    /// closed.
+    KickAll {
+        /// Why.
+        reason: KickReason,
+        /// Gets the number of sessions ended.
+        done: flume::Sender<usize>,
+    },
+    // -- end cluster mode --
     /// A snapshot of this core's counters.
     Stats {
         /// Gets the snapshot.

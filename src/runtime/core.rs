@@ -116,6 +116,17 @@ impl Core {
         self.shared.borrow().clone()
     }
 
+    /// Cluster mode: whether this director is fenced (cut off from etcd
+    /// past its deadline), so logins get a temporary failure. One atomic
+    /// load; always false for a director on its own.
+    pub fn fenced(&self) -> bool {
+        self.shared
+            .borrow()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.fence.is_fenced())
+    }
+
     /// Puts a reloaded configuration in force for new connections.
     pub fn set_shared(&self, shared: Arc<Shared>) {
         self.router.set_settings(
@@ -318,6 +329,11 @@ async fn mailbox_loop(
                 monoio::spawn(reply_when_closed(closed, done));
             }
             CoreMsg::EndKick { key } => core.sessions.end_kick(&key),
+            CoreMsg::KickAll { reason, done } => {
+                let closed = core.sessions.kick_where(reason, |_| false);
+                core.counters.kicked(closed.len());
+                monoio::spawn(reply_when_closed(closed, done));
+            }
             CoreMsg::WaitIdle { key, limit, done } => {
                 let core = core.clone();
                 monoio::spawn(async move {

@@ -82,6 +82,10 @@ impl<'a> Failover<'a> {
     /// it was chosen from.
     pub async fn next_backend(&mut self) -> Result<(BackendId, Arc<BackendSet>), RouteError> {
         self.attempts += 1;
+        // A fenced director decides nothing: a temporary failure, at once.
+        if self.core.fenced() {
+            return Err(RouteError::Unavailable);
+        }
         let id = self
             .core
             .router

@@ -195,6 +195,9 @@ impl Ending {
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::Shutdown)) => {
                 "director shutting down"
             }
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Fenced)) => {
+                "director fenced: cut off from etcd"
+            }
             Ending::Relay(RelayEnd::Stopped, None) => "stopped",
         }
     }
@@ -515,6 +518,7 @@ fn goodbye(protocol: Protocol, reason: KickReason) -> Vec<u8> {
         KickReason::BackendDown => "Mail server unavailable, please reconnect.",
         KickReason::Admin => "Session closed by the administrator, please reconnect.",
         KickReason::Shutdown => "Director shutting down, please reconnect.",
+        KickReason::Fenced => "Director cut off from its cluster, please reconnect.",
     };
     match protocol {
         Protocol::Imap if reason == KickReason::Admin => format!("* BYE {text}\r\n").into_bytes(),

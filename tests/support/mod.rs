@@ -5,6 +5,8 @@
 //! - [`tools`]: is a program installed; skip locally, fail on CI (`CI=true`).
 //! - [`dovecot`] (+ [`dovecot_conf`], [`loopback`], [`procs`], [`tempdir`]):
 //!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
+//! - [`etcd`]: a real N-member etcd cluster on loopback (cluster mode).
+//! - [`netns`]: etcd in a network namespace behind a veth link to cut.
 //! - [`dev_director`]: a director in front of the embedded dev backends.
 //! - [`python`]: run `tests/clients/*.py`, once or interactively.
 //! - [`oauth2_server`]: a token introspection endpoint for Dovecot's oauth2 passdb.
@@ -20,8 +22,10 @@ pub mod dev_director;
 pub mod director;
 pub mod dovecot;
 pub mod dovecot_conf;
+pub mod etcd;
 pub mod loopback;
 pub mod mailpin;
+pub mod netns;
 pub mod oauth2_server;
 pub mod procs;
 pub mod python;

@@ -472,12 +472,17 @@ impl<'a> Lmtp<'a> {
     /// router comes back routed, or answered when no backend is available.
     async fn route(&self, steps: &mut [RcptStep], wanted: Vec<(String, Vec<u8>)>) -> Vec<Routed> {
         let router = &self.core.router;
-        let chosen = join_all(
-            wanted
-                .iter()
-                .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[], None)),
-        )
-        .await;
+        // A fenced director (cluster mode) routes no one: 451 at once.
+        let chosen = if self.core.fenced() {
+            vec![Err(crate::route::router::RouteError::Unavailable); wanted.len()]
+        } else {
+            join_all(
+                wanted
+                    .iter()
+                    .map(|(key, _)| router.acquire(key, Protocol::Lmtp, &[], None)),
+            )
+            .await
+        };
         let mut routed = Vec::with_capacity(wanted.len());
         let mut placed = Vec::with_capacity(wanted.len());
         for ((key, line), choice) in wanted.into_iter().zip(chosen) {

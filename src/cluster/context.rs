@@ -1,0 +1,108 @@
+//! What the cluster thread's tasks share: the settings, the etcd session,
+//! and the state the view is built from.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::cluster::endpoints::Endpoints;
+use crate::cluster::keys::{DirectorRecord, Keys};
+use crate::cluster_link::{ClusterLink, ClusterView, DirectorEntry, EtcdView, FenceTimes};
+use crate::mailbox::MailboxSender;
+use crate::plane::CoreMsg;
+
+/// Shared by the tasks of the cluster thread (one thread: `RefCell`s,
+/// never borrowed across an await).
+pub struct Context {
+    /// The link to the rest of the director.
+    pub link: Arc<ClusterLink>,
+    /// The key layout.
+    pub keys: Keys,
+    /// The etcd endpoints.
+    pub endpoints: Endpoints,
+    /// Lease TTL, margin and keepalive timing.
+    pub times: FenceTimes,
+    /// What this director registers.
+    pub record: DirectorRecord,
+    /// The cores, for closing every session when fenced.
+    pub cores: Vec<MailboxSender<CoreMsg>>,
+    /// The lease this director holds now.
+    pub lease: Cell<Option<i64>>,
+    /// The endpoint the keepalives use (the one `/cluster` shows).
+    pub lease_endpoint: Cell<usize>,
+    /// Whether the last keepalive was answered.
+    pub connected: Cell<bool>,
+    /// The state the watch keeps.
+    pub seen: RefCell<Seen>,
+    /// The last error talking to etcd.
+    pub last_error: RefCell<Option<String>>,
+    /// Woken by the watch when the leader key goes: campaign at once
+    /// rather than at the next tick.
+    pub leader_gone: tokio::sync::Notify,
+}
+
+/// What the watch has seen of the cluster.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Registered directors by name.
+    pub directors: BTreeMap<String, DirectorRecord>,
+    /// The leader's name.
+    pub leader: Option<String>,
+    /// The revision the watch is at.
+    pub revision: i64,
+}
+
+impl Context {
+    /// This director's name.
+    pub fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    /// Notes an error (shown in `/cluster` until the next success).
+    pub fn failed(&self, what: &str, error: String) {
+        tracing::debug!(what, error = %error, "etcd call failed");
+        *self.last_error.borrow_mut() = Some(format!("{what}: {error}"));
+        self.publish();
+    }
+
+    /// Clears the last error.
+    pub fn succeeded(&self) {
+        if self.last_error.borrow().is_some() {
+            *self.last_error.borrow_mut() = None;
+            self.publish();
+        }
+    }
+
+    /// Builds the view from the state and publishes it.
+    pub fn publish(&self) {
+        let seen = self.seen.borrow();
+        let directors = seen
+            .directors
+            .iter()
+            .map(|(name, r)| DirectorEntry {
+                name: name.clone(),
+                admin: r.admin.clone(),
+                since: r.since.clone(),
+                version: r.version.clone(),
+                leader: seen.leader.as_deref() == Some(name.as_str()),
+            })
+            .collect();
+        let view = ClusterView {
+            name: self.name().to_owned(),
+            leader: seen.leader.clone(),
+            directors,
+            etcd: EtcdView {
+                connected: self.connected.get(),
+                endpoint: self.endpoints.url(self.lease_endpoint.get()).to_owned(),
+                endpoints: self.endpoints.urls().to_vec(),
+                lease: self.lease.get().map(|id| format!("{id:x}")),
+                lease_ttl: self.times.ttl.as_secs(),
+                fenced: self.link.fence.is_fenced(),
+                revision: seen.revision,
+                last_error: self.last_error.borrow().clone(),
+            },
+        };
+        drop(seen);
+        self.link.publish(view);
+    }
+}

@@ -1,0 +1,159 @@
+//! Cluster mode: several directors that agree through etcd.
+//!
+//! With `[cluster]` in the config, [`start`] runs the etcd client on a
+//! thread of its own (a current-thread tokio runtime: the client is tonic
+//! on tokio and must never run on a core). The thread
+//! - holds this director's lease and keeps the fence deadline
+//!   ([`crate::cluster_link::Fence`]) moving while etcd acknowledges its
+//!   keepalives, and registers the director under `directors/`
+//!   (`membership`);
+//! - elects a leader by compare-and-create; the leader ticks every second
+//!   (`membership`);
+//! - watches everything under the prefix, re-creating a watch that goes
+//!   silent on another endpoint and resyncing after a compaction
+//!   (`watch`), and publishes the view `GET /cluster` shows;
+//! - closes every session when the fence deadline passes (`fencing`);
+//! - serves the assignment store (`store`): batched compare-and-create of
+//!   `users/{key}` with presence under the lease.
+//!
+//! The key layout is in [`keys`], group commit in [`batch`]; both are pure
+//! and built without the `cluster` feature too.
+
+pub mod batch;
+pub mod keys;
+
+#[cfg(feature = "cluster")]
+mod context;
+#[cfg(feature = "cluster")]
+pub mod endpoints;
+#[cfg(feature = "cluster")]
+mod fencing;
+#[cfg(feature = "cluster")]
+pub mod membership;
+#[cfg(feature = "cluster")]
+pub mod store;
+#[cfg(feature = "cluster")]
+pub mod watch;
+
+use std::sync::Arc;
+
+use crate::cluster_link::ClusterLink;
+use crate::config::ClusterConfig;
+use crate::mailbox::MailboxSender;
+use crate::plane::CoreMsg;
+
+/// The running cluster thread; dropping it leaves the cluster (the lease
+/// is revoked, so the others see this director gone at once).
+pub struct ClusterHandle {
+    #[cfg(feature = "cluster")]
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    #[cfg(feature = "cluster")]
+    store: store::AssignmentStore,
+}
+
+impl ClusterHandle {
+    /// The assignment store of this director.
+    #[cfg(feature = "cluster")]
+    pub fn store(&self) -> store::AssignmentStore {
+        self.store.clone()
+    }
+
+    /// Leaves the cluster and stops the thread.
+    pub fn stop(&mut self) {
+        #[cfg(feature = "cluster")]
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClusterHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the cluster thread for `config`, publishing through `link`;
+/// `cores` get the kicks of fencing, `admin` is the admin API address the
+/// director registers. Returns at once: the director starts fenced and
+/// serves once etcd has granted it a lease.
+#[cfg(feature = "cluster")]
+pub fn start(
+    config: &ClusterConfig,
+    link: Arc<ClusterLink>,
+    cores: Vec<MailboxSender<CoreMsg>>,
+    admin: String,
+) -> Result<ClusterHandle, String> {
+    use std::cell::{Cell, RefCell};
+
+    use crate::cluster_link::FenceTimes;
+
+    let endpoints = endpoints::Endpoints::new(config).map_err(|e| format!("cluster: {e}"))?;
+    let ctx = context::Context {
+        link,
+        keys: keys::Keys::new(&config.prefix),
+        endpoints,
+        times: FenceTimes::for_ttl(config.lease_ttl),
+        record: keys::DirectorRecord {
+            admin,
+            since: crate::admin::time::rfc3339(std::time::SystemTime::now()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        cores,
+        lease: Cell::new(None),
+        lease_endpoint: Cell::new(0),
+        connected: Cell::new(false),
+        seen: RefCell::new(context::Seen::default()),
+        last_error: RefCell::new(None),
+        leader_gone: tokio::sync::Notify::new(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (claims_tx, claims_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cluster: cannot build its runtime: {e}"))?;
+    let thread = std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                ctx.publish();
+                tokio::select! {
+                    _ = stop_rx => {}
+                    () = membership::run(&ctx) => {}
+                    () = watch::run(&ctx) => {}
+                    () = fencing::run(&ctx) => {}
+                    () = store::run(&ctx, claims_rx) => {}
+                }
+                // Leaving: no more serving under this lease, then let the
+                // others know at once.
+                ctx.link.fence.close();
+                if let Some(lease) = ctx.lease.take() {
+                    let _ = membership::revoke(&ctx, lease).await;
+                }
+                tracing::info!("left the cluster");
+            });
+        })
+        .map_err(|e| format!("cluster: cannot start its thread: {e}"))?;
+    Ok(ClusterHandle {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        store: store::AssignmentStore::new(claims_tx),
+    })
+}
+
+/// Without the `cluster` feature there is no etcd client: a `[cluster]`
+/// config is refused at start with this explanation.
+#[cfg(not(feature = "cluster"))]
+pub fn start(
+    _config: &ClusterConfig,
+    _link: Arc<ClusterLink>,
+    _cores: Vec<MailboxSender<CoreMsg>>,
+    _admin: String,
+) -> Result<ClusterHandle, String> {
+    Err("[cluster] is set, but this mailpin was built without the `cluster` feature (rebuild with default features; it needs protoc)".into())
+}

@@ -1,0 +1,87 @@
+//! What the cluster layer shares with the rest of the director.
+//!
+//! In cluster mode (`[cluster]` in the config) the etcd client runs on a
+//! thread of its own (`crate::cluster`). It reaches the data path and the
+//! admin API only through the [`ClusterLink`] here: the [`Fence`] every
+//! core reads before it routes a login (one atomic load, no lock), the
+//! [`ClusterView`] the admin API shows, and a few counters for
+//! `/metrics`. This module sits below both sides so that neither imports
+//! the other.
+
+pub mod fence;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use fence::{Fence, FenceTimes};
+pub use view::{ClusterView, DirectorEntry, EtcdView};
+
+/// The cluster's link to the director: one per director process.
+#[derive(Debug)]
+pub struct ClusterLink {
+    /// This director's name in the cluster (`cluster.name`).
+    pub name: String,
+    /// The fence clock: past its deadline this director serves nothing.
+    pub fence: Fence,
+    view: Mutex<Arc<ClusterView>>,
+    /// Counters for `/metrics`.
+    pub counters: ClusterCounters,
+}
+
+/// Counters of cluster events since start.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Leases of this director found expired by etcd (re-registered).
+    pub lease_expiries: AtomicU64,
+    /// Times this director fenced itself (closed its sessions).
+    pub fences: AtomicU64,
+    /// Sessions closed by fencing.
+    pub fenced_sessions: AtomicU64,
+    /// Watches re-created because they went silent or broke.
+    pub watch_restarts: AtomicU64,
+    /// Full resyncs after the watch's revision was compacted away.
+    pub resyncs: AtomicU64,
+}
+
+impl ClusterCounters {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The value of `counter`.
+    pub fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+impl ClusterLink {
+    /// A link for director `name`, fenced until a first lease is held.
+    pub fn new(name: impl Into<String>) -> ClusterLink {
+        let name = name.into();
+        ClusterLink {
+            view: Mutex::new(Arc::new(ClusterView::starting(&name))),
+            name,
+            fence: Fence::new(),
+            counters: ClusterCounters::default(),
+        }
+    }
+
+    /// The latest published view (a cheap clone of an `Arc`).
+    pub fn view(&self) -> Arc<ClusterView> {
+        match self.view.lock() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Publishes a new view (only the cluster thread calls this).
+    pub fn publish(&self, view: ClusterView) {
+        let view = Arc::new(view);
+        match self.view.lock() {
+            Ok(mut v) => *v = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+}
