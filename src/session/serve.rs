@@ -542,8 +542,8 @@ mod tests {
         std::mem::size_of::<tracing::instrument::Instrumented<O>>() + MONOIO_TASK_OVERHEAD
     }
 
-    /// The task of a logged-in session is nearly all an idle session
-    /// costs (PERF.md, "Idle sessions"): it went from 1,016 to 1,336
+    /// The task of a logged-in session is the largest part of what an
+    /// idle session costs (PERF.md, "Idle sessions"): it went from 1,016 to 1,336
     /// bytes unnoticed (mimalloc's 1,536-byte class: +0.5 KiB per idle
     /// session) when the relay gained its backend-closed callback, stall
     /// timeout and session-end facts, because async fns keep a second copy
