@@ -156,8 +156,10 @@ async fn tcp_write_all(s: &mut TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<
 }
 
 impl ReadSide for TcpStream {
-    async fn readable(&mut self) -> io::Result<()> {
-        TcpStream::readable(self, false).await
+    // monoio's own future, not one wrapped in another async fn: a relay
+    // holds this while a session is idle.
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        TcpStream::readable(self, false)
     }
 
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -227,8 +229,10 @@ impl TcpHalf {
 }
 
 impl ReadSide for TcpHalf {
-    async fn readable(&mut self) -> io::Result<()> {
-        TcpStream::readable(self.stream(), false).await
+    // monoio's own future, not one wrapped in another async fn: a relay
+    // holds this while a session is idle.
+    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> {
+        TcpStream::readable(self.stream(), false)
     }
 
     async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

@@ -92,23 +92,28 @@ pub struct RelayStats {
 /// While it waits it holds only the readiness future: the read and the
 /// write (several hundred bytes of future state, plus the buffer) live in
 /// a [`transfer`] boxed for as long as bytes move, so an idle session
-/// carries none of them.
-async fn pump<R: ReadSide, W: WriteSide>(
-    r: &mut R,
-    w: &mut W,
-    moved: &Cell<u64>,
-    options: RelayOptions,
-) -> io::Result<()> {
-    if options.splice {
-        if let (Some(from), Some(to)) = (r.as_plain_tcp(), w.as_plain_tcp()) {
-            // Boxed: the copy loop's sessions should not carry its state.
-            return Box::pin(splice_pump(from, to, moved, options.stall_timeout)).await;
+/// carries none of them. Not an `async fn`: one keeps a second copy of
+/// every argument for its whole life (see [`relay_split`]); this block
+/// uses the references it captured in place.
+#[allow(clippy::manual_async_fn)] // An async fn would double the arguments.
+fn pump<'a, R: ReadSide, W: WriteSide>(
+    r: &'a mut R,
+    w: &'a mut W,
+    moved: &'a Cell<u64>,
+    options: &'a RelayOptions,
+) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        if options.splice {
+            if let (Some(from), Some(to)) = (r.as_plain_tcp(), w.as_plain_tcp()) {
+                // Boxed: the copy loop's sessions should not carry its state.
+                return Box::pin(splice_pump(from, to, moved, options.stall_timeout)).await;
+            }
         }
-    }
-    loop {
-        r.readable().await?;
-        if Box::pin(transfer(r, w, moved, options.stall_timeout)).await? == Flow::Ended {
-            return Ok(());
+        loop {
+            r.readable().await?;
+            if Box::pin(transfer(r, w, moved, options.stall_timeout)).await? == Flow::Ended {
+                return Ok(());
+            }
         }
     }
 }
@@ -255,8 +260,7 @@ where
 {
     relay_split(
         Split::new(client, backend),
-        to_backend,
-        to_client,
+        ReadAhead::new(to_backend, to_client),
         stop,
         options,
         || {},
@@ -283,13 +287,19 @@ impl<C: Connection, B: Connection> Split<C, B> {
 
 /// [`relay`] over connections already split, for callers that build the
 /// session's future themselves and want to keep only the halves in it.
+/// `ahead` holds the bytes read ahead during login, written first.
 /// `backend_closed` runs once the backend connection is closed, before
 /// anything more is written to the client (a kicked session's goodbye):
 /// the moment the session no longer exists for the backend.
+///
+/// Its future lives as long as the session, so its size is an idle
+/// session's memory: it is an `async move` block over the values given
+/// here, used in place. An `async fn` would copy each argument into a
+/// local of its own and keep both for the whole session (and so would a
+/// `let` that takes the halves apart).
 pub fn relay_split<C, B, F, D>(
     split: Split<C, B>,
-    to_backend: Vec<u8>,
-    to_client: Vec<u8>,
+    ahead: ReadAhead,
     stop: F,
     options: RelayOptions,
     backend_closed: D,
@@ -300,29 +310,105 @@ where
     F: Future<Output = Vec<u8>>,
     D: FnOnce(),
 {
-    let Split { cr, cw, br, bw } = split;
-    relay_halves(
-        Halves { cr, cw, br, bw },
-        ReadAhead {
-            to_backend,
-            to_client,
-        },
-        stop,
-        options,
-        backend_closed,
-    )
+    let mut split = split;
+    async move {
+        let up = Cell::new(0u64);
+        let down = Cell::new(0u64);
+        let stats = |up: &Cell<u64>, down: &Cell<u64>| RelayStats {
+            up: up.get(),
+            down: down.get(),
+        };
+        let written = match ahead.0 {
+            None => true,
+            // (Boxed: its write futures are needed only once.)
+            Some(ahead) => {
+                Box::pin(write_read_ahead(
+                    &mut split.cw,
+                    &mut split.bw,
+                    *ahead,
+                    &up,
+                    &down,
+                ))
+                .await
+            }
+        };
+        if !written {
+            Box::pin(close_backend(split.br, split.bw)).await;
+            backend_closed();
+            return (RelayEnd::Error, stats(&up, &down));
+        }
+
+        let outcome = {
+            let mut upward = std::pin::pin!(pump(&mut split.cr, &mut split.bw, &up, &options));
+            let mut downward = std::pin::pin!(pump(&mut split.br, &mut split.cw, &down, &options));
+            let mut stop = std::pin::pin!(stop);
+            monoio::select! {
+                r = &mut upward => match r {
+                    Ok(()) => Ok(Box::pin(finish(downward, RelayEnd::Client)).await),
+                    Err(e) => Err((failed(&e), Vec::new())),
+                },
+                r = &mut downward => match r {
+                    Ok(()) => Ok(Box::pin(finish(upward, RelayEnd::Backend)).await),
+                    Err(e) => Err((failed(&e), Vec::new())),
+                },
+                goodbye = &mut stop => Err((RelayEnd::Stopped, goodbye)),
+            }
+        };
+        let end = match outcome {
+            Ok(end) => {
+                // Both directions ran out: the backend has ended its side
+                // (or had FIN_TIMEOUT to); closing our socket is all that
+                // is left.
+                drop((split.br, split.bw));
+                backend_closed();
+                end
+            }
+            Err((end, goodbye)) => {
+                // Ended by a kick, a stall or an error while the backend
+                // session may still be live: close it first, then (best
+                // effort, bounded) tell the client. Boxed, like `finish`,
+                // for the size of its timers.
+                let mut cw = split.cw;
+                Box::pin(async move {
+                    close_backend(split.br, split.bw).await;
+                    backend_closed();
+                    if !goodbye.is_empty() {
+                        let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.write_all(goodbye)).await;
+                    }
+                    let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown()).await;
+                })
+                .await;
+                end
+            }
+        };
+        (end, stats(&up, &down))
+    }
 }
 
-/// The four halves a relay works on.
-struct Halves<CR, CW, BR, BW> {
-    cr: CR,
-    cw: CW,
-    br: BR,
-    bw: BW,
+/// Bytes read ahead during login, to be written before relaying: boxed,
+/// and only when there are any (a client rarely sends more after its
+/// login before the answer), so a session's future carries one pointer
+/// for them instead of two vectors it no longer needs once they are sent.
+pub struct ReadAhead(Option<Box<Ahead>>);
+
+impl ReadAhead {
+    /// `to_backend` goes to the backend, `to_client` to the client. Empty
+    /// vectors (which may still have kilobytes of spare capacity) are
+    /// freed here.
+    pub fn new(to_backend: Vec<u8>, to_client: Vec<u8>) -> ReadAhead {
+        if to_backend.is_empty() && to_client.is_empty() {
+            ReadAhead(None)
+        } else {
+            ReadAhead(Some(Box::new(Ahead {
+                to_backend,
+                to_client,
+            })))
+        }
+    }
 }
 
-/// Bytes read ahead during login, to be written before relaying.
-struct ReadAhead {
+/// The bytes of a non-empty [`ReadAhead`].
+struct Ahead {
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
 }
@@ -332,7 +418,7 @@ struct ReadAhead {
 async fn write_read_ahead<CW: WriteSide, BW: WriteSide>(
     cw: &mut CW,
     bw: &mut BW,
-    ahead: ReadAhead,
+    ahead: Ahead,
     up: &Cell<u64>,
     down: &Cell<u64>,
 ) -> bool {
@@ -351,89 +437,6 @@ async fn write_read_ahead<CW: WriteSide, BW: WriteSide>(
         down.set(n);
     }
     true
-}
-
-/// The body of [`relay`], over split halves.
-async fn relay_halves<CR, CW, BR, BW, F, D>(
-    halves: Halves<CR, CW, BR, BW>,
-    ahead: ReadAhead,
-    stop: F,
-    options: RelayOptions,
-    backend_closed: D,
-) -> (RelayEnd, RelayStats)
-where
-    CR: ReadSide,
-    CW: WriteSide,
-    BR: ReadSide,
-    BW: WriteSide,
-    F: Future<Output = Vec<u8>>,
-    D: FnOnce(),
-{
-    let Halves {
-        mut cr,
-        mut cw,
-        mut br,
-        mut bw,
-    } = halves;
-    let up = Cell::new(0u64);
-    let down = Cell::new(0u64);
-    let stats = |up: &Cell<u64>, down: &Cell<u64>| RelayStats {
-        up: up.get(),
-        down: down.get(),
-    };
-    if ahead.to_backend.is_empty() && ahead.to_client.is_empty() {
-        // Empty, but maybe with kilobytes of spare capacity: freed before
-        // the relay starts to wait.
-        drop(ahead);
-    } else if !Box::pin(write_read_ahead(&mut cw, &mut bw, ahead, &up, &down)).await {
-        // (Boxed: its write futures are needed only once.)
-        Box::pin(close_backend(br, bw)).await;
-        backend_closed();
-        return (RelayEnd::Error, stats(&up, &down));
-    }
-
-    let outcome = {
-        let mut upward = std::pin::pin!(pump(&mut cr, &mut bw, &up, options));
-        let mut downward = std::pin::pin!(pump(&mut br, &mut cw, &down, options));
-        let mut stop = std::pin::pin!(stop);
-        monoio::select! {
-            r = &mut upward => match r {
-                Ok(()) => Ok(Box::pin(finish(downward, RelayEnd::Client)).await),
-                Err(e) => Err((failed(&e), Vec::new())),
-            },
-            r = &mut downward => match r {
-                Ok(()) => Ok(Box::pin(finish(upward, RelayEnd::Backend)).await),
-                Err(e) => Err((failed(&e), Vec::new())),
-            },
-            goodbye = &mut stop => Err((RelayEnd::Stopped, goodbye)),
-        }
-    };
-    let end = match outcome {
-        Ok(end) => {
-            // Both directions ran out: the backend has ended its side (or
-            // had FIN_TIMEOUT to); closing our socket is all that is left.
-            drop((br, bw));
-            backend_closed();
-            end
-        }
-        Err((end, goodbye)) => {
-            // Ended by a kick, a stall or an error while the backend
-            // session may still be live: close it first, then (best
-            // effort, bounded) tell the client. Boxed, like `finish`, for
-            // the size of its timers.
-            Box::pin(async {
-                close_backend(br, bw).await;
-                backend_closed();
-                if !goodbye.is_empty() {
-                    let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.write_all(goodbye)).await;
-                }
-                let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown()).await;
-            })
-            .await;
-            end
-        }
-    };
-    (end, stats(&up, &down))
 }
 
 /// How a direction's error ends the relay.
@@ -633,8 +636,7 @@ mod tests {
         let flag = backend_closed.clone();
         let relay_task = monoio::spawn(relay_split(
             Split::new(client_side, backend_side),
-            vec![],
-            vec![],
+            ReadAhead::new(vec![], vec![]),
             stop,
             RelayOptions::default(),
             move || flag.set(Some(std::time::Instant::now())),

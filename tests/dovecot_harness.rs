@@ -1,9 +1,11 @@
 //! Proves the real-Dovecot test harness (`tests/support/`) by talking to
 //! Dovecot directly, with no director in between: instances come up on
 //! their own loopback addresses, share one store, count sessions with
-//! `doveadm who`, reject bad passwords, die and come back on demand, and
-//! leave no process behind. The Python client `imap_sessions.py` is proven
-//! here too (LOGIN, literal LOGIN, AUTHENTICATE PLAIN, STARTTLS, TLS).
+//! `doveadm who`, reject bad passwords, die and come back on demand,
+//! leave no process behind, and hold up only its own user's session when
+//! a crashed process left a stale maildir lock. The Python client
+//! `imap_sessions.py` is proven here too (LOGIN, literal LOGIN,
+//! AUTHENTICATE PLAIN, STARTTLS, TLS).
 
 mod support;
 
@@ -581,4 +583,73 @@ fn hundreds_of_sessions_fit_on_one_backend() {
     client.send_line("done").expect("release the client");
     let output = client.finish(Duration::from_secs(30));
     assert!(output.success(), "{output:?}");
+}
+
+/// Dovecot waits for a lock blocking its whole mail process. A backend
+/// SIGKILLed mid-sync leaves its `dovecot-uidlist.lock` in the user's
+/// maildir, which the next process overrides only once the lock is 2 s old
+/// and its PID gone. The test backends run one client per mail process
+/// (`tests/support/dovecot_conf.rs`), so only that user's session waits:
+/// with 50 clients per process every user sharing it froze, which failed
+/// logins in the failover test.
+#[test]
+fn a_stale_maildir_lock_holds_up_only_its_own_session() {
+    if !require_dovecot() {
+        return;
+    }
+    let cluster = DovecotCluster::start(1, DovecotOptions::default());
+    let addr = cluster.instance(0).imap_addr();
+    let mut locked = imap_login(addr, "user0003", "pass");
+    assert!(locked.imap("SELECT INBOX").expect("SELECT").is_ok());
+    let mut other = imap_login(addr, "user0004", "pass");
+    assert!(other.imap("SELECT INBOX").expect("SELECT").is_ok());
+
+    // What a killed process leaves: a fresh lock naming a dead PID on this
+    // host, and new mail, so the next sync must take the lock.
+    let mut exited = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead_pid = exited.id();
+    exited.wait().expect("reap true");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let lock = cluster.maildir("user0003").join("dovecot-uidlist.lock");
+    std::fs::write(&lock, format!("{dead_pid}:{}", host.trim())).expect("plant the lock");
+    cluster.put_message(
+        "user0003",
+        "1.stale-lock.test",
+        b"Subject: a\r\n\r\nbody\r\n",
+    );
+
+    // user0003's sync now waits for the lock...
+    let started = std::time::Instant::now();
+    locked.send_line("w1 NOOP").expect("send NOOP");
+    std::thread::sleep(Duration::from_millis(300));
+    // ...and another user on the same backend is served meanwhile.
+    let reply = other.imap("NOOP").expect("NOOP of another user");
+    let other_took = started.elapsed();
+    assert!(reply.is_ok(), "{}", reply.status);
+    // Once the lock is found stale, user0003 gets its new mail.
+    let mut exists = false;
+    loop {
+        let line = locked.read_line().expect("user0003's NOOP answer");
+        exists |= line == "* 1 EXISTS";
+        if line.starts_with("w1 ") {
+            assert!(line.starts_with("w1 OK"), "{line}");
+            break;
+        }
+    }
+    let locked_took = started.elapsed();
+    assert!(
+        exists,
+        "the new message arrived once the lock was overridden"
+    );
+    assert!(
+        locked_took >= Duration::from_millis(1500),
+        "user0003 waited for the stale lock ({locked_took:?})"
+    );
+    assert!(
+        other_took < Duration::from_millis(1300),
+        "user0004 was served while user0003 waited: {other_took:?} \
+         (user0003 waited {locked_took:?})"
+    );
 }

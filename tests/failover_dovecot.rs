@@ -64,6 +64,25 @@ fn assert_single_backend(p: &BTreeMap<String, BTreeSet<usize>>, when: &str) {
     }
 }
 
+/// What the backends' own logs say about failures: every error, fatal or
+/// panic line of every instance, and every line naming one of `users` —
+/// Dovecot's side of a login that went wrong.
+fn dovecot_failures(cluster: &DovecotCluster, users: &[&str]) -> String {
+    let mut out = String::new();
+    for instance in cluster.instances() {
+        let log = instance.log();
+        for line in log.lines().filter(|l| {
+            l.contains("Error")
+                || l.contains("Fatal")
+                || l.contains("Panic")
+                || users.iter().any(|u| l.contains(&format!("<{u}>")))
+        }) {
+            out.push_str(&format!("{}: {line}\n", instance.name()));
+        }
+    }
+    out
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -169,13 +188,31 @@ fn a_killed_backend_moves_its_users_within_the_login() {
         if victims.contains(user) {
             victim_failures += n;
         } else {
-            panic!("{user}, on a live backend, saw failed logins: {fails}");
+            panic!(
+                "{user}, on a live backend, saw failed logins: {fails}\nbackends:\n{}",
+                dovecot_failures(&cluster, &[user])
+            );
         }
     }
-    assert_eq!(
-        victim_failures, 0,
-        "failover happens inside the login: {failed}"
-    );
+    if victim_failures > 0 {
+        let users: Vec<&str> = failed
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(u, _)| u.as_str())
+            .collect();
+        let log = mailpin.log();
+        let director: Vec<&str> = log
+            .lines()
+            .filter(|l| users.iter().any(|u| l.contains(&format!("user=\"{u}\""))))
+            .collect();
+        panic!(
+            "failover happens inside the login, yet {victim_failures} failed: {failed}\n\
+             director:\n{}\nbackends:\n{}",
+            director.join("\n"),
+            dovecot_failures(&cluster, &users)
+        );
+    }
     let closed: usize = summary["closed"]
         .as_object()
         .into_iter()

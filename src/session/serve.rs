@@ -23,7 +23,7 @@ use crate::config::{Listen, Protocol, TlsMode};
 use crate::io::{write_bytes, Connection};
 use crate::limits::Limit;
 use crate::plane::KickReason;
-use crate::relay::{relay_split, RelayEnd, RelayOptions, RelayStats, Split};
+use crate::relay::{relay_split, ReadAhead, RelayEnd, RelayOptions, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
 use crate::session::imap::ImapPolicy;
 use crate::session::lmtp::{Lmtp, LmtpPolicy};
@@ -277,6 +277,7 @@ fn relayed<C: Connection>(
     } = l;
     core.shared().config.server.keepalive().apply(&backend);
     let split = Split::new(client, backend);
+    let ahead = ReadAhead::new(to_backend, to_client);
     async move {
         let kicked_for = Cell::new(None);
         let (registration, kick) = core.sessions.register(&key, backend_id, protocol);
@@ -290,12 +291,14 @@ fn relayed<C: Connection>(
             registration.kick(KickReason::BackendDown);
         }
         let kicked = &kicked_for;
-        let stop = async move {
+        // Pinned here and lent to the relay: given by value, it would take
+        // room twice in the session's state (the relay pins its own copy).
+        let stop = std::pin::pin!(async move {
             let reason = kick.kicked().await;
             kicked.set(Some(reason));
             info!(?reason, "closing session");
             goodbye(protocol, reason)
-        };
+        });
         let options = {
             let shared = core.shared();
             RelayOptions {
@@ -310,8 +313,7 @@ fn relayed<C: Connection>(
             registration.backend_closed();
             core.router.release(&key, backend_id, Some(origin));
         };
-        let (end, stats) =
-            relay_split(split, to_backend, to_client, stop, options, backend_closed).await;
+        let (end, stats) = relay_split(split, ahead, stop, options, backend_closed).await;
         drop(registration);
         let ending = Ending::Relay(end, kicked_for.get());
         closed(&tracing::Span::current(), ending, stats, facts);
@@ -525,5 +527,52 @@ fn goodbye(protocol: Protocol, reason: KickReason) -> Vec<u8> {
         Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}\r\n").into_bytes(),
         Protocol::Sieve => format!("BYE (TRYLATER) \"{text}\"\r\n").into_bytes(),
         Protocol::Pop3 | Protocol::Lmtp => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What monoio adds around a spawned future in the task's one heap
+    /// allocation: header (state, vtable, owner) and trailer (join waker),
+    /// 40 bytes (`-Zprint-type-sizes`: `task::core::Cell<T>` is `T` + 40).
+    const MONOIO_TASK_OVERHEAD: usize = 40;
+
+    /// mimalloc's size class the task of an idle session must fit in; the
+    /// classes around it are 768 and 1024 bytes, so a task a few bytes
+    /// larger costs 128 bytes more per session.
+    const TASK_CLASS: usize = 896;
+
+    /// The size of the task `spawn` allocates for the future `f` returns
+    /// (wrapped in its tracing span, as `serve` spawns it), without
+    /// calling `f`.
+    fn task_size<F, A1, A2, A3, A4, A5, A6, O>(_f: F) -> usize
+    where
+        F: FnOnce(A1, A2, A3, A4, A5, A6) -> O,
+    {
+        std::mem::size_of::<tracing::instrument::Instrumented<O>>() + MONOIO_TASK_OVERHEAD
+    }
+
+    /// The task of a logged-in session is the largest part of what an
+    /// idle session costs (PERF.md, "Idle sessions"): it went from 1,016 to 1,336
+    /// bytes unnoticed (mimalloc's 1,536-byte class: +0.5 KiB per idle
+    /// session) when the relay gained its backend-closed callback, stall
+    /// timeout and session-end facts, because async fns keep a second copy
+    /// of every argument. This pins it below the class it fits in now.
+    #[test]
+    fn an_idle_session_task_fits_in_896_bytes() {
+        let plain = task_size(relayed::<TcpStream>);
+        let tls = task_size(relayed::<tls::TlsStream>);
+        assert!(
+            plain <= TASK_CLASS,
+            "a plain session's task is {plain} bytes, more than {TASK_CLASS}: \
+             every idle session pays for it (PERF.md, Idle sessions)"
+        );
+        assert!(
+            tls <= TASK_CLASS,
+            "a TLS session's task is {tls} bytes, more than {TASK_CLASS}: \
+             every idle session pays for it (PERF.md, Idle sessions)"
+        );
     }
 }

@@ -348,6 +348,9 @@ impl DovecotInstance {
         let output = File::create(&self.startup_output).expect("create master.out");
         let errors = output.try_clone().expect("clone the master.out handle");
         let mut command = Command::new(dovecot);
+        // Its own process group, which its children inherit: kill_hard
+        // kills them all with one signal.
+        command.process_group(0);
         command
             .arg("-F")
             .arg("-c")
@@ -659,10 +662,15 @@ impl DovecotInstance {
         }
     }
 
-    /// Kills the instance like a crashed machine: stops the master (so it
-    /// forks nothing new), SIGKILLs every process it forked and then the
-    /// master, and waits until all are gone. Its ports then refuse
-    /// connections. A no-op when it is not running.
+    /// Kills the instance like a crashed machine: one SIGKILL to the
+    /// master's process group reaches the master and every process it
+    /// forked at once, and this waits until all are gone. Its ports then
+    /// refuse connections. A no-op when it is not running.
+    ///
+    /// Not one process after the other: between those kills the survivors
+    /// went on serving, and a login whose auth process was already dead got
+    /// Dovecot's own `NO [UNAVAILABLE] Internal error occurred` from an
+    /// instance a crash would have silenced (the failover test's flake).
     pub fn kill_hard(&mut self) {
         let left = self.kill_all();
         assert!(
@@ -678,15 +686,23 @@ impl DovecotInstance {
         let Some(mut master) = self.master.take() else {
             return Vec::new();
         };
-        let master_pid = master.id();
-        procs::send_signal(master_pid, libc::SIGSTOP);
-        let children = procs::descendants(master_pid);
-        for &pid in &children {
+        // The master leads its own process group (spawn_master) and its
+        // children inherit it; one that left the group is still found by
+        // ancestry, before the kill re-parents it.
+        let group = master.id();
+        let members = procs::group_members(group);
+        let strays: Vec<u32> = procs::descendants(group)
+            .into_iter()
+            .filter(|pid| !members.contains(pid))
+            .collect();
+        procs::signal_group(group, libc::SIGKILL);
+        for &pid in &strays {
             procs::send_signal(pid, libc::SIGKILL);
         }
-        let _ = master.kill();
         let _ = master.wait();
-        procs::wait_gone(&children, KILL_LIMIT)
+        let mut left = procs::wait_group_gone(group, KILL_LIMIT);
+        left.extend(procs::wait_gone(&strays, Duration::ZERO));
+        left
     }
 
     /// Stops the instance gracefully: SIGTERM to the master and a bounded

@@ -1,7 +1,20 @@
 //! The `dovecot.conf` of one test backend: everything a director test
 //! needs from a real Dovecot 2.3 (shared maildir store, passwd-file users,
-//! trusted loopback so forwarded client addresses are honoured, the
-//! high-connection service settings from the team's peer measurements).
+//! trusted loopback so forwarded client addresses are honoured, login
+//! services in high-performance mode).
+//!
+//! Mail processes (`imap`, `pop3`) serve **one client each**, as Dovecot's
+//! own defaults do. Dovecot waits for its locks blocking the whole
+//! process: a process serving 50 clients (the peer measurements' setting
+//! for 5,000 idle sessions, which tests never hold) freezes all 50 while
+//! one of them waits. After a backend is SIGKILLed its victims' maildirs
+//! keep the killed processes' `dovecot-uidlist.lock` files, which the next
+//! backend overrides only once they are 2 s old and their PID is gone
+//! (this VM's init reaps orphans 1-2 s late): 2-5 s per lock, sequential
+//! per process. With 50 clients per process that froze unrelated users
+//! past the failover test's 10 s client timeout, and a login handed to the
+//! frozen process failed ("timed out", or Dovecot's `NO [UNAVAILABLE]
+//! Internal error occurred` once its own hand-off gave up).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -150,12 +163,12 @@ service lmtp {{
 }}
 service imap {{
   service_count = 0
-  client_limit = 50
+  client_limit = 1
   process_limit = 1000
 }}
 service pop3 {{
   service_count = 0
-  client_limit = 50
+  client_limit = 1
   process_limit = 1000
 }}
 service auth {{
