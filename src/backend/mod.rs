@@ -17,6 +17,7 @@ use crate::session::ClientInfo;
 
 pub mod greeting;
 pub mod imap;
+pub mod imap_resume;
 pub mod lmtp;
 pub mod pop3;
 pub mod sasl_relay;

@@ -19,6 +19,7 @@ mod cidr;
 mod duration;
 mod environment;
 mod error;
+mod live_move;
 mod parse;
 mod schema;
 mod validate;
@@ -100,6 +101,7 @@ impl Config {
         if let Some(dir) = file_dir {
             config.resolve_relative_paths(dir);
             found.extend(environment::check_environment(&config));
+            live_move::load_master_password(&mut config, &mut found);
         }
         if found.is_empty() {
             return Ok(config);
@@ -138,7 +140,11 @@ impl Config {
     /// Empty paths are left alone (validation reports them, or they mean
     /// "none").
     pub fn resolve_relative_paths(&mut self, dir: &Path) {
-        for file in [&mut self.admin.token_file, &mut self.admin.socket] {
+        for file in [
+            &mut self.admin.token_file,
+            &mut self.admin.socket,
+            &mut self.backends.master_password_file,
+        ] {
             if file.is_relative() && !file.as_os_str().is_empty() {
                 *file = dir.join(&*file);
             }

@@ -34,6 +34,10 @@ pub enum KickReason {
     BackendDown,
     /// The director is shutting down.
     Shutdown,
+    /// The user is moving to another backend (admin move, flush): an IMAP
+    /// session in a safe state may follow it live (issue 12) instead of
+    /// ending; any other session ends as for [`KickReason::Admin`].
+    Move,
 }
 
 /// What a session and its registry entry share: the kick, and whether the
@@ -131,6 +135,63 @@ impl Registration<'_> {
     /// longer keep users, say).
     pub fn kick(&self, reason: KickReason) {
         self.sessions.kick_ids(vec![self.id], reason);
+    }
+}
+
+// Live IMAP moves (issue 12).
+impl Registration<'_> {
+    /// The session goes on, live, on `backend`: its old backend connection
+    /// was closed ([`Registration::backend_closed`]) and a new one is about
+    /// to open. It counts on `backend` from now on and gets a fresh
+    /// [`KickSignal`]. A kick of its user that is under way for another
+    /// reason than [`KickReason::Move`] (the move it follows) kicks it at
+    /// once, as it would a login on its way.
+    pub fn moved_to(&mut self, backend: BackendId) -> KickSignal {
+        self.signals = Rc::new(Signals::default());
+        self.sessions.rebind(self.id, backend, self.signals.clone());
+        KickSignal(self.signals.clone())
+    }
+}
+
+impl Sessions {
+    fn rebind(&self, id: u64, backend: BackendId, signals: Rc<Signals>) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(entry) = inner.by_id.get_mut(&id) else {
+            return;
+        };
+        let (old, protocol, was_open) = (entry.backend, entry.protocol, entry.backend_open);
+        entry.backend = backend;
+        entry.signals = signals.clone();
+        entry.kicked = false;
+        entry.backend_open = true;
+        let key = entry.key.clone();
+        let b = usize::from(backend);
+        if inner.per_backend.len() <= b {
+            inner.per_backend.resize(b + 1, [0; Protocol::COUNT]);
+        }
+        if inner.open_per_backend.len() <= b {
+            inner.open_per_backend.resize(b + 1, 0);
+        }
+        if let Some(n) = inner.per_backend.get_mut(usize::from(old)) {
+            n[protocol.index()] = n[protocol.index()].saturating_sub(1);
+        }
+        inner.per_backend[b][protocol.index()] += 1;
+        if was_open {
+            let n = &mut inner.open_per_backend[usize::from(old)];
+            *n = n.saturating_sub(1);
+        }
+        inner.open_per_backend[b] += 1;
+        let other_kick = inner
+            .kicking
+            .get(&*key)
+            .map(|(reason, _)| *reason)
+            .filter(|r| *r != KickReason::Move);
+        if let Some(reason) = other_kick {
+            if let Some(e) = inner.by_id.get_mut(&id) {
+                e.kicked = true;
+            }
+            signals.kick(reason);
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct LoggedIn {
     pub to_backend: Vec<u8>,
     /// Bytes the backend sent after its tagged OK.
     pub to_client: Vec<u8>,
+    /// An IMAP session that may move live (issue 12): what the move needs.
+    pub live: Option<Box<crate::session::live_move::LiveLogin>>,
 }
 
 /// The state of one client before login; survives a STARTTLS upgrade.
@@ -86,6 +88,9 @@ pub struct Prelogin<'a> {
     id_fields: IdFields,
     bad: u32,
     deadline: Instant,
+    /// The identity of the login under way (for a live move's master
+    /// login: the authorization id, else the user name).
+    login_user: String,
 }
 
 /// A reply that ends with the client being disconnected.
@@ -107,6 +112,7 @@ impl<'a> Prelogin<'a> {
             id_fields: Vec::new(),
             bad: 0,
             deadline: Instant::now() + server.prelogin_timeout,
+            login_user: String::new(),
         }
     }
 
@@ -553,6 +559,10 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.login_user = identity
+            .authzid
+            .clone()
+            .unwrap_or_else(|| identity.user.clone());
         self.route(s, tag, key, Auth::Relayed(&relayed)).await
     }
 
@@ -571,6 +581,7 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.login_user = creds.authzid.clone().unwrap_or_else(|| creds.user.clone());
         self.route(s, tag, key, Auth::Plain(&creds)).await
     }
 
@@ -611,7 +622,16 @@ impl<'a> Prelogin<'a> {
             return Err(Bye);
         }
         match routed.into_logged_in(key, || std::mem::take(&mut self.buf)) {
-            Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
+            Ok(mut l) => {
+                // Live moves (issue 12): what a move of this session needs.
+                if crate::session::live_move::enabled(core) {
+                    l.live = Some(Box::new(crate::session::live_move::LiveLogin {
+                        client: self.client.clone(),
+                        user: std::mem::take(&mut self.login_user),
+                    }));
+                }
+                Ok(Some(Outcome::LoggedIn(l)))
+            }
             Err(refusal) => {
                 if let Some(text) = refusal.message() {
                     // RFC 5530: LIMIT for a per-user session limit.

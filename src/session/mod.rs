@@ -17,6 +17,7 @@ pub mod failover;
 pub mod imap;
 pub mod input;
 pub mod limits;
+pub mod live_move;
 pub mod lmtp;
 pub mod pop3;
 pub mod proxy_header;

@@ -1,0 +1,520 @@
+//! The two backend dialogues of a live IMAP move (issue 12): closing the
+//! old backend's session after a snapshot, and resuming the session on the
+//! new backend with the master user, verified against that snapshot.
+//!
+//! Old side ([`close_old`]): the client is idling. `DONE`, `NOOP` (a full
+//! sync) and `UID SEARCH RETURN (MAX COUNT) ALL` go out in one write; the
+//! untagged updates the backend sends are passed to the client (legal: the
+//! client's IDLE is still running), the tagged answers are swallowed; then
+//! `LOGOUT`, and the dialogue returns once the backend closed the
+//! connection — the old session no longer exists.
+//!
+//! New side ([`open_new`]): connect, forward the client's address (ID),
+//! log in with SASL PLAIN, authorization id = the user, authentication id
+//! = `backends.master_user` (what Dovecot's own proxy sends), check the
+//! capabilities, replay ENABLE, SELECT or EXAMINE with the client's own
+//! argument bytes and `UID SEARCH RETURN (MAX COUNT) ALL`, swallowing the
+//! answers; UIDVALIDITY, the message count and the highest UID must equal
+//! what the client knows. Then `IDLE` under the client's tag; its `+` is
+//! swallowed. Any difference is an error: the caller closes the new side
+//! and ends the session, never leaving the client with a wrong view.
+//!
+//! Every step is bounded (lines by [`MAX_BACKEND_LINE`], time by the
+//! caller). The master password goes out only base64-encoded in the
+//! AUTHENTICATE line and is never logged.
+
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use zeroize::Zeroizing;
+
+use crate::backend::greeting::{classify, GreetingKind};
+use crate::backend::imap::id_command;
+use crate::backend::{read_greeting, MAX_BACKEND_LINE};
+use crate::config::{Forward, Protocol};
+use crate::io::{write_bytes, ReadSide, WriteSide};
+use crate::proto::imap::tracker::{ImapTracker, Snapshot};
+use crate::proto::lines::LineReader;
+use crate::proto::sasl::{encode_plain, Credentials};
+use crate::route::backends::Backend;
+use crate::session::ClientInfo;
+
+/// How long the old backend may take to close after LOGOUT.
+pub const LOGOUT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the old backend said the mailbox holds when its session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxState {
+    /// Messages (`COUNT`).
+    pub count: u32,
+    /// The highest UID (`MAX`), `None` for an empty mailbox.
+    pub max_uid: Option<u32>,
+}
+
+/// Why a step of a live move failed; the words go to the session log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// A backend failed, refused or said something unexpected.
+    Backend(&'static str),
+    /// The mailbox changed between the old backend's snapshot and the new
+    /// backend's view (stage 1 does not reconcile).
+    Changed(&'static str),
+}
+
+impl ResumeError {
+    /// In words, for the session log.
+    pub fn text(self) -> &'static str {
+        match self {
+            ResumeError::Backend(t) | ResumeError::Changed(t) => t,
+        }
+    }
+}
+
+impl From<&'static str> for ResumeError {
+    fn from(text: &'static str) -> Self {
+        ResumeError::Backend(text)
+    }
+}
+
+/// Our own command tags, never the client's IDLE tag.
+fn our_tag(n: u8, client_tag: &[u8]) -> String {
+    let tag = format!("mpm{n}");
+    if client_tag == tag.as_bytes() {
+        format!("mpmx{n}")
+    } else {
+        tag
+    }
+}
+
+/// The status word of `line` if it is tagged `tag`.
+fn tagged<'a>(line: &'a [u8], tag: &str) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(tag.as_bytes())?.strip_prefix(b" ")?;
+    Some(rest.split(|&b| b == b' ').next().unwrap_or(rest))
+}
+
+fn is_ok(status: &[u8]) -> bool {
+    status.eq_ignore_ascii_case(b"OK")
+}
+
+/// Whether a line announces a literal (`{n}` at its end).
+fn ends_in_literal(line: &[u8]) -> bool {
+    line.ends_with(b"}") && line.contains(&b'{')
+}
+
+/// Parses `* ESEARCH (TAG "t") UID ... COUNT n ... MAX m` for tag `tag`.
+fn esearch(line: &[u8], tag: &str) -> Option<MailboxState> {
+    let rest = line.strip_prefix(b"* ESEARCH ")?;
+    let quoted = format!("(TAG \"{tag}\")");
+    let rest = rest.strip_prefix(quoted.as_bytes())?;
+    let words: Vec<&[u8]> = rest
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut state = MailboxState {
+        count: 0,
+        max_uid: None,
+    };
+    let mut count = None;
+    let mut i = 0;
+    while i < words.len() {
+        let value = words.get(i + 1).and_then(|v| number(v));
+        if words[i].eq_ignore_ascii_case(b"COUNT") {
+            count = value;
+            i += 2;
+        } else if words[i].eq_ignore_ascii_case(b"MAX") {
+            state.max_uid = value;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    state.count = count?;
+    Some(state)
+}
+
+fn number(s: &[u8]) -> Option<u32> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Reads one backend line, bounded.
+async fn line<R: ReadSide>(lines: &mut LineReader, r: &mut R) -> Result<Vec<u8>, ResumeError> {
+    lines
+        .read_line(r, MAX_BACKEND_LINE)
+        .await
+        .map_err(|_| ResumeError::Backend("backend connection lost"))
+}
+
+/// Ends the old backend's session of an idling client (see the module
+/// documentation): untagged updates go to `client` and through `tracker`;
+/// returns the mailbox state once the backend has closed the connection.
+/// With nothing selected only `LOGOUT` is sent. On an error the backend
+/// connection may still be open: the caller closes it.
+pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
+    br: &mut BR,
+    bw: &mut BW,
+    client: &mut CW,
+    tracker: &mut ImapTracker,
+) -> Result<Option<MailboxState>, ResumeError> {
+    let snapshot = tracker.movable().map_err(ResumeError::Backend)?;
+    let selected = snapshot.select.is_some();
+    let idle_tag = snapshot.idle_tag.unwrap_or_default().to_vec();
+    let (noop, search, logout) = (
+        our_tag(1, &idle_tag),
+        our_tag(2, &idle_tag),
+        our_tag(3, &idle_tag),
+    );
+    let mut lines = LineReader::new();
+    let mut state = None;
+    if selected {
+        let out = format!("DONE\r\n{noop} NOOP\r\n{search} UID SEARCH RETURN (MAX COUNT) ALL\r\n");
+        write_bytes(bw, out.as_bytes())
+            .await
+            .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+        loop {
+            let l = line(&mut lines, br).await?;
+            if ends_in_literal(&l) {
+                return Err(ResumeError::Backend(
+                    "old backend sent a literal during the snapshot",
+                ));
+            }
+            if let Some(found) = esearch(&l, &search) {
+                state = Some(found);
+                continue;
+            }
+            if let Some(status) = tagged(&l, &search) {
+                if !is_ok(status) {
+                    return Err(ResumeError::Backend("old backend refused the UID SEARCH"));
+                }
+                break;
+            }
+            if tagged(&l, &noop).is_some() {
+                continue;
+            }
+            if !idle_tag.is_empty()
+                && l.starts_with(&idle_tag)
+                && l.get(idle_tag.len()) == Some(&b' ')
+            {
+                // The IDLE's own completion: the client's IDLE goes on.
+                continue;
+            }
+            if l.first() != Some(&b'*') {
+                return Err(ResumeError::Backend("unexpected line from the old backend"));
+            }
+            let mut forwarded = l;
+            forwarded.extend_from_slice(b"\r\n");
+            tracker.backend_bytes(&forwarded);
+            let (res, _) = client.write_all(forwarded).await;
+            res.map_err(|_| ResumeError::Backend("client connection lost"))?;
+        }
+        let found = state.ok_or(ResumeError::Backend(
+            "no ESEARCH answer from the old backend",
+        ))?;
+        if found.count != tracker.exists() {
+            return Err(ResumeError::Changed(
+                "old backend's message count differs from the client's",
+            ));
+        }
+    }
+    if !lines.into_leftover().is_empty() {
+        return Err(ResumeError::Backend("old backend sent more than was asked"));
+    }
+    let out = format!("{logout} LOGOUT\r\n");
+    write_bytes(bw, out.as_bytes())
+        .await
+        .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+    // Swallow BYE and the tagged OK until the backend closes.
+    let closed = monoio::time::timeout(LOGOUT_CLOSE_TIMEOUT, async {
+        loop {
+            let buf = Vec::with_capacity(4096);
+            let (res, _) = br.read_into(buf).await;
+            match res {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    closed.map_err(|_| ResumeError::Backend("old backend did not close after LOGOUT"))?;
+    Ok(state)
+}
+
+/// Who logs in on the new backend.
+pub struct MasterLogin<'a> {
+    /// The user the session belongs to (authorization id).
+    pub user: &'a str,
+    /// `backends.master_user`.
+    pub master_user: &'a str,
+    /// Its password, from `backends.master_password_file`.
+    pub master_password: &'a str,
+}
+
+/// Resumes the session of `snapshot` on `stream`, a fresh connection to
+/// `backend` (see the module documentation); `old` is what the old backend
+/// reported. Returns the bytes the new backend sent past the IDLE
+/// continuation (or past its last answer), for the client. The caller
+/// bounds it in time and closes `stream` on an error.
+pub async fn resume(
+    stream: &mut TcpStream,
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    snapshot: &Snapshot<'_>,
+    old: Option<MailboxState>,
+) -> Result<Vec<u8>, ResumeError> {
+    let idle_tag = snapshot.idle_tag.unwrap_or_default();
+    let tags: Vec<String> = (4..=9).map(|n| our_tag(n, idle_tag)).collect();
+    let (id_tag, auth_tag, enable_tag, select_tag, search_tag) =
+        (&tags[0], &tags[1], &tags[2], &tags[3], &tags[4]);
+    let mut lines = LineReader::new();
+    let greeting = read_greeting(stream, &mut lines, backend.connect_timeout)
+        .await
+        .map_err(|_| ResumeError::Backend("no greeting from the new backend"))?;
+    if classify(Protocol::Imap, &greeting) != Some(GreetingKind::Ready) {
+        return Err(ResumeError::Backend(
+            "the new backend refused the connection",
+        ));
+    }
+    let sasl_ir = greeting
+        .split(|&b| b == b' ' || b == b']' || b == b'[')
+        .any(|w| w.eq_ignore_ascii_case(b"SASL-IR"));
+    let creds = Credentials {
+        authzid: Some(login.user.to_owned()),
+        user: login.master_user.to_owned(),
+        password: Zeroizing::new(login.master_password.as_bytes().to_vec()),
+    };
+    let response = encode_plain(&creds);
+    let mut out = Zeroizing::new(Vec::with_capacity(512));
+    if backend.forward == Forward::Id {
+        out.extend_from_slice(&id_command(id_tag, client, &Vec::new()));
+    }
+    out.extend_from_slice(auth_tag.as_bytes());
+    out.extend_from_slice(b" AUTHENTICATE PLAIN");
+    if sasl_ir {
+        out.push(b' ');
+        out.extend_from_slice(response.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    write_bytes(stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    drop(out);
+    let mut caps = loop {
+        let l = line(&mut lines, stream).await?;
+        if l.first() == Some(&b'+') && !sasl_ir {
+            let mut answer = Zeroizing::new(response.as_bytes().to_vec());
+            answer.extend_from_slice(b"\r\n");
+            write_bytes(stream, &answer)
+                .await
+                .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+            continue;
+        }
+        if let Some(status) = tagged(&l, auth_tag) {
+            if !is_ok(status) {
+                return Err(ResumeError::Backend(
+                    "master login refused by the new backend",
+                ));
+            }
+            break capability_code(&l);
+        }
+    };
+    drop(response);
+    let mut pipeline = String::new();
+    if caps.is_none() {
+        pipeline.push_str(&format!("{id_tag} CAPABILITY\r\n"));
+    }
+    let enable = if snapshot.qresync {
+        Some("QRESYNC")
+    } else if snapshot.condstore {
+        Some("CONDSTORE")
+    } else {
+        None
+    };
+    if let Some(ext) = enable {
+        pipeline.push_str(&format!("{enable_tag} ENABLE {ext}\r\n"));
+    }
+    let mut out = pipeline.into_bytes();
+    if let Some((command, args)) = snapshot.select {
+        out.extend_from_slice(format!("{select_tag} {command} ").as_bytes());
+        out.extend_from_slice(args);
+        out.extend_from_slice(
+            format!("\r\n{search_tag} UID SEARCH RETURN (MAX COUNT) ALL\r\n").as_bytes(),
+        );
+    }
+    let last = if snapshot.select.is_some() {
+        search_tag
+    } else if enable.is_some() {
+        enable_tag
+    } else if caps.is_none() {
+        id_tag
+    } else {
+        return finish_unselected(lines, &caps, snapshot);
+    };
+    write_bytes(stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let (mut uidvalidity, mut state, mut enabled) = (None, None, false);
+    loop {
+        let l = line(&mut lines, stream).await?;
+        if ends_in_literal(&l) {
+            return Err(ResumeError::Backend(
+                "new backend sent a literal while resuming",
+            ));
+        }
+        if let Some(found) = esearch(&l, search_tag) {
+            state = Some(found);
+        } else if let Some(rest) = l.strip_prefix(b"* CAPABILITY ") {
+            caps = Some(rest.to_vec());
+        } else if let Some(rest) = l.strip_prefix(b"* ENABLED") {
+            enabled |= enable.is_some_and(|e| {
+                rest.split(|&b| b == b' ')
+                    .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
+            });
+        } else if let Some(v) = l
+            .strip_prefix(b"* OK [UIDVALIDITY ")
+            .and_then(|r| r.split(|&b| b == b']').next())
+        {
+            uidvalidity = number(v);
+        } else if l.first() != Some(&b'*') {
+            let status = [id_tag, enable_tag, select_tag, search_tag]
+                .iter()
+                .find_map(|t| tagged(&l, t).map(|s| (*t, s)));
+            match status {
+                Some((_, s)) if is_ok(s) => {}
+                Some(_) => {
+                    return Err(ResumeError::Backend(
+                        "the new backend refused a replayed command",
+                    ))
+                }
+                None => return Err(ResumeError::Backend("unexpected line from the new backend")),
+            }
+            if tagged(&l, last).is_some() {
+                break;
+            }
+        }
+    }
+    if enable.is_some() && !enabled {
+        return Err(ResumeError::Backend(
+            "the new backend did not enable CONDSTORE/QRESYNC",
+        ));
+    }
+    if snapshot.select.is_none() {
+        return finish_unselected(lines, &caps, snapshot);
+    }
+    check_caps(&caps, snapshot)?;
+    if uidvalidity != Some(snapshot.uidvalidity) {
+        return Err(ResumeError::Changed(
+            "UIDVALIDITY differs on the new backend",
+        ));
+    }
+    let (found, old) = (
+        state.ok_or(ResumeError::Backend(
+            "no ESEARCH answer from the new backend",
+        ))?,
+        old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?,
+    );
+    if found.count != snapshot.exists || found != old {
+        return Err(ResumeError::Changed(
+            "mailbox changed between the old and the new backend",
+        ));
+    }
+    // Commit: the client's IDLE goes on here.
+    let mut idle = idle_tag.to_vec();
+    idle.extend_from_slice(b" IDLE\r\n");
+    write_bytes(stream, &idle)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let mut to_client = Vec::new();
+    loop {
+        let l = line(&mut lines, stream).await?;
+        if l.first() == Some(&b'+') {
+            break;
+        }
+        if l.first() != Some(&b'*') || ends_in_literal(&l) {
+            return Err(ResumeError::Backend("the new backend refused IDLE"));
+        }
+        to_client.extend_from_slice(&l);
+        to_client.extend_from_slice(b"\r\n");
+    }
+    to_client.extend_from_slice(&lines.into_leftover());
+    Ok(to_client)
+}
+
+/// An authenticated session without a mailbox: logged in (and ENABLE
+/// replayed) is all; bytes read past the last answer go to the client.
+fn finish_unselected(
+    lines: LineReader,
+    caps: &Option<Vec<u8>>,
+    snapshot: &Snapshot<'_>,
+) -> Result<Vec<u8>, ResumeError> {
+    check_caps(caps, snapshot)?;
+    Ok(lines.into_leftover())
+}
+
+/// The new backend must offer what the session relies on.
+fn check_caps(caps: &Option<Vec<u8>>, snapshot: &Snapshot<'_>) -> Result<(), ResumeError> {
+    let caps = caps
+        .as_deref()
+        .ok_or(ResumeError::Backend("no capabilities from the new backend"))?;
+    let has = |c: &[u8]| {
+        caps.split(|&b| b == b' ')
+            .any(|w| w.eq_ignore_ascii_case(c))
+    };
+    if snapshot.idle_tag.is_some() && !has(b"IDLE") {
+        return Err(ResumeError::Backend("the new backend does not offer IDLE"));
+    }
+    if snapshot.qresync && !has(b"QRESYNC") || snapshot.condstore && !has(b"CONDSTORE") {
+        return Err(ResumeError::Backend(
+            "the new backend does not offer CONDSTORE/QRESYNC",
+        ));
+    }
+    Ok(())
+}
+
+/// The words of a `[CAPABILITY ...]` response code in `line`.
+fn capability_code(line: &[u8]) -> Option<Vec<u8>> {
+    let start = line
+        .windows(12)
+        .position(|w| w.eq_ignore_ascii_case(b"[CAPABILITY "))?
+        + 12;
+    let end = start + line[start..].iter().position(|&b| b == b']')?;
+    Some(line[start..end].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esearch_answers_are_read_with_and_without_max() {
+        assert_eq!(
+            esearch(b"* ESEARCH (TAG \"mpm2\") UID MAX 7 COUNT 3", "mpm2"),
+            Some(MailboxState {
+                count: 3,
+                max_uid: Some(7)
+            })
+        );
+        assert_eq!(
+            esearch(b"* ESEARCH (TAG \"mpm2\") UID COUNT 0", "mpm2"),
+            Some(MailboxState {
+                count: 0,
+                max_uid: None
+            })
+        );
+        assert_eq!(esearch(b"* ESEARCH (TAG \"x\") UID COUNT 0", "mpm2"), None);
+    }
+
+    #[test]
+    fn our_tags_never_equal_the_clients() {
+        assert_eq!(our_tag(2, b"a1"), "mpm2");
+        assert_eq!(our_tag(2, b"mpm2"), "mpmx2");
+    }
+
+    #[test]
+    fn capability_codes_are_found_in_a_tagged_ok() {
+        assert_eq!(
+            capability_code(b"mpm5 OK [CAPABILITY IMAP4rev1 IDLE] Logged in"),
+            Some(b"IMAP4rev1 IDLE".to_vec())
+        );
+        assert_eq!(capability_code(b"mpm5 OK Logged in"), None);
+    }
+}
