@@ -210,6 +210,14 @@ struct Setup {
     gate: bool,
 }
 
+impl Setup {
+    /// A master user with the right password, no gate.
+    const PLAIN: Setup = Setup {
+        master_password: Some(MASTER_PASSWORD),
+        gate: false,
+    };
+}
+
 struct World {
     cluster: DovecotCluster,
     mailpin: Mailpin,
@@ -234,7 +242,7 @@ impl World {
             .gate
             .then(|| Gate::new(cluster.instance(1).imap_addr()));
         let mut c = String::from(
-            "[server]\ncores = 2\n\n[health]\ninterval = \"60s\"\n\n\
+            "[server]\ncores = 2\ndrain_timeout = \"1s\"\n\n[health]\ninterval = \"60s\"\n\n\
              [[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n",
         );
         if let Some(password) = setup.master_password {
@@ -371,10 +379,7 @@ const MOVED: &str = "mailpin_live_moves_total{result=\"moved\",reason=\"ok\"}";
 
 #[test]
 fn an_idle_client_follows_its_user_without_a_byte_and_sees_new_mail_there() {
-    let Some(w) = World::start(Setup {
-        master_password: Some(MASTER_PASSWORD),
-        gate: false,
-    }) else {
+    let Some(w) = World::start(Setup::PLAIN) else {
         return;
     };
     let user = "user0001";
@@ -520,10 +525,7 @@ fn a_mailbox_changed_between_the_snapshot_and_the_new_select_ends_the_session() 
 
 #[test]
 fn sessions_not_idling_end_with_bye_as_before() {
-    let Some(w) = World::start(Setup {
-        master_password: Some(MASTER_PASSWORD),
-        gate: false,
-    }) else {
+    let Some(w) = World::start(Setup::PLAIN) else {
         return;
     };
     let user = "user0004";
@@ -544,10 +546,7 @@ fn sessions_not_idling_end_with_bye_as_before() {
 
 #[test]
 fn an_authenticated_session_without_a_mailbox_moves_between_commands() {
-    let Some(w) = World::start(Setup {
-        master_password: Some(MASTER_PASSWORD),
-        gate: false,
-    }) else {
+    let Some(w) = World::start(Setup::PLAIN) else {
         return;
     };
     let user = "user0005";
@@ -634,10 +633,7 @@ fn without_a_master_user_idle_sessions_end_as_before() {
 
 #[test]
 fn drain_and_flush_move_idle_sessions_live() {
-    let Some(w) = World::start(Setup {
-        master_password: Some(MASTER_PASSWORD),
-        gate: false,
-    }) else {
+    let Some(w) = World::start(Setup::PLAIN) else {
         return;
     };
     let users = ["user0008", "user0009"];
@@ -658,4 +654,33 @@ fn drain_and_flush_move_idle_sessions_live() {
     }
     let flushed = on.iter().filter(|b| **b == drained).count() as f64;
     assert_eq!(w.metric(MOVED), flushed);
+}
+
+#[test]
+fn a_backend_removed_by_a_reload_hands_its_idle_sessions_over_live() {
+    let Some(w) = World::start(Setup::PLAIN) else {
+        return;
+    };
+    let user = "user0010";
+    let mut idle = Imap::idling(w.addr(), user);
+    let from = w.backend_of(user);
+    // The same configuration without the user's backend.
+    let path = w.mailpin.dir().join("mailpin.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let block = format!("[[backend]]\nname = \"b{from}\"\n");
+    let start = config.find(&block).expect("the backend's block");
+    let end = config[start + 1..]
+        .find("[[backend]]")
+        .map_or(config.len(), |i| start + 1 + i);
+    let mut without = config.clone();
+    without.replace_range(start..end, "");
+    std::fs::write(&path, without).unwrap();
+    let (code, out, err) = w.mailpin.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // server.drain_timeout = 1s, then the backend retires.
+    w.wait_on(user, 1 - from);
+    assert_eq!(idle.quiet_for(Duration::from_millis(200)), None);
+    idle.send("DONE\r\n");
+    assert!(idle.line().starts_with("i OK"));
+    assert_eq!(w.metric(MOVED), 1.0);
 }

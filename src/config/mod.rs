@@ -33,6 +33,7 @@ pub use cidr::{Cidr, CidrError};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use environment::usable_cpus;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
+pub use live_move::read_master_password;
 pub use schema::{
     AdminConfig, Backend, BackendDefaults, ClusterConfig, Driver, Forward, HealthCheck,
     HealthConfig, LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode,

@@ -194,14 +194,17 @@ impl Ending {
             Ending::Relay(RelayEnd::Backend, _) => "disconnected by backend",
             Ending::Relay(RelayEnd::Error, _) => "connection error",
             Ending::Relay(RelayEnd::Stalled, _) => "stalled: a side stopped reading",
-            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin)) => "closed by admin",
+            // A move ends sessions as a kick does (live moves aside: their
+            // closing line says `live_moves` and `not_moved`).
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin | KickReason::Move)) => {
+                "closed by admin"
+            }
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::BackendDown)) => {
                 "backend marked down"
             }
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::Shutdown)) => {
                 "director shutting down"
             }
-            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Move)) => "user moved",
             Ending::Relay(RelayEnd::Stopped, None) => "stopped",
         }
     }
