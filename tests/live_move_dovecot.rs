@@ -476,7 +476,7 @@ fn done_and_a_command_sent_during_the_move_are_answered_by_the_new_backend() {
 
 #[test]
 fn a_mailbox_changed_between_the_snapshot_and_the_new_select_ends_the_session() {
-    for change in ["append", "expunge"] {
+    for change in ["append", "expunge", "store"] {
         let Some(w) = World::start(Setup {
             master_password: Some(MASTER_PASSWORD),
             gate: true,
@@ -498,11 +498,15 @@ fn a_mailbox_changed_between_the_snapshot_and_the_new_select_ends_the_session() 
         // Straight to Dovecot, between the two sides of the move.
         let mut direct = Imap::login(w.cluster.instance(0).imap_addr(), user);
         direct.ok("s", "SELECT INBOX");
-        if change == "append" {
-            append(w.cluster.instance(0).imap_addr(), user, "three");
-        } else {
-            direct.ok("e", "STORE 1 +FLAGS (\\Deleted)");
-            direct.ok("x", "EXPUNGE");
+        match change {
+            "append" => append(w.cluster.instance(0).imap_addr(), user, "three"),
+            "expunge" => {
+                direct.ok("e", "STORE 1 +FLAGS (\\Deleted)");
+                direct.ok("x", "EXPUNGE");
+            }
+            _ => {
+                direct.ok("e", "STORE 2 +FLAGS (\\Flagged)");
+            }
         }
         direct.ok("z", "LOGOUT");
         gate.release.store(true, Ordering::SeqCst);

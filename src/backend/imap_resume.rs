@@ -51,6 +51,17 @@ pub struct MailboxState {
     pub max_uid: Option<u32>,
 }
 
+/// The old backend's snapshot: the mailbox, and its HIGHESTMODSEQ taken
+/// just before the sync whose updates the client got (so every change
+/// after it shows up as a higher HIGHESTMODSEQ on the new backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldSnapshot {
+    /// Messages and highest UID after the sync.
+    pub mailbox: MailboxState,
+    /// HIGHESTMODSEQ before the sync.
+    pub highest_modseq: u64,
+}
+
 /// Why a step of a live move failed; the words go to the session log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeError {
@@ -99,6 +110,61 @@ fn is_ok(status: &[u8]) -> bool {
 /// Whether a line announces a literal (`{n}` at its end).
 fn ends_in_literal(line: &[u8]) -> bool {
     line.ends_with(b"}") && line.contains(&b'{')
+}
+
+/// The mailbox name at the start of SELECT / EXAMINE arguments, bytes as
+/// the client sent them (an atom or a quoted string).
+fn mailbox_name(args: &[u8]) -> Option<Vec<u8>> {
+    if args.first() == Some(&b'"') {
+        let mut escaped = false;
+        for (i, &b) in args.iter().enumerate().skip(1) {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return Some(args[..=i].to_vec()),
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let end = args.iter().position(|&b| b == b' ').unwrap_or(args.len());
+    (end > 0 && args[0] != b'{' && args[0] != b'(').then(|| args[..end].to_vec())
+}
+
+/// HIGHESTMODSEQ of a `* STATUS mailbox (HIGHESTMODSEQ n)` line.
+fn status_modseq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"* STATUS ")?;
+    let at = rest
+        .windows(14)
+        .rposition(|w| w.eq_ignore_ascii_case(b"HIGHESTMODSEQ "))?;
+    let digits: Vec<u8> = rest[at + 14..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// A forwarded FETCH line without its `MODSEQ (n)` item, for a client
+/// that never switched CONDSTORE on (RFC 7162 §3.2).
+fn strip_modseq(line: &[u8]) -> Vec<u8> {
+    let lower: Vec<u8> = line.to_ascii_uppercase();
+    let Some(at) = lower.windows(8).position(|w| w == b"MODSEQ (") else {
+        return line.to_vec();
+    };
+    let Some(close) = line[at..].iter().position(|&b| b == b')') else {
+        return line.to_vec();
+    };
+    let mut end = at + close + 1;
+    let mut start = at;
+    if line.get(end) == Some(&b' ') {
+        end += 1;
+    } else if start > 0 && line[start - 1] == b' ' {
+        start -= 1;
+    }
+    let mut out = line[..start].to_vec();
+    out.extend_from_slice(&line[end..]);
+    out
 }
 
 /// Parses `* ESEARCH (TAG "t") UID ... COUNT n ... MAX m` for tag `tag`.
@@ -154,20 +220,40 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
     bw: &mut BW,
     client: &mut CW,
     tracker: &mut ImapTracker,
-) -> Result<Option<MailboxState>, ResumeError> {
+) -> Result<Option<OldSnapshot>, ResumeError> {
     let snapshot = tracker.movable().map_err(ResumeError::Backend)?;
-    let selected = snapshot.select.is_some();
+    let mailbox = match snapshot.select {
+        Some((_, args)) => {
+            Some(mailbox_name(args).ok_or(ResumeError::Backend("mailbox name not understood"))?)
+        }
+        None => None,
+    };
+    let condstore = snapshot.condstore;
     let idle_tag = snapshot.idle_tag.unwrap_or_default().to_vec();
-    let (noop, search, logout) = (
+    let (noop, search, logout, status) = (
         our_tag(1, &idle_tag),
         our_tag(2, &idle_tag),
         our_tag(3, &idle_tag),
+        our_tag(0, &idle_tag),
     );
     let mut lines = LineReader::new();
+    let mut found_state = None;
     let mut state = None;
-    if selected {
-        let out = format!("DONE\r\n{noop} NOOP\r\n{search} UID SEARCH RETURN (MAX COUNT) ALL\r\n");
-        write_bytes(bw, out.as_bytes())
+    let mut modseq = None;
+    if let Some(mailbox) = &mailbox {
+        // STATUS (HIGHESTMODSEQ) before the NOOP: whatever changes after it
+        // raises HIGHESTMODSEQ, whether the NOOP told the client or not.
+        // It switches CONDSTORE on for this (closing) session, so MODSEQ is
+        // taken out of what goes to a client that did not ask for it.
+        let mut out = format!("DONE\r\n{status} STATUS ").into_bytes();
+        out.extend_from_slice(mailbox);
+        out.extend_from_slice(
+            format!(
+                " (HIGHESTMODSEQ)\r\n{noop} NOOP\r\n{search} UID SEARCH RETURN (MAX COUNT) ALL\r\n"
+            )
+            .as_bytes(),
+        );
+        write_bytes(bw, &out)
             .await
             .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
         loop {
@@ -178,7 +264,7 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 ));
             }
             if let Some(found) = esearch(&l, &search) {
-                state = Some(found);
+                found_state = Some(found);
                 continue;
             }
             if let Some(status) = tagged(&l, &search) {
@@ -187,7 +273,20 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 }
                 break;
             }
+            if let Some(found) = status_modseq(&l) {
+                modseq = Some(found);
+                continue;
+            }
+            if let Some(answer) = tagged(&l, &status) {
+                if !is_ok(answer) {
+                    return Err(ResumeError::Backend("old backend refused STATUS"));
+                }
+                continue;
+            }
             if tagged(&l, &noop).is_some() {
+                continue;
+            }
+            if !condstore && l.starts_with(b"* OK [HIGHESTMODSEQ ") {
                 continue;
             }
             if !idle_tag.is_empty()
@@ -200,13 +299,13 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
             if l.first() != Some(&b'*') {
                 return Err(ResumeError::Backend("unexpected line from the old backend"));
             }
-            let mut forwarded = l;
+            let mut forwarded = if condstore { l } else { strip_modseq(&l) };
             forwarded.extend_from_slice(b"\r\n");
             tracker.backend_bytes(&forwarded);
             let (res, _) = client.write_all(forwarded).await;
             res.map_err(|_| ResumeError::Backend("client connection lost"))?;
         }
-        let found = state.ok_or(ResumeError::Backend(
+        let found = found_state.ok_or(ResumeError::Backend(
             "no ESEARCH answer from the old backend",
         ))?;
         if found.count != tracker.exists() {
@@ -214,6 +313,13 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 "old backend's message count differs from the client's",
             ));
         }
+        let highest_modseq = modseq.ok_or(ResumeError::Backend(
+            "no HIGHESTMODSEQ from the old backend",
+        ))?;
+        state = Some(OldSnapshot {
+            mailbox: found,
+            highest_modseq,
+        });
     }
     if !lines.into_leftover().is_empty() {
         return Err(ResumeError::Backend("old backend sent more than was asked"));
@@ -248,25 +354,18 @@ pub struct MasterLogin<'a> {
     pub master_password: &'a str,
 }
 
-/// Resumes the session of `snapshot` on `stream`, a fresh connection to
-/// `backend` (see the module documentation); `old` is what the old backend
-/// reported. Returns the bytes the new backend sent past the IDLE
-/// continuation (or past its last answer), for the client. The caller
-/// bounds it in time and closes `stream` on an error.
-pub async fn resume(
+/// Greeting, ID (with `forward = "id"`) and the master login on a fresh
+/// connection; the capabilities of the tagged OK, if it lists them.
+async fn master_login(
     stream: &mut TcpStream,
+    lines: &mut LineReader,
     backend: &Backend,
     client: &ClientInfo,
     login: &MasterLogin<'_>,
-    snapshot: &Snapshot<'_>,
-    old: Option<MailboxState>,
-) -> Result<Vec<u8>, ResumeError> {
-    let idle_tag = snapshot.idle_tag.unwrap_or_default();
-    let tags: Vec<String> = (4..=9).map(|n| our_tag(n, idle_tag)).collect();
-    let (id_tag, auth_tag, enable_tag, select_tag, search_tag) =
-        (&tags[0], &tags[1], &tags[2], &tags[3], &tags[4]);
-    let mut lines = LineReader::new();
-    let greeting = read_greeting(stream, &mut lines, backend.connect_timeout)
+    id_tag: &str,
+    auth_tag: &str,
+) -> Result<Option<Vec<u8>>, ResumeError> {
+    let greeting = read_greeting(stream, lines, backend.connect_timeout)
         .await
         .map_err(|_| ResumeError::Backend("no greeting from the new backend"))?;
     if classify(Protocol::Imap, &greeting) != Some(GreetingKind::Ready) {
@@ -298,8 +397,8 @@ pub async fn resume(
         .await
         .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
     drop(out);
-    let mut caps = loop {
-        let l = line(&mut lines, stream).await?;
+    let caps = loop {
+        let l = line(lines, stream).await?;
         if l.first() == Some(&b'+') && !sasl_ir {
             let mut answer = Zeroizing::new(response.as_bytes().to_vec());
             answer.extend_from_slice(b"\r\n");
@@ -318,6 +417,67 @@ pub async fn resume(
         }
     };
     drop(response);
+    Ok(caps)
+}
+
+/// HIGHESTMODSEQ of `mailbox` now, asked on a connection of its own (the
+/// resumed session must not switch CONDSTORE on for a client that did not).
+async fn probe_modseq(
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    mailbox: &[u8],
+) -> Result<u64, ResumeError> {
+    let mut stream = crate::backend::connect(backend, Protocol::Imap, client)
+        .await
+        .map_err(|_| ResumeError::Backend("cannot connect to the new backend"))?;
+    let mut lines = LineReader::new();
+    master_login(&mut stream, &mut lines, backend, client, login, "p1", "p2").await?;
+    let mut out = b"p3 STATUS ".to_vec();
+    out.extend_from_slice(mailbox);
+    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\np4 LOGOUT\r\n");
+    write_bytes(&mut stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let mut modseq = None;
+    loop {
+        let l = line(&mut lines, &mut stream).await?;
+        if let Some(found) = status_modseq(&l) {
+            modseq = Some(found);
+        } else if let Some(status) = tagged(&l, "p3") {
+            if !is_ok(status) {
+                return Err(ResumeError::Backend("the new backend refused STATUS"));
+            }
+            break;
+        }
+    }
+    // The probe's LOGOUT is answered and the connection closed by the
+    // backend; it is dropped without waiting for that.
+    modseq.ok_or(ResumeError::Backend(
+        "no HIGHESTMODSEQ from the new backend",
+    ))
+}
+
+/// Resumes the session of `snapshot` on `stream`, a fresh connection to
+/// `backend` (see the module documentation); `old` is what the old backend
+/// reported. Returns the bytes the new backend sent past the IDLE
+/// continuation (or past its last answer), for the client. The caller
+/// bounds it in time and closes `stream` on an error.
+pub async fn resume(
+    stream: &mut TcpStream,
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    snapshot: &Snapshot<'_>,
+    old: Option<OldSnapshot>,
+) -> Result<Vec<u8>, ResumeError> {
+    let idle_tag = snapshot.idle_tag.unwrap_or_default();
+    let tags: Vec<String> = (4..=9).map(|n| our_tag(n, idle_tag)).collect();
+    let (id_tag, auth_tag, enable_tag, select_tag, search_tag) =
+        (&tags[0], &tags[1], &tags[2], &tags[3], &tags[4]);
+    let mut lines = LineReader::new();
+    let mut caps =
+        master_login(stream, &mut lines, backend, client, login, id_tag, auth_tag).await?;
     let mut pipeline = String::new();
     if caps.is_none() {
         pipeline.push_str(&format!("{id_tag} CAPABILITY\r\n"));
@@ -412,9 +572,20 @@ pub async fn resume(
         ))?,
         old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?,
     );
-    if found.count != snapshot.exists || found != old {
+    if found.count != snapshot.exists || found != old.mailbox {
         return Err(ResumeError::Changed(
             "mailbox changed between the old and the new backend",
+        ));
+    }
+    // Flags: nothing changed since the old backend's STATUS, which came
+    // before the sync whose updates the client got.
+    let mailbox = snapshot
+        .select
+        .and_then(|(_, args)| mailbox_name(args))
+        .ok_or(ResumeError::Backend("mailbox name not understood"))?;
+    if probe_modseq(backend, client, login, &mailbox).await? != old.highest_modseq {
+        return Err(ResumeError::Changed(
+            "the mailbox changed (HIGHESTMODSEQ) between the old and the new backend",
         ));
     }
     // Commit: the client's IDLE goes on here.
@@ -501,6 +672,28 @@ mod tests {
             })
         );
         assert_eq!(esearch(b"* ESEARCH (TAG \"x\") UID COUNT 0", "mpm2"), None);
+    }
+
+    #[test]
+    fn mailbox_names_modseq_and_its_removal() {
+        assert_eq!(mailbox_name(b"INBOX"), Some(b"INBOX".to_vec()));
+        assert_eq!(
+            mailbox_name(b"\"Sent \\\"x\\\"\" (CONDSTORE)"),
+            Some(b"\"Sent \\\"x\\\"\"".to_vec())
+        );
+        assert_eq!(mailbox_name(b"{5}"), None);
+        assert_eq!(
+            status_modseq(b"* STATUS INBOX (HIGHESTMODSEQ 42)"),
+            Some(42)
+        );
+        assert_eq!(
+            strip_modseq(b"* 3 FETCH (UID 5 MODSEQ (12) FLAGS (\\Seen))"),
+            b"* 3 FETCH (UID 5 FLAGS (\\Seen))".to_vec()
+        );
+        assert_eq!(
+            strip_modseq(b"* 3 FETCH (FLAGS (\\Seen) MODSEQ (12))"),
+            b"* 3 FETCH (FLAGS (\\Seen))".to_vec()
+        );
     }
 
     #[test]
