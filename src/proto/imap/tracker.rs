@@ -421,7 +421,8 @@ impl ImapTracker {
         {
             self.block("saved search result ($) in use");
         }
-        match name.to_ascii_uppercase().as_slice() {
+        let mut upper = [0u8; WORD];
+        match upper_word(name, &mut upper) {
             b"IDLE" => {
                 self.idle = Idle::Requested;
                 self.idle_tag = tag;
@@ -500,7 +501,8 @@ impl ImapTracker {
             }
             return;
         }
-        match second.to_ascii_uppercase().as_slice() {
+        let mut upper = [0u8; WORD];
+        match upper_word(second, &mut upper) {
             b"OK" => {
                 if let Some(v) = rest
                     .strip_prefix(b"[UIDVALIDITY ")
@@ -526,6 +528,20 @@ impl ImapTracker {
             _ => {}
         }
     }
+}
+
+/// Longest command or response word compared (without allocating).
+const WORD: usize = 16;
+
+/// `word` upper-cased into `buf`; empty when longer than [`WORD`].
+fn upper_word<'b>(word: &[u8], buf: &'b mut [u8; WORD]) -> &'b [u8] {
+    if word.len() > WORD {
+        return &[];
+    }
+    for (d, s) in buf.iter_mut().zip(word) {
+        *d = s.to_ascii_uppercase();
+    }
+    &buf[..word.len()]
 }
 
 /// A decimal number without sign.
