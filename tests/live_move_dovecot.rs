@@ -102,7 +102,14 @@ impl Imap {
         let mut byte = [0u8; 1];
         let got = match self.r.get_mut().read(&mut byte) {
             Ok(0) => Some("<closed>".to_string()),
-            Ok(_) => Some(format!("{}...", byte[0] as char)),
+            Ok(_) => {
+                let mut rest = String::new();
+                self.w
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let _ = self.r.read_line(&mut rest);
+                Some(format!("{}{rest}", byte[0] as char))
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -306,7 +313,8 @@ impl World {
             }
             assert!(
                 Instant::now() < until,
-                "{user}: {here} on {i}, {there} on the other"
+                "{user}: {here} on {i}, {there} on the other\n{}",
+                self.mailpin.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -344,12 +352,26 @@ fn open_connections(table: &str, backend: SocketAddr) -> usize {
         .count()
 }
 
+/// Waits until `taken` reaches `n` (bounded).
+fn wait_samples(taken: &AtomicUsize, n: usize) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while taken.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < until, "doveadm who did not answer");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Samples, until `stop`, whether `user` is open on both backends:
 /// the director's connections to both (one read of /proc/net/tcp, an
 /// instant) and `doveadm who` on both in the order a, b, a (it is shown on
 /// both only if the first backend still has it after the second showed it).
 /// Returns (samples, splits).
-fn sample_both(cluster: &DovecotCluster, user: &str, stop: &AtomicBool) -> (usize, usize) {
+fn sample_both(
+    cluster: &DovecotCluster,
+    user: &str,
+    stop: &AtomicBool,
+    taken: &AtomicUsize,
+) -> (usize, usize) {
     let (mut samples, mut splits) = (0, 0);
     let addrs = [
         cluster.instance(0).imap_addr(),
@@ -367,6 +389,7 @@ fn sample_both(cluster: &DovecotCluster, user: &str, stop: &AtomicBool) -> (usiz
         let tcp_split = addrs.iter().all(|a| open_connections(&table, *a) > 0);
         let who_split = on(first) && on(1 - first) && on(first);
         samples += 1;
+        taken.fetch_add(1, Ordering::SeqCst);
         if tcp_split || who_split {
             splits += 1;
         }
@@ -388,13 +411,13 @@ fn an_idle_client_follows_its_user_without_a_byte_and_sees_new_mail_there() {
     let mut idle = Imap::idling(w.addr(), user);
     let from = w.backend_of(user);
     let to = 1 - from;
-    let stop = AtomicBool::new(false);
+    let (stop, taken) = (AtomicBool::new(false), AtomicUsize::new(0));
     let (samples, both) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop));
-        std::thread::sleep(Duration::from_millis(100));
+        let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop, &taken));
+        wait_samples(&taken, 1);
         w.move_user(user, to);
         w.wait_on(user, to);
-        std::thread::sleep(Duration::from_millis(100));
+        wait_samples(&taken, taken.load(Ordering::SeqCst) + 2);
         stop.store(true, Ordering::SeqCst);
         sampler.join().unwrap()
     });
@@ -474,42 +497,74 @@ fn done_and_a_command_sent_during_the_move_are_answered_by_the_new_backend() {
     assert_eq!(w.metric(MOVED), moved_before + 1.0);
 }
 
+/// A change made straight on Dovecot while the move is caught between its
+/// old side's close and its new side's login; returns the world and the
+/// moving client once the gate is released.
+fn change_during_a_move(change: &str) -> Option<(World, Imap, f64)> {
+    let w = World::start(Setup {
+        master_password: Some(MASTER_PASSWORD),
+        gate: true,
+    })?;
+    let user = "user0003";
+    append(w.addr(), user, "one");
+    append(w.addr(), user, "two");
+    let idle = Imap::idling(w.addr(), user);
+    if w.backend_of(user) == 1 {
+        w.move_user(user, 0);
+        w.wait_on(user, 0);
+    }
+    let moved_before = w.metric(MOVED);
+    let gate = w.gate.as_ref().unwrap();
+    gate.armed.store(true, Ordering::SeqCst);
+    w.move_user(user, 1);
+    gate.wait_held();
+    // Straight to Dovecot, between the two sides of the move.
+    let mut direct = Imap::login(w.cluster.instance(0).imap_addr(), user);
+    direct.ok("s", "SELECT INBOX");
+    match change {
+        "append" => append(w.cluster.instance(0).imap_addr(), user, "three"),
+        "expunge" => {
+            direct.ok("e", "STORE 1 +FLAGS (\\Deleted)");
+            direct.ok("x", "EXPUNGE");
+        }
+        _ => {
+            direct.ok("e", "STORE 2 +FLAGS (\\Flagged)");
+        }
+    }
+    direct.ok("z", "LOGOUT");
+    gate.release.store(true, Ordering::SeqCst);
+    Some((w, idle, moved_before))
+}
+
 #[test]
-fn a_mailbox_changed_between_the_snapshot_and_the_new_select_ends_the_session() {
-    for change in ["append", "expunge", "store"] {
-        let Some(w) = World::start(Setup {
-            master_password: Some(MASTER_PASSWORD),
-            gate: true,
-        }) else {
+fn an_append_between_the_snapshot_and_the_new_select_is_reconciled_with_exists() {
+    let Some((w, mut idle, moved_before)) = change_during_a_move("append") else {
+        return;
+    };
+    assert_eq!(idle.line(), "* 3 EXISTS", "the appended message, once");
+    assert_eq!(idle.quiet_for(Duration::from_millis(300)), None);
+    w.wait_on("user0003", 1);
+    idle.send("DONE\r\n");
+    let done: Vec<String> = idle
+        .until("i")
+        .into_iter()
+        .filter(|l| !l.starts_with("* "))
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].starts_with("i OK"), "{done:?}");
+    let mut other = Imap::login(w.addr(), "user0003");
+    other.ok("s", "SELECT INBOX");
+    assert_eq!(idle.uid_flags(), other.uid_flags());
+    assert_eq!(w.metric(MOVED), moved_before + 1.0);
+}
+
+#[test]
+fn an_expunge_or_a_flag_change_between_the_snapshot_and_the_new_select_ends_the_session() {
+    for change in ["expunge", "store"] {
+        let Some((w, mut idle, _)) = change_during_a_move(change) else {
             return;
         };
         let user = "user0003";
-        append(w.addr(), user, "one");
-        append(w.addr(), user, "two");
-        let mut idle = Imap::idling(w.addr(), user);
-        if w.backend_of(user) == 1 {
-            w.move_user(user, 0);
-            w.wait_on(user, 0);
-        }
-        let gate = w.gate.as_ref().unwrap();
-        gate.armed.store(true, Ordering::SeqCst);
-        w.move_user(user, 1);
-        gate.wait_held();
-        // Straight to Dovecot, between the two sides of the move.
-        let mut direct = Imap::login(w.cluster.instance(0).imap_addr(), user);
-        direct.ok("s", "SELECT INBOX");
-        match change {
-            "append" => append(w.cluster.instance(0).imap_addr(), user, "three"),
-            "expunge" => {
-                direct.ok("e", "STORE 1 +FLAGS (\\Deleted)");
-                direct.ok("x", "EXPUNGE");
-            }
-            _ => {
-                direct.ok("e", "STORE 2 +FLAGS (\\Flagged)");
-            }
-        }
-        direct.ok("z", "LOGOUT");
-        gate.release.store(true, Ordering::SeqCst);
         let bye = idle.line();
         assert!(bye.starts_with("* BYE"), "{change}: {bye}");
         assert_eq!(
@@ -586,9 +641,10 @@ fn a_refused_master_login_or_a_dead_new_backend_ends_the_session_never_on_two() 
         if !wrong {
             w.cluster.instance_mut(to).kill_hard();
         }
-        let stop = AtomicBool::new(false);
+        let (stop, taken) = (AtomicBool::new(false), AtomicUsize::new(0));
         let (_, both) = std::thread::scope(|s| {
-            let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop));
+            let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop, &taken));
+            wait_samples(&taken, 1);
             w.move_user(user, to);
             let bye = idle.line();
             assert!(bye.starts_with("* BYE"), "{case}: {bye}");

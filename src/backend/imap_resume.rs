@@ -420,14 +420,29 @@ async fn master_login(
     Ok(caps)
 }
 
-/// HIGHESTMODSEQ of `mailbox` now, asked on a connection of its own (the
-/// resumed session must not switch CONDSTORE on for a client that did not).
-async fn probe_modseq(
+/// What a probe connection saw of the mailbox.
+#[derive(Debug, Default)]
+struct Probe {
+    highest_modseq: u64,
+    /// Messages with a UID up to the old highest one (when asked).
+    old_messages: Option<u32>,
+    /// Of those, the ones changed after the old HIGHESTMODSEQ (when asked).
+    old_changed: Option<u32>,
+}
+
+/// Asks about `mailbox` on a connection of its own (the resumed session
+/// must not switch CONDSTORE on for a client that did not): its
+/// HIGHESTMODSEQ now, and with `old_max` (an append reconcile) how many
+/// messages up to that UID there are and how many of them changed after
+/// `since` (old HIGHESTMODSEQ), read-only (EXAMINE).
+async fn probe(
     backend: &Backend,
     client: &ClientInfo,
     login: &MasterLogin<'_>,
     mailbox: &[u8],
-) -> Result<u64, ResumeError> {
+    old_max: Option<u32>,
+    since: u64,
+) -> Result<Probe, ResumeError> {
     let mut stream = crate::backend::connect(backend, Protocol::Imap, client)
         .await
         .map_err(|_| ResumeError::Backend("cannot connect to the new backend"))?;
@@ -435,27 +450,49 @@ async fn probe_modseq(
     master_login(&mut stream, &mut lines, backend, client, login, "p1", "p2").await?;
     let mut out = b"p3 STATUS ".to_vec();
     out.extend_from_slice(mailbox);
-    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\np4 LOGOUT\r\n");
+    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\n");
+    if let Some(max) = old_max {
+        out.extend_from_slice(b"p4 EXAMINE ");
+        out.extend_from_slice(mailbox);
+        out.extend_from_slice(
+            format!(
+                "\r\np5 UID SEARCH RETURN (COUNT) UID 1:{max}\r\n\
+                 p6 UID SEARCH RETURN (COUNT) UID 1:{max} MODSEQ {}\r\n",
+                since + 1
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"p7 LOGOUT\r\n");
     write_bytes(&mut stream, &out)
         .await
         .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let mut probe = Probe::default();
     let mut modseq = None;
+    let last = if old_max.is_some() { "p6" } else { "p3" };
     loop {
         let l = line(&mut lines, &mut stream).await?;
         if let Some(found) = status_modseq(&l) {
             modseq = Some(found);
-        } else if let Some(status) = tagged(&l, "p3") {
+        } else if let Some(found) = esearch(&l, "p5") {
+            probe.old_messages = Some(found.count);
+        } else if let Some(found) = esearch(&l, "p6") {
+            probe.old_changed = Some(found.count);
+        } else if let Some(status) = ["p3", "p4", "p5", "p6"].iter().find_map(|t| tagged(&l, t)) {
             if !is_ok(status) {
-                return Err(ResumeError::Backend("the new backend refused STATUS"));
+                return Err(ResumeError::Backend("the new backend refused a probe"));
             }
-            break;
+            if tagged(&l, last).is_some() {
+                break;
+            }
         }
     }
     // The probe's LOGOUT is answered and the connection closed by the
     // backend; it is dropped without waiting for that.
-    modseq.ok_or(ResumeError::Backend(
+    probe.highest_modseq = modseq.ok_or(ResumeError::Backend(
         "no HIGHESTMODSEQ from the new backend",
-    ))
+    ))?;
+    Ok(probe)
 }
 
 /// Resumes the session of `snapshot` on `stream`, a fresh connection to
@@ -572,21 +609,49 @@ pub async fn resume(
         ))?,
         old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?,
     );
-    if found.count != snapshot.exists || found != old.mailbox {
-        return Err(ResumeError::Changed(
-            "mailbox changed between the old and the new backend",
-        ));
-    }
-    // Flags: nothing changed since the old backend's STATUS, which came
-    // before the sync whose updates the client got.
     let mailbox = snapshot
         .select
         .and_then(|(_, args)| mailbox_name(args))
         .ok_or(ResumeError::Backend("mailbox name not understood"))?;
-    if probe_modseq(backend, client, login, &mailbox).await? != old.highest_modseq {
+    let unchanged = found == old.mailbox && found.count == snapshot.exists;
+    // Stage 2, appends only: more messages, a higher UID, and (checked on
+    // the probe) the client's messages all there and unchanged: the client
+    // is told `* n EXISTS`, as the new backend would have told it.
+    let appended = found.count > snapshot.exists && found.max_uid > old.mailbox.max_uid;
+    if !unchanged && !appended {
+        return Err(ResumeError::Changed(
+            "mailbox changed between the old and the new backend",
+        ));
+    }
+    let old_max = if appended { old.mailbox.max_uid } else { None };
+    let probe = probe(
+        backend,
+        client,
+        login,
+        &mailbox,
+        old_max,
+        old.highest_modseq,
+    )
+    .await?;
+    let untouched = match old_max {
+        // Flags: nothing changed since the old backend's STATUS, which
+        // came before the sync whose updates the client got.
+        None if !appended => probe.highest_modseq == old.highest_modseq,
+        None => true,
+        Some(_) => {
+            probe.old_messages == Some(snapshot.exists)
+                && probe.old_changed == Some(0)
+                && probe.highest_modseq >= old.highest_modseq
+        }
+    };
+    if !untouched {
         return Err(ResumeError::Changed(
             "the mailbox changed (HIGHESTMODSEQ) between the old and the new backend",
         ));
+    }
+    let mut to_client = Vec::new();
+    if appended {
+        to_client.extend_from_slice(format!("* {} EXISTS\r\n", found.count).as_bytes());
     }
     // Commit: the client's IDLE goes on here.
     let mut idle = idle_tag.to_vec();
@@ -594,7 +659,6 @@ pub async fn resume(
     write_bytes(stream, &idle)
         .await
         .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
-    let mut to_client = Vec::new();
     loop {
         let l = line(&mut lines, stream).await?;
         if l.first() == Some(&b'+') {

@@ -289,7 +289,8 @@ impl Core {
             Vec::new()
         };
         kicked.extend(self.sessions.kick_where(KickReason::BackendDown, |b| {
-            set.get(b).is_some_and(|b| b.keeps_users())
+            set.get(b)
+                .is_some_and(|b| b.keeps_users() || (live && b.retired_alive()))
         }));
         if !kicked.is_empty() {
             info!(
