@@ -15,8 +15,13 @@
 //! saved search results (`$`, `RETURN (SAVE)`), CONTEXT=SEARCH updates, a
 //! `* BYE`, or a tag longer than [`MAX_TAG`].
 
-/// Bytes of a line kept for parsing; the rest of a longer line is skipped.
+/// Bytes of a client command line kept for parsing (SELECT arguments are
+/// replayed from it); the rest of a longer line is skipped.
 pub const HEAD: usize = 160;
+
+/// Bytes of a backend response line kept: enough for a tag and a status,
+/// `* n EXISTS`, `* OK [UIDVALIDITY n]`, `* ENABLED ...`.
+pub const RESPONSE_HEAD: usize = 64;
 
 /// The longest tag followed; a longer one makes the session unmovable.
 pub const MAX_TAG: usize = 32;
@@ -40,10 +45,10 @@ enum Brace {
 /// Cuts one direction's bytes into logical lines (a line, and after each
 /// literal it announces, the rest of the same command or response).
 #[derive(Debug)]
-struct Framer {
-    head: [u8; HEAD],
+struct Framer<const N: usize> {
+    head: [u8; N],
     len: u8,
-    /// The first physical line was longer than [`HEAD`].
+    /// The first physical line was longer than `N`.
     overflow: bool,
     /// Some byte of the current logical line has been seen.
     started: bool,
@@ -54,10 +59,10 @@ struct Framer {
     brace: Brace,
 }
 
-impl Framer {
-    fn new() -> Framer {
+impl<const N: usize> Framer<N> {
+    fn new() -> Self {
         Framer {
-            head: [0; HEAD],
+            head: [0; N],
             len: 0,
             overflow: false,
             started: false,
@@ -104,7 +109,7 @@ impl Framer {
             };
             *pos += segment.len() + usize::from(ends);
             if !self.continued {
-                let room = HEAD - usize::from(self.len);
+                let room = N - usize::from(self.len);
                 let body = segment
                     .strip_suffix(b"\r")
                     .filter(|_| ends)
@@ -232,8 +237,14 @@ pub struct Snapshot<'a> {
 /// Follows one session (see the module documentation).
 #[derive(Debug)]
 pub struct ImapTracker {
-    up: Framer,
-    down: Framer,
+    up: Framer<HEAD>,
+    down: Framer<RESPONSE_HEAD>,
+    state: SessionState,
+}
+
+/// What the tracker knows of the session (apart from the line framing).
+#[derive(Debug)]
+struct SessionState {
     mailbox: Mailbox,
     /// Tagged commands without a tagged answer yet.
     outstanding: u32,
@@ -270,6 +281,54 @@ impl ImapTracker {
         ImapTracker {
             up: Framer::new(),
             down: Framer::new(),
+            state: SessionState::new(),
+        }
+    }
+
+    /// Bytes the client sent, as passed on to the backend.
+    pub fn client_bytes(&mut self, chunk: &[u8]) {
+        let mut pos = 0;
+        while self.up.feed(chunk, &mut pos) {
+            let (overflow, literal) = (self.up.overflow, self.up.continued);
+            self.state.command(self.up.head(), overflow, literal);
+            self.up.reset();
+        }
+    }
+
+    /// Bytes the backend sent, as passed on to the client.
+    pub fn backend_bytes(&mut self, chunk: &[u8]) {
+        let mut pos = 0;
+        while self.down.feed(chunk, &mut pos) {
+            self.state.response(self.down.head());
+            self.down.reset();
+        }
+    }
+
+    /// The mailbox state.
+    pub fn mailbox(&self) -> Mailbox {
+        self.state.mailbox
+    }
+
+    /// The EXISTS count the client has been told.
+    pub fn exists(&self) -> u32 {
+        self.state.exists
+    }
+
+    /// What to replay, when the session can move live now; otherwise why
+    /// not. Movable: idling in a selected mailbox with nothing else in
+    /// flight (stage 1), or authenticated with no command at all in
+    /// flight; both directions at a line boundary.
+    pub fn movable(&self) -> Result<Snapshot<'_>, &'static str> {
+        if !self.up.at_boundary() || !self.down.at_boundary() {
+            return Err("in the middle of a line or literal");
+        }
+        self.state.movable()
+    }
+}
+
+impl SessionState {
+    fn new() -> SessionState {
+        SessionState {
             mailbox: Mailbox::None,
             outstanding: 0,
             idle: Idle::None,
@@ -288,51 +347,10 @@ impl ImapTracker {
         }
     }
 
-    /// Bytes the client sent, as passed on to the backend.
-    pub fn client_bytes(&mut self, chunk: &[u8]) {
-        let mut pos = 0;
-        while self.up.feed(chunk, &mut pos) {
-            let mut head = [0u8; HEAD];
-            let n = self.up.head().len();
-            head[..n].copy_from_slice(self.up.head());
-            let (overflow, literal) = (self.up.overflow, self.up.continued);
-            self.up.reset();
-            self.command(&head[..n], overflow, literal);
-        }
-    }
-
-    /// Bytes the backend sent, as passed on to the client.
-    pub fn backend_bytes(&mut self, chunk: &[u8]) {
-        let mut pos = 0;
-        while self.down.feed(chunk, &mut pos) {
-            let mut head = [0u8; HEAD];
-            let n = self.down.head().len();
-            head[..n].copy_from_slice(self.down.head());
-            self.down.reset();
-            self.response(&head[..n]);
-        }
-    }
-
-    /// The mailbox state.
-    pub fn mailbox(&self) -> Mailbox {
-        self.mailbox
-    }
-
-    /// The EXISTS count the client has been told.
-    pub fn exists(&self) -> u32 {
-        self.exists
-    }
-
-    /// What to replay, when the session can move live now; otherwise why
-    /// not. Movable: idling in a selected mailbox with nothing else in
-    /// flight (stage 1), or authenticated with no command at all in
-    /// flight; both directions at a line boundary.
-    pub fn movable(&self) -> Result<Snapshot<'_>, &'static str> {
+    /// See [`ImapTracker::movable`]; the framing is checked there.
+    fn movable(&self) -> Result<Snapshot<'_>, &'static str> {
         if let Some(reason) = self.blocked {
             return Err(reason);
-        }
-        if !self.up.at_boundary() || !self.down.at_boundary() {
-            return Err("in the middle of a line or literal");
         }
         if self.condstore_unknown && !self.condstore {
             return Err("a command too long to follow may have enabled CONDSTORE");
