@@ -333,7 +333,8 @@ impl World {
 
 /// Connections of this machine to `backend` still open on our side, read
 /// from /proc/net/tcp at once for every backend: every state but
-/// TIME_WAIT, CLOSE, LAST_ACK (our side closed) and LISTEN.
+/// TIME_WAIT, CLOSE, CLOSE_WAIT (the backend closed: its session is over;
+/// our close may still be queued), LAST_ACK and LISTEN.
 fn open_connections(table: &str, backend: SocketAddr) -> usize {
     let SocketAddr::V4(v4) = backend else {
         return 0;
@@ -347,7 +348,7 @@ fn open_connections(table: &str, backend: SocketAddr) -> usize {
             let fields: Vec<&str> = line.split_whitespace().collect();
             fields.len() > 3
                 && fields[2] == remote
-                && !matches!(fields[3], "06" | "07" | "09" | "0A")
+                && !matches!(fields[3], "06" | "07" | "08" | "09" | "0A")
         })
         .count()
 }
@@ -391,6 +392,7 @@ fn sample_both(
         samples += 1;
         taken.fetch_add(1, Ordering::SeqCst);
         if tcp_split || who_split {
+            eprintln!("split seen: director connections {tcp_split}, doveadm who {who_split}");
             splits += 1;
         }
         first = 1 - first;

@@ -86,6 +86,21 @@ impl KickSignal {
     }
 }
 
+impl KickSignal {
+    /// Waits for a kick without consuming the signal (live moves, issue
+    /// 12: the relay waits on it again and again, allocating nothing).
+    pub async fn wait(&self) -> KickReason {
+        poll_fn(|cx| match self.0.kick.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                self.0.kick_waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// Completes when a kicked session has ended.
 pub struct Closed(Rc<Signals>);
 

@@ -211,19 +211,19 @@ pub async fn relay<C: Connection>(
         moves: 0,
         stall: core.shared().config.server.stall_timeout,
     };
-    let mut kick = Box::pin(kick.kicked());
+    let mut kick = kick;
     let mut leg = backend.into_split();
     // Bytes read ahead during login.
     let mut ok = true;
     if !to_backend.is_empty() {
         session.tracker.client_bytes(&to_backend);
         session.stats.up += to_backend.len() as u64;
-        ok &= leg.1.write_all(to_backend).await.0.is_ok();
+        ok &= Box::pin(leg.1.write_all(to_backend)).await.0.is_ok();
     }
     if ok && !to_client.is_empty() {
         session.tracker.backend_bytes(&to_client);
         session.stats.down += to_client.len() as u64;
-        ok &= cw.write_all(to_client).await.0.is_ok();
+        ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
     }
     let mut pending_client_eof = false;
     let mut end = if ok {
@@ -235,13 +235,13 @@ pub async fn relay<C: Connection>(
         let ending = match end.take() {
             Some(e) => e,
             None if pending_client_eof => LegEnd::ClientEof,
-            None => session.run_leg(&mut cr, &mut cw, &mut leg, &mut kick).await,
+            None => session.run_leg(&mut cr, &mut cw, &mut leg, &kick).await,
         };
         let reason = match ending {
             LegEnd::Kicked(reason) => reason,
             LegEnd::ClientEof => {
-                let _ = leg.1.shutdown().await;
-                session.drain_backend(&mut leg, &mut cw).await;
+                let _ = Box::pin(leg.1.shutdown()).await;
+                Box::pin(session.drain_backend(&mut leg, &mut cw)).await;
                 drop(leg);
                 session.backend_closed(&registration);
                 return session.ended(RelayEnd::Client, None, None);
@@ -249,13 +249,13 @@ pub async fn relay<C: Connection>(
             LegEnd::BackendEof => {
                 drop(leg);
                 session.backend_closed(&registration);
-                let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown()).await;
+                let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
                 return session.ended(RelayEnd::Backend, None, None);
             }
             LegEnd::Failed(how) => {
-                close_backend(leg.0, leg.1).await;
+                Box::pin(close_backend(leg.0, leg.1)).await;
                 session.backend_closed(&registration);
-                let _ = monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown()).await;
+                let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
                 return session.ended(how, None, None);
             }
         };
@@ -278,22 +278,23 @@ pub async fn relay<C: Connection>(
                 core.counters.live_move(outcome);
                 info!(why, "user moved: session not moved live, closing it");
             }
-            close_backend(leg.0, leg.1).await;
+            Box::pin(close_backend(leg.0, leg.1)).await;
             session.backend_closed(&registration);
-            goodbye(&mut cw, reason).await;
+            Box::pin(goodbye(&mut cw, reason)).await;
             return session.ended(RelayEnd::Stopped, Some(reason), why_not.map(|(_, w)| w));
         }
         // The handover, with the client's input held meanwhile.
         let mut held = Vec::new();
         let mut client_eof = false;
         let result = {
-            let mut steps =
-                std::pin::pin!(session.hand_over(&live, &mut registration, leg, &mut cw));
+            // Boxed, as every step but the wait: an idle session's state
+            // holds none of them.
+            let mut steps = Box::pin(session.hand_over(&live, &mut registration, leg, &mut cw));
             loop {
                 monoio::select! {
                     r = &mut steps => break r,
                     r = cr.readable(), if !client_eof && held.len() < HELD_MAX => {
-                        client_eof |= r.is_err() || !read_held(&mut cr, &mut held).await;
+                        client_eof |= r.is_err() || !Box::pin(read_held(&mut cr, &mut held)).await;
                     }
                 }
             }
@@ -303,17 +304,17 @@ pub async fn relay<C: Connection>(
                 session.moves += 1;
                 core.counters.live_move(LiveMoveOutcome::Moved);
                 info!(backend = session.backend_name(), "session moved live");
-                kick = Box::pin(new_kick.kicked());
+                kick = new_kick;
                 let mut ok = true;
                 if !to_client.is_empty() {
                     session.tracker.backend_bytes(&to_client);
                     session.stats.down += to_client.len() as u64;
-                    ok &= cw.write_all(to_client).await.0.is_ok();
+                    ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
                 }
                 if ok && !held.is_empty() {
                     session.tracker.client_bytes(&held);
                     session.stats.up += held.len() as u64;
-                    ok &= new_leg.1.write_all(held).await.0.is_ok();
+                    ok &= Box::pin(new_leg.1.write_all(held)).await.0.is_ok();
                 }
                 leg = new_leg;
                 if !ok {
@@ -328,12 +329,12 @@ pub async fn relay<C: Connection>(
                     "live move failed, closing the session"
                 );
                 if let Some(leg) = failure.close {
-                    close_backend(leg.0, leg.1).await;
+                    Box::pin(close_backend(leg.0, leg.1)).await;
                 }
                 if failure.release {
                     session.backend_closed(&registration);
                 }
-                goodbye(&mut cw, reason).await;
+                Box::pin(goodbye(&mut cw, reason)).await;
                 return session.ended(RelayEnd::Stopped, Some(reason), Some(failure.why.text()));
             }
         }
@@ -439,7 +440,7 @@ impl Session<'_> {
         cr: &mut CR,
         cw: &mut CW,
         leg: &mut Leg,
-        kick: &mut std::pin::Pin<Box<impl std::future::Future<Output = KickReason>>>,
+        kick: &KickSignal,
     ) -> LegEnd {
         enum Woke {
             Client(io::Result<()>),
@@ -450,7 +451,7 @@ impl Session<'_> {
             let ready = monoio::select! {
                 r = cr.readable() => Woke::Client(r),
                 r = leg.0.readable() => Woke::Backend(r),
-                reason = kick.as_mut() => Woke::Kick(reason),
+                reason = kick.wait() => Woke::Kick(reason),
             };
             let tracker = &mut self.tracker;
             let flow = match ready {
@@ -459,7 +460,8 @@ impl Session<'_> {
                     return LegEnd::Failed(RelayEnd::Error)
                 }
                 Woke::Client(Ok(())) => {
-                    match pass(cr, &mut leg.1, self.stall, |b| tracker.client_bytes(b)).await {
+                    let pass = pass(cr, &mut leg.1, self.stall, |b| tracker.client_bytes(b));
+                    match Box::pin(pass).await {
                         Ok(Flow::Eof) => return LegEnd::ClientEof,
                         Ok(Flow::Moved(n)) => {
                             self.stats.up += n as u64;
@@ -469,7 +471,8 @@ impl Session<'_> {
                     }
                 }
                 Woke::Backend(Ok(())) => {
-                    match pass(&mut leg.0, cw, self.stall, |b| tracker.backend_bytes(b)).await {
+                    let pass = pass(&mut leg.0, cw, self.stall, |b| tracker.backend_bytes(b));
+                    match Box::pin(pass).await {
                         Ok(Flow::Eof) => return LegEnd::BackendEof,
                         Ok(Flow::Moved(n)) => {
                             self.stats.down += n as u64;

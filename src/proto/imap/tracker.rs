@@ -194,6 +194,39 @@ impl Tag {
     }
 }
 
+/// SELECT / EXAMINE arguments, kept inline: a session allocates nothing
+/// after its relay starts (a small block cut from a freed pre-login block
+/// would leave a hole the next session's pre-login block cannot use).
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    bytes: [u8; MAX_SELECT_ARGS],
+    len: u8,
+}
+
+impl Args {
+    const EMPTY: Args = Args {
+        bytes: [0; MAX_SELECT_ARGS],
+        len: 0,
+    };
+
+    /// `args`, which the head bound keeps within [`MAX_SELECT_ARGS`].
+    fn of(args: &[u8]) -> Args {
+        let n = args.len().min(MAX_SELECT_ARGS);
+        let mut a = Args::EMPTY;
+        a.bytes[..n].copy_from_slice(&args[..n]);
+        a.len = n as u8;
+        a
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Where the client's IDLE stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Idle {
@@ -253,9 +286,9 @@ struct SessionState {
     /// The SELECT / EXAMINE awaiting its answer: tag, EXAMINE?, arguments
     /// usable for replay.
     pending_select: Option<(Tag, bool, bool)>,
-    pending_args: Vec<u8>,
+    pending_args: Args,
     selected_examine: bool,
-    selected_args: Vec<u8>,
+    selected_args: Args,
     uidvalidity: u32,
     exists: u32,
     /// An untracked change of the message count (VANISHED) since the last
@@ -334,9 +367,9 @@ impl SessionState {
             idle: Idle::None,
             idle_tag: Tag::NONE,
             pending_select: None,
-            pending_args: Vec::new(),
+            pending_args: Args::EMPTY,
             selected_examine: false,
-            selected_args: Vec::new(),
+            selected_args: Args::EMPTY,
             uidvalidity: 0,
             exists: 0,
             exists_unknown: false,
@@ -382,7 +415,7 @@ impl SessionState {
                     "SELECT"
                 };
                 Ok(Snapshot {
-                    select: Some((command, &self.selected_args)),
+                    select: Some((command, self.selected_args.get())),
                     uidvalidity: self.uidvalidity,
                     exists: self.exists,
                     idle_tag: Some(self.idle_tag.get()),
@@ -448,10 +481,7 @@ impl SessionState {
             b"SELECT" | b"EXAMINE" => {
                 let examine = name.eq_ignore_ascii_case(b"EXAMINE");
                 let usable = !overflow && !literal && !rest.is_empty();
-                self.pending_args.clear();
-                if usable {
-                    self.pending_args.extend_from_slice(rest);
-                }
+                self.pending_args = if usable { Args::of(rest) } else { Args::EMPTY };
                 self.pending_select = Some((tag, examine, usable));
                 // RFC 9051 §6.3.2: the current mailbox is closed at once.
                 self.mailbox = Mailbox::None;
@@ -499,10 +529,11 @@ impl SessionState {
                 if ok {
                     self.mailbox = Mailbox::Selected;
                     self.selected_examine = examine;
-                    self.selected_args.clear();
-                    if usable {
-                        self.selected_args.extend_from_slice(&self.pending_args);
-                    }
+                    self.selected_args = if usable {
+                        self.pending_args
+                    } else {
+                        Args::EMPTY
+                    };
                 }
             }
         }
