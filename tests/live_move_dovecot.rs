@@ -331,11 +331,12 @@ impl World {
     }
 }
 
-/// Connections of this machine to `backend` still open on our side, read
-/// from /proc/net/tcp at once for every backend: every state but
+/// The director's connections (sockets of `mine`) to `backend` still open
+/// on its side, read from /proc/net/tcp at once for every backend: every
+/// state but
 /// TIME_WAIT, CLOSE, CLOSE_WAIT (the backend closed: its session is over;
 /// our close may still be queued), LAST_ACK and LISTEN.
-fn open_connections(table: &str, backend: SocketAddr) -> usize {
+fn open_connections(table: &str, backend: SocketAddr, mine: &[String]) -> usize {
     let SocketAddr::V4(v4) = backend else {
         return 0;
     };
@@ -346,11 +347,30 @@ fn open_connections(table: &str, backend: SocketAddr) -> usize {
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() > 3
+            fields.len() > 9
                 && fields[2] == remote
                 && !matches!(fields[3], "06" | "07" | "08" | "09" | "0A")
+                && mine.iter().any(|inode| inode == fields[9])
         })
         .count()
+}
+
+/// The socket inodes the process `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| {
+        let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+        let target = target.to_str()?;
+        Some(
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .to_owned(),
+        )
+    })
+    .collect()
 }
 
 /// Waits until `taken` reaches `n` (bounded).
@@ -369,6 +389,7 @@ fn wait_samples(taken: &AtomicUsize, n: usize) {
 /// Returns (samples, splits).
 fn sample_both(
     cluster: &DovecotCluster,
+    director: u32,
     user: &str,
     stop: &AtomicBool,
     taken: &AtomicUsize,
@@ -386,8 +407,11 @@ fn sample_both(
     };
     let mut first = 0;
     while !stop.load(Ordering::SeqCst) {
+        let mine = socket_inodes(director);
         let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-        let tcp_split = addrs.iter().all(|a| open_connections(&table, *a) > 0);
+        let tcp_split = addrs
+            .iter()
+            .all(|a| open_connections(&table, *a, &mine) > 0);
         let who_split = on(first) && on(1 - first) && on(first);
         samples += 1;
         taken.fetch_add(1, Ordering::SeqCst);
@@ -413,9 +437,15 @@ fn an_idle_client_follows_its_user_without_a_byte_and_sees_new_mail_there() {
     let mut idle = Imap::idling(w.addr(), user);
     let from = w.backend_of(user);
     let to = 1 - from;
+    // The sampler sees the director's connection (not a vacuous check).
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mine = socket_inodes(w.mailpin.pid());
+    let addr = |i: usize| w.cluster.instance(i).imap_addr();
+    assert_eq!(open_connections(&table, addr(from), &mine), 1);
+    assert_eq!(open_connections(&table, addr(to), &mine), 0);
     let (stop, taken) = (AtomicBool::new(false), AtomicUsize::new(0));
     let (samples, both) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop, &taken));
+        let sampler = s.spawn(|| sample_both(&w.cluster, w.mailpin.pid(), user, &stop, &taken));
         wait_samples(&taken, 1);
         w.move_user(user, to);
         w.wait_on(user, to);
@@ -645,7 +675,7 @@ fn a_refused_master_login_or_a_dead_new_backend_ends_the_session_never_on_two() 
         }
         let (stop, taken) = (AtomicBool::new(false), AtomicUsize::new(0));
         let (_, both) = std::thread::scope(|s| {
-            let sampler = s.spawn(|| sample_both(&w.cluster, user, &stop, &taken));
+            let sampler = s.spawn(|| sample_both(&w.cluster, w.mailpin.pid(), user, &stop, &taken));
             wait_samples(&taken, 1);
             w.move_user(user, to);
             let bye = idle.line();

@@ -179,7 +179,7 @@ pub async fn relay<C: Connection>(
     core: Rc<Core>,
     client: C,
     l: LoggedIn,
-    live: LiveLogin,
+    live: Box<LiveLogin>,
 ) -> LiveEnd {
     let LoggedIn {
         backend,
@@ -215,12 +215,18 @@ pub async fn relay<C: Connection>(
     let mut leg = backend.into_split();
     // Bytes read ahead during login.
     let mut ok = true;
-    if !to_backend.is_empty() {
+    // Empty or not, both buffers are freed before the relay waits: they
+    // may hold kilobytes of spare capacity for the session's whole life.
+    if to_backend.is_empty() {
+        drop(to_backend);
+    } else {
         session.tracker.client_bytes(&to_backend);
         session.stats.up += to_backend.len() as u64;
         ok &= Box::pin(leg.1.write_all(to_backend)).await.0.is_ok();
     }
-    if ok && !to_client.is_empty() {
+    if !ok || to_client.is_empty() {
+        drop(to_client);
+    } else {
         session.tracker.backend_bytes(&to_client);
         session.stats.down += to_client.len() as u64;
         ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();

@@ -121,7 +121,7 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
             let facts = facts(None);
             match l.live.take() {
                 Some(live) => monoio::spawn(
-                    relayed_live(core.clone(), tcp, l, *live, guard, facts).instrument(span),
+                    relayed_live(core.clone(), tcp, l, live, guard, facts).instrument(span),
                 ),
                 None => monoio::spawn(
                     relayed(core.clone(), protocol, tcp, l, guard, facts).instrument(span),
@@ -132,7 +132,7 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
             let facts = facts(Some(tls.version_name()));
             match l.live.take() {
                 Some(live) => monoio::spawn(
-                    relayed_live(core.clone(), tls, l, *live, guard, facts).instrument(span),
+                    relayed_live(core.clone(), tls, l, live, guard, facts).instrument(span),
                 ),
                 None => monoio::spawn(
                     relayed(core.clone(), protocol, tls, l, guard, facts).instrument(span),
@@ -268,7 +268,7 @@ async fn relayed_live<C: Connection>(
     core: Rc<Core>,
     client: C,
     l: LoggedIn,
-    live: live_move::LiveLogin,
+    live: Box<live_move::LiveLogin>,
     guard: SessionGuard,
     facts: Facts,
 ) {
