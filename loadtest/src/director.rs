@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use mailpin::config::{Backend, Cidr, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode};
+use mailpin::config::{
+    read_master_password, Backend, Cidr, Config, Listen, PemSource, Protocol, TlsConfig, TlsMode,
+};
 use mailpin::launch::launch;
 use mailpin::supervise::run_until_signal;
 use mailpin::tls::DevCert;
@@ -219,8 +221,17 @@ pub fn base_config(path: &Path) -> Result<Config, String> {
             path.display()
         ));
     }
-    Config::from_toml_str(&format!("{text}\n{CONFIG_PLACEHOLDERS}"))
-        .map_err(|e| format!("--config {}: {e}", path.display()))
+    let mut config = Config::from_toml_str(&format!("{text}\n{CONFIG_PLACEHOLDERS}"))
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    // Live IMAP moves (issue 12): the master password, from its file
+    // (relative to the config file), as `Config::load` reads it.
+    let file = &config.backends.master_password_file;
+    if !file.as_os_str().is_empty() {
+        let file = path.parent().unwrap_or(Path::new("")).join(file);
+        config.backends.master_password =
+            read_master_password(&file).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    }
+    Ok(config)
 }
 
 /// Parses `NAME=HOST:PORT[,pop3=PORT][,lmtp=PORT][,sieve=PORT]`.

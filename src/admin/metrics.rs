@@ -12,7 +12,7 @@ use std::fmt::Write;
 use crate::config::Protocol;
 use crate::control::state::Control;
 use crate::limits::Limit;
-use crate::plane::stats::{LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
+use crate::plane::stats::{LiveMoveOutcome, LoginOutcome, PreloginLimit, LATENCY_BUCKETS};
 use crate::route::backends::{BackendHealth, BackendId, BackendSet, Health};
 
 /// Escapes a label value.
@@ -233,6 +233,26 @@ pub async fn render_metrics(control: &Control) -> String {
                 limit.as_str()
             );
         }
+    }
+    // Live IMAP moves (issue 12).
+    header(
+        &mut out,
+        "live_moves_total",
+        "counter",
+        "IMAP sessions of moving users: moved live, or ended and why.",
+    );
+    for outcome in LiveMoveOutcome::ALL {
+        let i = LiveMoveOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        let n: u64 = stats.iter().map(|s| s.live_moves[i]).sum();
+        let _ = writeln!(
+            out,
+            "mailpin_live_moves_total{{result=\"{}\",reason=\"{}\"}} {n}",
+            outcome.result(),
+            outcome.reason()
+        );
     }
     header(
         &mut out,

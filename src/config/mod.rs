@@ -20,6 +20,7 @@ mod cluster;
 mod duration;
 mod environment;
 mod error;
+mod live_move;
 mod parse;
 mod schema;
 mod validate;
@@ -34,6 +35,7 @@ pub use cluster::{host_name, ClusterConfig, MIN_LEASE_TTL};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use environment::usable_cpus;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
+pub use live_move::read_master_password;
 pub use schema::{
     AdminConfig, Backend, BackendDefaults, Driver, Forward, HealthCheck, HealthConfig,
     LimitsConfig, Listen, PemSource, Protocol, ServerConfig, TlsConfig, TlsMode, DEFAULT_WEIGHT,
@@ -101,6 +103,7 @@ impl Config {
         if let Some(dir) = file_dir {
             config.resolve_relative_paths(dir);
             found.extend(environment::check_environment(&config));
+            live_move::load_master_password(&mut config, &mut found);
         }
         if found.is_empty() {
             return Ok(config);
@@ -139,7 +142,11 @@ impl Config {
     /// Empty paths are left alone (validation reports them, or they mean
     /// "none").
     pub fn resolve_relative_paths(&mut self, dir: &Path) {
-        for file in [&mut self.admin.token_file, &mut self.admin.socket] {
+        for file in [
+            &mut self.admin.token_file,
+            &mut self.admin.socket,
+            &mut self.backends.master_password_file,
+        ] {
             if file.is_relative() && !file.as_os_str().is_empty() {
                 *file = dir.join(&*file);
             }

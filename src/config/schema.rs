@@ -66,6 +66,11 @@ pub struct ServerConfig {
     /// mechanisms mailpin can route: PLAIN, LOGIN (decoded and replayed),
     /// OAUTHBEARER, XOAUTH2, SCRAM-SHA-1, SCRAM-SHA-256 (relayed).
     pub sasl_mechanisms: Vec<String>,
+
+    // Live IMAP moves (issue 12).
+    /// Move idle IMAP sessions to the new backend live when their user
+    /// moves (needs `backends.master_user`; without it, sessions end).
+    pub live_move: bool,
 }
 
 impl ServerConfig {
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
                 .iter()
                 .map(|m| m.name().to_owned())
                 .collect(),
+            live_move: true,
         }
     }
 }
@@ -433,6 +439,25 @@ pub struct BackendDefaults {
     /// Bound on connecting to a backend.
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
+
+    // Live IMAP moves (issue 12).
+    /// Dovecot master user a live move logs in with (SASL PLAIN authcid,
+    /// the user as authzid); empty = none, sessions end when users move.
+    pub master_user: String,
+    /// The file holding the master user's password (relative to the
+    /// config file); read at start and on every reload.
+    pub master_password_file: PathBuf,
+    /// The master password read from `master_password_file` by
+    /// [`crate::config::Config::load`]; empty until then. Never logged.
+    #[serde(skip)]
+    pub master_password: Secret,
+}
+
+impl BackendDefaults {
+    /// Whether live moves can log in: a master user with its password read.
+    pub fn has_master_user(&self) -> bool {
+        !self.master_user.is_empty() && !self.master_password.expose().is_empty()
+    }
 }
 
 impl Default for BackendDefaults {
@@ -444,6 +469,9 @@ impl Default for BackendDefaults {
             sieve: 4190,
             forward: Forward::Id,
             connect_timeout: Duration::from_secs(2),
+            master_user: String::new(),
+            master_password_file: PathBuf::new(),
+            master_password: Secret::default(),
         }
     }
 }

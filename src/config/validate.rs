@@ -29,6 +29,7 @@ pub(crate) fn validate(config: &Config) -> ConfigErrors {
     check_prelogin_limits(config, &mut errors);
     check_connection_limits(config, &mut errors);
     super::admin::check_admin(config, &mut errors);
+    super::live_move::check_live_move(config, &mut errors);
     errors
 }
 

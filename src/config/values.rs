@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for TlsVersion {
 
 /// A string that must never be logged, such as `health.login_password`.
 /// `Debug` shows `"***"`; read the value with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -598,7 +598,7 @@ impl Control {
     /// returns how many once their backend connections are all closed
     /// (the kick covers logins of the user still on their way, too).
     pub async fn kick_user(&self, key: &str) -> usize {
-        let closed = self.kick_sessions(key).await;
+        let closed = self.kick_sessions(key, KickReason::Admin).await;
         self.end_kick(key);
         self.event(
             EventKind::Kick,
@@ -609,12 +609,12 @@ impl Control {
         closed
     }
 
-    /// Kicks `key`'s sessions on every core and waits, at most
-    /// [`CLOSE_LIMIT`], until their backend connections are closed.
-    async fn kick_sessions(&self, key: &str) -> usize {
+    /// Kicks `key`'s sessions on every core for `reason` and waits, at
+    /// most [`CLOSE_LIMIT`], until their backend connections are closed.
+    async fn kick_sessions(&self, key: &str, reason: KickReason) -> usize {
         let kicks = self.ask_all(|done| CoreMsg::KickUser {
             key: key.into(),
-            reason: KickReason::Admin,
+            reason,
             done,
         });
         let here = bounded(CLOSE_LIMIT, kicks)
@@ -671,7 +671,10 @@ impl Control {
             done,
         })
         .await;
-        let closed = self.kick_sessions(key).await;
+        // A move, not a kick: IMAP sessions in a safe state follow the user
+        // live (issue 12); their old backend connection counts as closed
+        // like any other, and they wait on the hold like a new login.
+        let closed = self.kick_sessions(key, KickReason::Move).await;
         let idle = self
             .ask(owner, |done| CoreMsg::WaitIdle {
                 key: key.into(),

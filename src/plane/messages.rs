@@ -29,6 +29,10 @@ pub enum KickReason {
     Shutdown,
     /// The director is fenced: cut off from etcd, its lease may expire.
     Fenced,
+    /// The user is moving to another backend (admin move, flush): an IMAP
+    /// session in a safe state may follow it live (issue 12) instead of
+    /// ending; any other session ends as for [`KickReason::Admin`].
+    Move,
 }
 
 /// What every core reads and nobody changes after start.

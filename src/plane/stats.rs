@@ -96,6 +96,71 @@ impl PreloginLimit {
 /// ([`PreloginLimit::index`]).
 pub type PreloginLimitCounts = [[u64; PreloginLimit::ALL.len()]; Protocol::COUNT];
 
+// Live IMAP moves (issue 12).
+/// What became of an IMAP session whose user moved, as counted in
+/// `mailpin_live_moves_total{result,reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveMoveOutcome {
+    /// Moved to the new backend live.
+    Moved,
+    /// Ended: not in a safe state (not idling, a command or literal in
+    /// flight, a blocker such as COMPRESS or NOTIFY).
+    NotMovable,
+    /// Ended: live moves are off or no master user is configured.
+    Disabled,
+    /// Ended: the old backend failed during the snapshot or close.
+    OldBackend,
+    /// Ended: no backend could take the user after the move.
+    NoRoute,
+    /// Ended: the new backend was unreachable, refused the master login or
+    /// a replayed command.
+    NewBackend,
+    /// Ended: the mailbox changed between the two backends' views.
+    Changed,
+}
+
+impl LiveMoveOutcome {
+    /// All outcomes, in the order of [`CoreStats::live_moves`].
+    pub const ALL: [LiveMoveOutcome; 7] = [
+        LiveMoveOutcome::Moved,
+        LiveMoveOutcome::NotMovable,
+        LiveMoveOutcome::Disabled,
+        LiveMoveOutcome::OldBackend,
+        LiveMoveOutcome::NoRoute,
+        LiveMoveOutcome::NewBackend,
+        LiveMoveOutcome::Changed,
+    ];
+
+    /// The `result` label: `moved` or `ended`.
+    pub fn result(self) -> &'static str {
+        if self == LiveMoveOutcome::Moved {
+            "moved"
+        } else {
+            "ended"
+        }
+    }
+
+    /// The `reason` label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LiveMoveOutcome::Moved => "ok",
+            LiveMoveOutcome::NotMovable => "not_movable",
+            LiveMoveOutcome::Disabled => "disabled",
+            LiveMoveOutcome::OldBackend => "old_backend",
+            LiveMoveOutcome::NoRoute => "no_route",
+            LiveMoveOutcome::NewBackend => "new_backend",
+            LiveMoveOutcome::Changed => "mailbox_changed",
+        }
+    }
+
+    fn index(self) -> usize {
+        LiveMoveOutcome::ALL
+            .iter()
+            .position(|o| *o == self)
+            .unwrap_or(0)
+    }
+}
+
 /// A core's live counters.
 #[derive(Default)]
 pub struct Counters {
@@ -107,6 +172,7 @@ pub struct Counters {
     tls_ok: Cell<u64>,
     tls_failed: Cell<u64>,
     prelogin_limits: [[Cell<u64>; PreloginLimit::ALL.len()]; Protocol::COUNT],
+    live_moves: [Cell<u64>; LiveMoveOutcome::ALL.len()],
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -150,6 +216,11 @@ impl Counters {
         bump(&self.prelogin_limits[protocol.index()][limit.index()], 1);
     }
 
+    /// An IMAP session whose user moved was moved live or ended.
+    pub fn live_move(&self, outcome: LiveMoveOutcome) {
+        bump(&self.live_moves[outcome.index()], 1);
+    }
+
     /// A snapshot to send to the control plane.
     pub fn snapshot(&self) -> CoreStats {
         CoreStats {
@@ -168,6 +239,7 @@ impl Counters {
                 .prelogin_limits
                 .each_ref()
                 .map(|per| per.each_ref().map(Cell::get)),
+            live_moves: self.live_moves.each_ref().map(Cell::get),
             ..CoreStats::default()
         }
     }
@@ -200,6 +272,8 @@ pub struct CoreStats {
     pub sessions: Vec<[u32; 4]>,
     /// Assignments owned by this core's shard, per backend id.
     pub users: Vec<u32>,
+    /// IMAP sessions of moving users, by [`LiveMoveOutcome::ALL`] order.
+    pub live_moves: [u64; LiveMoveOutcome::ALL.len()],
 }
 
 #[cfg(test)]

@@ -220,6 +220,14 @@ impl Backend {
             && self.admin != AdminState::Down
     }
 
+    /// Retired by a reload but still up and not taken down by an admin:
+    /// its sessions can follow their users live (issue 12).
+    pub fn retired_alive(&self) -> bool {
+        self.lifecycle == Lifecycle::Retired
+            && self.health() != BackendHealth::Unhealthy
+            && self.admin != AdminState::Down
+    }
+
     /// Whether the backend is part of the configuration (not retired).
     pub fn configured(&self) -> bool {
         self.lifecycle != Lifecycle::Retired

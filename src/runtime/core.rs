@@ -167,9 +167,24 @@ impl Core {
                 "assignments dropped"
             );
         }
-        let kicked = self.sessions.kick_where(KickReason::BackendDown, |b| {
-            set.get(b).is_some_and(|b| b.keeps_users())
-        });
+        // Live IMAP moves (issue 12): a backend removed by a reload is still
+        // up, so with live moves on its sessions are moved (those that can
+        // follow their user live do; the others end, as below).
+        let live = {
+            let config = &self.shared().config;
+            config.server.live_move && config.backends.has_master_user()
+        };
+        let mut kicked = if live {
+            self.sessions.kick_where(KickReason::Move, |b| {
+                set.get(b).is_none_or(|b| !b.retired_alive())
+            })
+        } else {
+            Vec::new()
+        };
+        kicked.extend(self.sessions.kick_where(KickReason::BackendDown, |b| {
+            set.get(b)
+                .is_some_and(|b| b.keeps_users() || (live && b.retired_alive()))
+        }));
         if !kicked.is_empty() {
             info!(
                 core = self.id,

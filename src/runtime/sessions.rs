@@ -72,6 +72,21 @@ impl KickSignal {
     }
 }
 
+impl KickSignal {
+    /// Waits for a kick without consuming the signal (live moves, issue
+    /// 12: the relay waits on it again and again, allocating nothing).
+    pub async fn wait(&self) -> KickReason {
+        poll_fn(|cx| match self.0.kick.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                self.0.kick_waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// Completes when a kicked session has ended.
 pub struct Closed(Rc<Signals>);
 
@@ -97,6 +112,10 @@ struct Entry {
     signals: Rc<Signals>,
     /// Already kicked: a second kick hands out no second [`Closed`].
     kicked: bool,
+    /// Live moves (issue 12): a kick for another reason that came while a
+    /// [`KickReason::Move`] was being handled; it reaches the session when
+    /// it goes on on its new backend ([`Registration::moved_to`]).
+    later: Option<KickReason>,
     /// The backend connection is still open.
     backend_open: bool,
 }
@@ -121,6 +140,66 @@ impl Registration<'_> {
     /// longer keep users, say).
     pub fn kick(&self, reason: KickReason) {
         self.sessions.kick_ids(vec![self.id], reason);
+    }
+}
+
+// Live IMAP moves (issue 12).
+impl Registration<'_> {
+    /// The session goes on, live, on `backend`: its old backend connection
+    /// was closed ([`Registration::backend_closed`]) and a new one is about
+    /// to open. It counts on `backend` from now on and gets a fresh
+    /// [`KickSignal`]. A kick of its user that is under way for another
+    /// reason than [`KickReason::Move`] (the move it follows) kicks it at
+    /// once, as it would a login on its way.
+    pub fn moved_to(&mut self, backend: BackendId) -> KickSignal {
+        self.signals = Rc::new(Signals::default());
+        self.sessions.rebind(self.id, backend, self.signals.clone());
+        KickSignal(self.signals.clone())
+    }
+}
+
+impl Sessions {
+    fn rebind(&self, id: u64, backend: BackendId, signals: Rc<Signals>) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(entry) = inner.by_id.get_mut(&id) else {
+            return;
+        };
+        let (old, protocol, was_open) = (entry.backend, entry.protocol, entry.backend_open);
+        entry.backend = backend;
+        entry.signals = signals.clone();
+        entry.kicked = false;
+        entry.backend_open = true;
+        let key = entry.key.clone();
+        let later = entry.later.take();
+        let b = usize::from(backend);
+        if inner.per_backend.len() <= b {
+            inner.per_backend.resize(b + 1, [0; Protocol::COUNT]);
+        }
+        if inner.open_per_backend.len() <= b {
+            inner.open_per_backend.resize(b + 1, 0);
+        }
+        if let Some(n) = inner.per_backend.get_mut(usize::from(old)) {
+            n[protocol.index()] = n[protocol.index()].saturating_sub(1);
+        }
+        inner.per_backend[b][protocol.index()] += 1;
+        if was_open {
+            let n = &mut inner.open_per_backend[usize::from(old)];
+            *n = n.saturating_sub(1);
+        }
+        inner.open_per_backend[b] += 1;
+        let other_kick = later.or_else(|| {
+            inner
+                .kicking
+                .get(&*key)
+                .map(|(reason, _)| *reason)
+                .filter(|r| *r != KickReason::Move)
+        });
+        if let Some(reason) = other_kick {
+            if let Some(e) = inner.by_id.get_mut(&id) {
+                e.kicked = true;
+            }
+            signals.kick(reason);
+        }
     }
 }
 
@@ -182,6 +261,7 @@ impl Sessions {
                 protocol,
                 signals: signals.clone(),
                 kicked: false,
+                later: None,
                 backend_open: true,
             },
         );
@@ -285,6 +365,10 @@ impl Sessions {
                     e.kicked = true;
                     e.signals.kick(reason);
                     closed.push(Closed(e.signals.clone()));
+                } else if reason != KickReason::Move
+                    && e.signals.kick.get() == Some(KickReason::Move)
+                {
+                    e.later = Some(reason);
                 }
             }
         }
@@ -433,6 +517,46 @@ mod tests {
             closed.next().unwrap().wait().await;
             assert_eq!(s.of_user("alice"), 1);
             assert_eq!(s.len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_live_moved_session_counts_on_its_new_backend_and_only_other_kicks_reach_it() {
+        block_on(async {
+            let s = Sessions::new();
+            let (mut reg, kick) = s.register("erin", 0, Protocol::Imap);
+            let closed = s.kick_user("erin", KickReason::Move);
+            assert_eq!(kick.kicked().await, KickReason::Move);
+            reg.backend_closed();
+            for c in closed {
+                c.wait().await;
+            }
+            assert!(s.wait_backend_closed(0, Duration::ZERO).await);
+            // The move it follows is still under way: no kick.
+            let kick = reg.moved_to(1);
+            let mut waiting = std::pin::pin!(kick.kicked());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(s.per_backend(), vec![[0; 4], [1, 0, 0, 0]]);
+            assert!(!s.wait_backend_closed(1, Duration::from_millis(5)).await);
+            s.end_kick("erin");
+            // Another kick of the user, under way while it moves, reaches it.
+            let _ = s.kick_user("erin", KickReason::Admin);
+            reg.backend_closed();
+            let kick = reg.moved_to(0);
+            assert_eq!(kick.kicked().await, KickReason::Admin);
+            s.end_kick("erin");
+            // So does a shutdown that came during the handover.
+            let (mut other, kick) = s.register("finn", 0, Protocol::Imap);
+            let _ = s.kick_user("finn", KickReason::Move);
+            assert_eq!(kick.kicked().await, KickReason::Move);
+            let _ = s.kick_where(KickReason::Shutdown, |_| false);
+            other.backend_closed();
+            s.end_kick("finn");
+            assert_eq!(other.moved_to(1).kicked().await, KickReason::Shutdown);
+            drop(other);
+            drop(reg);
+            assert!(s.is_empty());
         });
     }
 

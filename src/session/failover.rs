@@ -264,6 +264,7 @@ impl Routed {
                 origin,
                 to_backend: to_backend(),
                 to_client,
+                live: None,
             }),
             Routed::Rejected => Err(Refusal::Rejected),
             Routed::NoBackend => Err(Refusal::NoBackend),

@@ -57,6 +57,9 @@ pub struct Prelogin<'a> {
     id_fields: IdFields,
     bad: u32,
     deadline: Instant,
+    /// The identity of the login under way (for a live move's master
+    /// login: the authorization id, else the user name).
+    login_user: String,
 }
 
 /// A reply that ends with the client being disconnected.
@@ -83,6 +86,7 @@ impl<'a> Prelogin<'a> {
             id_fields: Vec::new(),
             bad: 0,
             deadline: Instant::now() + server.prelogin_timeout,
+            login_user: String::new(),
         }
     }
 
@@ -535,6 +539,10 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.login_user = identity
+            .authzid
+            .clone()
+            .unwrap_or_else(|| identity.user.clone());
         self.route(s, tag, key, Auth::Relayed(&relayed)).await
     }
 
@@ -553,6 +561,7 @@ impl<'a> Prelogin<'a> {
                 return Ok(None);
             }
         };
+        self.login_user = creds.authzid.clone().unwrap_or_else(|| creds.user.clone());
         self.route(s, tag, key, Auth::Plain(&creds)).await
     }
 
@@ -593,7 +602,16 @@ impl<'a> Prelogin<'a> {
             return Err(Bye);
         }
         match routed.into_logged_in(key, || std::mem::take(&mut self.buf)) {
-            Ok(l) => Ok(Some(Outcome::LoggedIn(l))),
+            Ok(mut l) => {
+                // Live moves (issue 12): what a move of this session needs.
+                if crate::session::live_move::enabled(core) {
+                    l.live = Some(Box::new(crate::session::outcome::LiveLogin {
+                        client: self.client.clone(),
+                        user: std::mem::take(&mut self.login_user),
+                    }));
+                }
+                Ok(Some(Outcome::LoggedIn(l)))
+            }
             Err(refusal) => {
                 if let Some(text) = refusal.message() {
                     // RFC 5530: LIMIT for a per-user session limit.

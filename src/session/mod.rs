@@ -10,8 +10,10 @@ use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod failover;
+pub mod goodbye;
 pub mod imap;
 pub mod limits;
+pub mod live_move;
 pub mod lmtp;
 pub mod outcome;
 pub mod pop3;

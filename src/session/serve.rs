@@ -25,12 +25,13 @@ use crate::limits::Limit;
 use crate::plane::KickReason;
 use crate::relay::{relay_split, ReadAhead, RelayEnd, RelayOptions, RelayStats, Split};
 use crate::runtime::core::{Core, SessionGuard};
+use crate::session::goodbye::goodbye;
 use crate::session::imap::ImapPolicy;
 use crate::session::lmtp::{Lmtp, LmtpPolicy};
 use crate::session::outcome::{LoggedIn, Outcome};
 use crate::session::pop3::Pop3Policy;
 use crate::session::sieve::SievePolicy;
-use crate::session::{imap, new_session_id, pop3, proxy_header, sieve};
+use crate::session::{imap, live_move, new_session_id, pop3, proxy_header, sieve};
 use crate::tls;
 
 /// What [`run_prelogin`] needs from a protocol's pre-login phase.
@@ -125,13 +126,27 @@ pub async fn serve(core: Rc<Core>, listen: Rc<Listen>, tcp: TcpStream, peer: Soc
     let protocol = listen.protocol;
     let facts = |tls| Facts { started, tls };
     match opened {
-        Ok(Ready::Plain(tcp, l)) => {
+        Ok(Ready::Plain(tcp, mut l)) => {
             let facts = facts(None);
-            monoio::spawn(relayed(core.clone(), protocol, tcp, l, guard, facts).instrument(span));
+            match l.live.take() {
+                Some(live) => monoio::spawn(
+                    relayed_live(core.clone(), tcp, l, live, guard, facts).instrument(span),
+                ),
+                None => monoio::spawn(
+                    relayed(core.clone(), protocol, tcp, l, guard, facts).instrument(span),
+                ),
+            };
         }
-        Ok(Ready::Tls(tls, l)) => {
+        Ok(Ready::Tls(tls, mut l)) => {
             let facts = facts(Some(tls.version_name()));
-            monoio::spawn(relayed(core.clone(), protocol, tls, l, guard, facts).instrument(span));
+            match l.live.take() {
+                Some(live) => monoio::spawn(
+                    relayed_live(core.clone(), tls, l, live, guard, facts).instrument(span),
+                ),
+                None => monoio::spawn(
+                    relayed(core.clone(), protocol, tls, l, guard, facts).instrument(span),
+                ),
+            };
         }
         Err(before_login) => {
             let timed_out = started.elapsed() >= core.shared().config.server.prelogin_timeout;
@@ -188,7 +203,11 @@ impl Ending {
             Ending::Relay(RelayEnd::Backend, _) => "disconnected by backend",
             Ending::Relay(RelayEnd::Error, _) => "connection error",
             Ending::Relay(RelayEnd::Stalled, _) => "stalled: a side stopped reading",
-            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin)) => "closed by admin",
+            // A move ends sessions as a kick does (live moves aside: their
+            // closing line says `live_moves` and `not_moved`).
+            Ending::Relay(RelayEnd::Stopped, Some(KickReason::Admin | KickReason::Move)) => {
+                "closed by admin"
+            }
             Ending::Relay(RelayEnd::Stopped, Some(KickReason::BackendDown)) => {
                 "backend marked down"
             }
@@ -252,6 +271,35 @@ fn closed(span: &tracing::Span, ending: Ending, stats: RelayStats, facts: Facts)
     );
 }
 
+// Live IMAP moves (issue 12).
+/// A logged-in IMAP session that may follow its user to another backend
+/// live ([`live_move::relay`]), until its end; its closing line says how
+/// many live moves it went through (`live_moves`) and, when a move ended
+/// it instead, why (`not_moved`).
+async fn relayed_live<C: Connection>(
+    core: Rc<Core>,
+    client: C,
+    l: LoggedIn,
+    live: Box<crate::session::outcome::LiveLogin>,
+    guard: SessionGuard,
+    facts: Facts,
+) {
+    let done = live_move::relay(core, client, l, live).await;
+    let ending = Ending::Relay(done.end, done.kicked);
+    info!(
+        tls = facts.tls.unwrap_or("none"),
+        bytes_in = done.stats.up,
+        bytes_out = done.stats.down,
+        duration_ms = facts.started.elapsed().as_millis() as u64,
+        end = ending.end(),
+        reason = ending.reason(),
+        live_moves = done.moves,
+        not_moved = done.not_moved.unwrap_or(""),
+        "session closed"
+    );
+    drop(guard);
+}
+
 /// A logged-in session until its end, as a task of its own: registered so
 /// it can be kicked, relayed, then released and logged.
 ///
@@ -274,6 +322,7 @@ fn relayed<C: Connection>(
         origin,
         to_backend,
         to_client,
+        live: _,
     } = l;
     core.shared().config.server.keepalive().apply(&backend);
     let split = Split::new(client, backend);
@@ -510,24 +559,6 @@ async fn refuse_connection(tcp: &mut TcpStream, listen: &Listen, limit: Limit, b
         Protocol::Lmtp => format!("421 4.7.0 {text}\r\n"),
     };
     let _ = monoio::time::timeout(bound, write_bytes(tcp, reply.as_bytes())).await;
-}
-
-/// What a client is told when the director ends its session: IMAP and
-/// ManageSieve have a BYE for it; POP3 has no unsolicited reply, so the
-/// connection just closes.
-fn goodbye(protocol: Protocol, reason: KickReason) -> Vec<u8> {
-    let text = match reason {
-        KickReason::BackendDown => "Mail server unavailable, please reconnect.",
-        KickReason::Admin => "Session closed by the administrator, please reconnect.",
-        KickReason::Shutdown => "Director shutting down, please reconnect.",
-        KickReason::Fenced => "Director cut off from its cluster, please reconnect.",
-    };
-    match protocol {
-        Protocol::Imap if reason == KickReason::Admin => format!("* BYE {text}\r\n").into_bytes(),
-        Protocol::Imap => format!("* BYE [UNAVAILABLE] {text}\r\n").into_bytes(),
-        Protocol::Sieve => format!("BYE (TRYLATER) \"{text}\"\r\n").into_bytes(),
-        Protocol::Pop3 | Protocol::Lmtp => Vec::new(),
-    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,10 @@ pub struct DovecotOptions {
     /// OAUTHBEARER, XOAUTH2 (an `oauth2` passdb asking this URL) and
     /// SCRAM-SHA-1/-256. `None` (the default): PLAIN and LOGIN only.
     pub oauth2_introspection: Option<String>,
+    /// A Dovecot master user (name, password) every instance accepts in a
+    /// master passdb listed before the users' (for live moves: SASL PLAIN
+    /// with authzid = the user). `None` (the default): no master user.
+    pub master_user: Option<(String, String)>,
 }
 
 impl Default for DovecotOptions {
@@ -109,6 +113,7 @@ impl Default for DovecotOptions {
             auth_failure_delay: Duration::ZERO,
             ready_timeout: Duration::from_secs(15),
             oauth2_introspection: None,
+            master_user: None,
         }
     }
 }
@@ -298,6 +303,12 @@ impl DovecotInstance {
         let dir = root.join(format!("i{index}"));
         let base_dir = dir.join("run");
         let oauth2_conf = dir.join("oauth2.conf.ext");
+        let master_passwd = dir.join("master.passwd");
+        if let Some((user, password)) = &options.master_user {
+            fs::create_dir_all(&dir).expect("create the instance's dir");
+            fs::write(&master_passwd, format!("{user}:{{PLAIN}}{password}\n"))
+                .expect("write the master passwd-file");
+        }
         let state_dir = dir.join("state");
         fs::create_dir_all(&state_dir).expect("create the instance's state_dir");
         let log_path = dir.join("dovecot.log");
@@ -318,6 +329,10 @@ impl DovecotInstance {
                 .oauth2_introspection
                 .as_ref()
                 .map(|_| oauth2_conf.as_path()),
+            master_passwd: options
+                .master_user
+                .as_ref()
+                .map(|_| master_passwd.as_path()),
         });
         fs::write(&config_path, config).expect("write dovecot.conf");
         if let Some(url) = &options.oauth2_introspection {

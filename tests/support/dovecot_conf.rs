@@ -62,6 +62,9 @@ pub struct ConfigInputs<'a> {
     /// `oauth2.conf.ext`, see [`render_oauth2`]) and SCRAM-SHA-1/-256
     /// (derived from the passwd-file's `{PLAIN}` passwords).
     pub oauth2_conf: Option<&'a Path>,
+    /// A passwd-file of master users (`passdb { master = yes; pass = yes }`,
+    /// listed before the users' passdb), for live-move tests; `None`: none.
+    pub master_passwd: Option<&'a Path>,
 }
 
 /// The `oauth2.conf.ext` of a backend whose tokens are checked at
@@ -119,7 +122,7 @@ first_valid_uid = 100
 first_valid_gid = 1
 mail_max_userip_connections = 100000
 
-passdb {{
+{master_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {passwd_file}
 }}
@@ -200,6 +203,13 @@ plugin {{
             " oauthbearer xoauth2 scram-sha-1 scram-sha-256"
         } else {
             ""
+        },
+        master_passdb = match inputs.master_passwd {
+            Some(path) => format!(
+                "passdb {{\n  driver = passwd-file\n  master = yes\n  pass = yes\n  args = {}\n}}\n",
+                path.display()
+            ),
+            None => String::new(),
         },
         oauth2_passdb = match inputs.oauth2_conf {
             Some(path) => format!(

@@ -1,0 +1,777 @@
+//! The two backend dialogues of a live IMAP move (issue 12): closing the
+//! old backend's session after a snapshot, and resuming the session on the
+//! new backend with the master user, verified against that snapshot.
+//!
+//! Old side ([`close_old`]): the client is idling. `DONE`, `NOOP` (a full
+//! sync) and `UID SEARCH RETURN (MAX COUNT) ALL` go out in one write; the
+//! untagged updates the backend sends are passed to the client (legal: the
+//! client's IDLE is still running), the tagged answers are swallowed; then
+//! `LOGOUT`, and the dialogue returns once the backend closed the
+//! connection — the old session no longer exists.
+//!
+//! New side ([`open_new`]): connect, forward the client's address (ID),
+//! log in with SASL PLAIN, authorization id = the user, authentication id
+//! = `backends.master_user` (what Dovecot's own proxy sends), check the
+//! capabilities, replay ENABLE, SELECT or EXAMINE with the client's own
+//! argument bytes and `UID SEARCH RETURN (MAX COUNT) ALL`, swallowing the
+//! answers; UIDVALIDITY, the message count and the highest UID must equal
+//! what the client knows. Then `IDLE` under the client's tag; its `+` is
+//! swallowed. Any difference is an error: the caller closes the new side
+//! and ends the session, never leaving the client with a wrong view.
+//!
+//! Every step is bounded (lines by [`MAX_BACKEND_LINE`], time by the
+//! caller). The master password goes out only base64-encoded in the
+//! AUTHENTICATE line and is never logged.
+
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use zeroize::Zeroizing;
+
+use crate::backend::client_info::ClientInfo;
+use crate::backend::greeting::{classify, GreetingKind};
+use crate::backend::imap::id_command;
+use crate::backend::{read_greeting, MAX_BACKEND_LINE};
+use crate::config::{Forward, Protocol};
+use crate::io::{write_bytes, ReadSide, WriteSide};
+use crate::proto::imap::tracker::{ImapTracker, Snapshot};
+use crate::proto::lines::LineReader;
+use crate::proto::sasl::{encode_plain, Credentials};
+use crate::route::backends::Backend;
+
+/// How long the old backend may take to close after LOGOUT.
+pub const LOGOUT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the old backend said the mailbox holds when its session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxState {
+    /// Messages (`COUNT`).
+    pub count: u32,
+    /// The highest UID (`MAX`), `None` for an empty mailbox.
+    pub max_uid: Option<u32>,
+}
+
+/// The old backend's snapshot: the mailbox, and its HIGHESTMODSEQ taken
+/// just before the sync whose updates the client got (so every change
+/// after it shows up as a higher HIGHESTMODSEQ on the new backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldSnapshot {
+    /// Messages and highest UID after the sync.
+    pub mailbox: MailboxState,
+    /// HIGHESTMODSEQ before the sync.
+    pub highest_modseq: u64,
+}
+
+/// Why a step of a live move failed; the words go to the session log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// A backend failed, refused or said something unexpected.
+    Backend(&'static str),
+    /// The mailbox changed between the old backend's snapshot and the new
+    /// backend's view (stage 1 does not reconcile).
+    Changed(&'static str),
+}
+
+impl ResumeError {
+    /// In words, for the session log.
+    pub fn text(self) -> &'static str {
+        match self {
+            ResumeError::Backend(t) | ResumeError::Changed(t) => t,
+        }
+    }
+}
+
+impl From<&'static str> for ResumeError {
+    fn from(text: &'static str) -> Self {
+        ResumeError::Backend(text)
+    }
+}
+
+/// Our own command tags, never the client's IDLE tag.
+fn our_tag(n: u8, client_tag: &[u8]) -> String {
+    let tag = format!("mpm{n}");
+    if client_tag == tag.as_bytes() {
+        format!("mpmx{n}")
+    } else {
+        tag
+    }
+}
+
+/// The status word of `line` if it is tagged `tag`.
+fn tagged<'a>(line: &'a [u8], tag: &str) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(tag.as_bytes())?.strip_prefix(b" ")?;
+    Some(rest.split(|&b| b == b' ').next().unwrap_or(rest))
+}
+
+fn is_ok(status: &[u8]) -> bool {
+    status.eq_ignore_ascii_case(b"OK")
+}
+
+/// Whether a line announces a literal (`{n}` at its end).
+fn ends_in_literal(line: &[u8]) -> bool {
+    line.ends_with(b"}") && line.contains(&b'{')
+}
+
+/// The mailbox name at the start of SELECT / EXAMINE arguments, bytes as
+/// the client sent them (an atom or a quoted string).
+fn mailbox_name(args: &[u8]) -> Option<Vec<u8>> {
+    if args.first() == Some(&b'"') {
+        let mut escaped = false;
+        for (i, &b) in args.iter().enumerate().skip(1) {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return Some(args[..=i].to_vec()),
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let end = args.iter().position(|&b| b == b' ').unwrap_or(args.len());
+    (end > 0 && args[0] != b'{' && args[0] != b'(').then(|| args[..end].to_vec())
+}
+
+/// HIGHESTMODSEQ of a `* STATUS mailbox (HIGHESTMODSEQ n)` line.
+fn status_modseq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"* STATUS ")?;
+    let at = rest
+        .windows(14)
+        .rposition(|w| w.eq_ignore_ascii_case(b"HIGHESTMODSEQ "))?;
+    let digits: Vec<u8> = rest[at + 14..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// A forwarded FETCH line without its `MODSEQ (n)` item, for a client
+/// that never switched CONDSTORE on (RFC 7162 §3.2).
+fn strip_modseq(line: &[u8]) -> Vec<u8> {
+    let lower: Vec<u8> = line.to_ascii_uppercase();
+    let Some(at) = lower.windows(8).position(|w| w == b"MODSEQ (") else {
+        return line.to_vec();
+    };
+    let Some(close) = line[at..].iter().position(|&b| b == b')') else {
+        return line.to_vec();
+    };
+    let mut end = at + close + 1;
+    let mut start = at;
+    if line.get(end) == Some(&b' ') {
+        end += 1;
+    } else if start > 0 && line[start - 1] == b' ' {
+        start -= 1;
+    }
+    let mut out = line[..start].to_vec();
+    out.extend_from_slice(&line[end..]);
+    out
+}
+
+/// Parses `* ESEARCH (TAG "t") UID ... COUNT n ... MAX m` for tag `tag`.
+fn esearch(line: &[u8], tag: &str) -> Option<MailboxState> {
+    let rest = line.strip_prefix(b"* ESEARCH ")?;
+    let quoted = format!("(TAG \"{tag}\")");
+    let rest = rest.strip_prefix(quoted.as_bytes())?;
+    let words: Vec<&[u8]> = rest
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut state = MailboxState {
+        count: 0,
+        max_uid: None,
+    };
+    let mut count = None;
+    let mut i = 0;
+    while i < words.len() {
+        let value = words.get(i + 1).and_then(|v| number(v));
+        if words[i].eq_ignore_ascii_case(b"COUNT") {
+            count = value;
+            i += 2;
+        } else if words[i].eq_ignore_ascii_case(b"MAX") {
+            state.max_uid = value;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    state.count = count?;
+    Some(state)
+}
+
+fn number(s: &[u8]) -> Option<u32> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Reads one backend line, bounded.
+async fn line<R: ReadSide>(lines: &mut LineReader, r: &mut R) -> Result<Vec<u8>, ResumeError> {
+    lines
+        .read_line(r, MAX_BACKEND_LINE)
+        .await
+        .map_err(|_| ResumeError::Backend("backend connection lost"))
+}
+
+/// Ends the old backend's session of an idling client (see the module
+/// documentation): untagged updates go to `client` and through `tracker`;
+/// returns the mailbox state once the backend has closed the connection.
+/// With nothing selected only `LOGOUT` is sent. On an error the backend
+/// connection may still be open: the caller closes it.
+pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
+    br: &mut BR,
+    bw: &mut BW,
+    client: &mut CW,
+    tracker: &mut ImapTracker,
+) -> Result<Option<OldSnapshot>, ResumeError> {
+    let snapshot = tracker.movable().map_err(ResumeError::Backend)?;
+    let mailbox = match snapshot.select {
+        Some((_, args)) => {
+            Some(mailbox_name(args).ok_or(ResumeError::Backend("mailbox name not understood"))?)
+        }
+        None => None,
+    };
+    let condstore = snapshot.condstore;
+    let idle_tag = snapshot.idle_tag.unwrap_or_default().to_vec();
+    let (noop, search, logout, status) = (
+        our_tag(1, &idle_tag),
+        our_tag(2, &idle_tag),
+        our_tag(3, &idle_tag),
+        our_tag(0, &idle_tag),
+    );
+    let mut lines = LineReader::new();
+    let mut found_state = None;
+    let mut state = None;
+    let mut modseq = None;
+    if let Some(mailbox) = &mailbox {
+        // STATUS (HIGHESTMODSEQ) before the NOOP: whatever changes after it
+        // raises HIGHESTMODSEQ, whether the NOOP told the client or not.
+        // It switches CONDSTORE on for this (closing) session, so MODSEQ is
+        // taken out of what goes to a client that did not ask for it.
+        let mut out = format!("DONE\r\n{status} STATUS ").into_bytes();
+        out.extend_from_slice(mailbox);
+        out.extend_from_slice(
+            format!(
+                " (HIGHESTMODSEQ)\r\n{noop} NOOP\r\n{search} UID SEARCH RETURN (MAX COUNT) ALL\r\n"
+            )
+            .as_bytes(),
+        );
+        write_bytes(bw, &out)
+            .await
+            .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+        loop {
+            let l = line(&mut lines, br).await?;
+            if ends_in_literal(&l) {
+                return Err(ResumeError::Backend(
+                    "old backend sent a literal during the snapshot",
+                ));
+            }
+            if let Some(found) = esearch(&l, &search) {
+                found_state = Some(found);
+                continue;
+            }
+            if let Some(status) = tagged(&l, &search) {
+                if !is_ok(status) {
+                    return Err(ResumeError::Backend("old backend refused the UID SEARCH"));
+                }
+                break;
+            }
+            if let Some(found) = status_modseq(&l) {
+                modseq = Some(found);
+                continue;
+            }
+            if let Some(answer) = tagged(&l, &status) {
+                if !is_ok(answer) {
+                    return Err(ResumeError::Backend("old backend refused STATUS"));
+                }
+                continue;
+            }
+            if tagged(&l, &noop).is_some() {
+                continue;
+            }
+            if !condstore && l.starts_with(b"* OK [HIGHESTMODSEQ ") {
+                continue;
+            }
+            if !idle_tag.is_empty()
+                && l.starts_with(&idle_tag)
+                && l.get(idle_tag.len()) == Some(&b' ')
+            {
+                // The IDLE's own completion: the client's IDLE goes on.
+                continue;
+            }
+            if l.first() != Some(&b'*') {
+                return Err(ResumeError::Backend("unexpected line from the old backend"));
+            }
+            let mut forwarded = if condstore { l } else { strip_modseq(&l) };
+            forwarded.extend_from_slice(b"\r\n");
+            tracker.backend_bytes(&forwarded);
+            let (res, _) = client.write_all(forwarded).await;
+            res.map_err(|_| ResumeError::Backend("client connection lost"))?;
+        }
+        let found = found_state.ok_or(ResumeError::Backend(
+            "no ESEARCH answer from the old backend",
+        ))?;
+        if found.count != tracker.exists() {
+            return Err(ResumeError::Changed(
+                "old backend's message count differs from the client's",
+            ));
+        }
+        let highest_modseq = modseq.ok_or(ResumeError::Backend(
+            "no HIGHESTMODSEQ from the old backend",
+        ))?;
+        state = Some(OldSnapshot {
+            mailbox: found,
+            highest_modseq,
+        });
+    }
+    if !lines.into_leftover().is_empty() {
+        return Err(ResumeError::Backend("old backend sent more than was asked"));
+    }
+    let out = format!("{logout} LOGOUT\r\n");
+    write_bytes(bw, out.as_bytes())
+        .await
+        .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+    // Swallow BYE and the tagged OK until the backend closes.
+    let closed = monoio::time::timeout(LOGOUT_CLOSE_TIMEOUT, async {
+        loop {
+            let buf = Vec::with_capacity(4096);
+            let (res, _) = br.read_into(buf).await;
+            match res {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    closed.map_err(|_| ResumeError::Backend("old backend did not close after LOGOUT"))?;
+    Ok(state)
+}
+
+/// Who logs in on the new backend.
+pub struct MasterLogin<'a> {
+    /// The user the session belongs to (authorization id).
+    pub user: &'a str,
+    /// `backends.master_user`.
+    pub master_user: &'a str,
+    /// Its password, from `backends.master_password_file`.
+    pub master_password: &'a str,
+}
+
+/// Greeting, ID (with `forward = "id"`) and the master login on a fresh
+/// connection; the capabilities of the tagged OK, if it lists them.
+async fn master_login(
+    stream: &mut TcpStream,
+    lines: &mut LineReader,
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    id_tag: &str,
+    auth_tag: &str,
+) -> Result<Option<Vec<u8>>, ResumeError> {
+    let greeting = read_greeting(stream, lines, backend.connect_timeout)
+        .await
+        .map_err(|_| ResumeError::Backend("no greeting from the new backend"))?;
+    if classify(Protocol::Imap, &greeting) != Some(GreetingKind::Ready) {
+        return Err(ResumeError::Backend(
+            "the new backend refused the connection",
+        ));
+    }
+    let sasl_ir = greeting
+        .split(|&b| b == b' ' || b == b']' || b == b'[')
+        .any(|w| w.eq_ignore_ascii_case(b"SASL-IR"));
+    let creds = Credentials {
+        authzid: Some(login.user.to_owned()),
+        user: login.master_user.to_owned(),
+        password: Zeroizing::new(login.master_password.as_bytes().to_vec()),
+    };
+    let response = encode_plain(&creds);
+    let mut out = Zeroizing::new(Vec::with_capacity(512));
+    if backend.forward == Forward::Id {
+        out.extend_from_slice(&id_command(id_tag, client, &Vec::new()));
+    }
+    out.extend_from_slice(auth_tag.as_bytes());
+    out.extend_from_slice(b" AUTHENTICATE PLAIN");
+    if sasl_ir {
+        out.push(b' ');
+        out.extend_from_slice(response.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    write_bytes(stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    drop(out);
+    let caps = loop {
+        let l = line(lines, stream).await?;
+        if l.first() == Some(&b'+') && !sasl_ir {
+            let mut answer = Zeroizing::new(response.as_bytes().to_vec());
+            answer.extend_from_slice(b"\r\n");
+            write_bytes(stream, &answer)
+                .await
+                .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+            continue;
+        }
+        if let Some(status) = tagged(&l, auth_tag) {
+            if !is_ok(status) {
+                return Err(ResumeError::Backend(
+                    "master login refused by the new backend",
+                ));
+            }
+            break capability_code(&l);
+        }
+    };
+    drop(response);
+    Ok(caps)
+}
+
+/// What a probe connection saw of the mailbox.
+#[derive(Debug, Default)]
+struct Probe {
+    highest_modseq: u64,
+    /// Messages with a UID up to the old highest one (when asked).
+    old_messages: Option<u32>,
+    /// Of those, the ones changed after the old HIGHESTMODSEQ (when asked).
+    old_changed: Option<u32>,
+}
+
+/// Asks about `mailbox` on a connection of its own (the resumed session
+/// must not switch CONDSTORE on for a client that did not): its
+/// HIGHESTMODSEQ now, and with `old_max` (an append reconcile) how many
+/// messages up to that UID there are and how many of them changed after
+/// `since` (old HIGHESTMODSEQ), read-only (EXAMINE).
+async fn probe(
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    mailbox: &[u8],
+    old_max: Option<u32>,
+    since: u64,
+) -> Result<Probe, ResumeError> {
+    let mut stream = crate::backend::connect(backend, Protocol::Imap, client)
+        .await
+        .map_err(|_| ResumeError::Backend("cannot connect to the new backend"))?;
+    let mut lines = LineReader::new();
+    master_login(&mut stream, &mut lines, backend, client, login, "p1", "p2").await?;
+    let mut out = b"p3 STATUS ".to_vec();
+    out.extend_from_slice(mailbox);
+    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\n");
+    if let Some(max) = old_max {
+        out.extend_from_slice(b"p4 EXAMINE ");
+        out.extend_from_slice(mailbox);
+        out.extend_from_slice(
+            format!(
+                "\r\np5 UID SEARCH RETURN (COUNT) UID 1:{max}\r\n\
+                 p6 UID SEARCH RETURN (COUNT) UID 1:{max} MODSEQ {}\r\n",
+                since + 1
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"p7 LOGOUT\r\n");
+    write_bytes(&mut stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let mut probe = Probe::default();
+    let mut modseq = None;
+    let last = if old_max.is_some() { "p6" } else { "p3" };
+    loop {
+        let l = line(&mut lines, &mut stream).await?;
+        if let Some(found) = status_modseq(&l) {
+            modseq = Some(found);
+        } else if let Some(found) = esearch(&l, "p5") {
+            probe.old_messages = Some(found.count);
+        } else if let Some(found) = esearch(&l, "p6") {
+            probe.old_changed = Some(found.count);
+        } else if let Some(status) = ["p3", "p4", "p5", "p6"].iter().find_map(|t| tagged(&l, t)) {
+            if !is_ok(status) {
+                return Err(ResumeError::Backend("the new backend refused a probe"));
+            }
+            if tagged(&l, last).is_some() {
+                break;
+            }
+        }
+    }
+    // The probe's LOGOUT is answered and the connection closed by the
+    // backend; it is dropped without waiting for that.
+    probe.highest_modseq = modseq.ok_or(ResumeError::Backend(
+        "no HIGHESTMODSEQ from the new backend",
+    ))?;
+    Ok(probe)
+}
+
+/// Resumes the session of `snapshot` on `stream`, a fresh connection to
+/// `backend` (see the module documentation); `old` is what the old backend
+/// reported. Returns the bytes the new backend sent past the IDLE
+/// continuation (or past its last answer), for the client. The caller
+/// bounds it in time and closes `stream` on an error.
+pub async fn resume(
+    stream: &mut TcpStream,
+    backend: &Backend,
+    client: &ClientInfo,
+    login: &MasterLogin<'_>,
+    snapshot: &Snapshot<'_>,
+    old: Option<OldSnapshot>,
+) -> Result<Vec<u8>, ResumeError> {
+    let idle_tag = snapshot.idle_tag.unwrap_or_default();
+    let tags: Vec<String> = (4..=9).map(|n| our_tag(n, idle_tag)).collect();
+    let (id_tag, auth_tag, enable_tag, select_tag, search_tag) =
+        (&tags[0], &tags[1], &tags[2], &tags[3], &tags[4]);
+    let mut lines = LineReader::new();
+    let mut caps =
+        master_login(stream, &mut lines, backend, client, login, id_tag, auth_tag).await?;
+    let mut pipeline = String::new();
+    if caps.is_none() {
+        pipeline.push_str(&format!("{id_tag} CAPABILITY\r\n"));
+    }
+    let enable = if snapshot.qresync {
+        Some("QRESYNC")
+    } else if snapshot.condstore {
+        Some("CONDSTORE")
+    } else {
+        None
+    };
+    if let Some(ext) = enable {
+        pipeline.push_str(&format!("{enable_tag} ENABLE {ext}\r\n"));
+    }
+    let mut out = pipeline.into_bytes();
+    if let Some((command, args)) = snapshot.select {
+        out.extend_from_slice(format!("{select_tag} {command} ").as_bytes());
+        out.extend_from_slice(args);
+        out.extend_from_slice(
+            format!("\r\n{search_tag} UID SEARCH RETURN (MAX COUNT) ALL\r\n").as_bytes(),
+        );
+    }
+    let last = if snapshot.select.is_some() {
+        search_tag
+    } else if enable.is_some() {
+        enable_tag
+    } else if caps.is_none() {
+        id_tag
+    } else {
+        return finish_unselected(lines, &caps, snapshot);
+    };
+    write_bytes(stream, &out)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    let (mut uidvalidity, mut state, mut enabled) = (None, None, false);
+    loop {
+        let l = line(&mut lines, stream).await?;
+        if ends_in_literal(&l) {
+            return Err(ResumeError::Backend(
+                "new backend sent a literal while resuming",
+            ));
+        }
+        if let Some(found) = esearch(&l, search_tag) {
+            state = Some(found);
+        } else if let Some(rest) = l.strip_prefix(b"* CAPABILITY ") {
+            caps = Some(rest.to_vec());
+        } else if let Some(rest) = l.strip_prefix(b"* ENABLED") {
+            enabled |= enable.is_some_and(|e| {
+                rest.split(|&b| b == b' ')
+                    .any(|w| w.eq_ignore_ascii_case(e.as_bytes()))
+            });
+        } else if let Some(v) = l
+            .strip_prefix(b"* OK [UIDVALIDITY ")
+            .and_then(|r| r.split(|&b| b == b']').next())
+        {
+            uidvalidity = number(v);
+        } else if l.first() != Some(&b'*') {
+            let status = [id_tag, enable_tag, select_tag, search_tag]
+                .iter()
+                .find_map(|t| tagged(&l, t).map(|s| (*t, s)));
+            match status {
+                Some((_, s)) if is_ok(s) => {}
+                Some(_) => {
+                    return Err(ResumeError::Backend(
+                        "the new backend refused a replayed command",
+                    ))
+                }
+                None => return Err(ResumeError::Backend("unexpected line from the new backend")),
+            }
+            if tagged(&l, last).is_some() {
+                break;
+            }
+        }
+    }
+    if enable.is_some() && !enabled {
+        return Err(ResumeError::Backend(
+            "the new backend did not enable CONDSTORE/QRESYNC",
+        ));
+    }
+    if snapshot.select.is_none() {
+        return finish_unselected(lines, &caps, snapshot);
+    }
+    check_caps(&caps, snapshot)?;
+    if uidvalidity != Some(snapshot.uidvalidity) {
+        return Err(ResumeError::Changed(
+            "UIDVALIDITY differs on the new backend",
+        ));
+    }
+    let (found, old) = (
+        state.ok_or(ResumeError::Backend(
+            "no ESEARCH answer from the new backend",
+        ))?,
+        old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?,
+    );
+    let mailbox = snapshot
+        .select
+        .and_then(|(_, args)| mailbox_name(args))
+        .ok_or(ResumeError::Backend("mailbox name not understood"))?;
+    let unchanged = found == old.mailbox && found.count == snapshot.exists;
+    // Stage 2, appends only: more messages, a higher UID, and (checked on
+    // the probe) the client's messages all there and unchanged: the client
+    // is told `* n EXISTS`, as the new backend would have told it.
+    let appended = found.count > snapshot.exists && found.max_uid > old.mailbox.max_uid;
+    if !unchanged && !appended {
+        return Err(ResumeError::Changed(
+            "mailbox changed between the old and the new backend",
+        ));
+    }
+    let old_max = if appended { old.mailbox.max_uid } else { None };
+    let probe = probe(
+        backend,
+        client,
+        login,
+        &mailbox,
+        old_max,
+        old.highest_modseq,
+    )
+    .await?;
+    let untouched = match old_max {
+        // Flags: nothing changed since the old backend's STATUS, which
+        // came before the sync whose updates the client got.
+        None if !appended => probe.highest_modseq == old.highest_modseq,
+        None => true,
+        Some(_) => {
+            probe.old_messages == Some(snapshot.exists)
+                && probe.old_changed == Some(0)
+                && probe.highest_modseq >= old.highest_modseq
+        }
+    };
+    if !untouched {
+        return Err(ResumeError::Changed(
+            "the mailbox changed (HIGHESTMODSEQ) between the old and the new backend",
+        ));
+    }
+    let mut to_client = Vec::new();
+    if appended {
+        to_client.extend_from_slice(format!("* {} EXISTS\r\n", found.count).as_bytes());
+    }
+    // Commit: the client's IDLE goes on here.
+    let mut idle = idle_tag.to_vec();
+    idle.extend_from_slice(b" IDLE\r\n");
+    write_bytes(stream, &idle)
+        .await
+        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    loop {
+        let l = line(&mut lines, stream).await?;
+        if l.first() == Some(&b'+') {
+            break;
+        }
+        if l.first() != Some(&b'*') || ends_in_literal(&l) {
+            return Err(ResumeError::Backend("the new backend refused IDLE"));
+        }
+        to_client.extend_from_slice(&l);
+        to_client.extend_from_slice(b"\r\n");
+    }
+    to_client.extend_from_slice(&lines.into_leftover());
+    Ok(to_client)
+}
+
+/// An authenticated session without a mailbox: logged in (and ENABLE
+/// replayed) is all; bytes read past the last answer go to the client.
+fn finish_unselected(
+    lines: LineReader,
+    caps: &Option<Vec<u8>>,
+    snapshot: &Snapshot<'_>,
+) -> Result<Vec<u8>, ResumeError> {
+    check_caps(caps, snapshot)?;
+    Ok(lines.into_leftover())
+}
+
+/// The new backend must offer what the session relies on.
+fn check_caps(caps: &Option<Vec<u8>>, snapshot: &Snapshot<'_>) -> Result<(), ResumeError> {
+    let caps = caps
+        .as_deref()
+        .ok_or(ResumeError::Backend("no capabilities from the new backend"))?;
+    let has = |c: &[u8]| {
+        caps.split(|&b| b == b' ')
+            .any(|w| w.eq_ignore_ascii_case(c))
+    };
+    if snapshot.idle_tag.is_some() && !has(b"IDLE") {
+        return Err(ResumeError::Backend("the new backend does not offer IDLE"));
+    }
+    if snapshot.qresync && !has(b"QRESYNC") || snapshot.condstore && !has(b"CONDSTORE") {
+        return Err(ResumeError::Backend(
+            "the new backend does not offer CONDSTORE/QRESYNC",
+        ));
+    }
+    Ok(())
+}
+
+/// The words of a `[CAPABILITY ...]` response code in `line`.
+fn capability_code(line: &[u8]) -> Option<Vec<u8>> {
+    let start = line
+        .windows(12)
+        .position(|w| w.eq_ignore_ascii_case(b"[CAPABILITY "))?
+        + 12;
+    let end = start + line[start..].iter().position(|&b| b == b']')?;
+    Some(line[start..end].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esearch_answers_are_read_with_and_without_max() {
+        assert_eq!(
+            esearch(b"* ESEARCH (TAG \"mpm2\") UID MAX 7 COUNT 3", "mpm2"),
+            Some(MailboxState {
+                count: 3,
+                max_uid: Some(7)
+            })
+        );
+        assert_eq!(
+            esearch(b"* ESEARCH (TAG \"mpm2\") UID COUNT 0", "mpm2"),
+            Some(MailboxState {
+                count: 0,
+                max_uid: None
+            })
+        );
+        assert_eq!(esearch(b"* ESEARCH (TAG \"x\") UID COUNT 0", "mpm2"), None);
+    }
+
+    #[test]
+    fn mailbox_names_modseq_and_its_removal() {
+        assert_eq!(mailbox_name(b"INBOX"), Some(b"INBOX".to_vec()));
+        assert_eq!(
+            mailbox_name(b"\"Sent \\\"x\\\"\" (CONDSTORE)"),
+            Some(b"\"Sent \\\"x\\\"\"".to_vec())
+        );
+        assert_eq!(mailbox_name(b"{5}"), None);
+        assert_eq!(
+            status_modseq(b"* STATUS INBOX (HIGHESTMODSEQ 42)"),
+            Some(42)
+        );
+        assert_eq!(
+            strip_modseq(b"* 3 FETCH (UID 5 MODSEQ (12) FLAGS (\\Seen))"),
+            b"* 3 FETCH (UID 5 FLAGS (\\Seen))".to_vec()
+        );
+        assert_eq!(
+            strip_modseq(b"* 3 FETCH (FLAGS (\\Seen) MODSEQ (12))"),
+            b"* 3 FETCH (FLAGS (\\Seen))".to_vec()
+        );
+    }
+
+    #[test]
+    fn our_tags_never_equal_the_clients() {
+        assert_eq!(our_tag(2, b"a1"), "mpm2");
+        assert_eq!(our_tag(2, b"mpm2"), "mpmx2");
+    }
+
+    #[test]
+    fn capability_codes_are_found_in_a_tagged_ok() {
+        assert_eq!(
+            capability_code(b"mpm5 OK [CAPABILITY IMAP4rev1 IDLE] Logged in"),
+            Some(b"IMAP4rev1 IDLE".to_vec())
+        );
+        assert_eq!(capability_code(b"mpm5 OK Logged in"), None);
+    }
+}
