@@ -314,6 +314,13 @@ fn stalled_fetch_then(action: Action) {
             .wait_for_who(user, "imap", 1, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{action:?}: new session not on b{expected}: {e}"));
         slow.wait_closed(Duration::from_secs(20));
+        // The action can be over before the sampler (a `doveadm who` per
+        // backend, each a process start) had its third look: it goes on
+        // sampling, with the new session open, until it has (bounded).
+        let enough = Instant::now() + Duration::from_secs(10);
+        while samples.load(Ordering::Relaxed) < 3 && Instant::now() < enough {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         running.store(false, Ordering::Relaxed);
         drop(again);
     });
