@@ -328,6 +328,8 @@ fn serve_fake(mut stream: TcpStream, held: mpsc::Sender<mpsc::Sender<()>>) {
     let tag = line.split(' ').next().unwrap_or("*").to_string();
     let answer = match plain_password(line.trim_end()).as_deref() {
         Some("wrong-password") => "NO [AUTHENTICATIONFAILED] Authentication failed.",
+        // What Dovecot answers when its own auth or storage fails.
+        Some("backend-trouble") => "NO [UNAVAILABLE] Internal error occurred.",
         Some("hold") => {
             let (permit_tx, permit_rx) = mpsc::channel();
             let _ = held.send(permit_tx);
@@ -442,4 +444,38 @@ fn failed_logins_are_delayed_and_an_address_that_keeps_failing_waits_longer() {
 
     assert_eq!(hits(&m, "auth_penalty"), 4);
     assert_eq!(limit_log_lines(&m, "auth_penalty", ip(1)), 1, "{}", m.log());
+}
+
+#[test]
+fn a_backends_temporary_failure_is_relayed_at_once_and_counts_no_failed_login() {
+    let backend = FakeBackend::start();
+    let c = backend.director_config(
+        "auth_failure_delay = \"300ms\"\nauth_penalty_max = \"1200ms\"\nlog_interval = \"1h\"",
+    );
+    let m = Mailpin::start(&c, 1);
+    let addr = m.listen[0];
+    let ms = Duration::from_millis;
+    let (mut client, _) = greeted(ip(5), addr);
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = client.imap("LOGIN someone backend-trouble").unwrap();
+        assert_eq!(r.status, "NO [UNAVAILABLE] Internal error occurred.");
+        assert!(
+            started.elapsed() < ms(250),
+            "temporary failure {} held back {:?} (a refused password waits 300 ms)",
+            i + 1,
+            started.elapsed()
+        );
+    }
+    // No penalty grew: a good login of the same address goes through at once.
+    let (mut good, _) = greeted(ip(5), addr);
+    let started = Instant::now();
+    let r = good.imap("LOGIN someone right-password").unwrap();
+    assert!(r.is_ok(), "{}", r.status);
+    assert!(started.elapsed() < ms(250), "{:?}", started.elapsed());
+    assert_eq!(hits(&m, "auth_penalty"), 0);
+    // ... while a refused password from it still waits the failure delay.
+    let (mut guesser, _) = greeted(ip(5), addr);
+    let took = failed_login(&mut guesser);
+    assert!(took >= ms(300), "{took:?}");
 }

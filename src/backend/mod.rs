@@ -57,7 +57,10 @@ pub fn login_outcome(
 ) -> Result<Login, BackendError> {
     match dialogue {
         Ok(Ok(Answer::Accepted(to_client))) => Ok(Login::Accepted { stream, to_client }),
-        Ok(Ok(Answer::Refused(answer))) => Ok(Login::Rejected { answer }),
+        Ok(Ok(Answer::Refused(answer))) => Ok(Login::Rejected {
+            temporary: is_temporary_refusal(&answer),
+            answer,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BackendError::Timeout),
     }
@@ -100,7 +103,89 @@ pub enum Login {
     Rejected {
         /// The backend's refusal, lines with CRLF.
         answer: Vec<u8>,
+        /// The refusal says "try again later" ([`is_temporary_refusal`]):
+        /// the backend's trouble, not a wrong credential.
+        temporary: bool,
     },
+}
+
+/// Whether a backend's refusal of a login is a temporary failure of the
+/// backend rather than a refused credential: its final line carries IMAP
+/// `[UNAVAILABLE]`, `[SERVERBUG]` or `[INUSE]` (RFC 5530), POP3
+/// `[SYS/TEMP]` or `[IN-USE]` (RFC 3206), or ManageSieve `(TRYLATER)`
+/// (RFC 5804) right after its status word. Such a refusal is relayed as
+/// it is but does not count as a failed login of the client's address.
+pub fn is_temporary_refusal(answer: &[u8]) -> bool {
+    const TEMPORARY: [&[u8]; 6] = [
+        b"[UNAVAILABLE]",
+        b"[SERVERBUG]",
+        b"[INUSE]",
+        b"[SYS/TEMP]",
+        b"[IN-USE]",
+        b"(TRYLATER)",
+    ];
+    let last = answer
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .rfind(|l| !l.is_empty());
+    let Some(line) = last else { return false };
+    // IMAP: `tag NO [CODE] text`; POP3: `-ERR [CODE] text`; ManageSieve:
+    // `NO (CODE) "text"`. The code follows the status word.
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let status_then_code = match words.next() {
+        Some(b"-ERR") | Some(b"NO") => words.next(),
+        Some(_) => match words.next() {
+            Some(w) if w.eq_ignore_ascii_case(b"NO") || w.eq_ignore_ascii_case(b"BAD") => {
+                words.next()
+            }
+            _ => None,
+        },
+        None => None,
+    };
+    status_then_code.is_some_and(|code| {
+        TEMPORARY
+            .iter()
+            .any(|t| code.len() >= t.len() && code[..t.len()].eq_ignore_ascii_case(t))
+    })
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::is_temporary_refusal;
+
+    #[test]
+    fn temporary_refusals_are_told_from_refused_credentials() {
+        for temporary in [
+            &b"a1 NO [UNAVAILABLE] Internal error occurred.\r\n"[..],
+            b"a1 NO [SERVERBUG] Internal error\r\n",
+            b"x no [inuse] Mailbox in use\r\n",
+            b"-ERR [SYS/TEMP] Try again later\r\n",
+            b"-ERR [IN-USE] Mailbox locked\r\n",
+            b"NO (TRYLATER) \"Internal error\"\r\n",
+            b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\na1 NO [UNAVAILABLE] Try later\r\n",
+        ] {
+            assert!(
+                is_temporary_refusal(temporary),
+                "{:?}",
+                String::from_utf8_lossy(temporary)
+            );
+        }
+        for refused in [
+            &b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"[..],
+            b"a1 NO [AUTHORIZATIONFAILED] Authorization failed\r\n",
+            b"a1 NO Login failed: [UNAVAILABLE] in the text\r\n",
+            b"-ERR [AUTH] Authentication failed.\r\n",
+            b"-ERR Authentication failed.\r\n",
+            b"NO \"Authentication failed.\"\r\n",
+            b"",
+        ] {
+            assert!(
+                !is_temporary_refusal(refused),
+                "{:?}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+    }
 }
 
 /// Why a backend could not take a session.

@@ -367,11 +367,20 @@ where
                     origin,
                 };
             }
-            Ok(Login::Rejected { answer }) => {
+            Ok(Login::Rejected { answer, temporary }) => {
+                route.release(backend_id);
+                if temporary {
+                    // The backend's own trouble ("try again later"): relayed
+                    // as it is, with no failure counted against the address.
+                    core.counters
+                        .login(LoginOutcome::Unavailable, started.elapsed());
+                    info!("backend refused the login with a temporary failure");
+                    let _ = write_bytes(client, &answer).await;
+                    return Routed::Rejected;
+                }
                 core.counters
                     .login(LoginOutcome::Refused, started.elapsed());
                 info!("backend refused the login");
-                route.release(backend_id);
                 let delay = limits.failure_delay(origin.ip, began);
                 if !delay.is_zero() {
                     monoio::time::sleep(delay).await;
