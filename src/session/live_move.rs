@@ -20,6 +20,7 @@
 //! the session with `BYE`, as any other kick does. Every other kick, and a
 //! session that is not movable, ends as in the ordinary relay.
 
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
@@ -164,12 +165,16 @@ enum LegEnd {
 /// Relays a logged-in IMAP session that may move live, until it ends;
 /// registers it, releases its user's count when its backend connection
 /// closes, as [`crate::session::serve`] does for the ordinary relay.
-pub async fn relay<C: Connection>(
+///
+/// Not an async fn: the login is taken apart and the connections split
+/// here, so the session's task holds each part once, not also the whole
+/// `LoggedIn` and client connection as arguments (an idle session's task
+/// is most of what it costs).
+pub fn relay<C: Connection>(
     core: Rc<Core>,
     client: C,
     l: LoggedIn,
-    live: Box<LiveLogin>,
-) -> LiveEnd {
+) -> impl Future<Output = LiveEnd> {
     let LoggedIn {
         backend,
         backend_id,
@@ -177,160 +182,169 @@ pub async fn relay<C: Connection>(
         origin,
         to_backend,
         to_client,
-        ..
+        live,
     } = l;
     core.shared().config.server.keepalive().apply(&backend);
     let (mut cr, mut cw) = client.into_split();
-    let (mut registration, kick) = core.sessions.register(&key, backend_id, Protocol::Imap);
-    if !core
-        .router
-        .backends()
-        .get(backend_id)
-        .is_some_and(|b| b.keeps_users())
-    {
-        registration.kick(KickReason::BackendDown);
-    }
-    let mut session = Session {
-        core: &core,
-        key: &key,
-        origin,
-        backend_id,
-        tracker: ImapTracker::new(),
-        stats: RelayStats::default(),
-        moves: 0,
-        stall: core.shared().config.server.stall_timeout,
-    };
-    let mut kick = kick;
     let mut leg = backend.into_split();
-    // Bytes read ahead during login.
-    let mut ok = true;
-    // Empty or not, both buffers are freed before the relay waits: they
-    // may hold kilobytes of spare capacity for the session's whole life.
-    if to_backend.is_empty() {
-        drop(to_backend);
-    } else {
-        session.tracker.client_bytes(&to_backend);
-        session.stats.up += to_backend.len() as u64;
-        ok &= Box::pin(leg.1.write_all(to_backend)).await.0.is_ok();
-    }
-    if !ok || to_client.is_empty() {
-        drop(to_client);
-    } else {
-        session.tracker.backend_bytes(&to_client);
-        session.stats.down += to_client.len() as u64;
-        ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
-    }
-    let mut pending_client_eof = false;
-    let mut end = if ok {
-        None
-    } else {
-        Some(LegEnd::Failed(RelayEnd::Error))
-    };
-    loop {
-        let ending = match end.take() {
-            Some(e) => e,
-            None if pending_client_eof => LegEnd::ClientEof,
-            None => session.run_leg(&mut cr, &mut cw, &mut leg, &kick).await,
+    async move {
+        let (mut registration, kick) = core.sessions.register(&key, backend_id, Protocol::Imap);
+        if !core
+            .router
+            .backends()
+            .get(backend_id)
+            .is_some_and(|b| b.keeps_users())
+        {
+            registration.kick(KickReason::BackendDown);
+        }
+        let mut session = Session {
+            core: &core,
+            key: &key,
+            origin,
+            backend_id,
+            tracker: ImapTracker::new(),
+            stats: RelayStats::default(),
+            moves: 0,
+            stall: core.shared().config.server.stall_timeout,
         };
-        let reason = match ending {
-            LegEnd::Kicked(reason) => reason,
-            LegEnd::ClientEof => {
-                let _ = Box::pin(leg.1.shutdown()).await;
-                Box::pin(session.drain_backend(&mut leg, &mut cw)).await;
-                drop(leg);
-                session.backend_closed(&registration);
-                return session.ended(RelayEnd::Client, None, None);
-            }
-            LegEnd::BackendEof => {
-                drop(leg);
-                session.backend_closed(&registration);
-                let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
-                return session.ended(RelayEnd::Backend, None, None);
-            }
-            LegEnd::Failed(how) => {
+        let mut kick = kick;
+        // Bytes read ahead during login.
+        let mut ok = true;
+        // Empty or not, both buffers are freed before the relay waits: they
+        // may hold kilobytes of spare capacity for the session's whole life.
+        if to_backend.is_empty() {
+            drop(to_backend);
+        } else {
+            session.tracker.client_bytes(&to_backend);
+            session.stats.up += to_backend.len() as u64;
+            ok &= Box::pin(leg.1.write_all(to_backend)).await.0.is_ok();
+        }
+        if !ok || to_client.is_empty() {
+            drop(to_client);
+        } else {
+            session.tracker.backend_bytes(&to_client);
+            session.stats.down += to_client.len() as u64;
+            ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
+        }
+        let mut pending_client_eof = false;
+        let mut end = if ok {
+            None
+        } else {
+            Some(LegEnd::Failed(RelayEnd::Error))
+        };
+        loop {
+            let ending = match end.take() {
+                Some(e) => e,
+                None if pending_client_eof => LegEnd::ClientEof,
+                None => session.run_leg(&mut cr, &mut cw, &mut leg, &kick).await,
+            };
+            let reason = match ending {
+                LegEnd::Kicked(reason) => reason,
+                LegEnd::ClientEof => {
+                    let _ = Box::pin(leg.1.shutdown()).await;
+                    Box::pin(session.drain_backend(&mut leg, &mut cw)).await;
+                    drop(leg);
+                    session.backend_closed(&registration);
+                    return session.ended(RelayEnd::Client, None, None);
+                }
+                LegEnd::BackendEof => {
+                    drop(leg);
+                    session.backend_closed(&registration);
+                    let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
+                    return session.ended(RelayEnd::Backend, None, None);
+                }
+                LegEnd::Failed(how) => {
+                    Box::pin(close_backend(leg.0, leg.1)).await;
+                    session.backend_closed(&registration);
+                    let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
+                    return session.ended(how, None, None);
+                }
+            };
+            let why_not = if reason != KickReason::Move {
+                None
+            } else if !enabled(&core) || live.is_none() {
+                Some((
+                    LiveMoveOutcome::Disabled,
+                    "live moves are off or no master user is set",
+                ))
+            } else {
+                session
+                    .tracker
+                    .movable()
+                    .err()
+                    .map(|why| (LiveMoveOutcome::NotMovable, why))
+            };
+            let login = live
+                .as_deref()
+                .filter(|_| reason == KickReason::Move && why_not.is_none());
+            let Some(login) = login else {
+                if let Some((outcome, why)) = why_not {
+                    core.counters.live_move(outcome);
+                    info!(why, "user moved: session not moved live, closing it");
+                }
                 Box::pin(close_backend(leg.0, leg.1)).await;
                 session.backend_closed(&registration);
-                let _ = Box::pin(monoio::time::timeout(GOODBYE_TIMEOUT, cw.shutdown())).await;
-                return session.ended(how, None, None);
-            }
-        };
-        let why_not = if reason != KickReason::Move {
-            None
-        } else if !enabled(&core) {
-            Some((
-                LiveMoveOutcome::Disabled,
-                "live moves are off or no master user is set",
-            ))
-        } else {
-            session
-                .tracker
-                .movable()
-                .err()
-                .map(|why| (LiveMoveOutcome::NotMovable, why))
-        };
-        if reason != KickReason::Move || why_not.is_some() {
-            if let Some((outcome, why)) = why_not {
-                core.counters.live_move(outcome);
-                info!(why, "user moved: session not moved live, closing it");
-            }
-            Box::pin(close_backend(leg.0, leg.1)).await;
-            session.backend_closed(&registration);
-            Box::pin(goodbye(&mut cw, reason)).await;
-            return session.ended(RelayEnd::Stopped, Some(reason), why_not.map(|(_, w)| w));
-        }
-        // The handover, with the client's input held meanwhile.
-        let mut held = Vec::new();
-        let mut client_eof = false;
-        let result = {
-            // Boxed, as every step but the wait: an idle session's state
-            // holds none of them.
-            let mut steps = Box::pin(session.hand_over(&live, &mut registration, leg, &mut cw));
-            loop {
-                monoio::select! {
-                    r = &mut steps => break r,
-                    r = cr.readable(), if !client_eof && held.len() < HELD_MAX => {
-                        client_eof |= r.is_err() || !Box::pin(read_held(&mut cr, &mut held)).await;
+                Box::pin(goodbye(&mut cw, reason)).await;
+                return session.ended(RelayEnd::Stopped, Some(reason), why_not.map(|(_, w)| w));
+            };
+            // The handover, with the client's input held meanwhile.
+            let mut held = Vec::new();
+            let mut client_eof = false;
+            let result = {
+                // Boxed, as every step but the wait: an idle session's state
+                // holds none of them.
+                let mut steps = Box::pin(session.hand_over(login, &mut registration, leg, &mut cw));
+                loop {
+                    monoio::select! {
+                        r = &mut steps => break r,
+                        r = cr.readable(), if !client_eof && held.len() < HELD_MAX => {
+                            client_eof |= r.is_err() || !Box::pin(read_held(&mut cr, &mut held)).await;
+                        }
                     }
                 }
-            }
-        };
-        match result {
-            Ok((mut new_leg, to_client, new_kick)) => {
-                session.moves += 1;
-                core.counters.live_move(LiveMoveOutcome::Moved);
-                info!(backend = session.backend_name(), "session moved live");
-                kick = new_kick;
-                let mut ok = true;
-                if !to_client.is_empty() {
-                    session.tracker.backend_bytes(&to_client);
-                    session.stats.down += to_client.len() as u64;
-                    ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
+            };
+            match result {
+                Ok((mut new_leg, to_client, new_kick)) => {
+                    session.moves += 1;
+                    core.counters.live_move(LiveMoveOutcome::Moved);
+                    info!(backend = session.backend_name(), "session moved live");
+                    kick = new_kick;
+                    let mut ok = true;
+                    if !to_client.is_empty() {
+                        session.tracker.backend_bytes(&to_client);
+                        session.stats.down += to_client.len() as u64;
+                        ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
+                    }
+                    if ok && !held.is_empty() {
+                        session.tracker.client_bytes(&held);
+                        session.stats.up += held.len() as u64;
+                        ok &= Box::pin(new_leg.1.write_all(held)).await.0.is_ok();
+                    }
+                    leg = new_leg;
+                    if !ok {
+                        end = Some(LegEnd::Failed(RelayEnd::Error));
+                    }
+                    pending_client_eof = client_eof;
                 }
-                if ok && !held.is_empty() {
-                    session.tracker.client_bytes(&held);
-                    session.stats.up += held.len() as u64;
-                    ok &= Box::pin(new_leg.1.write_all(held)).await.0.is_ok();
+                Err(failure) => {
+                    core.counters.live_move(failure.outcome);
+                    info!(
+                        why = failure.why.text(),
+                        "live move failed, closing the session"
+                    );
+                    if let Some(leg) = failure.close {
+                        Box::pin(close_backend(leg.0, leg.1)).await;
+                    }
+                    if failure.release {
+                        session.backend_closed(&registration);
+                    }
+                    Box::pin(goodbye(&mut cw, reason)).await;
+                    return session.ended(
+                        RelayEnd::Stopped,
+                        Some(reason),
+                        Some(failure.why.text()),
+                    );
                 }
-                leg = new_leg;
-                if !ok {
-                    end = Some(LegEnd::Failed(RelayEnd::Error));
-                }
-                pending_client_eof = client_eof;
-            }
-            Err(failure) => {
-                core.counters.live_move(failure.outcome);
-                info!(
-                    why = failure.why.text(),
-                    "live move failed, closing the session"
-                );
-                if let Some(leg) = failure.close {
-                    Box::pin(close_backend(leg.0, leg.1)).await;
-                }
-                if failure.release {
-                    session.backend_closed(&registration);
-                }
-                Box::pin(goodbye(&mut cw, reason)).await;
-                return session.ended(RelayEnd::Stopped, Some(reason), Some(failure.why.text()));
             }
         }
     }
