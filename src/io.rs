@@ -46,6 +46,19 @@ pub trait ReadSide {
         None
     }
 
+    /// Reads what has already arrived ([`ReadSide::try_read_into`]), or
+    /// else waits for bytes ([`ReadSide::read_into`]); the third value
+    /// says whether it waited. The relays' one read step.
+    async fn read_now_or_wait(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>, bool) {
+        match self.try_read_into(&mut buf) {
+            Some(res) => (res, buf, false),
+            None => {
+                let (res, buf) = self.read_into(buf).await;
+                (res, buf, true)
+            }
+        }
+    }
+
     /// The plain TCP socket underneath, if bytes read here are the bytes on
     /// the wire (so the relay may splice them); `None` for TLS.
     fn as_plain_tcp(&mut self) -> Option<&mut TcpStream> {

@@ -144,16 +144,8 @@ async fn transfer<R: ReadSide, W: WriteSide>(
 ) -> io::Result<Flow> {
     let mut buf = bufpool::take();
     let result = loop {
-        let nonblocking = r.try_read_into(&mut buf);
-        let waited = nonblocking.is_none();
-        let res = match nonblocking {
-            Some(res) => res,
-            None => {
-                let (res, b) = r.read_into(buf).await;
-                buf = b;
-                res
-            }
-        };
+        let (res, b, waited) = r.read_now_or_wait(buf).await;
+        buf = b;
         let n = match res {
             Ok(0) => {
                 let _ = w.shutdown().await;

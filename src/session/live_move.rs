@@ -106,16 +106,8 @@ async fn pass<R: ReadSide, W: WriteSide>(
     let mut moved = 0;
     let mut result = Ok(Flow::Nothing);
     for _ in 0..BURST {
-        let nonblocking = r.try_read_into(&mut buf);
-        let waited = nonblocking.is_none();
-        let res = match nonblocking {
-            Some(res) => res,
-            None => {
-                let (res, b) = r.read_into(buf).await;
-                buf = b;
-                res
-            }
-        };
+        let (res, b, waited) = r.read_now_or_wait(buf).await;
+        buf = b;
         let n = match res {
             Ok(0) if moved == 0 => {
                 result = Ok(Flow::Eof);
