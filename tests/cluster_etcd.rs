@@ -16,98 +16,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
+use support::cluster::{
+    director_config, director_names as names, get_json, metric, wait_until, BackendPorts, LISTENERS,
+};
 use support::etcd::{require_etcd, EtcdCluster};
-use support::mailpin::{http, Mailpin};
+use support::mailpin::Mailpin;
 use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
-
-/// A director config in cluster mode with IMAP, POP3, LMTP and
-/// ManageSieve listeners (in that order) in front of `backends`.
-fn director_config(etcd: &EtcdCluster, name: &str, ttl: &str, backends: &[BackendPorts]) -> String {
-    let mut c = format!(
-        "[server]\ncores = 1\n\n[cluster]\netcd = {}\nprefix = \"/mailpin-test\"\nname = \"{name}\"\nlease_ttl = \"{ttl}\"\n\n\
-         [[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n\
-         [[listen]]\nprotocol = \"pop3\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n\
-         [[listen]]\nprotocol = \"lmtp\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\n\n\
-         [[listen]]\nprotocol = \"sieve\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n",
-        etcd.toml_endpoints()
-    );
-    for (i, b) in backends.iter().enumerate() {
-        c.push_str(&format!(
-            "[[backend]]\nname = \"b{i}\"\nhost = \"{}\"\nimap = {}\npop3 = {}\nlmtp = {}\nsieve = {}\n\n",
-            b.host, b.imap, b.pop3, b.lmtp, b.sieve
-        ));
-    }
-    c
-}
-
-/// Where a backend listens.
-struct BackendPorts {
-    host: String,
-    imap: u16,
-    pop3: u16,
-    lmtp: u16,
-    sieve: u16,
-}
-
-/// The listeners of [`director_config`].
-const LISTENERS: usize = 4;
-
-/// A backend nobody listens on (the membership tests route no one).
-fn no_backend() -> Vec<BackendPorts> {
-    vec![BackendPorts {
-        host: "127.0.0.1".into(),
-        imap: 1,
-        pop3: 1,
-        lmtp: 1,
-        sieve: 1,
-    }]
-}
-
-fn get_json(m: &Mailpin, path: &str) -> (u16, Value) {
-    let (status, body) = http(
-        m.admin,
-        &format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            m.admin
-        ),
-    );
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-fn metric(m: &Mailpin, name: &str) -> u64 {
-    let (_, body) = http(
-        m.admin,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            m.admin
-        ),
-    );
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns
-/// how long it took.
-fn wait_until(
-    logs: &[&Mailpin],
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        if start.elapsed() >= limit {
-            for m in logs {
-                eprintln!("--- director log:\n{}", m.log());
-            }
-            panic!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
 
 /// Reads ManageSieve lines up to a status line (OK, NO, BYE); returns it.
 fn sieve_status(c: &mut LineClient) -> String {
@@ -125,17 +39,6 @@ fn sieve_status(c: &mut LineClient) -> String {
     panic!("no ManageSieve status line");
 }
 
-fn names(view: &Value) -> Vec<String> {
-    view["directors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn two_directors_agree_on_the_leader_and_a_dead_leader_is_replaced_after_its_lease() {
     if !require_etcd() {
@@ -143,11 +46,11 @@ fn two_directors_agree_on_the_leader_and_a_dead_leader_is_replaced_after_its_lea
     }
     let etcd = EtcdCluster::start(3);
     let mut d1 = Mailpin::start(
-        &director_config(&etcd, "d1", "3s", &no_backend()),
+        &director_config(&etcd, "d1", "3s", &[BackendPorts::nobody()], ""),
         LISTENERS,
     );
     let mut d2 = Mailpin::start(
-        &director_config(&etcd, "d2", "3s", &no_backend()),
+        &director_config(&etcd, "d2", "3s", &[BackendPorts::nobody()], ""),
         LISTENERS,
     );
     let agreed = wait_until(
@@ -222,7 +125,7 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
     // leader hangs, on this 2-core machine under the rest of the suite:
     // the fence was then right, the "no false fence" premise wrong.
     let d1 = Mailpin::start(
-        &director_config(&etcd, "d1", "10s", &no_backend()),
+        &director_config(&etcd, "d1", "10s", &[BackendPorts::nobody()], ""),
         LISTENERS,
     );
     wait_until(
@@ -300,16 +203,12 @@ fn a_director_without_quorum_fences_then_serves_again() {
         return;
     }
     let dovecot = DovecotCluster::start(1, DovecotOptions::default());
-    let inst = dovecot.instance(0);
-    let backends = vec![BackendPorts {
-        host: inst.addr().to_string(),
-        imap: inst.imap_port(),
-        pop3: inst.pop3_port(),
-        lmtp: inst.lmtp_port(),
-        sieve: inst.sieve_port(),
-    }];
+    let backends = vec![BackendPorts::of(dovecot.instance(0))];
     let etcd = EtcdCluster::start(3);
-    let d1 = Mailpin::start(&director_config(&etcd, "d1", "3s", &backends), LISTENERS);
+    let d1 = Mailpin::start(
+        &director_config(&etcd, "d1", "3s", &backends, ""),
+        LISTENERS,
+    );
     wait_until(&[&d1], Duration::from_secs(15), "serving", || {
         get_json(&d1, "/cluster").1["etcd"]["fenced"] == false
     });
@@ -409,7 +308,7 @@ fn a_watch_that_fell_behind_a_compaction_reads_everything_again() {
     // that is not the raft leader, so hanging it stalls no write.
     let raft_leader = etcd.leader().expect("an etcd leader");
     let watched = (raft_leader + 1) % 3;
-    let config = director_config(&etcd, "d1", "6s", &no_backend())
+    let config = director_config(&etcd, "d1", "6s", &[BackendPorts::nobody()], "")
         .replace(&etcd.toml_endpoints(), &etcd.toml_endpoints_from(watched));
     let d1 = Mailpin::start(&config, LISTENERS);
     wait_until(&[&d1], Duration::from_secs(15), "leading", || {

@@ -1,8 +1,9 @@
-//! The assignment store against a real 3-member etcd: two directors (two
-//! cluster threads, on different etcd members) claiming the same users at
-//! once always agree on one backend per user, exactly one of them creates
-//! each assignment, and a burst of claims goes through the group commit.
-//! Login routing does not use the store yet; this tests the store itself.
+//! The assignment store against a real 3-member etcd, through the port the
+//! cores use: two directors (two cluster threads, on different etcd
+//! members) claiming the same users at once always agree on one backend
+//! per user, and a burst of claims goes through the group commit; an
+//! assignment to a backend one director cannot use is replaced only when
+//! no other director serves the user, and a release lets it be.
 #![cfg(feature = "cluster")]
 
 mod support;
@@ -10,9 +11,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpin::cluster::store::Claim;
 use mailpin::cluster::{start, ClusterHandle};
-use mailpin::cluster_link::ClusterLink;
+use mailpin::cluster_link::{ClaimAnswer, ClusterLink};
 use mailpin::config::ClusterConfig;
 use support::etcd::{require_etcd, EtcdCluster};
 
@@ -36,10 +36,24 @@ fn member(name: &str, endpoints: Vec<String>) -> (ClusterHandle, Arc<ClusterLink
     (handle, link)
 }
 
-fn answer(rx: flume::Receiver<Result<Claim, String>>) -> Claim {
-    rx.recv_timeout(Duration::from_secs(10))
+/// The backend agreed (panics on a refusal).
+fn answer(rx: flume::Receiver<ClaimAnswer>) -> String {
+    match rx
+        .recv_timeout(Duration::from_secs(10))
         .expect("an answer in time")
-        .expect("a claim")
+    {
+        ClaimAnswer::Agreed(b) => b.into(),
+        ClaimAnswer::Refused(why) => panic!("refused: {why}"),
+    }
+}
+
+/// Whether the claim was refused.
+fn refused(rx: flume::Receiver<ClaimAnswer>) -> bool {
+    matches!(
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("an answer in time"),
+        ClaimAnswer::Refused(_)
+    )
 }
 
 #[test]
@@ -51,11 +65,12 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
     let urls: Vec<String> = etcd.members().iter().map(|m| m.url()).collect();
     // d1 starts on member 0, d2 on member 1: different connections, as
     // two director hosts would have.
-    let (h1, _) = member("d1", urls.clone());
+    let (_h1, l1) = member("d1", urls.clone());
     let mut rotated = urls.clone();
     rotated.rotate_left(1);
-    let (h2, _) = member("d2", rotated);
-    let (s1, s2) = (h1.store(), h2.store());
+    let (_h2, l2) = member("d2", rotated);
+    let (s1, s2) = (l1.port.clone(), l2.port.clone());
+    let none = || -> Box<[Box<str>]> { Box::new([]) };
 
     const USERS: usize = 300;
     let t = Instant::now();
@@ -63,33 +78,50 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
     let pending: Vec<_> = (0..USERS)
         .map(|i| {
             let user = format!("user{i:04}");
-            (s1.claim(&user, "b1"), s2.claim(&user, "b2"))
+            (s1.claim(&user, "b1", none()), s2.claim(&user, "b2", none()))
         })
         .collect();
-    let mut created = [0usize; 2];
+    let mut chosen = [0usize; 2];
     for (a, b) in pending {
         let (a, b) = (answer(a), answer(b));
-        assert_eq!(a.backend, b.backend, "split: {a:?} vs {b:?}");
-        assert_eq!(a.by, b.by);
-        assert!(a.created ^ b.created, "exactly one creates: {a:?} {b:?}");
-        created[usize::from(b.created)] += 1;
-        let expected = if a.created { "b1" } else { "b2" };
-        assert_eq!(a.backend, expected);
+        assert_eq!(a, b, "split");
+        chosen[usize::from(a == "b2")] += 1;
     }
     let took = t.elapsed();
     eprintln!(
-        "{} claims in {took:?} ({:.0}/s); created by d1 {}, by d2 {}",
+        "{} claims in {took:?} ({:.0}/s); b1 (d1's choice) {}, b2 (d2's) {}",
         USERS * 2,
         (USERS * 2) as f64 / took.as_secs_f64(),
-        created[0],
-        created[1]
+        chosen[0],
+        chosen[1]
     );
     // A later claim adopts the agreed backend whatever it asks for.
-    let again = answer(s2.claim("user0000", "b9"));
-    assert!(!again.created);
-    assert_ne!(again.backend, "b9");
+    let agreed = answer(s1.claim("user0000", "b1", none()));
+    assert_eq!(answer(s2.claim("user0000", "b9", none())), agreed);
     // Keys that need escaping round-trip as well.
-    let odd = answer(s1.claim("a/b%c", "b1"));
-    assert_eq!(odd.backend, "b1");
-    assert_eq!(answer(s2.claim("a/b%c", "b2")).backend, "b1");
+    assert_eq!(answer(s1.claim("a/b%c", "b1", none())), "b1");
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b1");
+
+    // "a/b%c" is on b1 and both directors serve it. d1 cannot use b1 (it
+    // is down there): d2 still serves the user on b1, so d1 may not move
+    // it — refused, and the assignment stays.
+    let b1_unusable = || -> Box<[Box<str>]> { Box::new(["b1".into()]) };
+    assert!(refused(s1.claim("a/b%c", "b3", b1_unusable())));
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b1");
+    // Once d2 has released the user, d1 replaces the assignment, and d2
+    // follows it on its next claim.
+    l2.port.release("a/b%c");
+    let t = Instant::now();
+    let moved = loop {
+        let rx = s1.claim("a/b%c", "b3", b1_unusable());
+        match rx.recv_timeout(Duration::from_secs(10)).expect("an answer") {
+            ClaimAnswer::Agreed(b) => break b,
+            ClaimAnswer::Refused(_) => {
+                assert!(t.elapsed() < Duration::from_secs(5), "never replaced");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(&*moved, "b3");
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b3");
 }

@@ -76,6 +76,11 @@ impl<W> Batch<W> {
         });
     }
 
+    /// Whether `user` has an entry.
+    pub fn contains(&self, user: &str) -> bool {
+        self.entries.iter().any(|e| e.user == user)
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

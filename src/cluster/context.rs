@@ -39,6 +39,10 @@ pub struct Context {
     /// Woken by the watch when the leader key goes: campaign at once
     /// rather than at the next tick.
     pub leader_gone: tokio::sync::Notify,
+    /// Woken by fencing once the sessions are closed: the lease is given
+    /// up (revoked when etcd answers) and a new one granted, so no
+    /// presence of the fenced past outlives it.
+    pub give_up_lease: tokio::sync::Notify,
 }
 
 /// What the watch has seen of the cluster.

@@ -5,7 +5,10 @@
 //! see `session::failover`).
 //!
 //! While fenced, the kick is repeated every [`REKICK`], so a login that
-//! was routed an instant before the deadline cannot stay.
+//! was routed an instant before the deadline cannot stay. The cores also
+//! forget their users' assignments, and once the sessions are closed the
+//! lease is given up: a new one starts with no presence, and the
+//! director claims its users afresh.
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,21 @@ const KICK_LIMIT: Duration = Duration::from_secs(5);
 pub async fn run(ctx: &Context) {
     // A director starts fenced with nothing to close: not a fence event.
     let mut fenced = true;
+    // The lease served under: a new one without a fence seen here (etcd
+    // expired the old one while this task slept) is fenced all the same.
+    let mut serving: Option<i64> = None;
     loop {
         match ctx.link.fence.deadline() {
+            Some(_) if serving.is_some_and(|l| ctx.lease.get() != Some(l)) => {
+                serving = None;
+                warn!("the lease changed under this director: closing what it served");
+                kick_all(ctx).await;
+                // Claims made under the new lease before the kick are
+                // forgotten by the cores: that lease goes too.
+                ctx.give_up_lease.notify_waiters();
+            }
             Some(deadline) => {
+                serving = ctx.lease.get();
                 if fenced {
                     fenced = false;
                     info!("holding a lease: serving");
@@ -46,6 +61,11 @@ pub async fn run(ctx: &Context) {
                     ctx.publish();
                 }
                 let closed = kick_all(ctx).await;
+                if serving.take().is_some() {
+                    // Sessions closed: now the presence may go with the
+                    // lease.
+                    ctx.give_up_lease.notify_waiters();
+                }
                 if closed > 0 {
                     info!(sessions = closed, "fenced: sessions closed");
                     ctx.link

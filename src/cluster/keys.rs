@@ -65,6 +65,11 @@ impl Keys {
         format!("{}users/{}", self.root, escape(user))
     }
 
+    /// Every director's presence for `user`.
+    pub fn presence_of(&self, user: &str) -> String {
+        format!("{}active/{}/", self.root, escape(user))
+    }
+
     /// Director `director`'s presence for `user`.
     pub fn active(&self, user: &str, director: &str) -> String {
         format!("{}active/{}/{director}", self.root, escape(user))
@@ -187,9 +192,13 @@ pub struct AssignmentRecord {
 /// `active/{U}/{D}`: director D serves U at an assignment revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceRecord {
-    /// The `mod_revision` of `users/{U}` that D routes by; 0 when the
-    /// assignment was created in the same transaction.
+    /// The `mod_revision` of `users/{U}` that D saw before it recorded
+    /// its presence; 0 when it created the assignment.
     pub rev: i64,
+    /// The nonce of the claim that wrote it: after a transaction that
+    /// timed out, D recognises its own write by it.
+    #[serde(default)]
+    pub n: u64,
 }
 
 /// A record as stored: compact JSON.

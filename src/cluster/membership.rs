@@ -38,6 +38,8 @@ enum LeaseEnd {
     Expired,
     /// A TTL passed without an acknowledged keepalive: it may be gone.
     Unconfirmed,
+    /// The director fenced itself: the lease is given up.
+    GivenUp,
 }
 
 /// Holds a lease, registers and campaigns, forever: one lease after the
@@ -69,6 +71,7 @@ pub async fn run(ctx: &Context) {
         let end = tokio::select! {
             end = keepalive(ctx, lease, granted_at) => end,
             () = lead(ctx, lease) => LeaseEnd::Unconfirmed,
+            () = ctx.give_up_lease.notified() => LeaseEnd::GivenUp,
         };
         ctx.lease.set(None);
         ctx.connected.set(false);
@@ -80,6 +83,13 @@ pub async fn run(ctx: &Context) {
                 warn!(
                     lease = format!("{lease:x}"),
                     "etcd let this director's lease expire: fenced, registering again"
+                );
+            }
+            LeaseEnd::GivenUp => {
+                ctx.link.fence.close();
+                info!(
+                    lease = format!("{lease:x}"),
+                    "fenced: giving the lease up, registering again when etcd answers"
                 );
             }
             LeaseEnd::Unconfirmed => {

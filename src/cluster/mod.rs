@@ -13,8 +13,9 @@
 //!   silent on another endpoint and resyncing after a compaction
 //!   (`watch`), and publishes the view `GET /cluster` shows;
 //! - closes every session when the fence deadline passes (`fencing`);
-//! - serves the assignment store (`store`): batched compare-and-create of
-//!   `users/{key}` with presence under the lease.
+//! - serves the cores' claims and releases of users (`store`): batched
+//!   compare-and-set of `users/{key}` with this director's presence under
+//!   its lease, so every director routes a user to one backend.
 //!
 //! The key layout is in [`keys`], group commit in [`batch`]; both are pure
 //! and built without the `cluster` feature too.
@@ -48,17 +49,9 @@ pub struct ClusterHandle {
     #[cfg(feature = "cluster")]
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    #[cfg(feature = "cluster")]
-    store: store::AssignmentStore,
 }
 
 impl ClusterHandle {
-    /// The assignment store of this director.
-    #[cfg(feature = "cluster")]
-    pub fn store(&self) -> store::AssignmentStore {
-        self.store.clone()
-    }
-
     /// Leaves the cluster and stops the thread.
     pub fn stop(&mut self) {
         #[cfg(feature = "cluster")]
@@ -110,9 +103,13 @@ pub fn start(
         seen: RefCell::new(context::Seen::default()),
         last_error: RefCell::new(None),
         leader_gone: tokio::sync::Notify::new(),
+        give_up_lease: tokio::sync::Notify::new(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let (claims_tx, claims_rx) = tokio::sync::mpsc::unbounded_channel();
+    let port_requests = ctx
+        .link
+        .take_port_requests()
+        .ok_or("cluster: the director's port is served already")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -127,7 +124,7 @@ pub fn start(
                     () = membership::run(&ctx) => {}
                     () = watch::run(&ctx) => {}
                     () = fencing::run(&ctx) => {}
-                    () = store::run(&ctx, claims_rx) => {}
+                    () = store::run(&ctx, port_requests) => {}
                 }
                 // Leaving: no more serving under this lease, then let the
                 // others know at once.
@@ -142,7 +139,6 @@ pub fn start(
     Ok(ClusterHandle {
         stop: Some(stop_tx),
         thread: Some(thread),
-        store: store::AssignmentStore::new(claims_tx),
     })
 }
 

@@ -1,133 +1,277 @@
 //! The assignment store in etcd: which backend a user is on, agreed by
-//! every director (the notes' §4.3 transaction shapes).
+//! every director, and which directors serve it (the notes' §4.3
+//! transaction shapes, with the presence rule below).
 //!
-//! A claim of user U for backend B by director D, on D's lease L:
+//! The cores send claims and releases through the
+//! [`crate::cluster_link::ClusterPort`]. A claim of user U by director D
+//! (lease L), candidate backend C, and the backends D cannot use:
 //! - U unassigned: `If create_revision(users/U) == 0 Then put users/U
-//!   {b: B, by: D, n: nonce}, put active/U/D (lease L)`;
-//! - U assigned at mod revision R (seen in an earlier round): `If
-//!   mod_revision(users/U) == R Then put active/U/D (lease L)`: D adopts
-//!   the existing backend and records its presence.
+//!   {b: C}, put active/U/D (lease L)` — D creates the assignment;
+//! - U assigned to B at mod revision R, B usable here: `If
+//!   mod_revision(users/U) == R Then put users/U (unchanged), put
+//!   active/U/D` — D adopts B;
+//! - B unusable here and no other director present for U (read at the
+//!   same revision as R): `If mod_revision(users/U) == R Then put users/U
+//!   {b: C}, put active/U/D` — D replaces the assignment;
+//! - B unusable here while another director is present: refused (the
+//!   login gets a temporary failure; this director never moves a user
+//!   another one serves).
 //!
-//! Claims that arrive within a few ms go in one transaction ([`Batch`]):
-//! the compares of all, the puts of all, and — when any compare fails —
-//! a get of every user, so one round trip settles each user's next step.
-//! A transaction that timed out may still have committed: the store then
-//! reads the users back and recognises its own writes by `by` and the
-//! nonce before it decides anything.
+//! **Why adopting rewrites `users/U`:** a replacement compares the mod
+//! revision of `users/U` it read together with "no other presence". Every
+//! presence is recorded in a transaction that also writes `users/U`, so a
+//! presence recorded after that read changes the revision and the
+//! replacement fails: a user is never reassigned under a director that
+//! serves it. Presence keys live on the director's lease; a director that
+//! loses its lease has closed its sessions first (fencing).
 //!
-//! The API is in plain types (user key, backend name, director name), to
-//! sit behind the control plane's state seam. Login routing does not use
-//! it yet: see the README ("Running several directors").
+//! Claims that arrive within a few ms go in one transaction ([`Batch`]).
+//! When any compare fails, the else branch reads every user's assignment
+//! and presence, so one round trip settles each user's next step. A
+//! transaction that timed out may still have committed: the store then
+//! reads back, and recognises its own write by the nonce in its presence.
+//!
+//! A release deletes `active/U/D`, batched. The port keeps order: a
+//! release that follows a claim of the same user waits for that claim to
+//! settle; a claim that follows a release cancels it (the claim writes
+//! the presence anew).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
-use tokio::sync::mpsc;
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 
 use crate::cluster::batch::{Batch, BatchRules, Entry};
 use crate::cluster::context::Context;
 use crate::cluster::endpoints::{bounded, CALL_TIMEOUT};
 use crate::cluster::keys::{decode, encode, AssignmentRecord, PresenceRecord};
+use crate::cluster_link::{ClaimAnswer, PortRequest};
 
 /// How many rounds one claim gets (a lost race, then an adoption).
 const ROUNDS: usize = 4;
 
-/// Where a user is, as etcd agreed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    /// The backend the user is assigned to.
-    pub backend: String,
-    /// The director that made the assignment.
-    pub by: String,
-    /// Whether this claim created the assignment.
-    pub created: bool,
-}
+/// Presence deletes per transaction (etcd's `--max-txn-ops` is 128).
+const RELEASES_PER_TXN: usize = 128;
 
-/// A claim's answer: the agreed assignment, or why there is none (the
-/// login gets a temporary failure).
-pub type ClaimResult = Result<Claim, String>;
+/// How long waiting releases wait for company at most.
+const RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// A claim waiting for its transaction.
+/// Releases kept for a retry at most (past it the lease's end cleans up).
+const RELEASES_KEPT: usize = 100_000;
+
+/// One waiting claim: where its answer goes and what it cannot use.
 #[derive(Debug)]
-pub struct ClaimRequest {
-    user: String,
-    backend: String,
-    reply: flume::Sender<ClaimResult>,
+pub struct Waiter {
+    reply: flume::Sender<ClaimAnswer>,
+    unusable: Box<[Box<str>]>,
 }
 
-/// The handle other threads claim users with; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AssignmentStore {
-    tx: mpsc::UnboundedSender<ClaimRequest>,
+/// What etcd said of one user in the last round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    /// `users/U`'s mod revision and record; `None` when unassigned.
+    pub assigned: Option<(i64, AssignmentRecord)>,
+    /// Whether a director other than this one is present for U.
+    pub others_present: bool,
+    /// The nonce of this director's presence for U, if it has one.
+    pub own_nonce: Option<u64>,
 }
 
-impl AssignmentStore {
-    /// A store fed by `tx` (the cluster thread holds the receiver).
-    pub(crate) fn new(tx: mpsc::UnboundedSender<ClaimRequest>) -> AssignmentStore {
-        AssignmentStore { tx }
-    }
+/// This director's step for one user, given what etcd said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create the assignment to the candidate.
+    Create,
+    /// Record presence at the assignment's revision: route to its backend.
+    Adopt {
+        /// The revision compared.
+        rev: i64,
+        /// The record, written back unchanged.
+        record: AssignmentRecord,
+    },
+    /// Replace the assignment (its backend is unusable here and nobody
+    /// else serves the user).
+    Replace {
+        /// The revision compared.
+        rev: i64,
+    },
+    /// Answer without writing.
+    Answer(ClaimAnswer),
+}
 
-    /// Claims `user` for `backend` (used only if the user is unassigned);
-    /// the answer arrives on the returned channel (await it with
-    /// `recv_async`, or block with `recv_timeout` off the data path).
-    pub fn claim(&self, user: &str, backend: &str) -> flume::Receiver<ClaimResult> {
-        let (reply, rx) = flume::bounded(1);
-        let request = ClaimRequest {
-            user: user.to_owned(),
-            backend: backend.to_owned(),
-            reply,
-        };
-        if let Err(e) = self.tx.send(request) {
-            let _ = e.0.reply.send(Err("the cluster thread has stopped".into()));
+/// Decides a user's step: the presence rule of the module's header.
+pub fn decide(state: &UserState, unusable: &[Box<str>]) -> Step {
+    match &state.assigned {
+        None => Step::Create,
+        Some((rev, record)) => {
+            if !unusable.iter().any(|u| **u == *record.b) {
+                Step::Adopt {
+                    rev: *rev,
+                    record: record.clone(),
+                }
+            } else if state.others_present {
+                Step::Answer(ClaimAnswer::Refused(format!(
+                    "the user's backend {} is unusable here and another director serves the user there",
+                    record.b
+                )))
+            } else {
+                Step::Replace { rev: *rev }
+            }
         }
-        rx
     }
 }
 
-/// One user's state across rounds.
+/// One user's claim across rounds.
 struct Pending {
-    entry: Entry<flume::Sender<ClaimResult>>,
-    /// `Some((R, record))`: assigned at mod revision R, adopt it.
-    adopt: Option<(i64, AssignmentRecord)>,
+    entry: Entry<Waiter>,
+    /// What etcd said last; `None` before the first read (the first round
+    /// assumes the user is unassigned: the common case for a new user).
+    state: Option<UserState>,
     nonce: u64,
 }
 
-/// Serves claims, forever.
-pub async fn run(ctx: &Context, mut rx: mpsc::UnboundedReceiver<ClaimRequest>) {
+impl Pending {
+    fn step(&self) -> Step {
+        match &self.state {
+            None => Step::Create,
+            Some(state) => {
+                let unusable = self.entry.waiters.first().map_or(&[][..], |w| &w.unusable);
+                decide(state, unusable)
+            }
+        }
+    }
+}
+
+/// Serves the cores' claims and releases, forever.
+pub async fn run(ctx: &Context, rx: flume::Receiver<PortRequest>) {
     static NONCE: AtomicU64 = AtomicU64::new(1);
     let rules = BatchRules::default();
     let mut ep = 0usize;
+    // Releases that wait for a claim of the same user, or for etcd.
+    let mut releases: Vec<Box<str>> = Vec::new();
     loop {
-        let Some(first) = rx.recv().await else {
-            // Every handle is gone: nothing more will come.
-            return std::future::pending().await;
-        };
-        let mut batch = Batch::new(rules);
-        batch.push(Instant::now(), &first.user, &first.backend, first.reply);
-        while !batch.is_due(Instant::now()) {
-            let due = batch.due().unwrap_or_else(Instant::now);
-            match tokio::time::timeout_at(due.into(), rx.recv()).await {
-                Ok(Some(r)) => batch.push(Instant::now(), &r.user, &r.backend, r.reply),
-                _ => break,
+        let first = if releases.is_empty() {
+            match rx.recv_async().await {
+                Ok(r) => Some(r),
+                // Every port is gone: nothing more will come.
+                Err(_) => return std::future::pending().await,
             }
+        } else {
+            // Releases are waiting (for etcd, or for a claim of the same
+            // user): they go at the latest after a short pause.
+            tokio::time::timeout(RELEASE_PAUSE, rx.recv_async())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let mut batch: Batch<Waiter> = Batch::new(rules);
+        let mut later: Vec<Box<str>> = Vec::new();
+        let mut take = |request: PortRequest, batch: &mut Batch<Waiter>| match request {
+            PortRequest::Claim(c) => {
+                releases.retain(|u| *u != c.user);
+                let waiter = Waiter {
+                    reply: c.reply,
+                    unusable: c.unusable,
+                };
+                batch.push(Instant::now(), &c.user, &c.candidate, waiter);
+            }
+            PortRequest::Release { user } => {
+                if batch.contains(&user) {
+                    later.push(user);
+                } else if !releases.contains(&user) {
+                    releases.push(user);
+                }
+            }
+        };
+        if let Some(first) = first {
+            take(first, &mut batch);
+            // Gather for the batch window; a full batch goes at once and
+            // what is still queued waits for the next one, in order.
+            while !batch.is_empty() && !batch.is_due(Instant::now()) {
+                let due = batch.due().unwrap_or_else(Instant::now);
+                match tokio::time::timeout_at(due.into(), rx.recv_async()).await {
+                    Ok(Ok(r)) => take(r, &mut batch),
+                    _ => break,
+                }
+            }
+            while !batch.is_full() {
+                match rx.try_recv() {
+                    Ok(r) => take(r, &mut batch),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !releases.is_empty() {
+            release(ctx, &mut ep, &mut releases).await;
         }
         let pending: Vec<Pending> = batch
             .take()
             .into_iter()
             .map(|entry| Pending {
                 entry,
-                adopt: None,
+                state: None,
                 nonce: NONCE.fetch_add(1, Ordering::Relaxed),
             })
             .collect();
-        settle(ctx, &mut ep, pending).await;
+        if !pending.is_empty() {
+            settle(ctx, &mut ep, pending).await;
+        }
+        releases.append(&mut later);
+        if releases.len() > RELEASES_KEPT {
+            let extra = releases.len() - RELEASES_KEPT;
+            releases.drain(..extra);
+        }
     }
 }
 
-/// Runs rounds of transactions until every user is settled.
+/// Deletes this director's presence for `users`, [`RELEASES_PER_TXN`] at
+/// a time; what etcd did not take stays for the next turn.
+async fn release(ctx: &Context, ep: &mut usize, users: &mut Vec<Box<str>>) {
+    if ctx.lease.get().is_none() || ctx.link.fence.is_fenced() {
+        // The lease's end deletes them, and a fenced director's lease is
+        // given up.
+        users.clear();
+        return;
+    }
+    while !users.is_empty() {
+        let n = users.len().min(RELEASES_PER_TXN);
+        let deletes: Vec<TxnOp> = users[..n]
+            .iter()
+            .map(|u| TxnOp::delete(ctx.keys.active(u, ctx.name()), None))
+            .collect();
+        let sent = async {
+            let mut client = ctx.endpoints.client(*ep).await?;
+            bounded(CALL_TIMEOUT, client.txn(Txn::new().and_then(deletes))).await
+        }
+        .await;
+        match sent {
+            Ok(_) => {
+                users.drain(..n);
+            }
+            Err(e) => {
+                ctx.endpoints.drop_client(*ep);
+                *ep = ctx.endpoints.next(*ep);
+                ctx.failed("releases", e);
+                return;
+            }
+        }
+    }
+}
+
+/// Runs rounds of transactions until every claim is answered.
 async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
     for _ in 0..ROUNDS {
+        // Claims settled without a write (a refusal) are answered now.
+        let mut writing = Vec::with_capacity(pending.len());
+        for p in pending {
+            match p.step() {
+                Step::Answer(a) => answer(p.entry, a),
+                _ => writing.push(p),
+            }
+        }
+        pending = writing;
         if pending.is_empty() {
             return;
         }
@@ -143,20 +287,13 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
         .await;
         pending = match sent {
             Ok(resp) if resp.succeeded() => {
+                ctx.succeeded();
                 for p in pending {
-                    let claim = match p.adopt {
-                        Some((_, record)) => Claim {
-                            backend: record.b,
-                            by: record.by,
-                            created: false,
-                        },
-                        None => Claim {
-                            backend: p.entry.backend.clone(),
-                            by: ctx.name().to_owned(),
-                            created: true,
-                        },
+                    let backend = match p.step() {
+                        Step::Adopt { record, .. } => record.b,
+                        _ => p.entry.backend.clone(),
                     };
-                    answer(p.entry, Ok(claim));
+                    answer(p.entry, ClaimAnswer::Agreed(backend.into()));
                 }
                 return;
             }
@@ -176,112 +313,198 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
     answer_all(pending, "no agreement with etcd in time");
 }
 
-/// The transaction of one round.
+/// The transaction of one round: each user's compare and writes; when a
+/// compare fails, every user's assignment and presence are read.
 fn claim_txn(ctx: &Context, lease: i64, pending: &[Pending]) -> Txn {
     let mut compares = Vec::with_capacity(pending.len());
     let mut puts = Vec::with_capacity(pending.len() * 2);
-    let mut gets = Vec::with_capacity(pending.len());
     for p in pending {
         let user_key = ctx.keys.user(&p.entry.user);
-        let active = ctx.keys.active(&p.entry.user, ctx.name());
-        let presence_at = match &p.adopt {
-            None => {
-                compares.push(Compare::create_revision(
-                    user_key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                ));
-                let record = AssignmentRecord {
-                    b: p.entry.backend.clone(),
-                    by: ctx.name().to_owned(),
-                    n: p.nonce,
-                };
-                puts.push(TxnOp::put(user_key.as_str(), encode(&record), None));
-                0
-            }
-            Some((rev, _)) => {
-                compares.push(Compare::mod_revision(
-                    user_key.as_str(),
-                    CompareOp::Equal,
-                    *rev,
-                ));
-                *rev
-            }
+        let new_record = || AssignmentRecord {
+            b: p.entry.backend.clone(),
+            by: ctx.name().to_owned(),
+            n: p.nonce,
         };
+        let (compare, record, seen) = match p.step() {
+            Step::Adopt { rev, record } => (
+                Compare::mod_revision(user_key.as_str(), CompareOp::Equal, rev),
+                record,
+                rev,
+            ),
+            Step::Replace { rev } => (
+                Compare::mod_revision(user_key.as_str(), CompareOp::Equal, rev),
+                new_record(),
+                rev,
+            ),
+            Step::Create | Step::Answer(_) => (
+                Compare::create_revision(user_key.as_str(), CompareOp::Equal, 0),
+                new_record(),
+                0,
+            ),
+        };
+        compares.push(compare);
+        puts.push(TxnOp::put(user_key.as_str(), encode(&record), None));
         puts.push(TxnOp::put(
-            active,
-            encode(&PresenceRecord { rev: presence_at }),
+            ctx.keys.active(&p.entry.user, ctx.name()),
+            encode(&PresenceRecord {
+                rev: seen,
+                n: p.nonce,
+            }),
             Some(PutOptions::new().with_lease(lease)),
         ));
-        gets.push(TxnOp::get(user_key, None));
     }
-    Txn::new().when(compares).and_then(puts).or_else(gets)
+    Txn::new()
+        .when(compares)
+        .and_then(puts)
+        .or_else(reads(ctx, pending))
+}
+
+/// Per user: a get of its assignment and of every presence for it.
+fn reads(ctx: &Context, pending: &[Pending]) -> Vec<TxnOp> {
+    let mut gets = Vec::with_capacity(pending.len() * 2);
+    for p in pending {
+        gets.push(TxnOp::get(ctx.keys.user(&p.entry.user), None));
+        gets.push(TxnOp::get(
+            ctx.keys.presence_of(&p.entry.user),
+            Some(GetOptions::new().with_prefix()),
+        ));
+    }
+    gets
 }
 
 /// Reads every pending user (after a transaction that timed out).
 async fn read_back(ctx: &Context, ep: usize, pending: &[Pending]) -> Result<TxnResponse, String> {
-    let gets: Vec<TxnOp> = pending
-        .iter()
-        .map(|p| TxnOp::get(ctx.keys.user(&p.entry.user), None))
-        .collect();
     let mut client = ctx.endpoints.client(ep).await?;
-    bounded(CALL_TIMEOUT, client.txn(Txn::new().and_then(gets))).await
+    let txn = Txn::new().and_then(reads(ctx, pending));
+    bounded(CALL_TIMEOUT, client.txn(txn)).await
 }
 
-/// What the gets of a failed (or read-back) transaction tell each user:
-/// settled by its own earlier write, or to adopt what is there, or to
-/// create (still unassigned).
+/// What etcd said of one user: its assignment's get and its presence
+/// range.
+fn user_state(ctx: &Context, assignment: &[KeyValue], presence: &[KeyValue]) -> UserState {
+    let own = ctx.keys.active("", ctx.name());
+    let own_suffix = own.rsplit('/').next().unwrap_or_default();
+    let mut state = UserState {
+        assigned: assignment
+            .first()
+            .and_then(|kv| decode::<AssignmentRecord>(kv.value()).map(|r| (kv.mod_revision(), r))),
+        others_present: false,
+        own_nonce: None,
+    };
+    for kv in presence {
+        let director = kv
+            .key_str()
+            .ok()
+            .and_then(|k| k.rsplit('/').next())
+            .unwrap_or_default();
+        if director == own_suffix {
+            state.own_nonce = decode::<PresenceRecord>(kv.value()).map(|p| p.n);
+        } else {
+            state.others_present = true;
+        }
+    }
+    state
+}
+
+/// The reads of a failed (or read-back) transaction: each user is either
+/// settled by its own earlier write, or goes to the next round with what
+/// etcd said.
 fn next_round(ctx: &Context, pending: Vec<Pending>, resp: &TxnResponse) -> Vec<Pending> {
-    // Per user: `None` no key (still unassigned), `Some((R, None))` a key
-    // whose value is not an assignment, `Some((R, Some(record)))`.
-    let gets: Vec<Option<(i64, Option<AssignmentRecord>)>> = resp
+    let gets: Vec<Vec<KeyValue>> = resp
         .op_responses()
         .into_iter()
         .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(
-                g.kvs()
-                    .first()
-                    .map(|kv| (kv.mod_revision(), decode::<AssignmentRecord>(kv.value()))),
-            ),
+            TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
             _ => None,
         })
         .collect();
     let mut next = Vec::new();
-    for (p, got) in pending.into_iter().zip(gets) {
-        match got {
-            Some((rev, Some(record))) => {
-                if record.by == ctx.name() && record.n == p.nonce && p.adopt.is_none() {
-                    // Our own write of an earlier round committed.
-                    let claim = Claim {
-                        backend: record.b,
-                        by: record.by,
-                        created: true,
-                    };
-                    answer(p.entry, Ok(claim));
-                } else {
-                    next.push(Pending {
-                        adopt: Some((rev, record)),
-                        ..p
-                    });
-                }
+    let mut gets = gets.chunks(2);
+    for p in pending {
+        let Some([assignment, presence]) = gets.next() else {
+            answer(
+                p.entry,
+                ClaimAnswer::Refused("etcd answered fewer reads than asked".into()),
+            );
+            continue;
+        };
+        if !assignment.is_empty() && decode::<AssignmentRecord>(assignment[0].value()).is_none() {
+            answer(
+                p.entry,
+                ClaimAnswer::Refused("unreadable assignment record in etcd".into()),
+            );
+            continue;
+        }
+        let state = user_state(ctx, assignment, presence);
+        match (&state.assigned, state.own_nonce) {
+            (Some((_, record)), Some(n)) if n == p.nonce => {
+                // Our own write of an earlier round committed.
+                let backend = record.b.clone();
+                answer(p.entry, ClaimAnswer::Agreed(backend.into()));
             }
-            Some((_, None)) => {
-                answer(p.entry, Err("unreadable assignment record in etcd".into()));
-            }
-            None => next.push(Pending { adopt: None, ..p }),
+            _ => next.push(Pending {
+                state: Some(state),
+                ..p
+            }),
         }
     }
     next
 }
 
-fn answer(entry: Entry<flume::Sender<ClaimResult>>, result: ClaimResult) {
+fn answer(entry: Entry<Waiter>, result: ClaimAnswer) {
     for w in entry.waiters {
-        let _ = w.send(result.clone());
+        let _ = w.reply.send(result.clone());
     }
 }
 
 fn answer_all(pending: Vec<Pending>, why: &str) {
     for p in pending {
-        answer(p.entry, Err(why.to_owned()));
+        answer(p.entry, ClaimAnswer::Refused(why.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(b: &str) -> AssignmentRecord {
+        AssignmentRecord {
+            b: b.into(),
+            by: "d1".into(),
+            n: 1,
+        }
+    }
+
+    fn state(b: Option<&str>, others: bool) -> UserState {
+        UserState {
+            assigned: b.map(|b| (7, record(b))),
+            others_present: others,
+            own_nonce: None,
+        }
+    }
+
+    #[test]
+    fn an_unassigned_user_is_created_an_assigned_one_adopted() {
+        assert_eq!(decide(&state(None, true), &[]), Step::Create);
+        assert_eq!(
+            decide(&state(Some("b2"), true), &["b1".into()]),
+            Step::Adopt {
+                rev: 7,
+                record: record("b2")
+            }
+        );
+    }
+
+    #[test]
+    fn an_unusable_backend_is_replaced_only_when_nobody_else_serves_the_user() {
+        let unusable: &[Box<str>] = &["b2".into()];
+        assert_eq!(
+            decide(&state(Some("b2"), false), unusable),
+            Step::Replace { rev: 7 }
+        );
+        assert!(matches!(
+            decide(&state(Some("b2"), true), unusable),
+            Step::Answer(ClaimAnswer::Refused(_))
+        ));
     }
 }

@@ -9,12 +9,14 @@
 //! the other.
 
 pub mod fence;
+pub mod port;
 pub mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use fence::{Fence, FenceTimes};
+pub use port::{ClaimAnswer, ClaimRequest, ClusterPort, PortRequest};
 pub use view::{ClusterView, DirectorEntry, EtcdView};
 
 /// The cluster's link to the director: one per director process.
@@ -27,6 +29,10 @@ pub struct ClusterLink {
     view: Mutex<Arc<ClusterView>>,
     /// Counters for `/metrics`.
     pub counters: ClusterCounters,
+    /// Where the cores send claims and releases of users.
+    pub port: ClusterPort,
+    /// The receiving end of `port`, taken once by the cluster thread.
+    port_requests: Mutex<Option<flume::Receiver<PortRequest>>>,
 }
 
 /// Counters of cluster events since start.
@@ -60,11 +66,23 @@ impl ClusterLink {
     /// A link for director `name`, fenced until a first lease is held.
     pub fn new(name: impl Into<String>) -> ClusterLink {
         let name = name.into();
+        let (port, requests) = ClusterPort::new();
         ClusterLink {
             view: Mutex::new(Arc::new(ClusterView::starting(&name))),
             name,
             fence: Fence::new(),
             counters: ClusterCounters::default(),
+            port,
+            port_requests: Mutex::new(Some(requests)),
+        }
+    }
+
+    /// The requests of the cores, for the cluster thread (`None` once
+    /// taken).
+    pub fn take_port_requests(&self) -> Option<flume::Receiver<PortRequest>> {
+        match self.port_requests.lock() {
+            Ok(mut r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 use local_sync::oneshot;
 
+use crate::cluster_link::{ClaimAnswer, ClusterPort};
 use crate::config::Protocol;
 use crate::mailbox::MailboxSender;
 use crate::route::backends::{BackendId, BackendSet};
@@ -55,6 +56,14 @@ pub enum RouterMsg {
         result: Result<BackendId, NoBackend>,
         /// The origin the count was taken for.
         origin: Option<SessionOrigin>,
+    },
+    /// Cluster mode: the cluster's answer to a claim of `key` (to the
+    /// owner, from its own claim task).
+    Claimed {
+        /// The user key.
+        key: Box<str>,
+        /// What the cluster agreed, or why not.
+        answer: ClaimAnswer,
     },
     /// A session of `key` on `backend` closed (to the owner).
     Release {
@@ -92,7 +101,10 @@ impl From<NoBackend> for RouteError {
     fn from(e: NoBackend) -> Self {
         match e {
             NoBackend::NoneRoutable => RouteError::NoBackend,
-            NoBackend::ProtocolDown | NoBackend::Busy => RouteError::Unavailable,
+            NoBackend::ProtocolDown
+            | NoBackend::Busy
+            | NoBackend::Unassigned { .. }
+            | NoBackend::NotAgreed => RouteError::Unavailable,
             NoBackend::Closing => RouteError::Held,
             NoBackend::UserSessions => RouteError::UserSessions,
             NoBackend::UserIpSessions => RouteError::UserIpSessions,
@@ -127,6 +139,45 @@ enum Deferred {
         avoid: Box<[BackendId]>,
         origin: Option<SessionOrigin>,
     },
+}
+
+/// How long a claim may take before its logins get a temporary failure:
+/// well inside [`HOLD_WAIT`], and longer than etcd's own call timeout.
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_millis(2000);
+
+/// A login waiting for a claim of its user (cluster mode).
+enum ClaimWaiter {
+    /// A session on the owner core itself: told whether to try again.
+    Local(oneshot::Sender<Result<(), NoBackend>>),
+    /// An acquire from another core, acquired for (or refused) when the
+    /// claim is answered.
+    Remote {
+        from: usize,
+        req: u64,
+        protocol: Protocol,
+        avoid: Box<[BackendId]>,
+        origin: Option<SessionOrigin>,
+    },
+}
+
+/// Refuses a login waiting for a claim.
+fn refuse(waiter: ClaimWaiter, post: &dyn CorePost, key: &str, why: NoBackend) {
+    match waiter {
+        ClaimWaiter::Local(tx) => {
+            let _ = tx.send(Err(why));
+        }
+        ClaimWaiter::Remote {
+            from, req, origin, ..
+        } => {
+            let msg = RouterMsg::Acquired {
+                key: key.into(),
+                req,
+                result: Err(why),
+                origin,
+            };
+            let _ = post.post(from, msg);
+        }
+    }
 }
 
 /// Something that carries router messages to a core.
@@ -166,6 +217,11 @@ pub struct Router {
     /// new process. No new session is counted any more, and each counted
     /// session that ends is reported here (user key, backend name).
     handed_over: RefCell<Option<flume::Sender<HandedOverRelease>>>,
+    /// Cluster mode: where claims and releases of users go.
+    port: RefCell<Option<ClusterPort>>,
+    /// Cluster mode: users whose claim is under way, with the logins
+    /// waiting for its answer.
+    claims: RefCell<AHashMap<Box<str>, Vec<ClaimWaiter>>>,
 }
 
 /// A session of the old process that ended after the hand-over: the user
@@ -210,7 +266,16 @@ impl Router {
             closing: RefCell::new(AHashMap::new()),
             idle_watchers: RefCell::new(AHashMap::new()),
             handed_over: RefCell::new(None),
+            port: RefCell::new(None),
+            claims: RefCell::new(AHashMap::new()),
         }
+    }
+
+    /// Cluster mode: users are placed only by the cluster's agreement,
+    /// claimed through `port`, and dropped assignments are released there.
+    pub fn join_cluster(&self, port: ClusterPort) {
+        self.shard.borrow_mut().place_by_agreement();
+        *self.port.borrow_mut() = Some(port);
     }
 
     /// The core that owns `key`'s assignment.
@@ -256,9 +321,18 @@ impl Router {
                     return Err(RouteError::Held);
                 }
             }
+            if self.claims.borrow().contains_key(key) {
+                // A claim of the user is under way: its answer decides.
+                self.await_claim(key, None, avoid, deadline).await?;
+                continue;
+            }
             let result = self.shard_acquire(key, protocol, avoid, origin);
             match result {
                 Ok(b) => return Ok(b),
+                Err(NoBackend::Unassigned { candidate }) => {
+                    self.await_claim(key, Some(candidate), avoid, deadline)
+                        .await?;
+                }
                 Err(NoBackend::Closing) => {
                     let (tx, rx) = oneshot::channel();
                     self.closing
@@ -386,6 +460,153 @@ impl Router {
         monoio::time::timeout(limit, rx).await.is_ok() || self.shard.borrow().sessions(key) == 0
     }
 
+    /// Cluster mode: waits for the claim of `key` (starting it for
+    /// `candidate` if none is under way); `Ok` when the login may try
+    /// again, else why not.
+    async fn await_claim(
+        &self,
+        key: &str,
+        candidate: Option<BackendId>,
+        avoid: &[BackendId],
+        deadline: monoio::time::Instant,
+    ) -> Result<(), RouteError> {
+        let (tx, rx) = oneshot::channel();
+        self.claim(key, candidate, avoid, ClaimWaiter::Local(tx));
+        match monoio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(RouteError::from(e)),
+            Ok(Err(_)) => Err(RouteError::CoreGone),
+            Err(_) => Err(RouteError::Unavailable),
+        }
+    }
+
+    /// Cluster mode: adds `waiter` to the claim of `key`, starting one for
+    /// `candidate` when none is under way. The claim runs in a task of its
+    /// own whose answer comes back as [`RouterMsg::Claimed`]; after
+    /// [`CLAIM_WAIT`] it is refused, and the presence a late agreement may
+    /// still record is released (the port keeps the order).
+    fn claim(
+        &self,
+        key: &str,
+        candidate: Option<BackendId>,
+        avoid: &[BackendId],
+        waiter: ClaimWaiter,
+    ) {
+        if let Some(waiters) = self.claims.borrow_mut().get_mut(key) {
+            waiters.push(waiter);
+            return;
+        }
+        let port = self.port.borrow().clone();
+        let set = self.backends();
+        let (Some(port), Some(candidate)) = (port, candidate.and_then(|c| set.get(c))) else {
+            refuse(waiter, &*self.post, key, NoBackend::NotAgreed);
+            return;
+        };
+        let unusable: Box<[Box<str>]> = set
+            .backends
+            .iter()
+            .filter(|b| !b.keeps_users() || avoid.contains(&b.id))
+            .map(|b| (*b.name).into())
+            .collect();
+        let answer = port.claim(key, &candidate.name, unusable);
+        self.claims.borrow_mut().insert(key.into(), vec![waiter]);
+        let post = self.post.clone();
+        let core = self.core;
+        let key: Box<str> = key.into();
+        monoio::spawn(async move {
+            let answer = match monoio::time::timeout(CLAIM_WAIT, answer.recv_async()).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => ClaimAnswer::Refused("the cluster thread has stopped".into()),
+                Err(_) => {
+                    port.release(&key);
+                    ClaimAnswer::Refused("no agreement in time".into())
+                }
+            };
+            post.post(core, RouterMsg::Claimed { key, answer });
+        });
+    }
+
+    /// Cluster mode: the answer to a claim of `key`. An agreed backend
+    /// usable here becomes the user's assignment and the waiting logins
+    /// try again; anything else refuses them (and releases a presence
+    /// that was recorded for nothing).
+    fn claimed(&self, key: &str, answer: ClaimAnswer) {
+        let Some(waiters) = self.claims.borrow_mut().remove(key) else {
+            return;
+        };
+        let set = self.backends();
+        let agreed = match &answer {
+            ClaimAnswer::Agreed(name) => {
+                set.by_name(name).filter(|b| b.keeps_users()).map(|b| b.id)
+            }
+            ClaimAnswer::Refused(_) => None,
+        };
+        let result = match agreed {
+            Some(backend) => {
+                let mut shard = self.shard.borrow_mut();
+                if shard.get(key).is_none_or(|a| a.backend != backend) {
+                    shard.assign(key, backend, Instant::now());
+                }
+                Ok(())
+            }
+            None => {
+                if let ClaimAnswer::Agreed(name) = &answer {
+                    tracing::info!(
+                        user = key,
+                        backend = &**name,
+                        "the cluster's backend for the user is unusable here: temporary failure"
+                    );
+                    if let Some(port) = &*self.port.borrow() {
+                        port.release(key);
+                    }
+                    self.shard.borrow_mut().remove(key);
+                }
+                Err(NoBackend::NotAgreed)
+            }
+        };
+        for w in waiters {
+            match (w, result) {
+                (ClaimWaiter::Local(tx), r) => {
+                    let _ = tx.send(r);
+                }
+                (
+                    ClaimWaiter::Remote {
+                        from,
+                        req,
+                        protocol,
+                        avoid,
+                        origin,
+                    },
+                    Ok(()),
+                ) => self.answer_acquire(key, from, req, protocol, avoid, origin),
+                (w, Err(e)) => refuse(w, &*self.post, key, e),
+            }
+        }
+    }
+
+    /// Cluster mode: tells the cluster thread that `keys` are no longer
+    /// routed by this director.
+    fn release_presence(&self, keys: &[Box<str>]) {
+        if let Some(port) = &*self.port.borrow() {
+            for key in keys {
+                port.release(key);
+            }
+        }
+    }
+
+    /// Cluster mode, fenced: forgets every assignment (this director's
+    /// presence goes with its lease) and refuses the logins waiting for a
+    /// claim.
+    pub fn forget_all(&self) {
+        self.shard.borrow_mut().clear();
+        let claims: Vec<_> = self.claims.borrow_mut().drain().collect();
+        for (key, waiters) in claims {
+            for w in waiters {
+                refuse(w, &*self.post, &key, NoBackend::NotAgreed);
+            }
+        }
+    }
+
     /// Handles a message from another core.
     pub fn handle(&self, msg: RouterMsg) {
         match msg {
@@ -428,6 +649,7 @@ impl Router {
                     }
                 }
             }
+            RouterMsg::Claimed { key, answer } => self.claimed(&key, answer),
             RouterMsg::Release {
                 key,
                 backend,
@@ -447,7 +669,28 @@ impl Router {
         avoid: Box<[BackendId]>,
         origin: Option<SessionOrigin>,
     ) {
-        let result = self.shard_acquire(key, protocol, &avoid, origin);
+        let under_way = self.claims.borrow().contains_key(key);
+        let result = match under_way {
+            true => None,
+            false => Some(self.shard_acquire(key, protocol, &avoid, origin)),
+        };
+        let candidate = match result {
+            None => Some(None),
+            Some(Err(NoBackend::Unassigned { candidate })) => Some(Some(candidate)),
+            Some(_) => None,
+        };
+        if let Some(candidate) = candidate {
+            let waiter = ClaimWaiter::Remote {
+                from,
+                req,
+                protocol,
+                avoid: avoid.clone(),
+                origin,
+            };
+            self.claim(key, candidate, &avoid, waiter);
+            return;
+        }
+        let Some(result) = result else { return };
         if result == Err(NoBackend::Closing) {
             self.closing
                 .borrow_mut()
@@ -488,7 +731,9 @@ impl Router {
         match change {
             Reassign::To(b) => self.shard.borrow_mut().assign(key, b, Instant::now()),
             Reassign::Forget => {
-                self.shard.borrow_mut().remove(key);
+                if self.shard.borrow_mut().remove(key).is_some() {
+                    self.release_presence(&[key.into()]);
+                }
             }
             Reassign::Keep => {}
         }
@@ -527,6 +772,7 @@ impl Router {
         }
         let dropped = self.shard.borrow_mut().drop_unkept(&set);
         *self.backends.borrow_mut() = set;
+        self.release_presence(&dropped);
         dropped
     }
 
@@ -537,7 +783,9 @@ impl Router {
 
     /// Removes idle assignments past `user_expire`; returns how many.
     pub fn expire(&self) -> usize {
-        self.shard.borrow_mut().expire(Instant::now())
+        let gone = self.shard.borrow_mut().expire(Instant::now());
+        self.release_presence(&gone);
+        gone.len()
     }
 
     /// The assignment of `key` if this core owns it.

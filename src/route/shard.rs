@@ -136,6 +136,16 @@ pub enum NoBackend {
     /// The user has `limits.sessions_per_user_ip` sessions from this
     /// address and protocol already.
     UserIpSessions,
+    /// Cluster mode: the user has no usable assignment here, and only the
+    /// cluster may give it one; `candidate` is this director's choice.
+    Unassigned {
+        /// The first-choice routable backend for the login.
+        candidate: BackendId,
+    },
+    /// Cluster mode: the cluster did not agree on a backend for the user
+    /// now (etcd not reached, or the user's backend is unusable here
+    /// while another director serves it there).
+    NotAgreed,
 }
 
 /// The shard of one core.
@@ -144,6 +154,9 @@ pub struct ShardTable {
     users: AHashMap<Box<str>, Assignment>,
     expire: Duration,
     limits: SessionLimits,
+    /// Cluster mode: a user is never placed here, only by an assignment
+    /// the cluster agreed on ([`NoBackend::Unassigned`] asks for one).
+    agreed: bool,
 }
 
 impl ShardTable {
@@ -159,7 +172,14 @@ impl ShardTable {
             users: AHashMap::new(),
             expire,
             limits,
+            agreed: false,
         }
+    }
+
+    /// Cluster mode: from now on a user without a usable assignment gets
+    /// [`NoBackend::Unassigned`] instead of a backend chosen here.
+    pub fn place_by_agreement(&mut self) {
+        self.agreed = true;
     }
 
     /// Counts a new session of `key` for a login of `protocol` and returns
@@ -208,6 +228,9 @@ impl ShardTable {
         let backend = set
             .first_choice(key, protocol, avoid)
             .ok_or(NoBackend::NoneRoutable)?;
+        if self.agreed {
+            return Err(NoBackend::Unassigned { candidate: backend });
+        }
         self.users.insert(
             key.into(),
             Assignment {
@@ -326,15 +349,28 @@ impl ShardTable {
         self.limits = limits;
     }
 
-    /// Removes assignments idle for longer than `user_expire`; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let before = self.users.len();
+    /// Removes assignments idle for longer than `user_expire`; returns
+    /// their keys.
+    pub fn expire(&mut self, now: Instant) -> Vec<Box<str>> {
         let expire = self.expire;
-        self.users.retain(|_, a| match a.idle_since {
-            Some(t) => now.saturating_duration_since(t) < expire,
-            None => true,
+        let mut gone = Vec::new();
+        self.users.retain(|key, a| {
+            let keep = match a.idle_since {
+                Some(t) => now.saturating_duration_since(t) < expire,
+                None => true,
+            };
+            if !keep {
+                gone.push(key.clone());
+            }
+            keep
         });
-        before - self.users.len()
+        gone
+    }
+
+    /// Drops every assignment (cluster mode, fenced: the director's
+    /// presence goes with its lease, so what it knew may change).
+    pub fn clear(&mut self) {
+        self.users.clear();
     }
 
     /// Users with an assignment on this shard.
@@ -455,8 +491,8 @@ mod tests {
         let b = t.acquire("idle", &set, Protocol::Imap, &[], None).unwrap();
         t.acquire("busy", &set, Protocol::Imap, &[], None).unwrap();
         t.release("idle", b, None, start);
-        assert_eq!(t.expire(start + Duration::from_secs(9)), 0);
-        assert_eq!(t.expire(start + Duration::from_secs(11)), 1);
+        assert_eq!(t.expire(start + Duration::from_secs(9)).len(), 0);
+        assert_eq!(t.expire(start + Duration::from_secs(11)).len(), 1);
         assert!(t.get("idle").is_none());
         assert!(t.get("busy").is_some());
     }

@@ -346,6 +346,11 @@ async fn mailbox_loop(
             CoreMsg::EndKick { key } => core.sessions.end_kick(&key),
             CoreMsg::KickAll { reason, done } => {
                 let closed = core.sessions.kick_where(reason, |_| false);
+                if reason == KickReason::Fenced {
+                    // The presence this director held goes with its lease:
+                    // what it knew of its users may change meanwhile.
+                    core.router.forget_all();
+                }
                 core.counters.kicked(closed.len());
                 monoio::spawn(reply_when_closed(closed, done));
             }

@@ -104,6 +104,9 @@ pub fn start_with(
                 let limits = SessionLimits::of(&shared.config.limits);
                 let shard = ShardTable::with_limits(expire, limits);
                 let router = Router::new(i, cores, post, backends, shard);
+                if let Some(link) = &shared.cluster {
+                    router.join_cluster(link.port.clone());
+                }
                 let core = std::rc::Rc::new(Core::new(i, shared.clone(), router, control, serve));
                 let name = format!("core {i}");
                 run_runtime(

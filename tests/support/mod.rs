@@ -5,7 +5,8 @@
 //! - [`tools`]: is a program installed; skip locally, fail on CI (`CI=true`).
 //! - [`dovecot`] (+ [`dovecot_conf`], [`loopback`], [`procs`], [`tempdir`]):
 //!   `DovecotCluster`, N real Dovecot 2.3 backends on their own 127.a.b.c.
-//! - [`etcd`]: a real N-member etcd cluster on loopback (cluster mode).
+//! - [`etcd`]: a real N-member etcd cluster on loopback (cluster mode);
+//!   [`cluster`]: cluster-mode director configs and admin API calls.
 //! - [`netns`]: etcd in a network namespace behind a veth link to cut.
 //! - [`dev_director`]: a director in front of the embedded dev backends.
 //! - [`python`]: run `tests/clients/*.py`, once or interactively.
@@ -18,6 +19,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod dev_director;
 pub mod director;
 pub mod dovecot;

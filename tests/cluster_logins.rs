@@ -1,0 +1,341 @@
+//! Logins through several directors on one etcd (issue 11): real etcd
+//! (3 members), real Dovecot (3 backends on one shared store), two or
+//! three mailpin directors in cluster mode.
+//!
+//! - Users with sessions through two directors are on one backend, even
+//!   when the directors weigh the backends differently (alone, each would
+//!   place users elsewhere): `doveadm who` on every backend is sampled the
+//!   whole time and never shows a user on two, and `GET /users/U` answers
+//!   the same backend on both directors.
+//! - Failover, then return: a backend dies, its users log in again through
+//!   one director and land elsewhere; the backend comes back and the users
+//!   log in through the other director — they stay on their new backend
+//!   (the split of the issue: 23 of 60 users on two backends).
+//! - A director killed with SIGKILL: its users come back through another
+//!   director to the same backends; nothing moves.
+//!
+//! Cost: about 15 s (etcd, three Dovecot instances, two directors).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::cluster::{
+    director_config, get_json, wait_serving, wait_until, BackendPorts, LISTENERS,
+};
+use support::etcd::{require_etcd, EtcdCluster};
+use support::mailpin::Mailpin;
+use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
+
+/// Health checks every 200 ms, a backend down after 2 failures.
+const QUICK_HEALTH: &str = "[health]\ninterval = \"200ms\"\nfall = 2\nrise = 2\n";
+
+/// Users of the test.
+const USERS: usize = 24;
+
+/// Samples `doveadm who` on every backend until stopped; counts the
+/// samples and every user seen on two backends in one sample.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<AtomicUsize>,
+    splits: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(dovecot: &Arc<Mutex<DovecotCluster>>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let splits = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, samples, splits) = (stop.clone(), samples.clone(), splits.clone());
+            let dovecot = dovecot.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let mut on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+                    {
+                        let cluster = dovecot.lock().unwrap();
+                        for (i, inst) in cluster.instances().iter().enumerate() {
+                            // A backend that is down answers nothing.
+                            for w in inst.try_who().unwrap_or_default() {
+                                on.entry(w.user).or_default().push(i);
+                            }
+                        }
+                    }
+                    for (user, backends) in on {
+                        if backends.len() > 1 {
+                            splits
+                                .lock()
+                                .unwrap()
+                                .push(format!("{user} on backends {backends:?}"));
+                        }
+                    }
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            splits,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for `n` more samples (bounded).
+    fn wait_samples(&self, n: usize) {
+        let target = self.samples.load(Ordering::Relaxed) + n;
+        let t = Instant::now();
+        while self.samples.load(Ordering::Relaxed) < target {
+            assert!(t.elapsed() < Duration::from_secs(30), "the sampler stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops sampling; the number of samples and the splits seen.
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let splits = self.splits.lock().unwrap().clone();
+        (self.samples.load(Ordering::Relaxed), splits)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An IMAP session logged in through `m` (retrying a temporary failure
+/// for up to 10 s: a director refuses a user while another one still
+/// serves it on a backend that died); `None` if it never got in.
+fn login(m: &Mailpin, user: &str) -> Option<LineClient> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let Ok(mut c) = LineClient::connect(m.listen[0]) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if c.read_line().is_err() {
+            continue;
+        }
+        match c.imap(&format!("LOGIN {user} pass")) {
+            Ok(r) if r.is_ok() => return Some(c),
+            Ok(r) => {
+                assert!(
+                    r.status.contains("[UNAVAILABLE]"),
+                    "only a temporary failure is expected: {}",
+                    r.status
+                );
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The backend `GET /users/U` names on `m`, if any.
+fn assigned(m: &Mailpin, user: &str) -> Option<String> {
+    let (status, v) = get_json(m, &format!("/users/{user}"));
+    (status == 200).then(|| v["backend"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Which backends (indexes) `doveadm who` shows `user` on.
+fn backends_of(dovecot: &Mutex<DovecotCluster>, user: &str) -> Vec<usize> {
+    let cluster = dovecot.lock().unwrap();
+    cluster
+        .instances()
+        .iter()
+        .enumerate()
+        .filter(|(_, inst)| {
+            inst.try_who()
+                .unwrap_or_default()
+                .iter()
+                .any(|w| w.user == user)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+struct World {
+    dovecot: Arc<Mutex<DovecotCluster>>,
+    _etcd: EtcdCluster,
+    directors: Vec<Mailpin>,
+}
+
+/// Three backends, etcd, and `n` directors serving. With `disagree`, the
+/// directors weigh the backends differently, so each one alone would
+/// place many users elsewhere than the others (the agreement is etcd's).
+fn world(n: usize, disagree: bool) -> Option<World> {
+    if !require_etcd() || !require_dovecot() {
+        return None;
+    }
+    let options = DovecotOptions {
+        users: USERS,
+        ..DovecotOptions::default()
+    };
+    let dovecot = DovecotCluster::start(3, options);
+    let backends: Vec<BackendPorts> = dovecot.instances().iter().map(BackendPorts::of).collect();
+    let etcd = EtcdCluster::start(3);
+    let directors: Vec<Mailpin> = (1..=n)
+        .map(|i| {
+            let mut config =
+                director_config(&etcd, &format!("d{i}"), "3s", &backends, QUICK_HEALTH);
+            if disagree {
+                let b = format!("name = \"b{}\"\n", i % 3);
+                config = config.replace(&b, &format!("{b}weight = 20\n"));
+            }
+            Mailpin::start(&config, LISTENERS)
+        })
+        .collect();
+    for d in &directors {
+        wait_serving(d);
+    }
+    Some(World {
+        dovecot: Arc::new(Mutex::new(dovecot)),
+        _etcd: etcd,
+        directors,
+    })
+}
+
+#[test]
+fn users_with_sessions_through_two_directors_are_on_one_backend() {
+    let Some(w) = world(2, true) else { return };
+    let (d1, d2) = (&w.directors[0], &w.directors[1]);
+    let sampler = Sampler::start(&w.dovecot);
+    let users: Vec<String> = (1..=USERS).map(support::dovecot::user_name).collect();
+    let mut held = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        // Half the users come through d1 first, half through d2.
+        let (first, second) = if i % 2 == 0 { (d1, d2) } else { (d2, d1) };
+        held.push(login(first, user).expect("first login"));
+        held.push(login(second, user).expect("second login"));
+    }
+    sampler.wait_samples(3);
+    for user in &users {
+        let on = backends_of(&w.dovecot, user);
+        assert_eq!(on.len(), 1, "{user} on backends {on:?}");
+        let (a1, a2) = (assigned(d1, user), assigned(d2, user));
+        assert!(a1.is_some(), "{user} has an assignment on d1");
+        assert_eq!(a1, a2, "{user}: the directors disagree");
+        assert_eq!(a1.as_deref(), Some(format!("b{}", on[0]).as_str()));
+    }
+    // The backends are used, not one for everyone.
+    let spread: std::collections::BTreeSet<_> =
+        users.iter().filter_map(|u| assigned(d1, u)).collect();
+    assert!(spread.len() > 1, "every user on {spread:?}");
+    drop(held);
+    let (samples, splits) = sampler.finish();
+    assert!(samples >= 3);
+    assert!(splits.is_empty(), "users on two backends: {splits:?}");
+}
+
+#[test]
+fn after_a_failover_and_return_users_keep_their_new_backend_through_any_director() {
+    let Some(mut w) = world(2, false) else { return };
+    let sampler = Sampler::start(&w.dovecot);
+    let users: Vec<String> = (1..=USERS).map(support::dovecot::user_name).collect();
+    // Every user holds a session through d1.
+    let mut held: Vec<Option<LineClient>> = users
+        .iter()
+        .map(|u| Some(login(&w.directors[0], u).expect("login through d1")))
+        .collect();
+    let first: Vec<String> = users
+        .iter()
+        .map(|u| assigned(&w.directors[0], u).expect("assigned"))
+        .collect();
+    // The backend with the most users dies.
+    let victim = (0..3)
+        .max_by_key(|i| first.iter().filter(|b| **b == format!("b{i}")).count())
+        .unwrap();
+    let victim_name = format!("b{victim}");
+    let moved: Vec<usize> = (0..USERS).filter(|i| first[*i] == victim_name).collect();
+    assert!(!moved.is_empty());
+    w.dovecot.lock().unwrap().instance_mut(victim).kill_hard();
+    for d in &w.directors {
+        wait_until(
+            &[d],
+            Duration::from_secs(10),
+            "the victim seen down",
+            || {
+                get_json(d, "/backends")
+                    .1
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|b| b["name"] == victim_name.as_str())
+                            .cloned()
+                    })
+                    .is_some_and(|b| b["health"] == "unhealthy")
+            },
+        );
+    }
+    // The victim's users log in again through d1 and land elsewhere.
+    let mut after = first.clone();
+    for &i in &moved {
+        held[i] = None;
+        held[i] = Some(login(&w.directors[0], &users[i]).expect("login after the failover"));
+        after[i] = assigned(&w.directors[0], &users[i]).expect("assigned");
+        assert_ne!(after[i], victim_name);
+    }
+    // The victim comes back; both directors see it up.
+    w.dovecot.lock().unwrap().instance_mut(victim).restart();
+    for d in &w.directors {
+        wait_until(&[d], Duration::from_secs(10), "the victim seen up", || {
+            get_json(d, "/backends")
+                .1
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|b| b["name"] == victim_name.as_str())
+                        .cloned()
+                })
+                .is_some_and(|b| b["health"] == "healthy")
+        });
+    }
+    // Every user now logs in through d2 too: each lands where its d1
+    // session is, never back on the victim for the moved ones.
+    for (i, user) in users.iter().enumerate() {
+        let _second = login(&w.directors[1], user).expect("login through d2");
+        assert_eq!(
+            assigned(&w.directors[1], user).as_deref(),
+            Some(after[i].as_str()),
+            "{user}: d2 routes elsewhere than d1"
+        );
+        let on = backends_of(&w.dovecot, user);
+        assert_eq!(on, vec![after[i][1..].parse::<usize>().unwrap()], "{user}");
+    }
+
+    // d1 dies without a word; its clients come back through d2, nothing
+    // moves.
+    let pid = w.directors[0].pid();
+    // SAFETY: plain kill(2) of the director this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let _ = w.directors[0].wait_exit(Duration::from_secs(5));
+    drop(held);
+    for (i, user) in users.iter().enumerate() {
+        let _again = login(&w.directors[1], user).expect("login through d2 after d1 died");
+        assert_eq!(
+            assigned(&w.directors[1], user).as_deref(),
+            Some(after[i].as_str())
+        );
+    }
+    sampler.wait_samples(3);
+    let (samples, splits) = sampler.finish();
+    assert!(samples >= 3);
+    assert!(splits.is_empty(), "users on two backends: {splits:?}");
+}
