@@ -13,8 +13,11 @@
 //!   (the split of the issue: 23 of 60 users on two backends).
 //! - A director killed with SIGKILL: its users come back through another
 //!   director to the same backends; nothing moves.
+//! - A move issued on one director, and a flush, close the sessions held
+//!   through the other before the call returns.
 //!
-//! Cost: about 15 s (etcd, three Dovecot instances, two directors).
+//! Cost: about 25 s (each test: etcd, three Dovecot instances, two
+//! directors).
 
 mod support;
 
@@ -337,5 +340,60 @@ fn after_a_failover_and_return_users_keep_their_new_backend_through_any_director
     sampler.wait_samples(3);
     let (samples, splits) = sampler.finish();
     assert!(samples >= 3);
+    assert!(splits.is_empty(), "users on two backends: {splits:?}");
+}
+
+/// Whether `c`'s connection ends with a BYE within 5 s.
+fn ends_with_bye(c: &mut LineClient) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        match c.read_line() {
+            Ok(line) if line.starts_with("* BYE") => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_move_or_flush_on_one_director_closes_sessions_held_through_another() {
+    let Some(w) = world(2, false) else { return };
+    let (d1, d2) = (&w.directors[0], &w.directors[1]);
+    let sampler = Sampler::start(&w.dovecot);
+    let user = support::dovecot::user_name(1);
+    let mut through_d1 = login(d1, &user).expect("login through d1");
+    let mut through_d2 = login(d2, &user).expect("login through d2");
+    let from = assigned(d1, &user).expect("assigned");
+    let to = if from == "b0" { "b1" } else { "b0" };
+
+    // Moved on d2: the session held through d1 ends too, before the call
+    // returns, and both directors name the new backend.
+    let (status, v) = support::cluster::post_json(d2, &format!("/users/{user}/move?to={to}"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["closed_sessions"], 2, "{v}");
+    assert!(ends_with_bye(&mut through_d1), "the d1 session ended");
+    assert!(ends_with_bye(&mut through_d2), "the d2 session ended");
+    assert_eq!(assigned(d1, &user).as_deref(), Some(to));
+    assert_eq!(assigned(d2, &user).as_deref(), Some(to));
+    let _again = login(d1, &user).expect("login after the move");
+    assert_eq!(
+        backends_of(&w.dovecot, &user),
+        vec![to[1..].parse::<usize>().unwrap()]
+    );
+    drop(_again);
+
+    // A flush of that backend on d1 ends the sessions of its users held
+    // through d2 and drops their assignments everywhere.
+    let mut held = login(d2, &user).expect("login through d2");
+    let (status, v) = support::cluster::post_json(d1, &format!("/backends/{to}/flush"));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["flushed_users"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        ends_with_bye(&mut held),
+        "the d2 session ended by d1's flush"
+    );
+    sampler.wait_samples(3);
+    let (_, splits) = sampler.finish();
     assert!(splits.is_empty(), "users on two backends: {splits:?}");
 }

@@ -329,6 +329,20 @@ async fn user_info(control: &Control, user: &str) -> Response {
         Err(r) => return r,
     };
     let Some(a) = control.lookup(&key).await else {
+        // Cluster mode: a user this director serves no session of may be
+        // assigned by another; etcd says where.
+        if let Some((backend, since)) = control.cluster_lookup(&key).await {
+            return Response::json(
+                200,
+                &json!({
+                    "user": user,
+                    "key": key,
+                    "backend": &*backend,
+                    "sessions": 0,
+                    "since": since,
+                }),
+            );
+        }
         return Response::error(404, format!("user {user:?} has no assignment"));
     };
     let set = control.backends();

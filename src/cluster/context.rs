@@ -2,7 +2,7 @@
 //! and the state the view is built from.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::cluster::endpoints::Endpoints;
@@ -43,6 +43,13 @@ pub struct Context {
     /// up (revoked when etcd answers) and a new one granted, so no
     /// presence of the fenced past outlives it.
     pub give_up_lease: tokio::sync::Notify,
+    /// Users this director holds presence for (claims agreed, not yet
+    /// released): the ones whose moves it must take part in.
+    pub present: RefCell<HashSet<String>>,
+    /// Users whose logins this director holds for a move, by move id.
+    pub holding: RefCell<HashMap<String, u64>>,
+    /// The endpoint moves and lookups use (moving on after a failure).
+    pub ops_endpoint: Cell<usize>,
 }
 
 /// What the watch has seen of the cluster.
@@ -57,6 +64,32 @@ pub struct Seen {
 }
 
 impl Context {
+    /// Runs one transaction on the endpoint for moves and lookups; after a
+    /// failure the next call goes to the next endpoint.
+    pub async fn txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, String> {
+        let ep = self.ops_endpoint.get();
+        let sent = async {
+            let mut client = self.endpoints.client(ep).await?;
+            crate::cluster::endpoints::bounded(
+                crate::cluster::endpoints::CALL_TIMEOUT,
+                client.txn(txn),
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = &sent {
+            self.endpoints.drop_client(ep);
+            self.ops_endpoint.set(self.endpoints.next(ep));
+            self.failed("moves", e.clone());
+        }
+        sent
+    }
+
+    /// Whether director `name` is registered (holds a live lease).
+    pub fn registered(&self, name: &str) -> bool {
+        self.seen.borrow().directors.contains_key(name)
+    }
+
     /// This director's name.
     pub fn name(&self) -> &str {
         &self.link.name

@@ -37,6 +37,8 @@ pub async fn run(ctx: &Context) {
                 serving = None;
                 warn!("the lease changed under this director: closing what it served");
                 kick_all(ctx).await;
+                ctx.present.borrow_mut().clear();
+                ctx.holding.borrow_mut().clear();
                 // Claims made under the new lease before the kick are
                 // forgotten by the cores: that lease goes too.
                 ctx.give_up_lease.notify_waiters();
@@ -61,6 +63,9 @@ pub async fn run(ctx: &Context) {
                     ctx.publish();
                 }
                 let closed = kick_all(ctx).await;
+                // The cores forgot their users and holds with the kick.
+                ctx.present.borrow_mut().clear();
+                ctx.holding.borrow_mut().clear();
                 if serving.take().is_some() {
                     // Sessions closed: now the presence may go with the
                     // lease.

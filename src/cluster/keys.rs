@@ -187,6 +187,27 @@ pub struct AssignmentRecord {
     /// A per-request nonce: after a timed-out write, the writer recognises
     /// its own write by `by` and `n`.
     pub n: u64,
+    /// When the assignment was made (RFC 3339, the writer's clock).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub at: String,
+    /// A move of the user under way: every director present for the user
+    /// holds its logins, closes its sessions and acknowledges in its
+    /// presence; then the mover commits (`b` changes, `mv` goes) or aborts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mv: Option<MoveMark>,
+}
+
+/// `users/{U}.mv`: a move of U under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveMark {
+    /// The move's id (unique per mover).
+    pub id: u64,
+    /// The director moving the user (a mark of a director no longer
+    /// registered is void).
+    pub by: String,
+    /// The backend the user goes to; `None`: the next login places it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// `active/{U}/{D}`: director D serves U at an assignment revision.
@@ -199,6 +220,17 @@ pub struct PresenceRecord {
     /// timed out, D recognises its own write by it.
     #[serde(default)]
     pub n: u64,
+    /// The move (its id) D acknowledges: D holds the user's logins and
+    /// has closed its sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
+    /// How many sessions D closed for the acknowledged move.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub closed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A record as stored: compact JSON.
@@ -265,6 +297,8 @@ mod tests {
             b: "mail1".into(),
             by: "d1".into(),
             n: 7,
+            at: String::new(),
+            mv: None,
         };
         let bytes = encode(&a);
         assert_eq!(bytes, br#"{"b":"mail1","by":"d1","n":7}"#);

@@ -13,6 +13,10 @@
 //!   silent on another endpoint and resyncing after a compaction
 //!   (`watch`), and publishes the view `GET /cluster` shows;
 //! - closes every session when the fence deadline passes (`fencing`);
+//! - moves users across every director (`moves`: the mover marks the
+//!   user, waits for every present director's acknowledgement, commits;
+//!   `holds`: a present director holds the user's logins, closes its
+//!   sessions and acknowledges);
 //! - serves the cores' claims and releases of users (`store`): batched
 //!   compare-and-set of `users/{key}` with this director's presence under
 //!   its lease, so every director routes a user to one backend.
@@ -30,7 +34,11 @@ pub mod endpoints;
 #[cfg(feature = "cluster")]
 mod fencing;
 #[cfg(feature = "cluster")]
+mod holds;
+#[cfg(feature = "cluster")]
 pub mod membership;
+#[cfg(feature = "cluster")]
+mod moves;
 #[cfg(feature = "cluster")]
 pub mod store;
 #[cfg(feature = "cluster")]
@@ -104,6 +112,9 @@ pub fn start(
         last_error: RefCell::new(None),
         leader_gone: tokio::sync::Notify::new(),
         give_up_lease: tokio::sync::Notify::new(),
+        present: Default::default(),
+        holding: Default::default(),
+        ops_endpoint: Cell::new(0),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let port_requests = ctx
@@ -117,14 +128,19 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || {
-            runtime.block_on(async move {
+            // Moves run as tasks of their own on this thread (a LocalSet:
+            // they share the context, which never leaves the thread).
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let ctx = std::rc::Rc::new(ctx);
                 ctx.publish();
                 tokio::select! {
                     _ = stop_rx => {}
                     () = membership::run(&ctx) => {}
                     () = watch::run(&ctx) => {}
                     () = fencing::run(&ctx) => {}
-                    () = store::run(&ctx, port_requests) => {}
+                    () = store::run(&ctx, port_requests.cores) => {}
+                    () = moves::serve(ctx.clone(), port_requests.control) => {}
                 }
                 // Leaving: no more serving under this lease, then let the
                 // others know at once.

@@ -77,6 +77,8 @@ pub struct UserState {
     pub others_present: bool,
     /// The nonce of this director's presence for U, if it has one.
     pub own_nonce: Option<u64>,
+    /// Whether a move of U is under way (by a director still registered).
+    pub moving: bool,
 }
 
 /// This director's step for one user, given what etcd said.
@@ -105,12 +107,15 @@ pub enum Step {
 pub fn decide(state: &UserState, unusable: &[Box<str>]) -> Step {
     match &state.assigned {
         None => Step::Create,
+        Some(_) if state.moving => Step::Answer(ClaimAnswer::Refused(
+            "the user is being moved; try again".into(),
+        )),
         Some((rev, record)) => {
             if !unusable.iter().any(|u| **u == *record.b) {
-                Step::Adopt {
-                    rev: *rev,
-                    record: record.clone(),
-                }
+                // Written back unchanged, less a void move mark.
+                let mut record = record.clone();
+                record.mv = None;
+                Step::Adopt { rev: *rev, record }
             } else if state.others_present {
                 Step::Answer(ClaimAnswer::Refused(format!(
                     "the user's backend {} is unusable here and another director serves the user there",
@@ -232,7 +237,10 @@ async fn release(ctx: &Context, ep: &mut usize, users: &mut Vec<Box<str>>) {
     if ctx.lease.get().is_none() || ctx.link.fence.is_fenced() {
         // The lease's end deletes them, and a fenced director's lease is
         // given up.
-        users.clear();
+        let mut present = ctx.present.borrow_mut();
+        for u in users.drain(..) {
+            present.remove(&*u);
+        }
         return;
     }
     while !users.is_empty() {
@@ -248,7 +256,10 @@ async fn release(ctx: &Context, ep: &mut usize, users: &mut Vec<Box<str>>) {
         .await;
         match sent {
             Ok(_) => {
-                users.drain(..n);
+                let mut present = ctx.present.borrow_mut();
+                for u in users.drain(..n) {
+                    present.remove(&*u);
+                }
             }
             Err(e) => {
                 ctx.endpoints.drop_client(*ep);
@@ -293,6 +304,7 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
                         Step::Adopt { record, .. } => record.b,
                         _ => p.entry.backend.clone(),
                     };
+                    ctx.present.borrow_mut().insert(p.entry.user.clone());
                     answer(p.entry, ClaimAnswer::Agreed(backend.into()));
                 }
                 return;
@@ -324,6 +336,8 @@ fn claim_txn(ctx: &Context, lease: i64, pending: &[Pending]) -> Txn {
             b: p.entry.backend.clone(),
             by: ctx.name().to_owned(),
             n: p.nonce,
+            at: crate::admin::time::rfc3339(std::time::SystemTime::now()),
+            mv: None,
         };
         let (compare, record, seen) = match p.step() {
             Step::Adopt { rev, record } => (
@@ -349,6 +363,8 @@ fn claim_txn(ctx: &Context, lease: i64, pending: &[Pending]) -> Txn {
             encode(&PresenceRecord {
                 rev: seen,
                 n: p.nonce,
+                ack: None,
+                closed: 0,
             }),
             Some(PutOptions::new().with_lease(lease)),
         ));
@@ -382,14 +398,19 @@ async fn read_back(ctx: &Context, ep: usize, pending: &[Pending]) -> Result<TxnR
 /// What etcd said of one user: its assignment's get and its presence
 /// range.
 fn user_state(ctx: &Context, assignment: &[KeyValue], presence: &[KeyValue]) -> UserState {
-    let own = ctx.keys.active("", ctx.name());
-    let own_suffix = own.rsplit('/').next().unwrap_or_default();
+    let own_suffix = ctx.name();
+    let assigned = assignment
+        .first()
+        .and_then(|kv| decode::<AssignmentRecord>(kv.value()).map(|r| (kv.mod_revision(), r)));
+    let moving = assigned
+        .as_ref()
+        .and_then(|(_, r)| r.mv.as_ref())
+        .is_some_and(|mv| ctx.seen.borrow().directors.contains_key(&mv.by));
     let mut state = UserState {
-        assigned: assignment
-            .first()
-            .and_then(|kv| decode::<AssignmentRecord>(kv.value()).map(|r| (kv.mod_revision(), r))),
+        assigned,
         others_present: false,
         own_nonce: None,
+        moving,
     };
     for kv in presence {
         let director = kv
@@ -440,6 +461,7 @@ fn next_round(ctx: &Context, pending: Vec<Pending>, resp: &TxnResponse) -> Vec<P
             (Some((_, record)), Some(n)) if n == p.nonce => {
                 // Our own write of an earlier round committed.
                 let backend = record.b.clone();
+                ctx.present.borrow_mut().insert(p.entry.user.clone());
                 answer(p.entry, ClaimAnswer::Agreed(backend.into()));
             }
             _ => next.push(Pending {
@@ -472,6 +494,8 @@ mod tests {
             b: b.into(),
             by: "d1".into(),
             n: 1,
+            at: String::new(),
+            mv: None,
         }
     }
 
@@ -480,6 +504,7 @@ mod tests {
             assigned: b.map(|b| (7, record(b))),
             others_present: others,
             own_nonce: None,
+            moving: false,
         }
     }
 
@@ -493,6 +518,16 @@ mod tests {
                 record: record("b2")
             }
         );
+    }
+
+    #[test]
+    fn a_user_being_moved_is_refused_for_now() {
+        let mut moving = state(Some("b1"), false);
+        moving.moving = true;
+        assert!(matches!(
+            decide(&moving, &[]),
+            Step::Answer(ClaimAnswer::Refused(_))
+        ));
     }
 
     #[test]

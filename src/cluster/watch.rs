@@ -8,6 +8,7 @@
 //! which replays what it missed. A watch cancelled because that revision
 //! has been compacted away is replaced after a full read (resync).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
@@ -15,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::cluster::context::Context;
 use crate::cluster::endpoints::{bounded, CALL_TIMEOUT};
-use crate::cluster::keys::{decode, DirectorRecord, KeyKind, LeaderRecord};
+use crate::cluster::keys::{decode, AssignmentRecord, DirectorRecord, KeyKind, LeaderRecord};
 use crate::cluster::membership::TICK;
 use crate::cluster_link::ClusterCounters;
 
@@ -24,7 +25,7 @@ use crate::cluster_link::ClusterCounters;
 pub const SILENCE: Duration = Duration::from_secs(3 * TICK.as_secs());
 
 /// Keeps the view current, forever.
-pub async fn run(ctx: &Context) {
+pub async fn run(ctx: &Rc<Context>) {
     let mut ep = 0usize;
     let mut revision = 0i64;
     loop {
@@ -116,6 +117,12 @@ pub async fn run(ctx: &Context) {
                         if seen.leader.is_none() {
                             ctx.leader_gone.notify_one();
                         }
+                    }
+                    Some(KeyKind::User(user)) => {
+                        let record = put
+                            .then(|| decode::<AssignmentRecord>(kv.value()))
+                            .flatten();
+                        crate::cluster::holds::on_assignment(ctx, user, record, kv.mod_revision());
                     }
                     _ => {}
                 }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use fence::{Fence, FenceTimes};
-pub use port::{ClaimAnswer, ClaimRequest, ClusterPort, PortRequest};
+pub use port::{
+    ClaimAnswer, ClaimRequest, ClusterPort, ControlRequest, PortReceivers, PortRequest,
+};
 pub use view::{ClusterView, DirectorEntry, EtcdView};
 
 /// The cluster's link to the director: one per director process.
@@ -32,7 +34,7 @@ pub struct ClusterLink {
     /// Where the cores send claims and releases of users.
     pub port: ClusterPort,
     /// The receiving end of `port`, taken once by the cluster thread.
-    port_requests: Mutex<Option<flume::Receiver<PortRequest>>>,
+    port_requests: Mutex<Option<PortReceivers>>,
 }
 
 /// Counters of cluster events since start.
@@ -79,7 +81,7 @@ impl ClusterLink {
 
     /// The requests of the cores, for the cluster thread (`None` once
     /// taken).
-    pub fn take_port_requests(&self) -> Option<flume::Receiver<PortRequest>> {
+    pub fn take_port_requests(&self) -> Option<PortReceivers> {
         match self.port_requests.lock() {
             Ok(mut r) => r.take(),
             Err(poisoned) => poisoned.into_inner().take(),

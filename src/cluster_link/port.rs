@@ -9,6 +9,10 @@
 //! [`PortRequest::Release`], and the cluster thread deletes this director's
 //! presence for the user, so the others may reassign it when they must.
 //!
+//! The control plane asks the cluster thread through the same port
+//! ([`ControlRequest`]): moves of users across every director, where etcd
+//! says a user is, and which users are assigned to a backend.
+//!
 //! Plain types only: the cores and the cluster thread both depend on this
 //! module, neither on the other. The channel is unbounded but bounded in
 //! practice: one claim per user being assigned (a second login of the same
@@ -56,17 +60,78 @@ pub enum ClaimAnswer {
     Refused(String),
 }
 
-/// The sending side, one per director, cloned into every core.
+/// Where etcd says a user is: its backend's name and since when (RFC 3339).
+pub type Located = (Box<str>, String);
+
+/// A request of the control plane to the cluster thread.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Move `user` on every director: each one present for it holds its
+    /// logins and closes its sessions (backend side first), then the
+    /// assignment changes and the held logins go on. Answered with the
+    /// sessions closed over all directors, or why not (the user stays).
+    Move {
+        /// The user key.
+        user: Box<str>,
+        /// The backend to move to; `None`: drop the assignment, the next
+        /// login places the user (flush).
+        to: Option<Box<str>>,
+        /// Gets the answer.
+        reply: flume::Sender<Result<u32, String>>,
+    },
+    /// Where etcd says `user` is: its backend and since when.
+    Lookup {
+        /// The user key.
+        user: Box<str>,
+        /// Gets the backend and the time of the assignment (RFC 3339),
+        /// `None` when unassigned; an error when etcd did not answer.
+        reply: flume::Sender<Result<Option<Located>, String>>,
+    },
+    /// The users etcd assigns to `backend`.
+    UsersOn {
+        /// The backend's name.
+        backend: Box<str>,
+        /// Gets the user keys, or why not.
+        reply: flume::Sender<Result<Vec<Box<str>>, String>>,
+    },
+}
+
+/// The sending side, one per director, cloned into every core and the
+/// control plane.
 #[derive(Debug, Clone)]
 pub struct ClusterPort {
     tx: flume::Sender<PortRequest>,
+    control: flume::Sender<ControlRequest>,
+}
+
+/// What the cluster thread serves: the cores' requests and the control
+/// plane's.
+#[derive(Debug)]
+pub struct PortReceivers {
+    /// Claims and releases.
+    pub cores: flume::Receiver<PortRequest>,
+    /// Moves, lookups, listings.
+    pub control: flume::Receiver<ControlRequest>,
 }
 
 impl ClusterPort {
-    /// A port and the receiver the cluster thread serves.
-    pub fn new() -> (ClusterPort, flume::Receiver<PortRequest>) {
-        let (tx, rx) = flume::unbounded();
-        (ClusterPort { tx }, rx)
+    /// A port and the receivers the cluster thread serves.
+    pub fn new() -> (ClusterPort, PortReceivers) {
+        let (tx, cores) = flume::unbounded();
+        let (control, control_rx) = flume::unbounded();
+        (
+            ClusterPort { tx, control },
+            PortReceivers {
+                cores,
+                control: control_rx,
+            },
+        )
+    }
+
+    /// Sends a control-plane request; false if the cluster thread has
+    /// stopped (its reply channel is then closed at once).
+    pub fn ask(&self, request: ControlRequest) -> bool {
+        self.control.send(request).is_ok()
     }
 
     /// Sends a claim; the answer arrives on the returned channel (a
@@ -106,7 +171,8 @@ mod tests {
 
     #[test]
     fn requests_arrive_in_order_and_a_stopped_thread_refuses_at_once() {
-        let (port, rx) = ClusterPort::new();
+        let (port, receivers) = ClusterPort::new();
+        let rx = receivers.cores;
         port.release("u1");
         let answer = port.claim("u1", "b1", Box::new([]));
         match rx.try_recv() {
@@ -122,6 +188,7 @@ mod tests {
         }
         assert_eq!(answer.try_recv(), Ok(ClaimAnswer::Agreed("b1".into())));
         drop(rx);
+        drop(receivers.control);
         let refused = port.claim("u2", "b1", Box::new([]));
         assert!(matches!(refused.try_recv(), Ok(ClaimAnswer::Refused(_))));
     }

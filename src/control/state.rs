@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::cluster_link::ControlRequest;
 use crate::config::Protocol;
 use crate::config::{Config, Listen};
 use crate::control::events::{Event, EventKind, EventLog, EVENT_CAPACITY};
@@ -34,12 +35,7 @@ use crate::route::router::{owner_of, Reassign};
 use crate::route::shard::Assignment;
 use crate::startup::bind_all;
 
-/// How long a move, kick or backend down waits for the backend
-/// connections of the sessions it ends to close. Each closes within
-/// [`crate::relay::BACKEND_CLOSE_TIMEOUT`] (a reset after that), so this is
-/// only reached when a core is stuck; a move then keeps the old assignment
-/// rather than risk two backends.
-pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+pub use crate::plane::CLOSE_LIMIT;
 
 /// At most this many users are moved at once by a flush, so their clients
 /// do not all reconnect in one storm.
@@ -584,6 +580,29 @@ impl Control {
         self.ask_all(|reply| CoreMsg::Stats { reply }).await
     }
 
+    /// Cluster mode: the port to the cluster thread.
+    fn cluster_port(&self) -> Option<crate::cluster_link::ClusterPort> {
+        self.shared().cluster.as_ref().map(|c| c.port.clone())
+    }
+
+    /// Cluster mode: where etcd says a user is (backend name, since), for
+    /// a user this director serves no session of.
+    pub async fn cluster_lookup(&self, key: &str) -> Option<(Box<str>, String)> {
+        let port = self.cluster_port()?;
+        let (reply, rx) = flume::bounded(1);
+        let request = ControlRequest::Lookup {
+            user: key.into(),
+            reply,
+        };
+        if !port.ask(request) {
+            return None;
+        }
+        bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async())
+            .await?
+            .ok()?
+            .ok()?
+    }
+
     /// The assignment of a user key, from its owner core.
     pub async fn lookup(&self, key: &str) -> Option<Assignment> {
         self.ask(self.owner(key), |reply| CoreMsg::Lookup {
@@ -646,7 +665,16 @@ impl Control {
             Reassign::To(id) => self.backend_name(id),
             _ => "its first-ranked backend".to_string(),
         };
-        let result = self.safe_move(key, to).await;
+        let result = match self.cluster_port() {
+            Some(port) => {
+                let to = match to {
+                    Reassign::To(id) => Some(self.backend_name(id).into_boxed_str()),
+                    _ => None,
+                };
+                cluster_move(&port, key, to).await.map(|n| n as usize)
+            }
+            None => self.safe_move(key, to).await,
+        };
         let message = match &result {
             Ok(closed) => format!("moved to {target}, {closed} sessions closed"),
             Err(e) => format!("not moved to {target}: {e}"),
@@ -703,19 +731,38 @@ impl Control {
     }
 
     /// Drops every assignment to `backend` safely, a bounded number of
-    /// users at a time; returns (users moved, sessions closed).
+    /// users at a time; returns (users moved, sessions closed). In cluster
+    /// mode the users are those etcd assigns there, moved on every
+    /// director.
     pub async fn flush(&self, backend: BackendId) -> (usize, usize) {
-        let users: Vec<Box<str>> = self
-            .ask_all(|reply| CoreMsg::UsersOn { backend, reply })
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let port = self.cluster_port();
+        let users: Vec<Box<str>> = match &port {
+            Some(port) => cluster_users_on(port, &self.backend_name(backend)).await,
+            None => self
+                .ask_all(|reply| CoreMsg::UsersOn { backend, reply })
+                .await
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
         let mut closed = 0;
         let mut moved = 0;
         for batch in users.chunks(FLUSH_PARALLEL) {
-            let moves = batch.iter().map(|k| self.safe_move(k, Reassign::Forget));
-            for n in join_all(moves).await.into_iter().flatten() {
+            let results = match &port {
+                Some(port) => {
+                    let moves = batch.iter().map(|k| cluster_move(port, k, None));
+                    join_all(moves)
+                        .await
+                        .into_iter()
+                        .map(|r| r.map(|n| n as usize))
+                        .collect::<Vec<_>>()
+                }
+                None => {
+                    let moves = batch.iter().map(|k| self.safe_move(k, Reassign::Forget));
+                    join_all(moves).await
+                }
+            };
+            for n in results.into_iter().flatten() {
                 closed += n;
                 moved += 1;
             }
@@ -741,12 +788,64 @@ impl Control {
     }
 }
 
+/// How long the control plane waits for the cluster thread's answer to a
+/// move (the mover's own bound is shorter: sessions closed, or a lease
+/// expired, plus a silent watch re-created).
+const CLUSTER_ANSWER_LIMIT: Duration = Duration::from_secs(60);
+
+/// A move across the cluster (see `cluster::moves`).
+async fn cluster_move(
+    port: &crate::cluster_link::ClusterPort,
+    key: &str,
+    to: Option<Box<str>>,
+) -> Result<u32, MoveError> {
+    let (reply, rx) = flume::bounded(1);
+    let request = ControlRequest::Move {
+        user: key.into(),
+        to,
+        reply,
+    };
+    if !port.ask(request) {
+        return Err(MoveError::Cluster("the cluster thread has stopped".into()));
+    }
+    match bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async()).await {
+        Some(Ok(result)) => result.map_err(MoveError::Cluster),
+        Some(Err(_)) => Err(MoveError::Cluster("the cluster thread has stopped".into())),
+        None => Err(MoveError::Cluster(
+            "no answer from the cluster in time".into(),
+        )),
+    }
+}
+
+/// The users etcd assigns to `backend` (none when etcd does not answer).
+async fn cluster_users_on(port: &crate::cluster_link::ClusterPort, backend: &str) -> Vec<Box<str>> {
+    let (reply, rx) = flume::bounded(1);
+    let request = ControlRequest::UsersOn {
+        backend: backend.into(),
+        reply,
+    };
+    if !port.ask(request) {
+        return Vec::new();
+    }
+    match bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async()).await {
+        Some(Ok(Ok(users))) => users,
+        Some(Ok(Err(e))) => {
+            warn!(backend, error = %e, "flush: etcd did not list the backend's users");
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Why a move did not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MoveError {
     /// The user's sessions did not close within [`CLOSE_LIMIT`]; the user
     /// stays where it was.
     NotClosed,
+    /// Cluster mode: the move across the directors did not happen (why);
+    /// the user stays where it was.
+    Cluster(String),
 }
 
 impl std::fmt::Display for MoveError {
@@ -756,6 +855,7 @@ impl std::fmt::Display for MoveError {
                 f,
                 "the user's sessions did not close within {CLOSE_LIMIT:?}; it stays on its backend"
             ),
+            MoveError::Cluster(why) => write!(f, "{why}"),
         }
     }
 }

@@ -18,6 +18,13 @@ use crate::route::router::{HandedOverAssignment, HandedOverRelease, Reassign, Ro
 use crate::route::shard::Assignment;
 use crate::route::user_key::UserKeyFormat;
 
+/// How long a move, kick or backend down waits for the backend
+/// connections of the sessions it ends to close. Each closes within
+/// `relay::BACKEND_CLOSE_TIMEOUT` (a reset after that), so this is only
+/// reached when a core is stuck; a move then keeps the old assignment
+/// rather than risk two backends.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why a session was ended from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KickReason {
@@ -156,6 +163,17 @@ pub enum CoreMsg {
         done: flume::Sender<()>,
     },
     // -- cluster mode (src/cluster/fencing.rs) --
+    /// End a hold of a user moved across the cluster: `to` is the
+    /// backend etcd now names (`None`: the assignment was dropped). A user
+    /// already on `to` keeps its assignment as it is.
+    SettleMove {
+        /// The user key.
+        key: Box<str>,
+        /// The backend's name, or `None`.
+        to: Option<Box<str>>,
+        /// Answered once done.
+        done: flume::Sender<()>,
+    },
     /// End every session on this core (the director is fenced: its lease
     /// may expire); answer how many once their backend connections are
     /// closed.

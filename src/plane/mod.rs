@@ -11,4 +11,4 @@ pub mod handover;
 pub mod messages;
 pub mod stats;
 
-pub use messages::{ControlMsg, CoreMsg, KickReason, Shared, UpgradeMsg};
+pub use messages::{ControlMsg, CoreMsg, KickReason, Shared, UpgradeMsg, CLOSE_LIMIT};

@@ -599,6 +599,11 @@ impl Router {
     /// claim.
     pub fn forget_all(&self) {
         self.shard.borrow_mut().clear();
+        let held: Vec<Box<str>> = self.holds.borrow().keys().cloned().collect();
+        for key in held {
+            // Their logins try again, and are refused while fenced.
+            self.unhold(&key, Reassign::Keep);
+        }
         let claims: Vec<_> = self.claims.borrow_mut().drain().collect();
         for (key, waiters) in claims {
             for w in waiters {
@@ -741,6 +746,22 @@ impl Router {
         for w in waiters {
             self.resume(key, w);
         }
+    }
+
+    /// Cluster mode: ends the hold of a user moved across the cluster;
+    /// `to` is the backend etcd now names (`None`: dropped). The user keeps
+    /// an assignment already on `to`; one this director cannot use is
+    /// dropped (its next login claims again).
+    pub fn settle_move(&self, key: &str, to: Option<&str>) {
+        let set = self.backends();
+        let current = self.shard.borrow().get(key).map(|a| a.backend);
+        let change = match to.map(|name| set.by_name(name)) {
+            None | Some(None) => Reassign::Forget,
+            Some(Some(b)) if current == Some(b.id) => Reassign::Keep,
+            Some(Some(b)) if b.keeps_users() => Reassign::To(b.id),
+            Some(Some(_)) => Reassign::Forget,
+        };
+        self.unhold(key, change);
     }
 
     /// Keys assigned on this core's shard to `backend`.

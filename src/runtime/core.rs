@@ -380,6 +380,10 @@ async fn mailbox_loop(
                 core.router.unhold(&key, assign);
                 let _ = done.send(());
             }
+            CoreMsg::SettleMove { key, to, done } => {
+                core.router.settle_move(&key, to.as_deref());
+                let _ = done.send(());
+            }
             CoreMsg::Lookup { key, reply } => {
                 let _ = reply.send(core.router.local_assignment(&key));
             }
