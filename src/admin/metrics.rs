@@ -376,6 +376,51 @@ fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
         header(out, name, kind, help);
         let _ = writeln!(out, "mailpin_{name} {value}");
     }
+    header(
+        out,
+        "cluster_claims_total",
+        "counter",
+        "Users this director asked etcd for, by result: created the assignment, adopted another director's, replaced one to a backend unusable here, refused (temporary failure).",
+    );
+    for (result, counter) in [
+        ("created", &c.claims_created),
+        ("adopted", &c.claims_adopted),
+        ("replaced", &c.claims_replaced),
+        ("refused", &c.claims_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "mailpin_cluster_claims_total{{result=\"{result}\"}} {}",
+            ClusterCounters::read(counter)
+        );
+    }
+    header(
+        out,
+        "cluster_releases_total",
+        "counter",
+        "Presence records this director released (its assignment of the user dropped).",
+    );
+    let _ = writeln!(
+        out,
+        "mailpin_cluster_releases_total {}",
+        ClusterCounters::read(&c.releases)
+    );
+    header(
+        out,
+        "cluster_moves_total",
+        "counter",
+        "Moves across the cluster this director made (admin move, flush), by result.",
+    );
+    for (result, counter) in [
+        ("committed", &c.moves_committed),
+        ("failed", &c.moves_failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "mailpin_cluster_moves_total{{result=\"{result}\"}} {}",
+            ClusterCounters::read(counter)
+        );
+    }
 }
 
 /// The per protocol port health gauges and flip counters.

@@ -107,11 +107,9 @@ async fn prepare(ctx: Rc<Context>, user: String, id: u64, rev: i64) {
             user = user.as_str(),
             "cluster move: the user's sessions did not close in time; not acknowledged"
         );
-    } else if let (true, true, Some(lease)) = (
-        still_holding(),
-        present(&ctx, &user),
-        ctx.lease.get(),
-    ) {
+    } else if let (true, true, Some(lease)) =
+        (still_holding(), present(&ctx, &user), ctx.lease.get())
+    {
         let presence = PresenceRecord {
             rev,
             n: 0,

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::cluster::context::Context;
 use crate::cluster::keys::{decode, encode, unescape, AssignmentRecord, MoveMark, PresenceRecord};
-use crate::cluster_link::ControlRequest;
+use crate::cluster_link::{ClusterCounters, ControlRequest};
 use crate::plane::CLOSE_LIMIT;
 
 /// How often the mover reads the acknowledgements.
@@ -51,6 +51,11 @@ pub async fn serve(ctx: Rc<Context>, rx: flume::Receiver<ControlRequest>) {
             match request {
                 ControlRequest::Move { user, to, reply } => {
                     let result = move_user(&ctx, &user, to.as_deref()).await;
+                    let c = &ctx.link.counters;
+                    ClusterCounters::bump(match result {
+                        Ok(_) => &c.moves_committed,
+                        Err(_) => &c.moves_failed,
+                    });
                     let _ = reply.send(result);
                 }
                 ControlRequest::Lookup { user, reply } => {

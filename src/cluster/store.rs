@@ -47,7 +47,7 @@ use crate::cluster::batch::{Batch, BatchRules, Entry};
 use crate::cluster::context::Context;
 use crate::cluster::endpoints::{bounded, CALL_TIMEOUT};
 use crate::cluster::keys::{decode, encode, AssignmentRecord, PresenceRecord};
-use crate::cluster_link::{ClaimAnswer, PortRequest};
+use crate::cluster_link::{ClaimAnswer, ClusterCounters, PortRequest};
 
 /// How many rounds one claim gets (a lost race, then an adoption).
 const ROUNDS: usize = 4;
@@ -257,6 +257,10 @@ async fn release(ctx: &Context, ep: &mut usize, users: &mut Vec<Box<str>>) {
         match sent {
             Ok(_) => {
                 let mut present = ctx.present.borrow_mut();
+                ctx.link
+                    .counters
+                    .releases
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 for u in users.drain(..n) {
                     present.remove(&*u);
                 }
@@ -278,7 +282,10 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
         let mut writing = Vec::with_capacity(pending.len());
         for p in pending {
             match p.step() {
-                Step::Answer(a) => answer(p.entry, a),
+                Step::Answer(a) => {
+                    ClusterCounters::bump(&ctx.link.counters.claims_refused);
+                    answer(p.entry, a)
+                }
                 _ => writing.push(p),
             }
         }
@@ -287,7 +294,7 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
             return;
         }
         let Some(lease) = ctx.lease.get().filter(|_| !ctx.link.fence.is_fenced()) else {
-            answer_all(pending, "this director holds no lease (fenced)");
+            answer_all(ctx, pending, "this director holds no lease (fenced)");
             return;
         };
         let txn = claim_txn(ctx, lease, &pending);
@@ -299,10 +306,21 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
         pending = match sent {
             Ok(resp) if resp.succeeded() => {
                 ctx.succeeded();
+                let c = &ctx.link.counters;
                 for p in pending {
                     let backend = match p.step() {
-                        Step::Adopt { record, .. } => record.b,
-                        _ => p.entry.backend.clone(),
+                        Step::Adopt { record, .. } => {
+                            ClusterCounters::bump(&c.claims_adopted);
+                            record.b
+                        }
+                        Step::Replace { .. } => {
+                            ClusterCounters::bump(&c.claims_replaced);
+                            p.entry.backend.clone()
+                        }
+                        _ => {
+                            ClusterCounters::bump(&c.claims_created);
+                            p.entry.backend.clone()
+                        }
                     };
                     ctx.present.borrow_mut().insert(p.entry.user.clone());
                     answer(p.entry, ClaimAnswer::Agreed(backend.into()));
@@ -322,7 +340,7 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
             }
         };
     }
-    answer_all(pending, "no agreement with etcd in time");
+    answer_all(ctx, pending, "no agreement with etcd in time");
 }
 
 /// The transaction of one round: each user's compare and writes; when a
@@ -474,13 +492,17 @@ fn next_round(ctx: &Context, pending: Vec<Pending>, resp: &TxnResponse) -> Vec<P
 }
 
 fn answer(entry: Entry<Waiter>, result: ClaimAnswer) {
+    if matches!(result, ClaimAnswer::Refused(_)) {
+        tracing::debug!(user = entry.user.as_str(), answer = ?result, "claim refused");
+    }
     for w in entry.waiters {
         let _ = w.reply.send(result.clone());
     }
 }
 
-fn answer_all(pending: Vec<Pending>, why: &str) {
+fn answer_all(ctx: &Context, pending: Vec<Pending>, why: &str) {
     for p in pending {
+        ClusterCounters::bump(&ctx.link.counters.claims_refused);
         answer(p.entry, ClaimAnswer::Refused(why.to_owned()));
     }
 }

@@ -50,6 +50,21 @@ pub struct ClusterCounters {
     pub watch_restarts: AtomicU64,
     /// Full resyncs after the watch's revision was compacted away.
     pub resyncs: AtomicU64,
+    /// Claims that created a user's assignment.
+    pub claims_created: AtomicU64,
+    /// Claims that adopted the assignment another director made.
+    pub claims_adopted: AtomicU64,
+    /// Claims that replaced an assignment to a backend this director
+    /// cannot use (no other director served the user).
+    pub claims_replaced: AtomicU64,
+    /// Claims refused (the login got a temporary failure).
+    pub claims_refused: AtomicU64,
+    /// Presence records this director released.
+    pub releases: AtomicU64,
+    /// Moves across the cluster this director made that committed.
+    pub moves_committed: AtomicU64,
+    /// Moves across the cluster this director made that did not.
+    pub moves_failed: AtomicU64,
 }
 
 impl ClusterCounters {
