@@ -21,195 +21,26 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::cluster::{
-    director_config, get_json, wait_serving, wait_until, BackendPorts, LISTENERS,
+    assigned, backends_of, get_json, login, wait_until, Sampler, World, QUICK_HEALTH,
 };
-use support::etcd::{require_etcd, EtcdCluster};
-use support::mailpin::Mailpin;
-use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
-
-/// Health checks every 200 ms, a backend down after 2 failures.
-const QUICK_HEALTH: &str = "[health]\ninterval = \"200ms\"\nfall = 2\nrise = 2\n";
+use support::LineClient;
 
 /// Users of the test.
 const USERS: usize = 24;
-
-/// Samples `doveadm who` on every backend until stopped; counts the
-/// samples and every user seen on two backends in one sample.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    samples: Arc<AtomicUsize>,
-    splits: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(dovecot: &Arc<Mutex<DovecotCluster>>) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(AtomicUsize::new(0));
-        let splits = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, samples, splits) = (stop.clone(), samples.clone(), splits.clone());
-            let dovecot = dovecot.clone();
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(300);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let mut on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-                    {
-                        let cluster = dovecot.lock().unwrap();
-                        for (i, inst) in cluster.instances().iter().enumerate() {
-                            // A backend that is down answers nothing.
-                            for w in inst.try_who().unwrap_or_default() {
-                                on.entry(w.user).or_default().push(i);
-                            }
-                        }
-                    }
-                    for (user, backends) in on {
-                        if backends.len() > 1 {
-                            splits
-                                .lock()
-                                .unwrap()
-                                .push(format!("{user} on backends {backends:?}"));
-                        }
-                    }
-                    samples.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        Sampler {
-            stop,
-            samples,
-            splits,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits for `n` more samples (bounded).
-    fn wait_samples(&self, n: usize) {
-        let target = self.samples.load(Ordering::Relaxed) + n;
-        let t = Instant::now();
-        while self.samples.load(Ordering::Relaxed) < target {
-            assert!(t.elapsed() < Duration::from_secs(30), "the sampler stalled");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops sampling; the number of samples and the splits seen.
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let splits = self.splits.lock().unwrap().clone();
-        (self.samples.load(Ordering::Relaxed), splits)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// An IMAP session logged in through `m` (retrying a temporary failure
-/// for up to 10 s: a director refuses a user while another one still
-/// serves it on a backend that died); `None` if it never got in.
-fn login(m: &Mailpin, user: &str) -> Option<LineClient> {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        let Ok(mut c) = LineClient::connect(m.listen[0]) else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        if c.read_line().is_err() {
-            continue;
-        }
-        match c.imap(&format!("LOGIN {user} pass")) {
-            Ok(r) if r.is_ok() => return Some(c),
-            Ok(r) => {
-                assert!(
-                    r.status.contains("[UNAVAILABLE]"),
-                    "only a temporary failure is expected: {}",
-                    r.status
-                );
-            }
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
-/// The backend `GET /users/U` names on `m`, if any.
-fn assigned(m: &Mailpin, user: &str) -> Option<String> {
-    let (status, v) = get_json(m, &format!("/users/{user}"));
-    (status == 200).then(|| v["backend"].as_str().unwrap_or_default().to_owned())
-}
-
-/// Which backends (indexes) `doveadm who` shows `user` on.
-fn backends_of(dovecot: &Mutex<DovecotCluster>, user: &str) -> Vec<usize> {
-    let cluster = dovecot.lock().unwrap();
-    cluster
-        .instances()
-        .iter()
-        .enumerate()
-        .filter(|(_, inst)| {
-            inst.try_who()
-                .unwrap_or_default()
-                .iter()
-                .any(|w| w.user == user)
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
-
-struct World {
-    dovecot: Arc<Mutex<DovecotCluster>>,
-    _etcd: EtcdCluster,
-    directors: Vec<Mailpin>,
-}
 
 /// Three backends, etcd, and `n` directors serving. With `disagree`, the
 /// directors weigh the backends differently, so each one alone would
 /// place many users elsewhere than the others (the agreement is etcd's).
 fn world(n: usize, disagree: bool) -> Option<World> {
-    if !require_etcd() || !require_dovecot() {
-        return None;
-    }
-    let options = DovecotOptions {
-        users: USERS,
-        ..DovecotOptions::default()
-    };
-    let dovecot = DovecotCluster::start(3, options);
-    let backends: Vec<BackendPorts> = dovecot.instances().iter().map(BackendPorts::of).collect();
-    let etcd = EtcdCluster::start(3);
-    let directors: Vec<Mailpin> = (1..=n)
-        .map(|i| {
-            let mut config =
-                director_config(&etcd, &format!("d{i}"), "3s", &backends, QUICK_HEALTH);
-            if disagree {
-                let b = format!("name = \"b{}\"\n", i % 3);
-                config = config.replace(&b, &format!("{b}weight = 20\n"));
-            }
-            Mailpin::start(&config, LISTENERS)
-        })
-        .collect();
-    for d in &directors {
-        wait_serving(d);
-    }
-    Some(World {
-        dovecot: Arc::new(Mutex::new(dovecot)),
-        _etcd: etcd,
-        directors,
+    World::start(n, USERS, QUICK_HEALTH, |i, config| {
+        if !disagree {
+            return config;
+        }
+        let b = format!("name = \"b{}\"\n", i % 3);
+        config.replace(&b, &format!("{b}weight = 20\n"))
     })
 }
 

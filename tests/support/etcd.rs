@@ -21,6 +21,9 @@ pub struct EtcdMember {
     child: Child,
     lease: LoopbackLease,
     name: String,
+    /// How it was started (a restart runs the same on the same data).
+    args: Vec<String>,
+    log: std::path::PathBuf,
 }
 
 impl EtcdMember {
@@ -67,24 +70,28 @@ impl EtcdCluster {
             let name = format!("m{i}");
             let addr = lease.addr();
             let data = dir.path().join(&name);
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+            let log = dir.path().join(format!("{name}.log"));
             let client = format!("http://{addr}:2379");
-            let child = Command::new("etcd")
-                .args(etcd_member_args(&MemberArgs {
-                    name: &name,
-                    data_dir: &data,
-                    listen_client: &client,
-                    advertise_client: &client,
-                    peer: &format!("http://{addr}:2380"),
-                    initial_cluster: &initial.join(","),
-                    token: &token,
-                }))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd");
-            members.push(EtcdMember { child, lease, name });
+            let args: Vec<String> = etcd_member_args(&MemberArgs {
+                name: &name,
+                data_dir: &data,
+                listen_client: &client,
+                advertise_client: &client,
+                peer: &format!("http://{addr}:2380"),
+                initial_cluster: &initial.join(","),
+                token: &token,
+            })
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+            let child = spawn_member(&args, &log);
+            members.push(EtcdMember {
+                child,
+                lease,
+                name,
+                args,
+                log,
+            });
         }
         let cluster = EtcdCluster { members, _dir: dir };
         cluster.wait_healthy(Duration::from_secs(30));
@@ -172,6 +179,19 @@ impl EtcdCluster {
         self.members.iter().position(|m| m.url() == url).unwrap()
     }
 
+    /// SIGKILLs member `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let _ = m.child.kill();
+        let _ = m.child.wait();
+    }
+
+    /// Starts member `i` again on its data (after [`kill`](Self::kill)).
+    pub fn restart(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.child = spawn_member(&m.args, &m.log);
+    }
+
     /// SIGSTOPs member `i` (it hangs: connections stay open, nothing answers).
     pub fn pause(&self, i: usize) {
         send_signal(self.members[i].pid(), libc::SIGSTOP);
@@ -181,6 +201,22 @@ impl EtcdCluster {
     pub fn resume(&self, i: usize) {
         send_signal(self.members[i].pid(), libc::SIGCONT);
     }
+}
+
+/// Starts one member with `args`, its stderr appended to `log`.
+fn spawn_member(args: &[String], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd")
 }
 
 impl Drop for EtcdCluster {
