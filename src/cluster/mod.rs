@@ -14,13 +14,20 @@
 //!   (`watch`), and publishes the view `GET /cluster` shows;
 //! - closes every session when the fence deadline passes (`fencing`);
 //! - serves the assignment store (`store`): batched compare-and-create of
-//!   `users/{key}` with presence under the lease.
+//!   `users/{key}` with presence under the lease;
+//! - makes admin actions act on every director: a kick or a backend's
+//!   admin state issued here becomes a command every director carries
+//!   out and acknowledges (`commands`, `actions`); admin states live in
+//!   etcd and are applied from the watch (`shared`);
+//! - publishes this director's own health verdicts (`own_health`) and
+//!   counts the cluster's majority verdicts (`verdict`).
 //!
 //! The key layout is in [`keys`], group commit in [`batch`]; both are pure
 //! and built without the `cluster` feature too.
 
 pub mod batch;
 pub mod keys;
+pub mod verdict;
 
 #[cfg(feature = "cluster")]
 mod context;
@@ -34,13 +41,25 @@ pub mod membership;
 pub mod store;
 #[cfg(feature = "cluster")]
 pub mod watch;
+// -- cluster-wide admin actions and shared health --
+#[cfg(feature = "cluster")]
+pub mod actions;
+#[cfg(feature = "cluster")]
+pub mod command_types;
+#[cfg(feature = "cluster")]
+pub mod commands;
+#[cfg(feature = "cluster")]
+mod own_health;
+#[cfg(feature = "cluster")]
+pub mod shared;
+// -- end --
 
 use std::sync::Arc;
 
 use crate::cluster_link::ClusterLink;
 use crate::config::ClusterConfig;
 use crate::mailbox::MailboxSender;
-use crate::plane::CoreMsg;
+use crate::plane::{ControlMsg, CoreMsg};
 
 /// The running cluster thread; dropping it leaves the cluster (the lease
 /// is revoked, so the others see this director gone at once).
@@ -78,14 +97,16 @@ impl Drop for ClusterHandle {
 }
 
 /// Starts the cluster thread for `config`, publishing through `link`;
-/// `cores` get the kicks of fencing, `admin` is the admin API address the
-/// director registers. Returns at once: the director starts fenced and
+/// `cores` get the kicks of fencing, `control` (the control plane) applies
+/// the cluster's admin states and kicks, `admin` is the admin API address
+/// the director registers. Returns at once: the director starts fenced and
 /// serves once etcd has granted it a lease.
 #[cfg(feature = "cluster")]
 pub fn start(
     config: &ClusterConfig,
     link: Arc<ClusterLink>,
     cores: Vec<MailboxSender<CoreMsg>>,
+    control: Option<MailboxSender<ControlMsg>>,
     admin: String,
 ) -> Result<ClusterHandle, String> {
     use std::cell::{Cell, RefCell};
@@ -93,6 +114,7 @@ pub fn start(
     use crate::cluster_link::FenceTimes;
 
     let endpoints = endpoints::Endpoints::new(config).map_err(|e| format!("cluster: {e}"))?;
+    let (agent_tx, agent_rx) = flume::unbounded();
     let ctx = context::Context {
         link,
         keys: keys::Keys::new(&config.prefix),
@@ -110,6 +132,9 @@ pub fn start(
         seen: RefCell::new(context::Seen::default()),
         last_error: RefCell::new(None),
         leader_gone: tokio::sync::Notify::new(),
+        control,
+        agent: agent_tx,
+        changed: tokio::sync::Notify::new(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (claims_tx, claims_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -128,6 +153,9 @@ pub fn start(
                     () = watch::run(&ctx) => {}
                     () = fencing::run(&ctx) => {}
                     () = store::run(&ctx, claims_rx) => {}
+                    () = actions::run_agent(&ctx, agent_rx) => {}
+                    () = actions::serve_requests(&ctx) => {}
+                    () = own_health::run(&ctx) => {}
                 }
                 // Leaving: no more serving under this lease, then let the
                 // others know at once.
@@ -153,6 +181,7 @@ pub fn start(
     _config: &ClusterConfig,
     _link: Arc<ClusterLink>,
     _cores: Vec<MailboxSender<CoreMsg>>,
+    _control: Option<MailboxSender<ControlMsg>>,
     _admin: String,
 ) -> Result<ClusterHandle, String> {
     Err("[cluster] is set, but this mailpin was built without the `cluster` feature (rebuild with default features; it needs protoc)".into())

@@ -117,10 +117,16 @@ pub async fn run(ctx: &Context) {
                             ctx.leader_gone.notify_one();
                         }
                     }
-                    _ => {}
+                    Some(other) => {
+                        // Shared admin states, health and commands.
+                        let value = put.then(|| kv.value());
+                        crate::cluster::shared::on_key(ctx, &mut seen, other, value);
+                    }
+                    None => {}
                 }
             }
             seen.revision = revision;
+            crate::cluster::shared::after_changes(ctx, &mut seen);
             drop(seen);
             ctx.publish();
         };
@@ -139,16 +145,19 @@ pub async fn run(ctx: &Context) {
 
 /// Reads the directors and the leader at one revision; returns it.
 async fn resync(ctx: &Context, ep: usize) -> Result<i64, String> {
-    let txn = Txn::new().and_then([
+    let mut reads = vec![
         TxnOp::get(ctx.keys.directors(), Some(GetOptions::new().with_prefix())),
         TxnOp::get(ctx.keys.leader(), None),
-    ]);
+    ];
+    reads.extend(crate::cluster::shared::resync_reads(ctx));
+    let txn = Txn::new().and_then(reads);
     let mut client = ctx.endpoints.client(ep).await?;
     let resp = bounded(CALL_TIMEOUT, client.txn(txn)).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut seen = ctx.seen.borrow_mut();
     seen.directors.clear();
     seen.leader = None;
+    crate::cluster::shared::resync_begin(&mut seen);
     for op in resp.op_responses() {
         let TxnOpResponse::Get(get) = op else {
             continue;
@@ -166,11 +175,15 @@ async fn resync(ctx: &Context, ep: usize) -> Result<i64, String> {
                 Some(KeyKind::Leader) => {
                     seen.leader = decode::<LeaderRecord>(kv.value()).map(|l| l.name);
                 }
-                _ => {}
+                Some(other) => {
+                    crate::cluster::shared::on_key(ctx, &mut seen, other, Some(kv.value()))
+                }
+                None => {}
             }
         }
     }
     seen.revision = revision;
+    crate::cluster::shared::after_changes(ctx, &mut seen);
     drop(seen);
     ctx.succeeded();
     ctx.publish();

@@ -10,12 +10,20 @@
 
 pub mod fence;
 pub mod view;
+// -- cluster-wide admin actions and shared health --
+pub mod admin_port;
+pub mod health_port;
+// -- end --
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use fence::{Fence, FenceTimes};
-pub use view::{ClusterView, DirectorEntry, EtcdView};
+pub use view::{BackendVerdict, ClusterView, DirectorEntry, EtcdView};
+// -- cluster-wide admin actions and shared health --
+pub use admin_port::{AdminPort, AdminRequest, ClusterOutcome, ClusterReply};
+pub use health_port::HealthPort;
+// -- end --
 
 /// The cluster's link to the director: one per director process.
 #[derive(Debug)]
@@ -27,6 +35,12 @@ pub struct ClusterLink {
     view: Mutex<Arc<ClusterView>>,
     /// Counters for `/metrics`.
     pub counters: ClusterCounters,
+    // -- cluster-wide admin actions and shared health --
+    /// Kicks and admin states the admin API asks of every director.
+    pub admin: AdminPort,
+    /// This director's own health verdicts, for the cluster thread.
+    pub health: HealthPort,
+    // -- end --
 }
 
 /// Counters of cluster events since start.
@@ -65,6 +79,8 @@ impl ClusterLink {
             name,
             fence: Fence::new(),
             counters: ClusterCounters::default(),
+            admin: AdminPort::default(),
+            health: HealthPort::default(),
         }
     }
 
