@@ -499,7 +499,7 @@ fn cluster_status(v: &Value) -> String {
         format!("\ncluster director {name}")
     } else {
         format!(
-            "\ncluster director {name}  DEGRADED (only this director sees them down; their users get a temporary failure here) degraded: {}",
+            "\ncluster director {name}  DEGRADED (only this director sees them down) degraded: {}",
             degraded.join(", ")
         )
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::director::{config, ListenSpec};
 use support::etcd::{require_etcd, EtcdCluster};
-use support::mailpin::{http, Mailpin};
+use support::mailpin::{http, wait_until, Mailpin};
 use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
 
 /// A director in cluster mode (`name`, lease TTL 4 s) in front of every
@@ -35,45 +35,6 @@ fn director_config(dovecot: &DovecotCluster, etcd: &EtcdCluster, name: &str) -> 
     )
 }
 
-fn get_json(m: &Mailpin, path: &str) -> Value {
-    let (_, body) = http(
-        m.admin,
-        &format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            m.admin
-        ),
-    );
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
-fn metric(m: &Mailpin, name: &str) -> u64 {
-    let (_, body) = http(
-        m.admin,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            m.admin
-        ),
-    );
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes.
-fn wait_until(logs: &[&Mailpin], limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        if start.elapsed() >= limit {
-            for m in logs {
-                eprintln!("--- director log:\n{}", m.log());
-            }
-            panic!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until every director in `all` sees all of them registered.
 fn wait_joined(all: &[&Mailpin]) {
     wait_until(
@@ -82,7 +43,7 @@ fn wait_joined(all: &[&Mailpin]) {
         "every director registered",
         || {
             all.iter().all(|m| {
-                let v = get_json(m, "/cluster");
+                let v = m.get_json("/cluster");
                 v["etcd"]["fenced"] == false
                     && v["directors"].as_array().map_or(0, Vec::len) == all.len()
             })
@@ -101,7 +62,7 @@ fn logged_in(m: &Mailpin, user: &str) -> LineClient {
 
 /// The backend `m` has `user` on.
 fn backend_of(m: &Mailpin, user: &str) -> String {
-    get_json(m, &format!("/users/{user}"))["backend"]
+    m.get_json(&format!("/users/{user}"))["backend"]
         .as_str()
         .unwrap_or_else(|| panic!("{user} has no backend on the director"))
         .to_owned()
@@ -109,7 +70,7 @@ fn backend_of(m: &Mailpin, user: &str) -> String {
 
 /// The row of `backend` in `GET /backends`.
 fn backend_row(m: &Mailpin, backend: &str) -> Value {
-    get_json(m, "/backends")
+    m.get_json("/backends")
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["name"] == backend).cloned())
         .unwrap_or(Value::Null)
@@ -117,7 +78,7 @@ fn backend_row(m: &Mailpin, backend: &str) -> Value {
 
 /// The entry of `backend` in `GET /cluster`'s `backends`.
 fn cluster_backend(m: &Mailpin, backend: &str) -> Value {
-    get_json(m, "/cluster")["backends"]
+    m.get_json("/cluster")["backends"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["name"] == backend).cloned())
         .unwrap_or(Value::Null)
@@ -146,7 +107,7 @@ fn a_kick_on_one_director_closes_the_session_held_through_another_before_it_retu
     // The moment the call returns, d1 serves no session: it has closed
     // the backend connection (then the client's). Dovecot's own count
     // (`doveadm who`, registered through its anvil process) follows.
-    let on_d1 = get_json(&d1, "/status")["sessions"].clone();
+    let on_d1 = d1.get_json("/status")["sessions"].clone();
     eprintln!("kick on d2 returned after {took:?}: {out}{err}");
     assert_eq!(code, 0, "{out}{err}\n{}", d2.log());
     assert_eq!(on_d1, 0, "the session through d1 outlived the kick on d2");
@@ -210,7 +171,7 @@ fn backend_down_on_one_director_closes_sessions_on_the_other_and_a_later_directo
     let (code, out, err) = d1.ctl(&["backend", &backend, "down"]);
     // The moment the call returns: d2 has closed its session there
     // (backend connection first) and reports the backend down.
-    let sessions_on_d2 = get_json(&d2, "/status")["sessions"].clone();
+    let sessions_on_d2 = d2.get_json("/status")["sessions"].clone();
     let on_d2 = backend_row(&d2, &backend);
     eprintln!("backend down on d1: {out}{err}");
     assert_eq!(code, 0, "{out}{err}\n{}", d1.log());
@@ -268,7 +229,7 @@ fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up
         &[&d3],
         Duration::from_secs(15),
         "d3 reports itself degraded on the backend",
-        || get_json(&d3, "/status")["degraded"] == serde_json::json!([sick]),
+        || d3.get_json("/status")["degraded"] == serde_json::json!([sick]),
     );
     let seen = cluster_backend(&d3, &sick);
     eprintln!("d3's view of {sick}: {seen}");
@@ -279,13 +240,13 @@ fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up
         (Some(2), Some(1))
     );
     assert_eq!(
-        get_json(&d3, "/cluster")["degraded"],
+        d3.get_json("/cluster")["degraded"],
         serde_json::json!([sick])
     );
-    assert_eq!(metric(&d3, "mailpin_cluster_degraded_backends"), 1);
+    assert_eq!(d3.metric("mailpin_cluster_degraded_backends"), 1);
     for m in [&d1, &d2] {
-        assert_eq!(get_json(m, "/status")["degraded"], serde_json::json!([]));
-        assert_eq!(metric(m, "mailpin_cluster_degraded_backends"), 0);
+        assert_eq!(m.get_json("/status")["degraded"], serde_json::json!([]));
+        assert_eq!(m.metric("mailpin_cluster_degraded_backends"), 0);
         assert_eq!(cluster_backend(m, &sick)["verdict"], "up");
     }
     let (code, out, _) = d3.ctl(&["status"]);
@@ -305,6 +266,6 @@ fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up
                 .all(|m| cluster_backend(m, &sick)["verdict"] == "down")
         },
     );
-    assert_eq!(get_json(&d3, "/status")["degraded"], serde_json::json!([]));
-    assert_eq!(metric(&d3, "mailpin_cluster_degraded_backends"), 0);
+    assert_eq!(d3.get_json("/status")["degraded"], serde_json::json!([]));
+    assert_eq!(d3.metric("mailpin_cluster_degraded_backends"), 0);
 }

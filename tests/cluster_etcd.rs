@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 use support::etcd::{require_etcd, EtcdCluster};
-use support::mailpin::{http, Mailpin};
+use support::mailpin::{http, wait_until, Mailpin};
 use support::{require_dovecot, DovecotCluster, DovecotOptions, LineClient};
 
 /// A director config in cluster mode with IMAP, POP3, LMTP and
@@ -86,27 +86,6 @@ fn metric(m: &Mailpin, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns
-/// how long it took.
-fn wait_until(
-    logs: &[&Mailpin],
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        if start.elapsed() >= limit {
-            for m in logs {
-                eprintln!("--- director log:\n{}", m.log());
-            }
-            panic!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 /// Reads ManageSieve lines up to a status line (OK, NO, BYE); returns it.

@@ -24,7 +24,7 @@ pub struct ClusterView {
     /// health report of a live director), by name.
     pub backends: Vec<BackendVerdict>,
     /// Backends this director's own checks see down while the cluster's
-    /// verdict says up: it refuses their users rather than move them.
+    /// verdict says up (this director is degraded on them).
     pub degraded: Vec<String>,
     // -- end --
 }
