@@ -2,6 +2,8 @@
 //! against a real 3-member etcd and real Dovecot backends:
 //! - a `kick` issued on d2 closes the user's session held through d1
 //!   (its backend connection first) before the call returns;
+//! - a kick counts a hung director as done once its lease has expired
+//!   (not before, and the wait is bounded);
 //! - `backend B down` issued on d1: d2 reports B down and has closed its
 //!   session there before the call returns; a director started later
 //!   applies the stored state; `up` on d2 brings it back everywhere;
@@ -268,4 +270,32 @@ fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up
     );
     assert_eq!(d3.get_json("/status")["degraded"], serde_json::json!([]));
     assert_eq!(d3.metric("mailpin_cluster_degraded_backends"), 0);
+}
+
+#[test]
+fn a_kick_counts_a_director_whose_lease_expired_as_done() {
+    if !require_etcd() || !require_dovecot() {
+        return;
+    }
+    let dovecot = DovecotCluster::start(1, DovecotOptions::default());
+    let etcd = EtcdCluster::start(3);
+    let d1 = Mailpin::start(&director_config(&dovecot, &etcd, "d1"), 1);
+    let d2 = Mailpin::start(&director_config(&dovecot, &etcd, "d2"), 1);
+    wait_joined(&[&d1, &d2]);
+    // d1 hangs: it cannot act on the kick, and etcd lets its lease (4 s)
+    // expire. The kick on d2 waits for that, not for ever, and succeeds.
+    support::procs::send_signal(d1.pid(), libc::SIGSTOP);
+    let t = Instant::now();
+    let (code, out, err) = d2.ctl(&["--json", "kick", &dovecot.user(7)]);
+    let took = t.elapsed();
+    support::procs::send_signal(d1.pid(), libc::SIGCONT);
+    eprintln!("kick with d1 hung returned after {took:?}: {out}{err}");
+    assert_eq!(code, 0, "{out}{err}\n{}", d2.log());
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["gone"], serde_json::json!(["d1"]), "{out}");
+    assert_eq!(v["directors"][0]["name"], "d2", "{out}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "{took:?}: d1's lease could not have expired sooner, and the wait is bounded"
+    );
 }
