@@ -4,7 +4,9 @@
 //!
 //! The control plane reports the whole map through
 //! [`crate::cluster_link::HealthPort`]; the view's `degraded` list follows
-//! it at once, the majority verdicts follow the watch.
+//! it at once, the majority verdicts follow the watch. A backend that
+//! appears in the report (a reload added it) is given the admin state
+//! etcd holds for it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +17,8 @@ use crate::admin::time::rfc3339;
 use crate::cluster::context::Context;
 use crate::cluster::endpoints::{bounded, CALL_TIMEOUT};
 use crate::cluster::keys::{encode, HealthRecord};
+use crate::cluster::shared::admin_state;
+use crate::plane::ControlMsg;
 
 /// How often the publisher looks for a new lease (or retries a failed
 /// write) when no report arrives.
@@ -56,13 +60,29 @@ pub async fn run(ctx: &Context) {
     }
 }
 
-/// Takes a report of the control plane as this director's own view.
+/// Takes a report of the control plane as this director's own view. A
+/// backend new to it (added by a reload) gets the admin state the
+/// cluster stores for it.
 fn take(ctx: &Context, own: BTreeMap<String, bool>) {
-    let changed = ctx.seen.borrow().own != own;
-    if changed {
-        ctx.seen.borrow_mut().own = own;
-        ctx.publish();
+    let mut seen = ctx.seen.borrow_mut();
+    if seen.own == own {
+        return;
     }
+    if let Some(control) = &ctx.control {
+        for backend in own.keys().filter(|b| !seen.own.contains_key(*b)) {
+            let stored = seen.admin.get(backend).and_then(|s| admin_state(s));
+            if let Some(state) = stored {
+                let _ = control.send(ControlMsg::ClusterAdmin {
+                    backend: backend.clone(),
+                    state,
+                    done: None,
+                });
+            }
+        }
+    }
+    seen.own = own;
+    drop(seen);
+    ctx.publish();
 }
 
 /// The puts and deletes that bring etcd from `published` to `own`.
