@@ -368,14 +368,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The human-readable rendering of a command's answer.
 pub fn render(cmd: &CtlCommand, v: &Value) -> String {
     match cmd {
-        CtlCommand::Status => format!(
-            "mailpin {}  uptime {}s  cores {}  sessions {}  state version {}",
-            s(&v["version"]),
-            s(&v["uptime"]),
-            s(&v["cores"]),
-            s(&v["sessions"]),
-            s(&v["state_version"])
-        ),
+        CtlCommand::Status => {
+            let mut out = format!(
+                "mailpin {}  uptime {}s  cores {}  sessions {}  state version {}",
+                s(&v["version"]),
+                s(&v["uptime"]),
+                s(&v["cores"]),
+                s(&v["sessions"]),
+                s(&v["state_version"])
+            );
+            out.push_str(&cluster_status(v));
+            out
+        }
         CtlCommand::Backends => {
             let rows: Vec<Vec<String>> = v
                 .as_array()
@@ -416,10 +420,11 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
             s(&v["closed_sessions"])
         ),
         CtlCommand::Backend { name, .. } => format!(
-            "{name}: admin {}, health {}, routable {}",
+            "{name}: admin {}, health {}, routable {}{}",
             s(&v["admin"]),
             s(&v["health"]),
-            s(&v["routable"])
+            s(&v["routable"]),
+            acted_on(v)
         ),
         CtlCommand::User(_) => format!(
             "{} (key {}) -> {}, {} sessions, since {}",
@@ -429,7 +434,12 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
             s(&v["sessions"]),
             s(&v["since"])
         ),
-        CtlCommand::Kick(_) => format!("{}: {} sessions closed", s(&v["user"]), s(&v["kicked"])),
+        CtlCommand::Kick(_) => format!(
+            "{}: {} sessions closed{}",
+            s(&v["user"]),
+            s(&v["kicked"]),
+            acted_on(v)
+        ),
         CtlCommand::Reload => {
             let changes: Vec<String> = v["changes"]
                 .as_array()
@@ -455,6 +465,80 @@ pub fn render(cmd: &CtlCommand, v: &Value) -> String {
         CtlCommand::Cluster => render_cluster(v),
     }
 }
+
+// -- cluster-wide admin actions and shared health --
+/// `; applied on d1, d2 (gone: d3)` for an answer of a cluster-wide
+/// action (`directors`, `gone`), empty for a director on its own.
+fn acted_on(v: &Value) -> String {
+    let Some(directors) = v["directors"].as_array() else {
+        return String::new();
+    };
+    let names: Vec<String> = directors.iter().map(|d| s(&d["name"])).collect();
+    let mut out = format!("; applied on {}", names.join(", "));
+    let gone: Vec<String> = v["gone"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    if !gone.is_empty() {
+        out.push_str(&format!(" (lease expired: {})", gone.join(", ")));
+    }
+    out
+}
+
+/// `ctl status`'s cluster line: the director's name and the backends it
+/// alone sees down, if any.
+fn cluster_status(v: &Value) -> String {
+    let Some(name) = v["cluster"].as_str() else {
+        return String::new();
+    };
+    let degraded: Vec<String> = v["degraded"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    if degraded.is_empty() {
+        format!("\ncluster director {name}")
+    } else {
+        format!(
+            "\ncluster director {name}  DEGRADED (only this director sees them down) degraded: {}",
+            degraded.join(", ")
+        )
+    }
+}
+
+/// `ctl cluster`'s backends: the stored admin state, the majority verdict
+/// with its tally, and this director's own view.
+fn render_cluster_backends(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    vec![
+                        s(&b["name"]),
+                        s(&b["admin"]),
+                        s(&b["verdict"]),
+                        format!("{}/{}", s(&b["up"]), s(&b["down"])),
+                        s(&b["own"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&table(
+            &["BACKEND", "ADMIN", "VERDICT", "UP/DOWN", "OWN"],
+            &rows,
+        ));
+    }
+    if let Some(d) = v["degraded"].as_array().filter(|d| !d.is_empty()) {
+        let names: Vec<String> = d.iter().map(s).collect();
+        out.push_str(&format!("\ndegraded: {}", names.join(", ")));
+    }
+    out
+}
+// -- end --
 
 /// `ctl cluster`: who this director is, the leader, etcd, the directors.
 fn render_cluster(v: &Value) -> String {
@@ -505,6 +589,7 @@ fn render_cluster(v: &Value) -> String {
         &["DIRECTOR", "LEADER", "ADMIN", "SINCE", "VERSION"],
         &rows,
     ));
+    out.push_str(&render_cluster_backends(v));
     out
 }
 
@@ -541,6 +626,32 @@ mod tests {
         let r = request("GET", "/status", "h:1", Some(&Secret::new("abc")));
         assert!(r.contains("Authorization: Bearer abc\r\n"), "{r}");
         assert!(!request("GET", "/status", "h:1", None).contains("Authorization"));
+    }
+
+    #[test]
+    fn cluster_answers_say_who_acted_and_what_is_degraded() {
+        let kick = serde_json::json!({"user": "u", "kicked": 2,
+            "directors": [{"name": "d1", "kicked": 2}, {"name": "d2", "kicked": 0}], "gone": ["d3"]});
+        assert_eq!(
+            render(&CtlCommand::Kick("u".into()), &kick),
+            "u: 2 sessions closed; applied on d1, d2 (lease expired: d3)"
+        );
+        let alone = serde_json::json!({"user": "u", "kicked": 1});
+        assert_eq!(
+            render(&CtlCommand::Kick("u".into()), &alone),
+            "u: 1 sessions closed"
+        );
+        let status = serde_json::json!({"cluster": "d3", "degraded": ["b1"]});
+        assert!(render(&CtlCommand::Status, &status).contains("degraded: b1"));
+        let cluster = serde_json::json!({"name": "d1", "etcd": {}, "directors": [],
+            "backends": [{"name": "b1", "admin": "down", "verdict": "up", "up": 2, "down": 1, "own": "down"}],
+            "degraded": ["b1"]});
+        let out = render(&CtlCommand::Cluster, &cluster);
+        assert!(
+            out.contains("b1       down   up       2/1      down"),
+            "{out}"
+        );
+        assert!(out.ends_with("degraded: b1"), "{out}");
     }
 
     #[test]

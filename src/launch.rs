@@ -298,6 +298,7 @@ pub fn launch_from(
             config,
             link,
             director.cores.core_mailboxes(),
+            director.control_sender(),
             admin_addr.to_string(),
         )
         .map_err(LaunchError)?;

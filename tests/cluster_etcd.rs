@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 use support::cluster::{
-    director_config, director_names as names, get_json, metric, wait_until, BackendPorts, LISTENERS,
+    director_config, director_names as names, get_json, wait_until, BackendPorts, LISTENERS,
 };
 use support::etcd::{require_etcd, EtcdCluster};
 use support::mailpin::Mailpin;
@@ -78,9 +78,9 @@ fn two_directors_agree_on_the_leader_and_a_dead_leader_is_replaced_after_its_lea
     let (code, out, _) = d1.ctl(&["cluster"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("director d1") && out.contains("d2"), "{out}");
-    assert_eq!(metric(&d1, "mailpin_cluster_directors"), 2);
+    assert_eq!(d1.metric("mailpin_cluster_directors"), 2);
     assert_eq!(
-        metric(&d1, "mailpin_cluster_leader") + metric(&d2, "mailpin_cluster_leader"),
+        d1.metric("mailpin_cluster_leader") + d2.metric("mailpin_cluster_leader"),
         1
     );
 
@@ -137,7 +137,7 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
             v["etcd"]["connected"] == true && v["leader"] == "d1"
         },
     );
-    let restarts_before = metric(&d1, "mailpin_cluster_watch_restarts_total");
+    let restarts_before = d1.metric("mailpin_cluster_watch_restarts_total");
     // The member the director talks to (its keepalives; the watch starts
     // on the first endpoint too).
     let (_, v) = get_json(&d1, "/cluster");
@@ -158,7 +158,7 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
     if hung == 0 {
         // The watch sat on the hung member: no tick for 3 s re-creates it.
         let took = wait_until(&[&d1], Duration::from_secs(6), "watch re-created", || {
-            metric(&d1, "mailpin_cluster_watch_restarts_total") > restarts_before
+            d1.metric("mailpin_cluster_watch_restarts_total") > restarts_before
         });
         eprintln!(
             "silent watch re-created {:?} after the stop",
@@ -167,7 +167,7 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
     }
     // Stay hung past the fence deadline: no fence, ever.
     while paused.elapsed() < Duration::from_secs(10) {
-        assert_eq!(metric(&d1, "mailpin_cluster_fenced"), 0, "{}", d1.log());
+        assert_eq!(d1.metric("mailpin_cluster_fenced"), 0, "{}", d1.log());
         std::thread::sleep(Duration::from_millis(200));
     }
     etcd.resume(hung);
@@ -178,7 +178,7 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
     etcd.pause(leader);
     let paused = Instant::now();
     while paused.elapsed() < Duration::from_secs(10) {
-        assert_eq!(metric(&d1, "mailpin_cluster_fenced"), 0, "{}", d1.log());
+        assert_eq!(d1.metric("mailpin_cluster_fenced"), 0, "{}", d1.log());
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_until(
@@ -188,13 +188,8 @@ fn a_hung_etcd_member_moves_the_director_without_a_false_fence() {
         || get_json(&d1, "/cluster").1["etcd"]["connected"] == true,
     );
     etcd.resume(leader);
-    assert_eq!(
-        metric(&d1, "mailpin_cluster_fences_total"),
-        0,
-        "{}",
-        d1.log()
-    );
-    assert_eq!(metric(&d1, "mailpin_cluster_lease_expiries_total"), 0);
+    assert_eq!(d1.metric("mailpin_cluster_fences_total"), 0, "{}", d1.log());
+    assert_eq!(d1.metric("mailpin_cluster_lease_expiries_total"), 0);
 }
 
 #[test]
@@ -240,8 +235,8 @@ fn a_director_without_quorum_fences_then_serves_again() {
         "closed only after {fenced_after:?}"
     );
     assert!(closed_by.contains("BYE [UNAVAILABLE]"), "{closed_by:?}");
-    assert_eq!(metric(&d1, "mailpin_cluster_fenced"), 1);
-    assert!(metric(&d1, "mailpin_cluster_fenced_sessions_total") >= 1);
+    assert_eq!(d1.metric("mailpin_cluster_fenced"), 1);
+    assert!(d1.metric("mailpin_cluster_fenced_sessions_total") >= 1);
     // Backend side first: Dovecot no longer has the user's session.
     wait_until(
         &[&d1],
@@ -295,7 +290,7 @@ fn a_director_without_quorum_fences_then_serves_again() {
     c.read_line().expect("greeting");
     let r = c.imap(&format!("LOGIN {user} pass")).expect("login");
     assert!(r.is_ok(), "{}", r.status);
-    assert_eq!(metric(&d1, "mailpin_cluster_fences_total"), 1);
+    assert_eq!(d1.metric("mailpin_cluster_fences_total"), 1);
 }
 
 #[test]
@@ -342,10 +337,10 @@ fn a_watch_that_fell_behind_a_compaction_reads_everything_again() {
     let revision = v[0]["Status"]["header"]["revision"].as_i64().unwrap();
     etcdctl(&["compact", &revision.to_string()]);
     let took = wait_until(&[&d1], Duration::from_secs(10), "resync", || {
-        metric(&d1, "mailpin_cluster_watch_resyncs_total") >= 1
+        d1.metric("mailpin_cluster_watch_resyncs_total") >= 1
             && names(&get_json(&d1, "/cluster").1).contains(&"dx".to_owned())
     });
     eprintln!("resynced {took:?} after the compaction");
     etcd.resume(watched);
-    assert_eq!(metric(&d1, "mailpin_cluster_fences_total"), 0);
+    assert_eq!(d1.metric("mailpin_cluster_fences_total"), 0);
 }

@@ -176,7 +176,7 @@ fn logins_go_on_through_dying_and_hanging_etcd_members_with_no_split() {
     );
     for d in &w.directors {
         assert_eq!(
-            support::cluster::metric(d, "mailpin_cluster_fences_total"),
+            d.metric("mailpin_cluster_fences_total"),
             0,
             "a director fenced: {}",
             d.log()

@@ -77,7 +77,7 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     let d2_link = Arc::new(ClusterLink::new("d2"));
     let link = d2_link.clone();
     let _d2 = etcd.run_inside(move || {
-        mailpin::cluster::start(&d2_config, link, Vec::new(), "inside".into()).expect("d2")
+        mailpin::cluster::start(&d2_config, link, Vec::new(), None, "inside".into()).expect("d2")
     });
     wait_until(&d1, Duration::from_secs(15), "d2 follows d1", || {
         let v = d2_link.view();

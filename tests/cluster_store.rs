@@ -27,7 +27,7 @@ fn member(name: &str, endpoints: Vec<String>) -> (ClusterHandle, Arc<ClusterLink
         ..ClusterConfig::default()
     };
     let link = Arc::new(ClusterLink::new(name));
-    let handle = start(&config, link.clone(), Vec::new(), "test".into()).expect("start");
+    let handle = start(&config, link.clone(), Vec::new(), None, "test".into()).expect("start");
     let t = Instant::now();
     while link.fence.is_fenced() {
         assert!(t.elapsed() < Duration::from_secs(15), "{name}: no lease");

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
+use crate::admin::cluster_actions;
 use crate::admin::http::{Request, Response};
 use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
@@ -203,6 +204,7 @@ async fn status(control: &Control) -> Response {
             "state_version": control.backends().version,
             "cluster": control.shared().cluster.as_ref().map(|c| c.name.clone()),
             "pid": std::process::id(),
+            "degraded": control.shared().cluster.as_ref().map_or_else(Vec::new, |c| c.view().degraded.clone()),
         }),
     )
 }
@@ -277,7 +279,24 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
         Ok(id) => id,
         Err(r) => return r,
     };
+    // Cluster mode: up, drain and down act on every director.
+    let mut cluster_part = None;
+    if let Some(link) = control.shared().cluster.clone() {
+        let state = match action {
+            "up" => Some(AdminState::Up),
+            "drain" => Some(AdminState::Drain),
+            "down" => Some(AdminState::Down),
+            _ => None,
+        };
+        if let Some(state) = state {
+            match cluster_actions::set_admin(control, &link, name, state).await {
+                Ok(who) => cluster_part = Some(who),
+                Err(refused) => return refused,
+            }
+        }
+    }
     match action {
+        _ if cluster_part.is_some() => {}
         "up" => {
             control.set_admin(id, AdminState::Up).await;
         }
@@ -308,7 +327,15 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
     }
     let set = control.backends();
     match set.get(id) {
-        Some(b) => Response::json(200, &backend_json(control, b, 0, 0)),
+        Some(b) => {
+            let mut row = backend_json(control, b, 0, 0);
+            if let Some(Value::Object(who)) = cluster_part {
+                for (k, v) in who {
+                    row[k.as_str()] = v;
+                }
+            }
+            Response::json(200, &row)
+        }
         None => Response::error(404, format!("no backend named {name:?}")),
     }
 }
@@ -367,6 +394,9 @@ async fn kick(control: &Control, user: &str) -> Response {
         Ok(k) => k,
         Err(r) => return r,
     };
+    if let Some(link) = control.shared().cluster.clone() {
+        return cluster_actions::kick(control, &link, user, &key).await;
+    }
     let kicked = control.kick_user(&key).await;
     Response::json(200, &json!({ "user": user, "key": key, "kicked": kicked }))
 }

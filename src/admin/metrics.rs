@@ -316,7 +316,7 @@ fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
     use crate::cluster_link::ClusterCounters;
     let view = link.view();
     let c = &link.counters;
-    let series: [(&str, &str, &str, u64); 9] = [
+    let series: [(&str, &str, &str, u64); 10] = [
         (
             "cluster_etcd_connected",
             "gauge",
@@ -370,6 +370,12 @@ fn cluster_metrics(out: &mut String, link: &crate::cluster_link::ClusterLink) {
             "counter",
             "Full reads after the watch's revision was compacted away.",
             ClusterCounters::read(&c.resyncs),
+        ),
+        (
+            "cluster_degraded_backends",
+            "gauge",
+            "Backends this director's own checks see down while the cluster's majority verdict says up.",
+            view.degraded.len() as u64,
         ),
     ];
     for (name, kind, help, value) in series {

@@ -19,6 +19,7 @@ use crate::io::{ReadSide, WriteSide};
 pub mod access;
 pub mod api;
 pub mod bind;
+pub mod cluster_actions;
 pub mod http;
 pub mod metrics;
 pub mod time;

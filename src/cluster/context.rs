@@ -5,11 +5,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::cluster::command_types::{CommandState, Pending};
 use crate::cluster::endpoints::Endpoints;
 use crate::cluster::keys::{DirectorRecord, Keys};
 use crate::cluster_link::{ClusterLink, ClusterView, DirectorEntry, EtcdView, FenceTimes};
 use crate::mailbox::MailboxSender;
-use crate::plane::CoreMsg;
+use crate::plane::{ControlMsg, CoreMsg};
+use crate::route::backends::Health;
 
 /// Shared by the tasks of the cluster thread (one thread: `RefCell`s,
 /// never borrowed across an await).
@@ -50,6 +52,16 @@ pub struct Context {
     pub holding: RefCell<HashMap<String, u64>>,
     /// The endpoint moves and lookups use (moving on after a failure).
     pub ops_endpoint: Cell<usize>,
+    // -- cluster-wide admin actions and shared health --
+    /// The control plane, which applies admin states and kicks (`None`
+    /// for a cluster thread without a director, as in tests).
+    pub control: Option<MailboxSender<ControlMsg>>,
+    /// Commands of other directors (and this one) to carry out.
+    pub agent: flume::Sender<Pending>,
+    /// Woken after the watch applied a batch of events (an issuer waits
+    /// on it for acknowledgements and departures).
+    pub changed: tokio::sync::Notify,
+    // -- end --
 }
 
 /// What the watch has seen of the cluster.
@@ -61,7 +73,73 @@ pub struct Seen {
     pub leader: Option<String>,
     /// The revision the watch is at.
     pub revision: i64,
+    // -- shared admin states and health --
+    /// Admin states stored in etcd, by backend name.
+    pub admin: BTreeMap<String, String>,
+    /// Every director's own verdict: backend name → director → up.
+    pub health: BTreeMap<String, BTreeMap<String, bool>>,
+    /// The cluster's verdicts (majority of live directors), by backend.
+    pub verdicts: BTreeMap<String, Health>,
+    /// This director's own verdicts (what the control plane reported).
+    pub own: BTreeMap<String, bool>,
+    /// Commands in etcd, by id.
+    pub commands: BTreeMap<String, CommandState>,
+    // -- end --
 }
+
+// -- shared admin states and health --
+impl Seen {
+    /// The cluster's verdict on `backend`: `Unhealthy` once a strict
+    /// majority of live directors see it down, `Healthy` once a majority
+    /// see it up, `None` without a majority. The question a claim asks
+    /// before it replaces an assignment to `backend`.
+    pub fn verdict(&self, backend: &str) -> Option<Health> {
+        self.verdicts.get(backend).copied()
+    }
+
+    /// Recomputes every verdict from the reports of the live directors.
+    pub fn recount(&mut self) {
+        let live: std::collections::BTreeSet<String> = self.directors.keys().cloned().collect();
+        self.verdicts = self
+            .health
+            .iter()
+            .filter_map(|(b, reports)| {
+                crate::cluster::verdict::Tally::of(&live, reports)
+                    .verdict()
+                    .map(|v| (b.clone(), v))
+            })
+            .collect();
+    }
+
+    /// The backends of the view: admin state, verdict, tallies, own view.
+    fn backend_views(&self) -> Vec<crate::cluster_link::BackendVerdict> {
+        use crate::cluster::verdict::Tally;
+        let live: std::collections::BTreeSet<String> = self.directors.keys().cloned().collect();
+        let mut names: std::collections::BTreeSet<&String> = self.admin.keys().collect();
+        names.extend(self.health.keys());
+        names.extend(self.own.keys());
+        let updown = |up: bool| if up { "up" } else { "down" }.to_owned();
+        names
+            .into_iter()
+            .map(|b| {
+                let tally = self
+                    .health
+                    .get(b)
+                    .map(|r| Tally::of(&live, r))
+                    .unwrap_or_default();
+                crate::cluster_link::BackendVerdict {
+                    name: b.clone(),
+                    admin: self.admin.get(b).cloned(),
+                    verdict: self.verdict(b).map(|h| updown(h == Health::Healthy)),
+                    up: tally.up,
+                    down: tally.down,
+                    own: self.own.get(b).map(|up| updown(*up)),
+                }
+            })
+            .collect()
+    }
+}
+// -- end --
 
 impl Context {
     /// Runs one transaction on the endpoint for moves and lookups; after a
@@ -138,6 +216,8 @@ impl Context {
                 revision: seen.revision,
                 last_error: self.last_error.borrow().clone(),
             },
+            backends: seen.backend_views(),
+            degraded: crate::cluster::verdict::degraded(&seen.own, &seen.verdicts),
         };
         drop(seen);
         self.link.publish(view);

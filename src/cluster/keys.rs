@@ -9,6 +9,10 @@
 //! {prefix}/v1/tick               TickRecord        put by the leader every second
 //! {prefix}/v1/users/{U}          AssignmentRecord  no lease; compare-and-create
 //! {prefix}/v1/active/{U}/{D}     PresenceRecord    lease of D: D serves U
+//! {prefix}/v1/backends/{B}/admin AdminRecord       no lease: a backend's admin state
+//! {prefix}/v1/health/{B}/{D}     HealthRecord      lease of D: D's own verdict on B
+//! {prefix}/v1/cmd/{id}           CommandRecord     lease of the issuer (`commands`)
+//! {prefix}/v1/cmd/{id}/ack/{D}   AckRecord         lease of D: D has acted
 //! ```
 //!
 //! `{U}` is the user key with `%` and `/` percent-encoded, so a key never
@@ -94,9 +98,76 @@ impl Keys {
             let (user, director) = pair.split_once('/')?;
             return Some(KeyKind::Active { user, director });
         }
+        self.parse_shared(rest)
+    }
+}
+
+// -- shared admin states, health and commands (src/cluster/shared.rs) --
+impl Keys {
+    /// The prefix of the backends' records.
+    pub fn backends(&self) -> String {
+        format!("{}backends/", self.root)
+    }
+
+    /// The admin state of `backend`.
+    pub fn backend_admin(&self, backend: &str) -> String {
+        format!("{}backends/{}/admin", self.root, escape(backend))
+    }
+
+    /// The prefix of every director's health verdicts.
+    pub fn health_all(&self) -> String {
+        format!("{}health/", self.root)
+    }
+
+    /// Director `director`'s own verdict on `backend`.
+    pub fn health(&self, backend: &str, director: &str) -> String {
+        format!("{}health/{}/{director}", self.root, escape(backend))
+    }
+
+    /// The prefix of every command.
+    pub fn commands(&self) -> String {
+        format!("{}cmd/", self.root)
+    }
+
+    /// Command `id`.
+    pub fn command(&self, id: &str) -> String {
+        format!("{}cmd/{id}", self.root)
+    }
+
+    /// The prefix of command `id`'s acknowledgements.
+    pub fn command_acks(&self, id: &str) -> String {
+        format!("{}cmd/{id}/ack/", self.root)
+    }
+
+    /// Director `director`'s acknowledgement of command `id`.
+    pub fn command_ack(&self, id: &str, director: &str) -> String {
+        format!("{}cmd/{id}/ack/{director}", self.root)
+    }
+
+    /// The kinds of this block, from a key with the root taken off.
+    fn parse_shared<'k>(&self, rest: &'k str) -> Option<KeyKind<'k>> {
+        let one = |s: &str| !s.is_empty() && !s.contains('/');
+        if let Some(pair) = rest.strip_prefix("backends/") {
+            let backend = pair.strip_suffix("/admin")?;
+            return one(backend).then_some(KeyKind::BackendAdmin(backend));
+        }
+        if let Some(pair) = rest.strip_prefix("health/") {
+            let (backend, director) = pair.split_once('/')?;
+            return (one(backend) && one(director))
+                .then_some(KeyKind::Health { backend, director });
+        }
+        if let Some(cmd) = rest.strip_prefix("cmd/") {
+            return match cmd.split_once("/ack/") {
+                Some((id, director)) => {
+                    (one(id) && one(director)).then_some(KeyKind::CommandAck { id, director })
+                }
+                None => one(cmd).then_some(KeyKind::Command(cmd)),
+            };
+        }
         None
     }
 }
+// -- end shared --
 
 /// What a key names ([`Keys::parse`]); user keys stay escaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +187,26 @@ pub enum KeyKind<'k> {
         /// The director.
         director: &'k str,
     },
+    // -- shared admin states, health and commands --
+    /// A backend's admin state (escaped backend name).
+    BackendAdmin(&'k str),
+    /// A director's own health verdict on a backend.
+    Health {
+        /// The escaped backend name.
+        backend: &'k str,
+        /// The director.
+        director: &'k str,
+    },
+    /// A command to every director ([`crate::cluster::commands`]).
+    Command(&'k str),
+    /// A director's acknowledgement of a command.
+    CommandAck {
+        /// The command's id.
+        id: &'k str,
+        /// The director that acted.
+        director: &'k str,
+    },
+    // -- end shared --
 }
 
 /// `%` → `%25`, `/` → `%2F`: a user key as one key segment.
@@ -233,6 +324,28 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+// -- shared admin states and health --
+/// `backends/{B}/admin`: the admin state every director applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    /// `up`, `down` or `drain`.
+    pub state: String,
+    /// The director the administrator asked.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// `health/{B}/{D}`: director D's own verdict on backend B.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    /// Whether D sees B up (not every checked port failing).
+    pub up: bool,
+    /// Since when (RFC 3339).
+    pub at: String,
+}
+// -- end shared --
+
 /// A record as stored: compact JSON.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail.
@@ -279,6 +392,38 @@ mod tests {
         assert_eq!(k.parse("/m/v1/directors/"), None);
         assert_eq!(k.parse("/other/v1/leader"), None);
         assert_eq!(k.parse("/m/v2/leader"), None);
+    }
+
+    #[test]
+    fn shared_keys_parse_back_to_what_they_name() {
+        let k = Keys::new("/m");
+        assert_eq!(k.backend_admin("b/1"), "/m/v1/backends/b%2F1/admin");
+        assert_eq!(
+            k.parse(&k.backend_admin("b/1")),
+            Some(KeyKind::BackendAdmin("b%2F1"))
+        );
+        assert_eq!(
+            k.parse(&k.health("b1", "d2")),
+            Some(KeyKind::Health {
+                backend: "b1",
+                director: "d2"
+            })
+        );
+        assert_eq!(
+            k.parse(&k.command("d1.5.1")),
+            Some(KeyKind::Command("d1.5.1"))
+        );
+        assert_eq!(
+            k.parse(&k.command_ack("d1.5.1", "d3")),
+            Some(KeyKind::CommandAck {
+                id: "d1.5.1",
+                director: "d3"
+            })
+        );
+        assert!(k.command_ack("x", "d").starts_with(&k.command_acks("x")));
+        assert_eq!(k.parse("/m/v1/backends/b1/verdict"), None);
+        assert_eq!(k.parse("/m/v1/cmd/x/ack/"), None);
+        assert_eq!(k.parse("/m/v1/health/b1"), None);
     }
 
     #[test]

@@ -32,6 +32,10 @@ use crate::cluster_link::ClusterCounters;
 /// How often the leader ticks.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// A watch that hears nothing (not even the leader's tick) this long is
+/// re-created on another endpoint: three ticks.
+pub const SILENCE: Duration = Duration::from_secs(3 * TICK.as_secs());
+
 /// How a lease ended.
 enum LeaseEnd {
     /// etcd said it is gone (expired).

@@ -20,12 +20,19 @@
 //! - serves the cores' claims and releases of users (`store`): batched
 //!   compare-and-set of `users/{key}` with this director's presence under
 //!   its lease, so every director routes a user to one backend.
+//! - makes admin actions act on every director: a kick or a backend's
+//!   admin state issued here becomes a command every director carries
+//!   out and acknowledges (`commands`, `actions`); admin states live in
+//!   etcd and are applied from the watch (`shared`);
+//! - publishes this director's own health verdicts (`own_health`) and
+//!   counts the cluster's majority verdicts (`verdict`).
 //!
 //! The key layout is in [`keys`], group commit in [`batch`]; both are pure
 //! and built without the `cluster` feature too.
 
 pub mod batch;
 pub mod keys;
+pub mod verdict;
 
 #[cfg(feature = "cluster")]
 mod context;
@@ -43,13 +50,25 @@ mod moves;
 pub mod store;
 #[cfg(feature = "cluster")]
 pub mod watch;
+// -- cluster-wide admin actions and shared health --
+#[cfg(feature = "cluster")]
+pub mod actions;
+#[cfg(feature = "cluster")]
+pub mod command_types;
+#[cfg(feature = "cluster")]
+pub mod commands;
+#[cfg(feature = "cluster")]
+mod own_health;
+#[cfg(feature = "cluster")]
+pub mod shared;
+// -- end --
 
 use std::sync::Arc;
 
 use crate::cluster_link::ClusterLink;
 use crate::config::ClusterConfig;
 use crate::mailbox::MailboxSender;
-use crate::plane::CoreMsg;
+use crate::plane::{ControlMsg, CoreMsg};
 
 /// The running cluster thread; dropping it leaves the cluster (the lease
 /// is revoked, so the others see this director gone at once).
@@ -79,14 +98,16 @@ impl Drop for ClusterHandle {
 }
 
 /// Starts the cluster thread for `config`, publishing through `link`;
-/// `cores` get the kicks of fencing, `admin` is the admin API address the
-/// director registers. Returns at once: the director starts fenced and
+/// `cores` get the kicks of fencing, `control` (the control plane) applies
+/// the cluster's admin states and kicks, `admin` is the admin API address
+/// the director registers. Returns at once: the director starts fenced and
 /// serves once etcd has granted it a lease.
 #[cfg(feature = "cluster")]
 pub fn start(
     config: &ClusterConfig,
     link: Arc<ClusterLink>,
     cores: Vec<MailboxSender<CoreMsg>>,
+    control: Option<MailboxSender<ControlMsg>>,
     admin: String,
 ) -> Result<ClusterHandle, String> {
     use std::cell::{Cell, RefCell};
@@ -94,6 +115,7 @@ pub fn start(
     use crate::cluster_link::FenceTimes;
 
     let endpoints = endpoints::Endpoints::new(config).map_err(|e| format!("cluster: {e}"))?;
+    let (agent_tx, agent_rx) = flume::unbounded();
     let ctx = context::Context {
         link,
         keys: keys::Keys::new(&config.prefix),
@@ -115,6 +137,9 @@ pub fn start(
         present: Default::default(),
         holding: Default::default(),
         ops_endpoint: Cell::new(0),
+        control,
+        agent: agent_tx,
+        changed: tokio::sync::Notify::new(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let port_requests = ctx
@@ -141,6 +166,9 @@ pub fn start(
                     () = fencing::run(&ctx) => {}
                     () = store::run(&ctx, port_requests.cores) => {}
                     () = moves::serve(ctx.clone(), port_requests.control) => {}
+                                        () = actions::run_agent(&ctx, agent_rx) => {}
+                    () = actions::serve_requests(&ctx) => {}
+                    () = own_health::run(&ctx) => {}
                 }
                 // Leaving: no more serving under this lease, then let the
                 // others know at once.
@@ -165,6 +193,7 @@ pub fn start(
     _config: &ClusterConfig,
     _link: Arc<ClusterLink>,
     _cores: Vec<MailboxSender<CoreMsg>>,
+    _control: Option<MailboxSender<ControlMsg>>,
     _admin: String,
 ) -> Result<ClusterHandle, String> {
     Err("[cluster] is set, but this mailpin was built without the `cluster` feature (rebuild with default features; it needs protoc)".into())

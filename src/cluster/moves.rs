@@ -40,7 +40,7 @@ const ACK_POLL: Duration = Duration::from_millis(10);
 /// close, or else the lease of a director that cannot answer (it has
 /// fenced by then), and a watch re-created after silence.
 pub fn ack_limit(ctx: &Context) -> Duration {
-    CLOSE_LIMIT + ctx.times.ttl + crate::cluster::watch::SILENCE
+    CLOSE_LIMIT + ctx.times.ttl + crate::cluster::membership::SILENCE
 }
 
 /// Serves the control plane's requests, each in a task of its own.

@@ -17,12 +17,9 @@ use tracing::{info, warn};
 use crate::cluster::context::Context;
 use crate::cluster::endpoints::{bounded, CALL_TIMEOUT};
 use crate::cluster::keys::{decode, AssignmentRecord, DirectorRecord, KeyKind, LeaderRecord};
-use crate::cluster::membership::TICK;
+use crate::cluster::membership::SILENCE;
 use crate::cluster_link::ClusterCounters;
 
-/// A watch that hears nothing (not even the leader's tick) this long is
-/// re-created on another endpoint: three ticks.
-pub const SILENCE: Duration = Duration::from_secs(3 * TICK.as_secs());
 
 /// Keeps the view current, forever.
 pub async fn run(ctx: &Rc<Context>) {
@@ -124,10 +121,16 @@ pub async fn run(ctx: &Rc<Context>) {
                             .flatten();
                         crate::cluster::holds::on_assignment(ctx, user, record, kv.mod_revision());
                     }
-                    _ => {}
+                    Some(other) => {
+                        // Shared admin states, health and commands.
+                        let value = put.then(|| kv.value());
+                        crate::cluster::shared::on_key(ctx, &mut seen, other, value);
+                    }
+                    None => {}
                 }
             }
             seen.revision = revision;
+            crate::cluster::shared::after_changes(ctx, &mut seen);
             drop(seen);
             ctx.publish();
         };
@@ -146,16 +149,19 @@ pub async fn run(ctx: &Rc<Context>) {
 
 /// Reads the directors and the leader at one revision; returns it.
 async fn resync(ctx: &Context, ep: usize) -> Result<i64, String> {
-    let txn = Txn::new().and_then([
+    let mut reads = vec![
         TxnOp::get(ctx.keys.directors(), Some(GetOptions::new().with_prefix())),
         TxnOp::get(ctx.keys.leader(), None),
-    ]);
+    ];
+    reads.extend(crate::cluster::shared::resync_reads(ctx));
+    let txn = Txn::new().and_then(reads);
     let mut client = ctx.endpoints.client(ep).await?;
     let resp = bounded(CALL_TIMEOUT, client.txn(txn)).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut seen = ctx.seen.borrow_mut();
     seen.directors.clear();
     seen.leader = None;
+    crate::cluster::shared::resync_begin(&mut seen);
     for op in resp.op_responses() {
         let TxnOpResponse::Get(get) = op else {
             continue;
@@ -173,11 +179,15 @@ async fn resync(ctx: &Context, ep: usize) -> Result<i64, String> {
                 Some(KeyKind::Leader) => {
                     seen.leader = decode::<LeaderRecord>(kv.value()).map(|l| l.name);
                 }
-                _ => {}
+                Some(other) => {
+                    crate::cluster::shared::on_key(ctx, &mut seen, other, Some(kv.value()))
+                }
+                None => {}
             }
         }
     }
     seen.revision = revision;
+    crate::cluster::shared::after_changes(ctx, &mut seen);
     drop(seen);
     ctx.succeeded();
     ctx.publish();

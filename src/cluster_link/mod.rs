@@ -11,6 +11,10 @@
 pub mod fence;
 pub mod port;
 pub mod view;
+// -- cluster-wide admin actions and shared health --
+pub mod admin_port;
+pub mod health_port;
+// -- end --
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,11 @@ pub use fence::{Fence, FenceTimes};
 pub use port::{
     ClaimAnswer, ClaimRequest, ClusterPort, ControlRequest, PortReceivers, PortRequest,
 };
-pub use view::{ClusterView, DirectorEntry, EtcdView};
+pub use view::{BackendVerdict, ClusterView, DirectorEntry, EtcdView};
+// -- cluster-wide admin actions and shared health --
+pub use admin_port::{AdminPort, AdminRequest, ClusterOutcome, ClusterReply};
+pub use health_port::HealthPort;
+// -- end --
 
 /// The cluster's link to the director: one per director process.
 #[derive(Debug)]
@@ -35,6 +43,12 @@ pub struct ClusterLink {
     pub port: ClusterPort,
     /// The receiving end of `port`, taken once by the cluster thread.
     port_requests: Mutex<Option<PortReceivers>>,
+    // -- cluster-wide admin actions and shared health --
+    /// Kicks and admin states the admin API asks of every director.
+    pub admin: AdminPort,
+    /// This director's own health verdicts, for the cluster thread.
+    pub health: HealthPort,
+    // -- end --
 }
 
 /// Counters of cluster events since start.
@@ -91,6 +105,8 @@ impl ClusterLink {
             counters: ClusterCounters::default(),
             port,
             port_requests: Mutex::new(Some(requests)),
+            admin: AdminPort::default(),
+            health: HealthPort::default(),
         }
     }
 

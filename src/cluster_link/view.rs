@@ -19,6 +19,33 @@ pub struct ClusterView {
     pub directors: Vec<DirectorEntry>,
     /// The state of this director's connection to etcd.
     pub etcd: EtcdView,
+    // -- shared admin states and health --
+    /// Every backend known to the cluster (an admin state in etcd, or a
+    /// health report of a live director), by name.
+    pub backends: Vec<BackendVerdict>,
+    /// Backends this director's own checks see down while the cluster's
+    /// verdict says up (this director is degraded on them).
+    pub degraded: Vec<String>,
+    // -- end --
+}
+
+/// One backend as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendVerdict {
+    /// Its name.
+    pub name: String,
+    /// The admin state stored in etcd (`up`, `down`, `drain`), `None`
+    /// when no administrator has set one.
+    pub admin: Option<String>,
+    /// The cluster's verdict (`up`, `down`), `None` without a majority.
+    pub verdict: Option<String>,
+    /// Live directors that report it up.
+    pub up: usize,
+    /// Live directors that report it down.
+    pub down: usize,
+    /// This director's own view (`up`, `down`), `None` if it does not
+    /// check this backend.
+    pub own: Option<String>,
 }
 
 /// One registered director.
@@ -76,6 +103,8 @@ impl ClusterView {
                 revision: 0,
                 last_error: None,
             },
+            backends: Vec::new(),
+            degraded: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::plane::{ControlMsg, CoreMsg, Shared};
 use crate::route::backends::BackendSet;
 use crate::startup::{run_runtime, StartError};
 
+pub mod cluster_admin;
 pub mod events;
 pub mod history;
 pub mod peer;
@@ -95,6 +96,8 @@ pub fn start(
                 let control =
                     std::rc::Rc::new(Control::new(shared, config_path, listeners, set, cores));
                 control.start_checks();
+                // Cluster mode: this director's verdicts as they start.
+                control.report_health_to_cluster(&control.backends());
                 monoio::spawn(sample_load(control.clone()));
                 let mut admin_stop = Some(with_control(control.clone()));
                 while let Some(msg) = mailbox.recv().await {
@@ -124,6 +127,27 @@ pub fn start(
                             }
                             let _ = done.send(());
                         }
+                        // -- cluster mode --
+                        ControlMsg::ClusterAdmin {
+                            backend,
+                            state,
+                            done,
+                        } => {
+                            let control = control.clone();
+                            monoio::spawn(async move {
+                                let closed = control.cluster_admin(&backend, state).await;
+                                if let Some(done) = done {
+                                    let _ = done.send(closed);
+                                }
+                            });
+                        }
+                        ControlMsg::ClusterKick { key, done } => {
+                            let control = control.clone();
+                            monoio::spawn(async move {
+                                let _ = done.send(control.kick_user(&key).await);
+                            });
+                        }
+                        // -- end cluster mode --
                         ControlMsg::Shutdown => break,
                     }
                 }

@@ -405,6 +405,8 @@ impl Control {
         for core in &self.cores {
             let _ = core.send(CoreMsg::Backends(next.clone()));
         }
+        // Cluster mode: this director's health verdicts for the others.
+        self.report_health_to_cluster(&next);
     }
 
     /// Feeds one check result of a backend's `protocol` port into its

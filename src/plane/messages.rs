@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::{Config, Listen, Protocol};
 use crate::plane::handover;
 use crate::plane::stats::CoreStats;
-use crate::route::backends::{BackendId, BackendSet};
+use crate::route::backends::{AdminState, BackendId, BackendSet};
 use crate::route::router::{HandedOverAssignment, HandedOverRelease, Reassign, RouterMsg};
 use crate::route::shard::Assignment;
 use crate::route::user_key::UserKeyFormat;
@@ -245,6 +245,28 @@ pub enum ControlMsg {
     },
     /// Re-read the configuration file (SIGHUP); the outcome is logged.
     Reload,
+    // -- cluster mode (src/cluster/shared.rs, src/cluster/actions.rs) --
+    /// The cluster's admin state of a backend (from etcd): apply it as a
+    /// local `up`/`down`/`drain`; `done` gets whether every session there
+    /// closed in time (always true but for `down`).
+    ClusterAdmin {
+        /// The backend's name (a name this director does not know is
+        /// answered true: nothing of it runs here).
+        backend: String,
+        /// The state.
+        state: AdminState,
+        /// Gets the outcome, if anyone waits.
+        done: Option<flume::Sender<bool>>,
+    },
+    /// A kick issued on some director of the cluster: end the user's
+    /// sessions here (backend side first); `done` gets how many.
+    ClusterKick {
+        /// The user key.
+        key: String,
+        /// Gets the number of sessions closed.
+        done: flume::Sender<usize>,
+    },
+    // -- end cluster mode --
     /// Binary upgrade: where `POST /upgrade` asks the main thread.
     MainThread(flume::Sender<handover::MainEvent>),
     /// Binary upgrade, in the new process: forward admin actions to the

@@ -1,6 +1,6 @@
 //! Cluster-mode directors for the tests: a config in front of real
 //! Dovecot backends on a real etcd, the admin API calls the cluster tests
-//! make (JSON, one metric, polling until a condition holds), IMAP logins
+//! make (JSON, polling until a condition holds), IMAP logins
 //! through a director, and a [`Sampler`] of `doveadm who` on every backend
 //! that counts every user seen on two backends at once.
 
@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::dovecot::{DovecotCluster, DovecotInstance};
 use super::etcd::EtcdCluster;
+pub use super::mailpin::wait_until;
 use super::mailpin::{http, Mailpin};
 use super::wire::LineClient;
 
@@ -108,42 +109,6 @@ pub fn post_json(m: &Mailpin, path: &str) -> (u16, Value) {
         ),
     );
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// The value of an unlabelled metric (panics when it is missing).
-pub fn metric(m: &Mailpin, name: &str) -> u64 {
-    let (_, body) = http(
-        m.admin,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            m.admin
-        ),
-    );
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes (then
-/// prints the directors' logs and panics); returns how long it took.
-pub fn wait_until(
-    logs: &[&Mailpin],
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        if start.elapsed() >= limit {
-            for m in logs {
-                eprintln!("--- director log:\n{}", m.log());
-            }
-            panic!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 /// The directors a `/cluster` view lists, by name.

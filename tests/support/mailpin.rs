@@ -225,6 +225,53 @@ impl Mailpin {
     }
 }
 
+// -- admin API helpers for cluster tests --
+impl Mailpin {
+    /// `GET path` on the admin API, its JSON body (`Null` if not JSON).
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (_, body) = http(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value of the unlabelled metric `name` (panics if absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = http(
+            self.admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns
+/// how long it took. On a timeout prints the logs of `logs` and panics
+/// naming `what`.
+pub fn wait_until(
+    logs: &[&Mailpin],
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() >= limit {
+            for m in logs {
+                eprintln!("--- director log:\n{}", m.log());
+            }
+            panic!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+// -- end --
+
 impl Drop for Mailpin {
     fn drop(&mut self) {
         self.stop();
