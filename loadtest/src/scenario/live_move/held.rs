@@ -51,6 +51,8 @@ pub struct Held {
     pub other_data: u64,
     /// `* OK` keepalives received while idling.
     pub keepalives: u64,
+    /// The first of them, as received.
+    pub first_keepalive: Option<String>,
 }
 
 /// What one line received during IDLE is.
@@ -132,6 +134,7 @@ impl Held {
             exists: 0,
             other_data: 0,
             keepalives: 0,
+            first_keepalive: None,
         };
         held.take(&pending, true);
         Ok(held)
@@ -166,7 +169,10 @@ impl Held {
             let text = || String::from_utf8_lossy(line).into_owned();
             match classify(line) {
                 Line::Bye => self.state = State::Ended(text()),
-                Line::Keepalive => self.keepalives += 1,
+                Line::Keepalive => {
+                    self.keepalives += 1;
+                    self.first_keepalive.get_or_insert_with(text);
+                }
                 Line::Exists if data_allowed => self.exists += 1,
                 Line::Data if data_allowed => self.other_data += 1,
                 Line::Exists | Line::Data => {
@@ -320,6 +326,8 @@ pub struct Tally {
     pub exists: u64,
     /// `* OK` keepalives received.
     pub keepalives: u64,
+    /// The text of one of them.
+    pub keepalive_text: Option<String>,
 }
 
 impl Tally {
@@ -335,6 +343,9 @@ impl Tally {
             }
             t.exists += s.exists;
             t.keepalives += s.keepalives;
+            if t.keepalive_text.is_none() {
+                t.keepalive_text.clone_from(&s.first_keepalive);
+            }
         }
         t
     }

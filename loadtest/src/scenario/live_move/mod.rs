@@ -387,7 +387,7 @@ pub fn run(args: &LiveMoveArgs) -> Result<Report, String> {
     }
     report.line(format!(
         "{}: {moved} sessions moved live, {ended} ended (metrics); clients: {} BYE, {} closed, \
-         {} IDLE violations, {} keepalives; doveadm who: {splits} users seen on two backends",
+         {} IDLE violations, {} keepalives{}; doveadm who: {splits} users seen on two backends",
         if args.rolling {
             "rolling restart of every backend"
         } else {
@@ -396,7 +396,12 @@ pub fn run(args: &LiveMoveArgs) -> Result<Report, String> {
         during.bye,
         during.closed,
         during.violated,
-        during.keepalives
+        during.keepalives,
+        during
+            .keepalive_text
+            .as_ref()
+            .map(|k| format!(" ({k:?})"))
+            .unwrap_or_default()
     ));
     report.line(format!(
         "afterwards: {} sessions idling; a message to each of their users: {} delivered, \
