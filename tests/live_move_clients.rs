@@ -246,7 +246,13 @@ fn idle_client_follows_a_move(python: Option<PathBuf>, script: &str, user: &str,
     let summary: serde_json::Value =
         serde_json::from_str(out.summary_line().expect("a summary")).expect("JSON");
     assert_eq!(summary["bye"], false, "{summary}");
-    assert_eq!(summary["closed"], false, "{summary}");
+    assert_eq!(
+        summary["closed"],
+        false,
+        "{summary}\n{}\n{}",
+        out.stderr,
+        world.mailpin.log()
+    );
     assert_eq!(summary["same_connection"], true, "{summary}");
     assert_eq!(world.live_moves("ended"), ended);
 }

@@ -151,14 +151,16 @@ def main():
             print("DONE %s extra=%d" % (status, extra), flush=True)
         else:
             print("UNKNOWN %s" % command, flush=True)
-    same = (not client.closed) and client.imap.sock.getsockname()[1] == client.port
-    if not idling and not client.closed:
+    # Judged before LOGOUT, whose end of the connection is no loss.
+    closed = client.closed
+    same = (not closed) and client.imap.sock.getsockname()[1] == client.port
+    if not idling and not closed:
         client.imap.logout()
     print(json.dumps({
         "library": "imaplib",
         "idle_lines": [l.decode(errors="replace") for l in client.idle_lines],
         "bye": client.bye,
-        "closed": client.closed,
+        "closed": closed,
         "same_connection": same,
     }), flush=True)
     return 0

@@ -49,8 +49,12 @@ def lines_of(chunks):
 async def main():
     args = parse_args()
     lost = []
+    def on_lost(exc):
+        lost.append(exc)
+        print("connection lost: %r" % (exc,), file=sys.stderr, flush=True)
+
     client = aioimaplib.IMAP4(host=args.host, port=args.port, timeout=args.timeout,
-                              conn_lost_cb=lambda exc: lost.append(exc))
+                              conn_lost_cb=on_lost)
     await client.wait_hello_from_server()
     response = await client.login(args.user, args.password)
     if response.result != "OK":
@@ -117,15 +121,17 @@ async def main():
             print("DONE %s extra=%d" % (done.result, extra), flush=True)
         else:
             print("UNKNOWN %s" % command, flush=True)
-    same = not lost and protocol.transport.get_extra_info("sockname")[1] == port
+    # Judged before LOGOUT, whose end of the connection is no loss.
+    closed = bool(lost)
+    same = not closed and protocol.transport.get_extra_info("sockname")[1] == port
     all_lines = lines_of(received)
-    if not idling and not lost:
+    if not idling and not closed:
         await client.logout()
     print(json.dumps({
         "library": "aioimaplib",
         "idle_lines": [l.decode(errors="replace") for l in all_lines[:50]],
         "bye": any(l.startswith(b"* BYE") for l in all_lines),
-        "closed": bool(lost),
+        "closed": closed,
         "same_connection": same,
     }), flush=True)
     return 0
