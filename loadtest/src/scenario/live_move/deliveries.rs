@@ -18,6 +18,8 @@ use crate::runner::spawn_runtimes;
 
 /// Size of each delivered message, bytes.
 const MESSAGE_SIZE: usize = 1024;
+/// Bound on one LMTP connection set-up or transaction.
+const LMTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sender of every delivery.
 const FROM: &str = "loadtest@example.org";
 
@@ -65,23 +67,31 @@ async fn deliver_each(lmtp: SocketAddr, users: Vec<String>) -> Delivered {
     let mut client: Option<LmtpClient> = None;
     for user in users {
         if client.is_none() {
-            client = LmtpClient::connect(endpoint, &tls).await.ok();
+            client = monoio::time::timeout(LMTP_TIMEOUT, LmtpClient::connect(endpoint, &tls))
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         let Some(c) = client.as_mut() else {
             done.failed += 1;
             continue;
         };
-        match c.send(FROM, std::slice::from_ref(&user), &body).await {
-            Ok(outcomes) if outcomes.iter().all(|o| o.delivered()) => done.ok += 1,
-            Ok(_) => done.failed += 1,
-            Err(_) => {
+        let sent = monoio::time::timeout(
+            LMTP_TIMEOUT,
+            c.send(FROM, std::slice::from_ref(&user), &body),
+        )
+        .await;
+        match sent {
+            Ok(Ok(outcomes)) if outcomes.iter().all(|o| o.delivered()) => done.ok += 1,
+            Ok(Ok(_)) => done.failed += 1,
+            Ok(Err(_)) | Err(_) => {
                 done.failed += 1;
                 client = None;
             }
         }
     }
     if let Some(c) = client {
-        let _ = c.quit().await;
+        let _ = monoio::time::timeout(LMTP_TIMEOUT, c.quit()).await;
     }
     done
 }
