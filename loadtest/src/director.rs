@@ -33,6 +33,9 @@ use crate::client::conn::Transport;
 /// The line prefix by which the subcommand announces its addresses.
 const READY_PREFIX: &str = "director-ready";
 
+/// The key of the admin API's address in the ready line.
+const ADMIN_KEY: &str = "admin";
+
 /// An environment variable holding a command to run the director under,
 /// e.g. `heaptrack -o /tmp/director` to see what its memory holds.
 pub const WRAPPER_ENV: &str = "MAILPIN_LOADTEST_DIRECTOR_WRAPPER";
@@ -317,6 +320,9 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
             for (spec, addr) in LISTENERS.iter().zip(&director.listen_addrs) {
                 line.push_str(&format!(" {}={addr}", spec.key));
             }
+            if let Some(admin) = director.admin_addr {
+                line.push_str(&format!(" {ADMIN_KEY}={admin}"));
+            }
             println!("{line}");
             run_until_signal(director);
             ExitCode::SUCCESS
@@ -328,14 +334,18 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
     }
 }
 
-/// The addresses of the director's listeners.
+/// The addresses of the director's listeners (and of its admin API).
 #[derive(Debug, Clone, Default)]
-pub struct DirectorAddrs(Vec<(Protocol, Transport, SocketAddr)>);
+pub struct DirectorAddrs {
+    listeners: Vec<(Protocol, Transport, SocketAddr)>,
+    /// Where its admin API listens (drain, flush, /metrics).
+    pub admin: Option<SocketAddr>,
+}
 
 impl DirectorAddrs {
     /// The listener for `protocol` over `transport`, if there is one.
     pub fn get(&self, protocol: Protocol, transport: Transport) -> Option<SocketAddr> {
-        self.0
+        self.listeners
             .iter()
             .find(|(p, t, _)| *p == protocol && *t == transport)
             .map(|(_, _, a)| *a)
@@ -451,13 +461,19 @@ impl Drop for DirectorProcess {
 /// Reads the ready line: every listener of [`LISTENERS`] with its address.
 fn parse_ready(line: &str) -> Option<DirectorAddrs> {
     let rest = line.trim().strip_prefix(READY_PREFIX)?;
-    let mut addrs = Vec::new();
+    let mut addrs = DirectorAddrs::default();
     for word in rest.split_whitespace() {
         let (key, addr) = word.split_once('=')?;
+        if key == ADMIN_KEY {
+            addrs.admin = Some(addr.parse().ok()?);
+            continue;
+        }
         let spec = LISTENERS.iter().find(|s| s.key == key)?;
-        addrs.push((spec.protocol, spec.transport, addr.parse().ok()?));
+        addrs
+            .listeners
+            .push((spec.protocol, spec.transport, addr.parse().ok()?));
     }
-    (addrs.len() == LISTENERS.len()).then_some(DirectorAddrs(addrs))
+    (addrs.listeners.len() == LISTENERS.len()).then_some(addrs)
 }
 
 #[cfg(test)]
@@ -476,8 +492,12 @@ mod tests {
         assert_eq!(port(Protocol::Imap, Transport::Tls), Some(1001));
         assert_eq!(port(Protocol::Lmtp, Transport::Plain), Some(1006));
         assert_eq!(port(Protocol::Lmtp, Transport::Tls), None);
+        assert_eq!(addrs.admin, None);
         assert!(parse_ready("something else").is_none());
         assert!(parse_ready(&format!("{READY_PREFIX} plain=127.0.0.1:1")).is_none());
+        let with_admin =
+            parse_ready(&format!("{line} {ADMIN_KEY}=127.0.0.1:9120")).expect("parsed");
+        assert_eq!(with_admin.admin.map(|a| a.port()), Some(9120));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod harness;
 mod metrics;
 mod plot;
 mod procstat;
+mod real_backends;
 mod report;
 mod runner;
 mod scenario;
@@ -58,6 +59,11 @@ enum Command {
     /// slowloris bytes, endless literals, TLS on plaintext ports and bad
     /// logins: sessions hurt, logins failed, the director's RSS and CPU.
     Hostile(scenario::hostile::HostileArgs),
+    /// N IDLE sessions through mailpin against real Dovecot backends
+    /// (master user, live moves on); drain+flush and restart a backend
+    /// (--rolling: each in turn): sessions moved live and ended, drain
+    /// time, invariant violations.
+    LiveMove(scenario::live_move::LiveMoveArgs),
     /// Size a director host: idle sessions per GiB, logins/s per core at
     /// a p99 bound, relay throughput.
     Size(size::SizeArgs),
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Hostile(args) => scenario::hostile::run(&args).map(|_| ()),
         Command::Size(args) => size::run(&args).map(|_| ()),
         Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),
+        Command::LiveMove(args) => scenario::live_move::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

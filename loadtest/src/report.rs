@@ -51,6 +51,23 @@ impl Report {
         }
     }
 
+    /// A report for a scenario that runs its own backends and director
+    /// (no [`Harness`]): mailpin with `director_cores`.
+    pub fn standalone(scenario: &str, director_cores: usize) -> Report {
+        Report {
+            scenario: scenario.to_owned(),
+            target: "mailpin".to_owned(),
+            director_cores: Some(director_cores),
+            client_threads: 1,
+            work: 0,
+            errors: 0,
+            violations: 0,
+            summary: Vec::new(),
+            results: serde_json::Value::Null,
+            timeline: Timeline::default(),
+        }
+    }
+
     /// Adds a summary line.
     pub fn line(&mut self, line: impl Into<String>) {
         self.summary.push(line.into());
@@ -60,6 +77,16 @@ impl Report {
 /// Prints the summary and writes the JSON and SVG the options ask for.
 pub fn finish(mut report: Report, harness: &Harness) -> Result<Report, String> {
     report.violations = harness.violations();
+    publish(
+        report,
+        harness.args.json.as_deref(),
+        harness.args.plot.as_deref(),
+    )
+}
+
+/// Prints the summary (with `report.violations` as set) and writes the
+/// JSON and SVG asked for.
+pub fn publish(report: Report, json: Option<&Path>, plot: Option<&Path>) -> Result<Report, String> {
     let cores = match report.director_cores {
         Some(c) => format!(", server.cores = {c}"),
         None => String::new(),
@@ -75,10 +102,10 @@ pub fn finish(mut report: Report, harness: &Harness) -> Result<Report, String> {
         "  work {} ok, {} failed; invariant violations: {}",
         report.work, report.errors, report.violations
     );
-    if let Some(path) = &harness.args.json {
+    if let Some(path) = json {
         write_json(&report, path)?;
     }
-    if let Some(path) = &harness.args.plot {
+    if let Some(path) = plot {
         let title = format!("{} — {}", report.scenario, report.target);
         std::fs::write(path, crate::plot::svg(&report.timeline, &title))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -382,3 +382,41 @@ fn hostile_runs_the_director_with_the_given_config() {
     assert!((900.0..2500.0).contains(&p50), "{slowloris}");
     assert_eq!(r["results"]["sessions_hurt"], 0, "{r}");
 }
+
+/// Whether real Dovecot backends can run here (root, dovecot and doveadm
+/// installed); on CI (`CI=true`) their absence fails the test.
+fn dovecot_available() -> bool {
+    let found = |tool: &str| {
+        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/sbin"]
+            .iter()
+            .any(|dir| std::path::Path::new(dir).join(tool).exists())
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && found("dovecot") && found("doveadm") {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| matches!(v.trim(), "true" | "1" | "yes"));
+    assert!(
+        !ci,
+        "live-move needs root, dovecot and doveadm on CI: run scripts/install-test-deps"
+    );
+    eprintln!("skipping: live-move needs root, dovecot and doveadm");
+    false
+}
+
+#[test]
+fn live_move_moves_every_idle_session_through_a_rolling_restart() {
+    if !dovecot_available() {
+        return;
+    }
+    let r = run("live-move", &["--sessions", "40", "--rolling"]);
+    assert_eq!(r["violations"], 0, "violations in {r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    let results = &r["results"];
+    assert_eq!(results["opened"], 40, "{results}");
+    assert_eq!(results["ended"], 0, "{results}");
+    assert!(results["moved"].as_u64().unwrap_or(0) >= 40, "{results}");
+    assert_eq!(results["final"]["done_ok"], 40, "{results}");
+    assert_eq!(results["final"]["saw_delivery"], 40, "{results}");
+}

@@ -102,6 +102,11 @@ pub struct DovecotOptions {
     /// master passdb listed before the users' (for live moves: SASL PLAIN
     /// with authzid = the user). `None` (the default): no master user.
     pub master_user: Option<(String, String)>,
+    /// Settings appended to every instance's `dovecot.conf` (later
+    /// settings override earlier ones), e.g. higher process and client
+    /// limits for a load test holding thousands of sessions. Empty (the
+    /// default): none.
+    pub extra_config: String,
 }
 
 impl Default for DovecotOptions {
@@ -114,6 +119,7 @@ impl Default for DovecotOptions {
             ready_timeout: Duration::from_secs(15),
             oauth2_introspection: None,
             master_user: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -333,6 +339,7 @@ impl DovecotInstance {
                 .master_user
                 .as_ref()
                 .map(|_| master_passwd.as_path()),
+            extra: &options.extra_config,
         });
         fs::write(&config_path, config).expect("write dovecot.conf");
         if let Some(url) = &options.oauth2_introspection {

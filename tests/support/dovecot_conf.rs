@@ -65,6 +65,8 @@ pub struct ConfigInputs<'a> {
     /// A passwd-file of master users (`passdb { master = yes; pass = yes }`,
     /// listed before the users' passdb), for live-move tests; `None`: none.
     pub master_passwd: Option<&'a Path>,
+    /// Settings appended at the end (they override earlier ones).
+    pub extra: &'a str,
 }
 
 /// The `oauth2.conf.ext` of a backend whose tokens are checked at
@@ -219,5 +221,6 @@ plugin {{
             None => String::new(),
         },
     );
+    conf.push_str(inputs.extra);
     conf
 }

@@ -65,7 +65,7 @@ pub fn client_path(name: &str) -> PathBuf {
 /// at most `limit`; a client still running then is killed and reported
 /// with `timed_out`.
 pub fn run_client(script: &str, args: &[&str], limit: Duration) -> ClientOutput {
-    let mut client = RunningClient::spawn(script, args, false);
+    let mut client = RunningClient::spawn(&python_interpreter(), script, args, false);
     client.finish(limit)
 }
 
@@ -78,8 +78,15 @@ pub struct InteractiveClient {
 impl InteractiveClient {
     /// Starts `python3 tests/clients/SCRIPT ARGS...` with a stdin pipe.
     pub fn spawn(script: &str, args: &[&str]) -> InteractiveClient {
+        InteractiveClient::spawn_with(&python_interpreter(), script, args)
+    }
+
+    /// Like [`InteractiveClient::spawn`] with the interpreter `python`
+    /// (say, the test venv's, for a client that needs a library from
+    /// PyPI).
+    pub fn spawn_with(python: &std::path::Path, script: &str, args: &[&str]) -> InteractiveClient {
         InteractiveClient {
-            running: RunningClient::spawn(script, args, true),
+            running: RunningClient::spawn(python, script, args, true),
         }
     }
 
@@ -147,8 +154,12 @@ struct RunningClient {
 }
 
 impl RunningClient {
-    fn spawn(script: &str, args: &[&str], interactive: bool) -> RunningClient {
-        let python = python_interpreter();
+    fn spawn(
+        python: &std::path::Path,
+        script: &str,
+        args: &[&str],
+        interactive: bool,
+    ) -> RunningClient {
         let mut child = Command::new(python)
             .arg("-u")
             .arg(client_path(script))

@@ -10,6 +10,7 @@
 pub mod failover;
 pub mod hostile;
 pub mod idle;
+pub mod live_move;
 pub mod lmtp;
 pub mod logins;
 pub mod mixed;
