@@ -208,7 +208,8 @@ fn backend_down_on_one_director_closes_sessions_on_the_other_and_a_later_directo
 }
 
 #[test]
-fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up() {
+fn one_director_alone_seeing_a_backend_down_is_degraded_refuses_its_users_and_the_verdict_stays_up()
+{
     if !require_etcd() || !require_dovecot() {
         return;
     }
@@ -254,6 +255,31 @@ fn one_director_alone_seeing_a_backend_down_is_degraded_and_the_verdict_stays_up
     let (code, out, _) = d3.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains(&format!("degraded: {sick}")), "{out}");
+
+    // A user on that backend (placed through d1) comes through d3: d3
+    // refuses it at once with the temporary failure and never moves it.
+    let on_sick = (1..=10)
+        .map(|n| dovecot.user(n))
+        .find(|user| {
+            let mut c = LineClient::connect(d1.listen[0]).expect("connect");
+            c.read_line().expect("greeting");
+            assert!(c.imap(&format!("LOGIN {user} pass")).unwrap().is_ok());
+            d1.get_json(&format!("/users/{user}"))["backend"] == sick.as_str()
+        })
+        .expect("one of ten users lands on the sick backend");
+    let mut c = LineClient::connect(d3.listen[0]).expect("connect");
+    c.read_line().expect("greeting");
+    let t = Instant::now();
+    let r = c.imap(&format!("LOGIN {on_sick} pass")).unwrap();
+    assert!(r.status.starts_with("NO [UNAVAILABLE]"), "{}", r.status);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    for m in [&d1, &d2, &d3] {
+        assert_eq!(
+            m.get_json(&format!("/users/{on_sick}"))["backend"],
+            sick.as_str(),
+            "the user stays on its backend"
+        );
+    }
 
     // The backend dies for everyone: a majority sees it down, and d3 is
     // no longer the odd one out.

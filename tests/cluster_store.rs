@@ -71,6 +71,7 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
     let (_h2, l2) = member("d2", rotated);
     let (s1, s2) = (l1.port.clone(), l2.port.clone());
     let none = || -> Box<[Box<str>]> { Box::new([]) };
+    let all = || -> Box<[Box<str>]> { Box::new(["b1".into(), "b2".into(), "b3".into()]) };
 
     const USERS: usize = 300;
     let t = Instant::now();
@@ -78,7 +79,10 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
     let pending: Vec<_> = (0..USERS)
         .map(|i| {
             let user = format!("user{i:04}");
-            (s1.claim(&user, "b1", none()), s2.claim(&user, "b2", none()))
+            (
+                s1.claim(&user, "b1", none(), all()),
+                s2.claim(&user, "b2", none(), all()),
+            )
         })
         .collect();
     let mut chosen = [0usize; 2];
@@ -96,24 +100,29 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
         chosen[1]
     );
     // A later claim adopts the agreed backend whatever it asks for.
-    let agreed = answer(s1.claim("user0000", "b1", none()));
-    assert_eq!(answer(s2.claim("user0000", "b9", none())), agreed);
+    let agreed = answer(s1.claim("user0000", "b1", none(), all()));
+    assert_eq!(answer(s2.claim("user0000", "b9", none(), all())), agreed);
     // Keys that need escaping round-trip as well.
-    assert_eq!(answer(s1.claim("a/b%c", "b1", none())), "b1");
-    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b1");
+    assert_eq!(answer(s1.claim("a/b%c", "b1", none(), all())), "b1");
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none(), all())), "b1");
 
     // "a/b%c" is on b1 and both directors serve it. d1 cannot use b1 (it
     // is down there): d2 still serves the user on b1, so d1 may not move
     // it — refused, and the assignment stays.
     let b1_unusable = || -> Box<[Box<str>]> { Box::new(["b1".into()]) };
-    assert!(refused(s1.claim("a/b%c", "b3", b1_unusable())));
-    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b1");
-    // Once d2 has released the user, d1 replaces the assignment, and d2
-    // follows it on its next claim.
+    assert!(refused(s1.claim("a/b%c", "b3", b1_unusable(), all())));
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none(), all())), "b1");
+    // d2 releases the user. b1 is down for d1 alone (the cluster has not
+    // given it up): d1 still may not move the user (refused whether or not
+    // the release has landed yet).
     l2.port.release("a/b%c");
+    assert!(refused(s1.claim("a/b%c", "b3", b1_unusable(), all())));
+    // Once b1 is no backend of d1 (removed from its configuration), d1
+    // replaces the assignment, and d2 follows it on its next claim.
+    let without_b1 = || -> Box<[Box<str>]> { Box::new(["b2".into(), "b3".into()]) };
     let t = Instant::now();
     let moved = loop {
-        let rx = s1.claim("a/b%c", "b3", b1_unusable());
+        let rx = s1.claim("a/b%c", "b3", none(), without_b1());
         match rx.recv_timeout(Duration::from_secs(10)).expect("an answer") {
             ClaimAnswer::Agreed(b) => break b,
             ClaimAnswer::Refused(_) => {
@@ -123,5 +132,5 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
         }
     };
     assert_eq!(&*moved, "b3");
-    assert_eq!(answer(s2.claim("a/b%c", "b2", none())), "b3");
+    assert_eq!(answer(s2.claim("a/b%c", "b2", none(), all())), "b3");
 }

@@ -10,12 +10,16 @@
 //! - U assigned to B at mod revision R, B usable here: `If
 //!   mod_revision(users/U) == R Then put users/U (unchanged), put
 //!   active/U/D` — D adopts B;
-//! - B unusable here and no other director present for U (read at the
-//!   same revision as R): `If mod_revision(users/U) == R Then put users/U
+//! - B unusable here, given up by the cluster, and no other director
+//!   present for U (read at the same revision as R): `If mod_revision(users/U) == R Then put users/U
 //!   {b: C}, put active/U/D` — D replaces the assignment;
 //! - B unusable here while another director is present: refused (the
 //!   login gets a temporary failure; this director never moves a user
-//!   another one serves).
+//!   another one serves);
+//! - B unusable here but not given up by the cluster (its shared admin
+//!   state is not down and no majority of directors sees it down):
+//!   refused — a director alone in not reaching a backend is degraded and
+//!   never moves its users.
 //!
 //! **Why adopting rewrites `users/U`:** a replacement compares the mod
 //! revision of `users/U` it read together with "no other presence". Every
@@ -66,6 +70,7 @@ const RELEASES_KEPT: usize = 100_000;
 pub struct Waiter {
     reply: flume::Sender<ClaimAnswer>,
     unusable: Box<[Box<str>]>,
+    known: Box<[Box<str>]>,
 }
 
 /// What etcd said of one user in the last round.
@@ -103,23 +108,43 @@ pub enum Step {
     Answer(ClaimAnswer),
 }
 
-/// Decides a user's step: the presence rule of the module's header.
-pub fn decide(state: &UserState, unusable: &[Box<str>]) -> Step {
+/// What this director can use of a user's backend, for [`decide`].
+pub struct Usable<'a> {
+    /// Backends this director cannot use now.
+    pub unusable: &'a [Box<str>],
+    /// Backends this director has configured.
+    pub known: &'a [Box<str>],
+    /// Whether the cluster as a whole has given up on a backend (its
+    /// shared admin state is down, or a majority of the directors sees it
+    /// down): only then may this director replace an assignment to it.
+    pub given_up: &'a dyn Fn(&str) -> bool,
+}
+
+/// Decides a user's step: the presence rule of the module's header, and
+/// the majority rule: a backend unusable here only (the cluster still
+/// counts it up) keeps its users — this director refuses them for now
+/// rather than move them.
+pub fn decide(state: &UserState, usable: &Usable<'_>) -> Step {
     match &state.assigned {
         None => Step::Create,
         Some(_) if state.moving => Step::Answer(ClaimAnswer::Refused(
             "the user is being moved; try again".into(),
         )),
         Some((rev, record)) => {
-            if !unusable.iter().any(|u| **u == *record.b) {
+            let b = record.b.as_str();
+            let known = usable.known.iter().any(|k| **k == *b);
+            if known && !usable.unusable.iter().any(|u| **u == *b) {
                 // Written back unchanged, less a void move mark.
                 let mut record = record.clone();
                 record.mv = None;
                 Step::Adopt { rev: *rev, record }
             } else if state.others_present {
                 Step::Answer(ClaimAnswer::Refused(format!(
-                    "the user's backend {} is unusable here and another director serves the user there",
-                    record.b
+                    "the user's backend {b} is unusable here and another director serves the user there"
+                )))
+            } else if known && !(usable.given_up)(b) {
+                Step::Answer(ClaimAnswer::Refused(format!(
+                    "the user's backend {b} is unusable here but not down for the cluster (this director is degraded)"
                 )))
             } else {
                 Step::Replace { rev: *rev }
@@ -138,14 +163,26 @@ struct Pending {
 }
 
 impl Pending {
-    fn step(&self) -> Step {
-        match &self.state {
-            None => Step::Create,
-            Some(state) => {
-                let unusable = self.entry.waiters.first().map_or(&[][..], |w| &w.unusable);
-                decide(state, unusable)
-            }
-        }
+    fn step(&self, ctx: &Context) -> Step {
+        let Some(state) = &self.state else {
+            return Step::Create;
+        };
+        let Some(first) = self.entry.waiters.first() else {
+            return Step::Answer(ClaimAnswer::Refused("nobody waits".into()));
+        };
+        let given_up = |b: &str| {
+            let seen = ctx.seen.borrow();
+            seen.admin.get(b).is_some_and(|a| a == "down")
+                || seen.verdict(b) == Some(crate::route::backends::Health::Unhealthy)
+        };
+        decide(
+            state,
+            &Usable {
+                unusable: &first.unusable,
+                known: &first.known,
+                given_up: &given_up,
+            },
+        )
     }
 }
 
@@ -179,6 +216,7 @@ pub async fn run(ctx: &Context, rx: flume::Receiver<PortRequest>) {
                 let waiter = Waiter {
                     reply: c.reply,
                     unusable: c.unusable,
+                    known: c.known,
                 };
                 batch.push(Instant::now(), &c.user, &c.candidate, waiter);
             }
@@ -281,7 +319,7 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
         // Claims settled without a write (a refusal) are answered now.
         let mut writing = Vec::with_capacity(pending.len());
         for p in pending {
-            match p.step() {
+            match p.step(ctx) {
                 Step::Answer(a) => {
                     ClusterCounters::bump(&ctx.link.counters.claims_refused);
                     answer(p.entry, a)
@@ -308,7 +346,7 @@ async fn settle(ctx: &Context, ep: &mut usize, mut pending: Vec<Pending>) {
                 ctx.succeeded();
                 let c = &ctx.link.counters;
                 for p in pending {
-                    let backend = match p.step() {
+                    let backend = match p.step(ctx) {
                         Step::Adopt { record, .. } => {
                             ClusterCounters::bump(&c.claims_adopted);
                             record.b
@@ -357,7 +395,7 @@ fn claim_txn(ctx: &Context, lease: i64, pending: &[Pending]) -> Txn {
             at: crate::admin::time::rfc3339(std::time::SystemTime::now()),
             mv: None,
         };
-        let (compare, record, seen) = match p.step() {
+        let (compare, record, seen) = match p.step(ctx) {
             Step::Adopt { rev, record } => (
                 Compare::mod_revision(user_key.as_str(), CompareOp::Equal, rev),
                 record,
@@ -530,11 +568,29 @@ mod tests {
         }
     }
 
+    const KNOWN: &[&str] = &["b1", "b2", "b3"];
+
+    /// Decides with `unusable`, every backend of [`KNOWN`] known, and the
+    /// cluster having given up on `given_up`.
+    fn decide_with(state: &UserState, unusable: &[&str], given_up: &[&str]) -> Step {
+        let unusable: Vec<Box<str>> = unusable.iter().map(|b| (*b).into()).collect();
+        let known: Vec<Box<str>> = KNOWN.iter().map(|b| (*b).into()).collect();
+        let gone = |b: &str| given_up.contains(&b);
+        decide(
+            state,
+            &Usable {
+                unusable: &unusable,
+                known: &known,
+                given_up: &gone,
+            },
+        )
+    }
+
     #[test]
     fn an_unassigned_user_is_created_an_assigned_one_adopted() {
-        assert_eq!(decide(&state(None, true), &[]), Step::Create);
+        assert_eq!(decide_with(&state(None, true), &[], &[]), Step::Create);
         assert_eq!(
-            decide(&state(Some("b2"), true), &["b1".into()]),
+            decide_with(&state(Some("b2"), true), &["b1"], &[]),
             Step::Adopt {
                 rev: 7,
                 record: record("b2")
@@ -543,24 +599,38 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_down_here_only_keeps_its_users() {
+        // Down in this director's view, up for the cluster: refused, even
+        // with nobody else present.
+        assert!(matches!(
+            decide_with(&state(Some("b2"), false), &["b2"], &[]),
+            Step::Answer(ClaimAnswer::Refused(_))
+        ));
+        // A backend this director does not know (removed here) may go.
+        assert_eq!(
+            decide_with(&state(Some("old"), false), &[], &[]),
+            Step::Replace { rev: 7 }
+        );
+    }
+
+    #[test]
     fn a_user_being_moved_is_refused_for_now() {
         let mut moving = state(Some("b1"), false);
         moving.moving = true;
         assert!(matches!(
-            decide(&moving, &[]),
+            decide_with(&moving, &[], &[]),
             Step::Answer(ClaimAnswer::Refused(_))
         ));
     }
 
     #[test]
     fn an_unusable_backend_is_replaced_only_when_nobody_else_serves_the_user() {
-        let unusable: &[Box<str>] = &["b2".into()];
         assert_eq!(
-            decide(&state(Some("b2"), false), unusable),
+            decide_with(&state(Some("b2"), false), &["b2"], &["b2"]),
             Step::Replace { rev: 7 }
         );
         assert!(matches!(
-            decide(&state(Some("b2"), true), unusable),
+            decide_with(&state(Some("b2"), true), &["b2"], &["b2"]),
             Step::Answer(ClaimAnswer::Refused(_))
         ));
     }

@@ -20,7 +20,6 @@ use crate::cluster::keys::{decode, AssignmentRecord, DirectorRecord, KeyKind, Le
 use crate::cluster::membership::SILENCE;
 use crate::cluster_link::ClusterCounters;
 
-
 /// Keeps the view current, forever.
 pub async fn run(ctx: &Rc<Context>) {
     let mut ep = 0usize;

@@ -44,6 +44,9 @@ pub struct ClaimRequest {
     /// one of them is replaced by `candidate` when no other director
     /// serves the user there, else the claim is refused for now.
     pub unusable: Box<[Box<str>]>,
+    /// Every backend this director has configured: an assignment to any
+    /// other counts as unusable (and as gone: it may be replaced).
+    pub known: Box<[Box<str>]>,
     /// Gets the answer.
     pub reply: flume::Sender<ClaimAnswer>,
 }
@@ -141,12 +144,14 @@ impl ClusterPort {
         user: &str,
         candidate: &str,
         unusable: Box<[Box<str>]>,
+        known: Box<[Box<str>]>,
     ) -> flume::Receiver<ClaimAnswer> {
         let (reply, rx) = flume::bounded(1);
         let request = ClaimRequest {
             user: user.into(),
             candidate: candidate.into(),
             unusable,
+            known,
             reply,
         };
         if let Err(flume::SendError(PortRequest::Claim(c))) =
@@ -174,7 +179,7 @@ mod tests {
         let (port, receivers) = ClusterPort::new();
         let rx = receivers.cores;
         port.release("u1");
-        let answer = port.claim("u1", "b1", Box::new([]));
+        let answer = port.claim("u1", "b1", Box::new([]), Box::new(["b1".into()]));
         match rx.try_recv() {
             Ok(PortRequest::Release { user }) => assert_eq!(&*user, "u1"),
             other => panic!("release first, got {other:?}"),
@@ -189,7 +194,7 @@ mod tests {
         assert_eq!(answer.try_recv(), Ok(ClaimAnswer::Agreed("b1".into())));
         drop(rx);
         drop(receivers.control);
-        let refused = port.claim("u2", "b1", Box::new([]));
+        let refused = port.claim("u2", "b1", Box::new([]), Box::new(["b1".into()]));
         assert!(matches!(refused.try_recv(), Ok(ClaimAnswer::Refused(_))));
     }
 }

@@ -508,7 +508,8 @@ impl Router {
             .filter(|b| !b.keeps_users() || avoid.contains(&b.id))
             .map(|b| (*b.name).into())
             .collect();
-        let answer = port.claim(key, &candidate.name, unusable);
+        let known: Box<[Box<str>]> = set.configured().map(|b| (*b.name).into()).collect();
+        let answer = port.claim(key, &candidate.name, unusable, known);
         self.claims.borrow_mut().insert(key.into(), vec![waiter]);
         let post = self.post.clone();
         let core = self.core;
