@@ -2,11 +2,11 @@
 //! (3 members), real Dovecot (3 backends on one shared store), two or
 //! three mailpin directors in cluster mode.
 //!
-//! - Users with sessions through two directors are on one backend, even
+//! - Users with sessions through three directors are on one backend, even
 //!   when the directors weigh the backends differently (alone, each would
 //!   place users elsewhere): `doveadm who` on every backend is sampled the
 //!   whole time and never shows a user on two, and `GET /users/U` answers
-//!   the same backend on both directors.
+//!   the same backend on every director.
 //! - Failover, then return: a backend dies, its users log in again through
 //!   one director and land elsewhere; the backend comes back and the users
 //!   log in through the other director — they stay on their new backend
@@ -45,30 +45,32 @@ fn world(n: usize, disagree: bool) -> Option<World> {
 }
 
 #[test]
-fn users_with_sessions_through_two_directors_are_on_one_backend() {
-    let Some(w) = world(2, true) else { return };
-    let (d1, d2) = (&w.directors[0], &w.directors[1]);
+fn users_with_sessions_through_three_directors_are_on_one_backend() {
+    let Some(w) = world(3, true) else { return };
+    let d = &w.directors;
     let sampler = Sampler::start(&w.dovecot);
     let users: Vec<String> = (1..=USERS).map(support::dovecot::user_name).collect();
     let mut held = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        // Half the users come through d1 first, half through d2.
-        let (first, second) = if i % 2 == 0 { (d1, d2) } else { (d2, d1) };
-        held.push(login(first, user).expect("first login"));
-        held.push(login(second, user).expect("second login"));
+        // Each user comes through all three, starting at a different one.
+        for k in 0..3 {
+            held.push(login(&d[(i + k) % 3], user).expect("login"));
+        }
     }
     sampler.wait_samples(3);
     for user in &users {
         let on = backends_of(&w.dovecot, user);
         assert_eq!(on.len(), 1, "{user} on backends {on:?}");
-        let (a1, a2) = (assigned(d1, user), assigned(d2, user));
+        let a1 = assigned(&d[0], user);
         assert!(a1.is_some(), "{user} has an assignment on d1");
-        assert_eq!(a1, a2, "{user}: the directors disagree");
+        for other in &d[1..] {
+            assert_eq!(assigned(other, user), a1, "{user}: the directors disagree");
+        }
         assert_eq!(a1.as_deref(), Some(format!("b{}", on[0]).as_str()));
     }
     // The backends are used, not one for everyone.
     let spread: std::collections::BTreeSet<_> =
-        users.iter().filter_map(|u| assigned(d1, u)).collect();
+        users.iter().filter_map(|u| assigned(&d[0], u)).collect();
     assert!(spread.len() > 1, "every user on {spread:?}");
     drop(held);
     let (samples, splits) = sampler.finish();

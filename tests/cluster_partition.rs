@@ -5,15 +5,16 @@
 //! refuse logins *before* etcd lets its lease expire — its registration is
 //! still in etcd, seen from inside the namespace, when its session is
 //! closed. A second director inside the namespace (still with etcd)
-//! becomes the leader only after that lease has expired. The cut-off
-//! director serves again once the link is back.
+//! becomes the leader only after that lease has expired, and may take the
+//! cut-off director's user elsewhere only then. The cut-off director
+//! serves again once the link is back.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpin::cluster_link::ClusterLink;
+use mailpin::cluster_link::{ClaimAnswer, ClusterLink};
 use mailpin::config::ClusterConfig;
 
 use support::mailpin::{http, Mailpin};
@@ -90,6 +91,26 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
 
     etcd.cut();
     let cut = Instant::now();
+    // d2 (still with etcd) wants the user elsewhere — its backend b0 is
+    // none of d2's — and asks every 100 ms: it may have it only once d1's
+    // lease has expired.
+    let claimer = {
+        let port = d2_link.port.clone();
+        let user = user.clone();
+        std::thread::spawn(move || {
+            let known: Box<[Box<str>]> = Box::new(["b1".into()]);
+            while cut.elapsed() < Duration::from_secs(20) {
+                let answer = port
+                    .claim(&user, "b1", Box::new([]), known.clone())
+                    .recv_timeout(Duration::from_secs(5));
+                if let Ok(ClaimAnswer::Agreed(b)) = answer {
+                    return Some((Instant::now(), b));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None
+        })
+    };
     let mut bye = String::new();
     while let Ok(line) = held.read_line() {
         bye.push_str(&line);
@@ -125,11 +146,27 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     // etcd lets the lease go only after its TTL (4 s after the last
     // keepalive it got).
     let t = Instant::now();
+    let mut last_seen = Instant::now();
     while etcd.has_key("/part/v1/directors/d1") {
+        last_seen = Instant::now();
         assert!(t.elapsed() < Duration::from_secs(15), "lease never expired");
         std::thread::sleep(Duration::from_millis(100));
     }
     let expired_after = cut.elapsed();
+    let (moved_at, to) = claimer
+        .join()
+        .expect("the claimer")
+        .expect("d2 got the user once d1's lease had expired");
+    eprintln!(
+        "d2 moved the user to {to} {:?} after the cut",
+        moved_at - cut
+    );
+    assert_eq!(&*to, "b1");
+    assert!(
+        moved_at > last_seen,
+        "d2 moved the user while d1's lease was alive"
+    );
+    d2_link.port.release(&user);
     eprintln!("lease expired in etcd {expired_after:?} after the cut");
     assert!(expired_after > fenced_after);
     // The director that still has etcd takes over only now.
@@ -147,9 +184,17 @@ fn a_partitioned_director_fences_before_its_lease_expires_and_rejoins() {
     });
     eprintln!("serving again {:?} after the link came back", t.elapsed());
     assert!(etcd.has_key("/part/v1/directors/d1"));
-    let mut c = LineClient::connect(d1.listen[0]).expect("connect");
-    c.read_line().expect("greeting");
-    assert!(c.imap(&format!("LOGIN {user} pass")).unwrap().is_ok());
+    // d1 takes its user back (d2 released it; b1 is none of d1's).
+    wait_until(
+        &d1,
+        Duration::from_secs(10),
+        "the user logs in again",
+        || {
+            let mut c = LineClient::connect(d1.listen[0]).expect("connect");
+            c.read_line().expect("greeting");
+            c.imap(&format!("LOGIN {user} pass")).unwrap().is_ok()
+        },
+    );
     wait_until(&d1, Duration::from_secs(10), "d2 sees d1 back", || {
         d2_link.view().directors.len() == 2
     });
