@@ -17,6 +17,7 @@ use crate::admin::metrics::render_metrics;
 use crate::admin::time::rfc3339;
 use crate::config::Protocol;
 use crate::control::history::SAMPLE_INTERVAL;
+use crate::control::seam::{Since, StateSeam};
 use crate::control::state::{Control, ReloadError};
 use crate::route::backends::{AdminState, Backend, BackendId, Lifecycle};
 use crate::route::router::Reassign;
@@ -279,38 +280,10 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
         Ok(id) => id,
         Err(r) => return r,
     };
-    // Cluster mode: up, drain and down act on every director.
-    let mut cluster_part = None;
-    if let Some(link) = control.shared().cluster.clone() {
-        let state = match action {
-            "up" => Some(AdminState::Up),
-            "drain" => Some(AdminState::Drain),
-            "down" => Some(AdminState::Down),
-            _ => None,
-        };
-        if let Some(state) = state {
-            match cluster_actions::set_admin(control, &link, name, state).await {
-                Ok(who) => cluster_part = Some(who),
-                Err(refused) => return refused,
-            }
-        }
-    }
-    match action {
-        _ if cluster_part.is_some() => {}
-        "up" => {
-            control.set_admin(id, AdminState::Up).await;
-        }
-        "down" => {
-            if !control.set_admin(id, AdminState::Down).await {
-                return Response::error(
-                    503,
-                    format!("{name} is down, but some of its sessions did not close in time"),
-                );
-            }
-        }
-        "drain" => {
-            control.set_admin(id, AdminState::Drain).await;
-        }
+    let state = match action {
+        "up" => AdminState::Up,
+        "drain" => AdminState::Drain,
+        "down" => AdminState::Down,
         "flush" => {
             let (users, sessions) = control.flush(id).await;
             return Response::json(
@@ -324,15 +297,18 @@ async fn backend_action(control: &Control, name: &str, action: &str) -> Response
                 format!("unknown action {other:?}: use up, down, drain or flush"),
             )
         }
-    }
+    };
+    // Cluster mode: up, drain and down act on every director.
+    let acted = match StateSeam::of(control).set_admin(control, id, state).await {
+        Ok(acted) => acted,
+        Err(e) => return Response::error(503, cluster_actions::not_set(name, state, &e)),
+    };
     let set = control.backends();
     match set.get(id) {
         Some(b) => {
             let mut row = backend_json(control, b, 0, 0);
-            if let Some(Value::Object(who)) = cluster_part {
-                for (k, v) in who {
-                    row[k.as_str()] = v;
-                }
+            if let Some(outcome) = &acted.directors {
+                cluster_actions::add_who_acted(&mut row, outcome, None);
             }
             Response::json(200, &row)
         }
@@ -355,36 +331,22 @@ async fn user_info(control: &Control, user: &str) -> Response {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let Some(a) = control.lookup(&key).await else {
-        // Cluster mode: a user this director serves no session of may be
-        // assigned by another; etcd says where.
-        if let Some((backend, since)) = control.cluster_lookup(&key).await {
-            return Response::json(
-                200,
-                &json!({
-                    "user": user,
-                    "key": key,
-                    "backend": &*backend,
-                    "sessions": 0,
-                    "since": since,
-                }),
-            );
-        }
+    // Cluster mode: a user this director serves no session of may be
+    // assigned by another; etcd says where.
+    let Some(place) = StateSeam::of(control).lookup(control, &key).await else {
         return Response::error(404, format!("user {user:?} has no assignment"));
     };
-    let set = control.backends();
-    let backend = set
-        .get(a.backend)
-        .map(|b| b.name.to_string())
-        .unwrap_or_default();
     Response::json(
         200,
         &json!({
             "user": user,
             "key": key,
-            "backend": backend,
-            "sessions": a.sessions,
-            "since": rfc3339(a.since),
+            "backend": place.backend,
+            "sessions": place.sessions,
+            "since": match place.since {
+                Since::At(t) => rfc3339(t),
+                Since::Text(t) => t,
+            },
         }),
     )
 }
@@ -394,11 +356,16 @@ async fn kick(control: &Control, user: &str) -> Response {
         Ok(k) => k,
         Err(r) => return r,
     };
-    if let Some(link) = control.shared().cluster.clone() {
-        return cluster_actions::kick(control, &link, user, &key).await;
+    match StateSeam::of(control).kick(control, &key).await {
+        Ok(acted) => {
+            let mut v = json!({ "user": user, "key": key, "kicked": acted.closed });
+            if let Some(outcome) = &acted.directors {
+                cluster_actions::add_who_acted(&mut v, outcome, Some("kicked"));
+            }
+            Response::json(200, &v)
+        }
+        Err(e) => Response::error(503, cluster_actions::not_kicked(user, &e)),
     }
-    let kicked = control.kick_user(&key).await;
-    Response::json(200, &json!({ "user": user, "key": key, "kicked": kicked }))
 }
 
 async fn move_user(control: &Control, user: &str, to: Option<String>) -> Response {

@@ -23,6 +23,7 @@ pub mod events;
 pub mod history;
 pub mod peer;
 pub mod reload;
+pub mod seam;
 pub mod state;
 
 use reload::BoundListener;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::cluster_link::ControlRequest;
 use crate::config::Protocol;
 use crate::config::{Config, Listen};
 use crate::control::events::{Event, EventKind, EventLog, EVENT_CAPACITY};
@@ -319,7 +318,13 @@ impl Control {
     }
 
     /// Records an event for the status page (`GET /events`).
-    fn event(&self, kind: EventKind, backend: Option<&str>, user: Option<&str>, message: String) {
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        backend: Option<&str>,
+        user: Option<&str>,
+        message: String,
+    ) {
         self.events.borrow_mut().push(kind, backend, user, message);
     }
 
@@ -343,7 +348,7 @@ impl Control {
         self.history.borrow().samples()
     }
 
-    fn backend_name(&self, id: BackendId) -> String {
+    pub(crate) fn backend_name(&self, id: BackendId) -> String {
         self.backends()
             .get(id)
             .map(|b| b.name.to_string())
@@ -582,29 +587,6 @@ impl Control {
         self.ask_all(|reply| CoreMsg::Stats { reply }).await
     }
 
-    /// Cluster mode: the port to the cluster thread.
-    fn cluster_port(&self) -> Option<crate::cluster_link::ClusterPort> {
-        self.shared().cluster.as_ref().map(|c| c.port.clone())
-    }
-
-    /// Cluster mode: where etcd says a user is (backend name, since), for
-    /// a user this director serves no session of.
-    pub async fn cluster_lookup(&self, key: &str) -> Option<(Box<str>, String)> {
-        let port = self.cluster_port()?;
-        let (reply, rx) = flume::bounded(1);
-        let request = ControlRequest::Lookup {
-            user: key.into(),
-            reply,
-        };
-        if !port.ask(request) {
-            return None;
-        }
-        bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async())
-            .await?
-            .ok()?
-            .ok()?
-    }
-
     /// The assignment of a user key, from its owner core.
     pub async fn lookup(&self, key: &str) -> Option<Assignment> {
         self.ask(self.owner(key), |reply| CoreMsg::Lookup {
@@ -660,32 +642,6 @@ impl Control {
         }
     }
 
-    /// A safe move ([`Control::safe_move`]) asked for by an admin,
-    /// recorded as an event.
-    pub async fn move_user(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
-        let target = match to {
-            Reassign::To(id) => self.backend_name(id),
-            _ => "its first-ranked backend".to_string(),
-        };
-        let result = match self.cluster_port() {
-            Some(port) => {
-                let to = match to {
-                    Reassign::To(id) => Some(self.backend_name(id).into_boxed_str()),
-                    _ => None,
-                };
-                cluster_move(&port, key, to).await.map(|n| n as usize)
-            }
-            None => self.safe_move(key, to).await,
-        };
-        let message = match &result {
-            Ok(closed) => format!("moved to {target}, {closed} sessions closed"),
-            Err(e) => format!("not moved to {target}: {e}"),
-        };
-        let backend = matches!(to, Reassign::To(_)).then_some(target.as_str());
-        self.event(EventKind::Move, backend, Some(key), message);
-        result
-    }
-
     /// A safe move: hold the user's new logins, close its sessions
     /// everywhere and wait until the owner core counts none left — every
     /// backend connection of the user closed, including logins that were
@@ -694,7 +650,7 @@ impl Control {
     /// backend), then let the held logins through. Returns the sessions
     /// closed, or an error (and the assignment unchanged) when the old
     /// sessions did not close within [`CLOSE_LIMIT`].
-    async fn safe_move(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
+    pub(crate) async fn safe_move(&self, key: &str, to: Reassign) -> Result<usize, MoveError> {
         let owner = self.owner(key);
         self.ask(owner, |done| CoreMsg::Hold {
             key: key.into(),
@@ -732,51 +688,13 @@ impl Control {
         Ok(closed)
     }
 
-    /// Drops every assignment to `backend` safely, a bounded number of
-    /// users at a time; returns (users moved, sessions closed). In cluster
-    /// mode the users are those etcd assigns there, moved on every
-    /// director.
-    pub async fn flush(&self, backend: BackendId) -> (usize, usize) {
-        let port = self.cluster_port();
-        let users: Vec<Box<str>> = match &port {
-            Some(port) => cluster_users_on(port, &self.backend_name(backend)).await,
-            None => self
-                .ask_all(|reply| CoreMsg::UsersOn { backend, reply })
-                .await
-                .into_iter()
-                .flatten()
-                .collect(),
-        };
-        let mut closed = 0;
-        let mut moved = 0;
-        for batch in users.chunks(FLUSH_PARALLEL) {
-            let results = match &port {
-                Some(port) => {
-                    let moves = batch.iter().map(|k| cluster_move(port, k, None));
-                    join_all(moves)
-                        .await
-                        .into_iter()
-                        .map(|r| r.map(|n| n as usize))
-                        .collect::<Vec<_>>()
-                }
-                None => {
-                    let moves = batch.iter().map(|k| self.safe_move(k, Reassign::Forget));
-                    join_all(moves).await
-                }
-            };
-            for n in results.into_iter().flatten() {
-                closed += n;
-                moved += 1;
-            }
-        }
-        info!(backend, users = moved, sessions = closed, "flushed");
-        self.event(
-            EventKind::Flush,
-            Some(&self.backend_name(backend)),
-            None,
-            format!("{moved} users flushed, {closed} sessions closed"),
-        );
-        (moved, closed)
+    /// The users this director's cores assign to `backend`.
+    pub(crate) async fn local_users_on(&self, backend: BackendId) -> Vec<Box<str>> {
+        self.ask_all(|reply| CoreMsg::UsersOn { backend, reply })
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Sessions logged in, over all cores.
@@ -787,55 +705,6 @@ impl Control {
             .flat_map(|s| s.sessions.iter())
             .map(|per_proto| per_proto.iter().map(|n| u64::from(*n)).sum::<u64>())
             .sum()
-    }
-}
-
-/// How long the control plane waits for the cluster thread's answer to a
-/// move (the mover's own bound is shorter: sessions closed, or a lease
-/// expired, plus a silent watch re-created).
-const CLUSTER_ANSWER_LIMIT: Duration = Duration::from_secs(60);
-
-/// A move across the cluster (see `cluster::moves`).
-async fn cluster_move(
-    port: &crate::cluster_link::ClusterPort,
-    key: &str,
-    to: Option<Box<str>>,
-) -> Result<u32, MoveError> {
-    let (reply, rx) = flume::bounded(1);
-    let request = ControlRequest::Move {
-        user: key.into(),
-        to,
-        reply,
-    };
-    if !port.ask(request) {
-        return Err(MoveError::Cluster("the cluster thread has stopped".into()));
-    }
-    match bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async()).await {
-        Some(Ok(result)) => result.map_err(MoveError::Cluster),
-        Some(Err(_)) => Err(MoveError::Cluster("the cluster thread has stopped".into())),
-        None => Err(MoveError::Cluster(
-            "no answer from the cluster in time".into(),
-        )),
-    }
-}
-
-/// The users etcd assigns to `backend` (none when etcd does not answer).
-async fn cluster_users_on(port: &crate::cluster_link::ClusterPort, backend: &str) -> Vec<Box<str>> {
-    let (reply, rx) = flume::bounded(1);
-    let request = ControlRequest::UsersOn {
-        backend: backend.into(),
-        reply,
-    };
-    if !port.ask(request) {
-        return Vec::new();
-    }
-    match bounded(CLUSTER_ANSWER_LIMIT, rx.recv_async()).await {
-        Some(Ok(Ok(users))) => users,
-        Some(Ok(Err(e))) => {
-            warn!(backend, error = %e, "flush: etcd did not list the backend's users");
-            Vec::new()
-        }
-        _ => Vec::new(),
     }
 }
 
@@ -868,7 +737,7 @@ async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
 }
 
 /// Awaits all futures concurrently (they run on this one thread).
-async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     let handles: Vec<_> = futures.map(|f| Box::pin(f)).collect();
     let mut out = Vec::with_capacity(handles.len());
     // Poll all of them together: each gets its turn whenever it is woken.
