@@ -741,48 +741,68 @@ fn a_qresync_client_gets_vanished_for_what_was_expunged_between_the_two_views() 
 
 #[test]
 fn an_expunge_the_old_backend_already_reported_is_not_sent_again() {
-    let Some(w) = World::start(Setup::PLAIN) else {
-        return;
-    };
-    let user = "user0014";
-    for s in ["one", "two", "three"] {
-        append(w.addr(), user, s);
+    for (user, enabled) in [
+        ("user0014", Enabled::Nothing),
+        ("user0016", Enabled::Qresync),
+    ] {
+        let Some(w) = World::start(Setup::PLAIN) else {
+            return;
+        };
+        for s in ["one", "two", "three"] {
+            append(w.addr(), user, s);
+        }
+        let mut idle = Imap::idling_in(w.addr(), user, "INBOX", enabled);
+        let from = w.backend_of(user);
+        // Expunged on the old backend just before the move: the client
+        // hears of it from its IDLE or from the old side's NOOP, and only
+        // once (a QRESYNC client as VANISHED, which lowers its count).
+        let mut direct = Imap::login(w.cluster.instance(from).imap_addr(), user);
+        direct.ok("s", "SELECT INBOX");
+        direct.ok("d", "STORE 2 +FLAGS (\\Deleted)");
+        direct.ok("x", "EXPUNGE");
+        direct.ok("z", "LOGOUT");
+        w.move_user(user, 1 - from);
+        w.wait_on(user, 1 - from);
+        // Its IDLE may have seen the \\Deleted flag before the expunge.
+        let mut line = idle.line();
+        while line.starts_with("* 2 FETCH ") {
+            line = idle.line();
+        }
+        let expunged = if enabled == Enabled::Qresync {
+            "* VANISHED 2"
+        } else {
+            "* 2 EXPUNGE"
+        };
+        assert_eq!(line, expunged, "{enabled:?}");
+        // Then at most the new \\Recent count, and nothing more.
+        // (quiet_for consumes what it reads, but not what was buffered.)
+        let buffered = !idle.r.buffer().is_empty();
+        if idle.quiet_for(Duration::from_millis(300)).as_deref() == Some("* 2 RECENT\r\n")
+            && buffered
+        {
+            assert_eq!(idle.line(), "* 2 RECENT");
+        }
+        assert_eq!(
+            idle.quiet_for(Duration::from_millis(300)),
+            None,
+            "{enabled:?}"
+        );
+        idle.send("DONE\r\n");
+        let done = idle.until("i");
+        let noop = idle.ok("n", "NOOP");
+        assert!(
+            !done
+                .iter()
+                .chain(&noop)
+                .any(|l| l.contains("EXPUNGE") || l.contains("VANISHED")),
+            "no expunge twice: {done:?} {noop:?}"
+        );
+        let mut other = Imap::login(w.addr(), user);
+        other.enable(enabled);
+        other.ok("s", "SELECT INBOX");
+        assert_eq!(idle.uid_flags(), other.uid_flags());
+        assert_eq!(w.metric(MOVED), 1.0, "{enabled:?}: moved live");
     }
-    let mut idle = Imap::idling(w.addr(), user);
-    let from = w.backend_of(user);
-    // Expunged on the old backend just before the move: the client hears
-    // of it from its IDLE or from the old side's NOOP, and only once.
-    let mut direct = Imap::login(w.cluster.instance(from).imap_addr(), user);
-    direct.ok("s", "SELECT INBOX");
-    direct.ok("d", "STORE 2 +FLAGS (\\Deleted)");
-    direct.ok("x", "EXPUNGE");
-    direct.ok("z", "LOGOUT");
-    w.move_user(user, 1 - from);
-    w.wait_on(user, 1 - from);
-    // Its IDLE may have seen the \\Deleted flag before the expunge.
-    let mut line = idle.line();
-    while line.starts_with("* 2 FETCH ") {
-        line = idle.line();
-    }
-    assert_eq!(line, "* 2 EXPUNGE");
-    // Then at most the new \\Recent count, and nothing more.
-    // (quiet_for consumes what it reads, but not what was buffered.)
-    let buffered = !idle.r.buffer().is_empty();
-    if idle.quiet_for(Duration::from_millis(300)).as_deref() == Some("* 2 RECENT\r\n") && buffered {
-        assert_eq!(idle.line(), "* 2 RECENT");
-    }
-    assert_eq!(idle.quiet_for(Duration::from_millis(300)), None);
-    idle.send("DONE\r\n");
-    let done = idle.until("i");
-    let noop = idle.ok("n", "NOOP");
-    assert!(
-        !done.iter().chain(&noop).any(|l| l.contains("EXPUNGE")),
-        "no expunge twice: {done:?} {noop:?}"
-    );
-    let mut other = Imap::login(w.addr(), user);
-    other.ok("s", "SELECT INBOX");
-    assert_eq!(idle.uid_flags(), other.uid_flags());
-    assert_eq!(w.metric(MOVED), 1.0);
 }
 
 #[test]
