@@ -11,7 +11,7 @@
 //! `LOGOUT`, and the dialogue returns once the backend closed the
 //! connection — the old session no longer exists.
 //!
-//! New side ([`open_new`]): connect, forward the client's address (ID),
+//! New side ([`resume`]): connect, forward the client's address (ID),
 //! log in with SASL PLAIN, authorization id = the user, authentication id
 //! = `backends.master_user` (what Dovecot's own proxy sends), check the
 //! capabilities, replay ENABLE, SELECT or EXAMINE with the client's own
