@@ -720,6 +720,34 @@ fn an_expunge_and_a_flag_change_between_the_snapshot_and_the_new_select_are_reco
 }
 
 #[test]
+fn a_keyword_created_between_the_two_views_is_announced_with_flags() {
+    let user = "user0019";
+    let Some((w, mut idle, moved_before)) =
+        move_with_a_change(user, 2, "INBOX", Enabled::Nothing, |_, direct| {
+            // Created and taken off again: no message carries it, the
+            // mailbox's keyword list still does.
+            direct.ok("k", "STORE 1 +FLAGS (Urgent)");
+            direct.ok("r", "STORE 1 -FLAGS (Urgent)");
+        })
+    else {
+        return;
+    };
+    let flags = idle.line();
+    assert!(
+        flags.starts_with("* FLAGS (") && flags.contains(" Urgent"),
+        "{flags}"
+    );
+    let permanent = idle.line();
+    assert!(
+        permanent.starts_with("* OK [PERMANENTFLAGS ("),
+        "{permanent}"
+    );
+    assert_eq!(idle.line(), "* 1 FETCH (FLAGS ())");
+    after_the_move(&w, &mut idle, user, Enabled::Nothing);
+    assert_eq!(w.metric(MOVED), moved_before + 1.0);
+}
+
+#[test]
 fn a_qresync_client_gets_vanished_for_what_was_expunged_between_the_two_views() {
     let user = "user0013";
     let Some((w, mut idle, moved_before)) =

@@ -10,8 +10,8 @@
 //! responses, in this order: the expunges (`* n EXPUNGE` with the client's
 //! sequence numbers, highest first so none shifts another; or one
 //! `* VANISHED` for a client that enabled QRESYNC), `* n EXISTS` for
-//! appends, the mailbox's `FLAGS` / `PERMANENTFLAGS` when a changed message
-//! carries a keyword, and `* n FETCH (FLAGS (...))` for each message whose
+//! appends, the mailbox's `FLAGS` / `PERMANENTFLAGS` when its keyword list
+//! changed or a changed message carries a keyword, and `* n FETCH (FLAGS (...))` for each message whose
 //! flags changed (`UID` only for QRESYNC clients, RFC 7162 §3.2.4;
 //! `MODSEQ` only for CONDSTORE/QRESYNC clients, §3.1). Every step is
 //! bounded; anything not understood is an error, and the caller ends the
@@ -367,6 +367,9 @@ pub struct Views<'a> {
     pub updates: &'a [FlagUpdate],
     /// The new `SELECT`'s `* FLAGS` and `* OK [PERMANENTFLAGS` lines.
     pub flag_lists: &'a [Vec<u8>],
+    /// The old backend's `* FLAGS` line at the snapshot (the client's,
+    /// since the sync it got tells of every new keyword), if read.
+    pub old_flags: Option<&'a [u8]>,
 }
 
 /// What [`reconcile`] tells the client, in numbers (for the session log).
@@ -439,7 +442,9 @@ pub fn reconcile(
         .filter_map(|u| new.of(u.uid).map(|seq| (seq, u)))
         .collect();
     known.sort_by_key(|(seq, _)| *seq);
-    if known.iter().any(|(_, u)| u.has_keyword()) {
+    let new_flags = views.flag_lists.iter().find(|l| l.starts_with(b"* FLAGS "));
+    let list_changed = views.old_flags != new_flags.map(Vec::as_slice);
+    if list_changed || known.iter().any(|(_, u)| u.has_keyword()) {
         for line in views.flag_lists {
             out.extend_from_slice(line);
             out.extend_from_slice(b"\r\n");

@@ -7,8 +7,9 @@
 //! UIDs the client knows, in its sequence order) go out one after the
 //! other (Dovecot runs pipelined commands side by side); the
 //! untagged updates the backend sends are passed to the client (legal: the
-//! client's IDLE is still running), the tagged answers are swallowed; then
-//! `LOGOUT`, and the dialogue returns once the backend closed the
+//! client's IDLE is still running), the tagged answers are swallowed; an
+//! `EXAMINE` of the mailbox reads its keyword list (`* FLAGS`, all its
+//! answers swallowed); then `LOGOUT`, and the dialogue returns once the backend closed the
 //! connection — the old session no longer exists.
 //!
 //! New side ([`resume`]): connect, forward the client's address (ID),
@@ -63,6 +64,9 @@ pub struct OldSnapshot {
     pub uids: UidSet,
     /// HIGHESTMODSEQ before the sync.
     pub highest_modseq: u64,
+    /// The mailbox's `* FLAGS` line after the sync (the client was told
+    /// of every keyword in it).
+    pub flags: Vec<u8>,
 }
 
 /// Why a step of a live move failed; the words go to the session log.
@@ -182,6 +186,22 @@ async fn line<R: ReadSide>(lines: &mut LineReader, r: &mut R) -> Result<Vec<u8>,
         .map_err(|_| ResumeError::Backend("backend connection lost"))
 }
 
+/// Writes `bytes` to the old backend.
+async fn send_old<W: WriteSide>(bw: &mut W, bytes: &[u8]) -> Result<(), ResumeError> {
+    write_bytes(bw, bytes)
+        .await
+        .map_err(|_| ResumeError::Backend("old backend connection lost"))
+}
+
+/// `head`, the mailbox name bytes, `tail` and CRLF: one command line.
+fn command(head: &str, mailbox: &[u8], tail: &str) -> Vec<u8> {
+    let mut out = head.as_bytes().to_vec();
+    out.extend_from_slice(mailbox);
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// Ends the old backend's session of an idling client (see the module
 /// documentation): untagged updates go to `client` and through `tracker`;
 /// returns the mailbox state once the backend has closed the connection.
@@ -202,16 +222,20 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
     };
     let condstore = snapshot.condstore;
     let idle_tag = snapshot.idle_tag.unwrap_or_default().to_vec();
-    let (noop, search, logout, status) = (
+    let (noop, search, logout, status, examine) = (
         our_tag(1, &idle_tag),
         our_tag(2, &idle_tag),
         our_tag(3, &idle_tag),
         our_tag(0, &idle_tag),
+        our_tag(4, &idle_tag),
     );
     let mut lines = LineReader::new();
     let mut listing = Listing::default();
     // The NOOP answered: the lines that follow list the UIDs.
     let mut listing_started = false;
+    // The UIDs listed: an EXAMINE reads the keyword list, nothing more
+    // goes to the client.
+    let (mut examining, mut flags) = (false, None);
     let mut state = None;
     let mut modseq = None;
     if mailbox.is_some() && tracker.exists() > MAX_LISTED_MESSAGES {
@@ -224,18 +248,25 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
         // taken out of what goes to a client that did not ask for it.
         // One command at a time: Dovecot runs pipelined commands side by
         // side (a FETCH sent after a NOOP may answer before the NOOP's sync).
-        let mut out = format!("DONE\r\n{status} STATUS ").into_bytes();
-        out.extend_from_slice(mailbox);
-        out.extend_from_slice(b" (HIGHESTMODSEQ)\r\n");
-        write_bytes(bw, &out)
-            .await
-            .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+        let head = format!("DONE\r\n{status} STATUS ");
+        send_old(bw, &command(&head, mailbox, " (HIGHESTMODSEQ)")).await?;
         loop {
             let l = line(&mut lines, br).await?;
             if ends_in_literal(&l) {
                 return Err(ResumeError::Backend(
                     "old backend sent a literal during the snapshot",
                 ));
+            }
+            if examining {
+                if l.starts_with(b"* FLAGS ") {
+                    flags = Some(l);
+                } else if let Some(status) = tagged(&l, &examine) {
+                    if !is_ok(status) {
+                        return Err(ResumeError::Backend("old backend refused EXAMINE"));
+                    }
+                    break;
+                }
+                continue;
             }
             if listing_started {
                 if let Listed::Message { seq, uid } = listed(&l) {
@@ -248,7 +279,10 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 if !is_ok(status) && tracker.exists() != 0 {
                     return Err(ResumeError::Backend("old backend refused the UID FETCH"));
                 }
-                break;
+                examining = true;
+                let head = format!("{examine} EXAMINE ");
+                send_old(bw, &command(&head, mailbox, "")).await?;
+                continue;
             }
             if let Some(found) = status_modseq(&l) {
                 modseq = Some(found);
@@ -258,17 +292,13 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 if !is_ok(answer) {
                     return Err(ResumeError::Backend("old backend refused STATUS"));
                 }
-                write_bytes(bw, format!("{noop} NOOP\r\n").as_bytes())
-                    .await
-                    .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+                send_old(bw, format!("{noop} NOOP\r\n").as_bytes()).await?;
                 continue;
             }
             if tagged(&l, &noop).is_some() {
                 // The sync is over: what the client knows is listed now.
                 listing_started = true;
-                write_bytes(bw, format!("{search} UID FETCH 1:* (UID)\r\n").as_bytes())
-                    .await
-                    .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+                send_old(bw, format!("{search} UID FETCH 1:* (UID)\r\n").as_bytes()).await?;
                 continue;
             }
             if !condstore && l.starts_with(b"* OK [HIGHESTMODSEQ ") {
@@ -299,9 +329,11 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
         let highest_modseq = modseq.ok_or(ResumeError::Backend(
             "no HIGHESTMODSEQ from the old backend",
         ))?;
+        let flags = flags.ok_or(ResumeError::Backend("no FLAGS from the old backend"))?;
         state = Some(OldSnapshot {
             uids: found,
             highest_modseq,
+            flags,
         });
     }
     if !lines.into_leftover().is_empty() {
@@ -431,12 +463,12 @@ async fn probe(
         .map_err(|_| ResumeError::Backend("cannot connect to the new backend"))?;
     let mut lines = LineReader::new();
     master_login(&mut stream, &mut lines, backend, client, login, "p1", "p2").await?;
-    let mut out = b"p3 STATUS ".to_vec();
-    out.extend_from_slice(mailbox);
-    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\n");
-    write_bytes(&mut stream, &out)
-        .await
-        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    write_bytes(
+        &mut stream,
+        &command("p3 STATUS ", mailbox, " (HIGHESTMODSEQ)"),
+    )
+    .await
+    .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
     let mut probe = Probe::default();
     let mut modseq = None;
     loop {
@@ -453,12 +485,10 @@ async fn probe(
     probe.highest_modseq = modseq.ok_or(ResumeError::Backend(
         "no HIGHESTMODSEQ from the new backend",
     ))?;
-    let mut out = Vec::new();
     if let Some(max) = old_max.filter(|_| probe.highest_modseq > since) {
-        out.extend_from_slice(b"p4 EXAMINE ");
-        out.extend_from_slice(mailbox);
+        let mut out = command("p4 EXAMINE ", mailbox, "");
         out.extend_from_slice(
-            format!("\r\np5 UID FETCH 1:{max} (UID FLAGS) (CHANGEDSINCE {since})\r\n").as_bytes(),
+            format!("p5 UID FETCH 1:{max} (UID FLAGS) (CHANGEDSINCE {since})\r\n").as_bytes(),
         );
         write_bytes(&mut stream, &out)
             .await
@@ -697,6 +727,7 @@ pub async fn resume(
         new: &found,
         updates: &probe.updates,
         flag_lists: &flag_lists,
+        old_flags: Some(&old.flags),
     };
     let extensions = ClientExtensions {
         condstore: snapshot.condstore,

@@ -107,6 +107,7 @@ fn expunges_go_out_highest_first_with_the_clients_sequence_numbers() {
         new: &new,
         updates: &[],
         flag_lists: &[],
+        old_flags: None,
     };
     let (out, done) = reconcile(&views, PLAIN).unwrap();
     assert_eq!(
@@ -141,6 +142,7 @@ fn a_qresync_client_gets_one_vanished_and_the_count_again() {
         new: &new,
         updates: &[update(4, "\\Seen", 9)],
         flag_lists: &[],
+        old_flags: None,
     };
     let (out, _) = reconcile(&views, q).unwrap();
     assert_eq!(
@@ -175,6 +177,7 @@ fn flag_changes_carry_modseq_only_for_condstore_and_uid_only_for_qresync() {
         new: &new,
         updates: &updates,
         flag_lists: &lists,
+        old_flags: Some(b"* FLAGS (\\Seen \\Flagged $Work)"),
     };
     let (plain, done) = reconcile(&views, PLAIN).unwrap();
     assert_eq!(
@@ -198,7 +201,7 @@ fn flag_changes_carry_modseq_only_for_condstore_and_uid_only_for_qresync() {
         text(&c).last().unwrap(),
         "* 2 FETCH (FLAGS (\\Flagged $Work) MODSEQ (12))"
     );
-    // System flags only: the flag lists are not repeated.
+    // System flags only, the same keyword list: the lists are not repeated.
     let only_seen = [update(2, "\\Seen", 5)];
     let views = Views {
         updates: &only_seen,
@@ -206,6 +209,14 @@ fn flag_changes_carry_modseq_only_for_condstore_and_uid_only_for_qresync() {
     };
     let (out, _) = reconcile(&views, PLAIN).unwrap();
     assert_eq!(text(&out), ["* 1 EXPUNGE", "* 1 FETCH (FLAGS (\\Seen))"]);
+    // A keyword the client was not told of: the lists go first.
+    let views = Views {
+        old_flags: Some(b"* FLAGS (\\Seen \\Flagged)"),
+        ..views
+    };
+    let (out, _) = reconcile(&views, PLAIN).unwrap();
+    assert_eq!(text(&out)[1], "* FLAGS (\\Seen \\Flagged $Work)");
+    assert_eq!(text(&out).len(), 4);
 }
 
 #[test]
@@ -217,6 +228,7 @@ fn what_cannot_be_reconciled_safely_is_an_error() {
         new: &new,
         updates: &[],
         flag_lists: &[],
+        old_flags: None,
     };
     assert!(reconcile(&views, PLAIN).is_err());
     // Too many EXPUNGE lines (a QRESYNC client would get one VANISHED).
@@ -228,6 +240,7 @@ fn what_cannot_be_reconciled_safely_is_an_error() {
         new: &new,
         updates: &[],
         flag_lists: &[],
+        old_flags: None,
     };
     assert!(reconcile(&views, PLAIN).is_err());
     let q = ClientExtensions {
@@ -245,6 +258,7 @@ fn what_cannot_be_reconciled_safely_is_an_error() {
         new: &same,
         updates: &[],
         flag_lists: &[],
+        old_flags: None,
     };
     let (out, done) = reconcile(&views, PLAIN).unwrap();
     assert!(out.is_empty() && !done.any());
