@@ -4,7 +4,10 @@
 //! backend without a byte; `doveadm who`, sampled throughout, never shows
 //! the user on both; what cannot move (not idling, no master user, a
 //! refused master login, a backend down, a mailbox changed mid-move) ends
-//! with BYE as before, never with a wrong view.
+//! with BYE as before, never with a wrong view. Expunges, appends and flag
+//! changes made between the old backend's snapshot and the new backend's
+//! SELECT are reconciled (EXPUNGE or VANISHED, EXISTS, FETCH FLAGS, MODSEQ
+//! only for clients that enabled CONDSTORE).
 
 mod support;
 
@@ -85,12 +88,27 @@ impl Imap {
 
     /// Selects INBOX and starts IDLE under tag `i`.
     fn idling(addr: SocketAddr, user: &str) -> Imap {
+        Imap::idling_in(addr, user, "INBOX", Enabled::Nothing)
+    }
+
+    /// Enables `enabled`, selects `mailbox` and starts IDLE under tag `i`.
+    fn idling_in(addr: SocketAddr, user: &str, mailbox: &str, enabled: Enabled) -> Imap {
         let mut c = Imap::login(addr, user);
-        c.ok("s", "SELECT INBOX");
+        c.enable(enabled);
+        c.ok("s", &format!("SELECT {mailbox}"));
         c.send("i IDLE\r\n");
         let cont = c.line();
         assert!(cont.starts_with("+ "), "{cont}");
         c
+    }
+
+    /// Sends `ENABLE` for `enabled`, if anything.
+    fn enable(&mut self, enabled: Enabled) {
+        match enabled {
+            Enabled::Nothing => {}
+            Enabled::Condstore => drop(self.ok("e", "ENABLE CONDSTORE")),
+            Enabled::Qresync => drop(self.ok("e", "ENABLE QRESYNC")),
+        }
     }
 
     /// Whatever arrives within `d`: `None` when nothing does.
@@ -137,11 +155,27 @@ impl Imap {
     }
 }
 
+/// What a test client enabled before selecting its mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enabled {
+    Nothing,
+    Condstore,
+    Qresync,
+}
+
 /// Appends a small message to `user`'s INBOX through its own session.
 fn append(addr: SocketAddr, user: &str, subject: &str) {
+    append_to(addr, user, "INBOX", subject);
+}
+
+/// Appends a small message to `user`'s `mailbox` through its own session.
+fn append_to(addr: SocketAddr, user: &str, mailbox: &str, subject: &str) {
     let mut c = Imap::login(addr, user);
     let msg = format!("Subject: {subject}\r\n\r\nbody\r\n");
-    c.send(&format!("a APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()));
+    c.send(&format!(
+        "a APPEND {mailbox} {{{}+}}\r\n{msg}\r\n",
+        msg.len()
+    ));
     let lines = c.until("a");
     assert!(lines.last().unwrap().starts_with("a OK"), "{lines:?}");
     c.ok("z", "LOGOUT");
@@ -241,6 +275,7 @@ impl World {
             2,
             DovecotOptions {
                 master_user: Some((MASTER.into(), MASTER_PASSWORD.into())),
+                users: 20,
                 ..DovecotOptions::default()
             },
         );
@@ -529,18 +564,33 @@ fn done_and_a_command_sent_during_the_move_are_answered_by_the_new_backend() {
     assert_eq!(w.metric(MOVED), moved_before + 1.0);
 }
 
-/// A change made straight on Dovecot while the move is caught between its
-/// old side's close and its new side's login; returns the world and the
-/// moving client once the gate is released.
-fn change_during_a_move(change: &str) -> Option<(World, Imap, f64)> {
+/// `user`'s client (with `enabled`) idles in `mailbox` (created when not
+/// INBOX) holding `messages` messages on backend 0; the user moves to
+/// backend 1, and while the move is caught between its old side's close
+/// and its new side's login, `change` runs on a session straight on
+/// Dovecot (backend 0's address and that session, `mailbox` selected).
+/// Returns the world, the moving client (the gate released) and the
+/// moved count before.
+fn move_with_a_change(
+    user: &str,
+    messages: usize,
+    mailbox: &str,
+    enabled: Enabled,
+    change: impl FnOnce(SocketAddr, &mut Imap),
+) -> Option<(World, Imap, f64)> {
     let w = World::start(Setup {
         master_password: Some(MASTER_PASSWORD),
         gate: true,
     })?;
-    let user = "user0003";
-    append(w.addr(), user, "one");
-    append(w.addr(), user, "two");
-    let idle = Imap::idling(w.addr(), user);
+    if mailbox != "INBOX" {
+        let mut c = Imap::login(w.addr(), user);
+        c.ok("c", &format!("CREATE {mailbox}"));
+        c.ok("z", "LOGOUT");
+    }
+    for i in 0..messages {
+        append_to(w.addr(), user, mailbox, &format!("m{i}"));
+    }
+    let idle = Imap::idling_in(w.addr(), user, mailbox, enabled);
     if w.backend_of(user) == 1 {
         w.move_user(user, 0);
         w.wait_on(user, 0);
@@ -551,26 +601,51 @@ fn change_during_a_move(change: &str) -> Option<(World, Imap, f64)> {
     w.move_user(user, 1);
     gate.wait_held();
     // Straight to Dovecot, between the two sides of the move.
-    let mut direct = Imap::login(w.cluster.instance(0).imap_addr(), user);
-    direct.ok("s", "SELECT INBOX");
-    match change {
-        "append" => append(w.cluster.instance(0).imap_addr(), user, "three"),
-        "expunge" => {
-            direct.ok("e", "STORE 1 +FLAGS (\\Deleted)");
-            direct.ok("x", "EXPUNGE");
-        }
-        _ => {
-            direct.ok("e", "STORE 2 +FLAGS (\\Flagged)");
-        }
-    }
+    let old = w.cluster.instance(0).imap_addr();
+    let mut direct = Imap::login(old, user);
+    direct.ok("s", &format!("SELECT {mailbox}"));
+    change(old, &mut direct);
     direct.ok("z", "LOGOUT");
     gate.release.store(true, Ordering::SeqCst);
     Some((w, idle, moved_before))
 }
 
+/// After a reconciled move: nothing more arrives, `DONE` gets exactly one
+/// tagged OK and no EXPUNGE, `FETCH 1:* (UID FLAGS)` equals an independent
+/// session's (with the same extensions); returns every line the client
+/// got after the move.
+fn after_the_move(w: &World, idle: &mut Imap, user: &str, enabled: Enabled) -> Vec<String> {
+    assert_eq!(idle.quiet_for(Duration::from_millis(300)), None);
+    w.wait_on(user, 1);
+    idle.send("DONE\r\n");
+    let mut seen = idle.until("i");
+    let tagged: Vec<&String> = seen.iter().filter(|l| !l.starts_with("* ")).collect();
+    assert_eq!(tagged.len(), 1, "{seen:?}");
+    assert!(tagged[0].starts_with("i OK"), "{seen:?}");
+    let noop = idle.ok("n", "NOOP");
+    let mut other = Imap::login(w.addr(), user);
+    other.enable(enabled);
+    other.ok("s", "SELECT INBOX");
+    let mine = idle.uid_flags();
+    assert_eq!(mine, other.uid_flags());
+    seen.extend(noop);
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("EXPUNGE") || l.contains("VANISHED")),
+        "no expunge twice: {seen:?}"
+    );
+    seen.extend(mine);
+    seen
+}
+
 #[test]
 fn an_append_between_the_snapshot_and_the_new_select_is_reconciled_with_exists() {
-    let Some((w, mut idle, moved_before)) = change_during_a_move("append") else {
+    let Some((w, mut idle, moved_before)) =
+        move_with_a_change("user0003", 2, "INBOX", Enabled::Nothing, |old, _| {
+            append(old, "user0003", "three")
+        })
+    else {
         return;
     };
     assert_eq!(idle.line(), "* 3 EXISTS", "the appended message, once");
@@ -590,27 +665,204 @@ fn an_append_between_the_snapshot_and_the_new_select_is_reconciled_with_exists()
     assert_eq!(w.metric(MOVED), moved_before + 1.0);
 }
 
+const CHANGED: &str = "mailpin_live_moves_total{result=\"ended\",reason=\"mailbox_changed\"}";
+
+/// Four messages; message 4 flagged, messages 2 and 3 expunged between the
+/// snapshot and the new SELECT.
+fn expunge_two_and_flag_one(_old: SocketAddr, direct: &mut Imap) {
+    direct.ok("f", "STORE 4 +FLAGS (\\Flagged)");
+    direct.ok("d", "STORE 2:3 +FLAGS (\\Deleted)");
+    direct.ok("x", "EXPUNGE");
+}
+
 #[test]
-fn an_expunge_or_a_flag_change_between_the_snapshot_and_the_new_select_ends_the_session() {
-    for change in ["expunge", "store"] {
-        let Some((w, mut idle, _)) = change_during_a_move(change) else {
+fn an_expunge_and_a_flag_change_between_the_snapshot_and_the_new_select_are_reconciled() {
+    for (user, enabled) in [
+        ("user0011", Enabled::Nothing),
+        ("user0012", Enabled::Condstore),
+    ] {
+        let Some((w, mut idle, moved_before)) =
+            move_with_a_change(user, 4, "INBOX", enabled, expunge_two_and_flag_one)
+        else {
             return;
         };
-        let user = "user0003";
-        let bye = idle.line();
-        assert!(bye.starts_with("* BYE"), "{change}: {bye}");
-        assert_eq!(
-            idle.quiet_for(Duration::from_millis(300)).as_deref(),
-            Some("<closed>")
-        );
-        let changed = "mailpin_live_moves_total{result=\"ended\",reason=\"mailbox_changed\"}";
-        assert_eq!(w.metric(changed), 1.0, "{change}");
-        // Ended on the new side: nothing left open anywhere.
-        let until = Instant::now() + STEP;
-        while w.cluster.instance(1).who_count(user, "imap") > 0 {
-            assert!(Instant::now() < until, "still open on the new backend");
-            std::thread::sleep(Duration::from_millis(20));
+        // Highest first, so neither shifts the other; then message 4 (now
+        // 2) with its new flags.
+        let mut got = vec![idle.line(), idle.line(), idle.line()];
+        assert_eq!(got[..2], ["* 3 EXPUNGE", "* 2 EXPUNGE"], "{enabled:?}");
+        if enabled == Enabled::Nothing {
+            assert_eq!(got[2], "* 2 FETCH (FLAGS (\\Flagged))");
+        } else {
+            assert!(
+                got[2].starts_with("* 2 FETCH (FLAGS (\\Flagged) MODSEQ ("),
+                "{}",
+                got[2]
+            );
         }
+        got.extend(after_the_move(&w, &mut idle, user, enabled));
+        if enabled == Enabled::Nothing {
+            assert!(
+                !got.iter().any(|l| l.contains("MODSEQ")),
+                "a client without CONDSTORE never sees MODSEQ: {got:?}"
+            );
+        }
+        assert_eq!(idle.uid_flags().len(), 2);
+        assert_eq!(w.metric(MOVED), moved_before + 1.0, "{enabled:?}");
+        assert_eq!(w.metric(CHANGED), 0.0);
+        assert!(w
+            .mailpin
+            .wait_for_log(
+                &["session moved live", "expunged=2", "flags_changed=1"],
+                STEP
+            )
+            .is_some());
+    }
+}
+
+#[test]
+fn a_keyword_created_between_the_two_views_is_announced_with_flags() {
+    let user = "user0019";
+    let Some((w, mut idle, moved_before)) =
+        move_with_a_change(user, 2, "INBOX", Enabled::Nothing, |_, direct| {
+            // Created and taken off again: no message carries it, the
+            // mailbox's keyword list still does.
+            direct.ok("k", "STORE 1 +FLAGS (Urgent)");
+            direct.ok("r", "STORE 1 -FLAGS (Urgent)");
+        })
+    else {
+        return;
+    };
+    let flags = idle.line();
+    assert!(
+        flags.starts_with("* FLAGS (") && flags.contains(" Urgent"),
+        "{flags}"
+    );
+    let permanent = idle.line();
+    assert!(
+        permanent.starts_with("* OK [PERMANENTFLAGS ("),
+        "{permanent}"
+    );
+    assert_eq!(idle.line(), "* 1 FETCH (FLAGS ())");
+    after_the_move(&w, &mut idle, user, Enabled::Nothing);
+    assert_eq!(w.metric(MOVED), moved_before + 1.0);
+}
+
+#[test]
+fn a_qresync_client_gets_vanished_for_what_was_expunged_between_the_two_views() {
+    let user = "user0013";
+    let Some((w, mut idle, moved_before)) =
+        move_with_a_change(user, 4, "INBOX", Enabled::Qresync, expunge_two_and_flag_one)
+    else {
+        return;
+    };
+    assert_eq!(idle.line(), "* VANISHED 2:3");
+    assert_eq!(idle.line(), "* 2 EXISTS");
+    let fetch = idle.line();
+    assert!(
+        fetch.starts_with("* 2 FETCH (UID 4 FLAGS (\\Flagged) MODSEQ ("),
+        "{fetch}"
+    );
+    let got = after_the_move(&w, &mut idle, user, Enabled::Qresync);
+    assert!(!got.iter().any(|l| l.ends_with(" EXPUNGE")), "{got:?}");
+    assert_eq!(w.metric(MOVED), moved_before + 1.0);
+}
+
+#[test]
+fn an_expunge_the_old_backend_already_reported_is_not_sent_again() {
+    for (user, enabled) in [
+        ("user0014", Enabled::Nothing),
+        ("user0016", Enabled::Qresync),
+    ] {
+        let Some(w) = World::start(Setup::PLAIN) else {
+            return;
+        };
+        for s in ["one", "two", "three"] {
+            append(w.addr(), user, s);
+        }
+        let mut idle = Imap::idling_in(w.addr(), user, "INBOX", enabled);
+        let from = w.backend_of(user);
+        // Expunged on the old backend just before the move: the client
+        // hears of it from its IDLE or from the old side's NOOP, and only
+        // once (a QRESYNC client as VANISHED, which lowers its count).
+        let mut direct = Imap::login(w.cluster.instance(from).imap_addr(), user);
+        direct.ok("s", "SELECT INBOX");
+        direct.ok("d", "STORE 2 +FLAGS (\\Deleted)");
+        direct.ok("x", "EXPUNGE");
+        direct.ok("z", "LOGOUT");
+        w.move_user(user, 1 - from);
+        w.wait_on(user, 1 - from);
+        // Its IDLE may have seen the \\Deleted flag before the expunge.
+        let mut line = idle.line();
+        while line.starts_with("* 2 FETCH ") {
+            line = idle.line();
+        }
+        let expunged = if enabled == Enabled::Qresync {
+            "* VANISHED 2"
+        } else {
+            "* 2 EXPUNGE"
+        };
+        assert_eq!(line, expunged, "{enabled:?}");
+        // Then at most the new \\Recent count, and nothing more.
+        // (quiet_for consumes what it reads, but not what was buffered.)
+        let buffered = !idle.r.buffer().is_empty();
+        if idle.quiet_for(Duration::from_millis(300)).as_deref() == Some("* 2 RECENT\r\n")
+            && buffered
+        {
+            assert_eq!(idle.line(), "* 2 RECENT");
+        }
+        assert_eq!(
+            idle.quiet_for(Duration::from_millis(300)),
+            None,
+            "{enabled:?}"
+        );
+        idle.send("DONE\r\n");
+        let done = idle.until("i");
+        let noop = idle.ok("n", "NOOP");
+        assert!(
+            !done
+                .iter()
+                .chain(&noop)
+                .any(|l| l.contains("EXPUNGE") || l.contains("VANISHED")),
+            "no expunge twice: {done:?} {noop:?}"
+        );
+        let mut other = Imap::login(w.addr(), user);
+        other.enable(enabled);
+        other.ok("s", "SELECT INBOX");
+        assert_eq!(idle.uid_flags(), other.uid_flags());
+        assert_eq!(w.metric(MOVED), 1.0, "{enabled:?}: moved live");
+    }
+}
+
+#[test]
+fn a_uidvalidity_change_between_the_snapshot_and_the_new_select_still_ends_the_session() {
+    let user = "user0015";
+    let Some((w, mut idle, _)) =
+        move_with_a_change(user, 2, "Box", Enabled::Nothing, |old, direct| {
+            direct.ok("u", "UNSELECT");
+            direct.ok("d", "DELETE Box");
+            direct.ok("c", "CREATE Box");
+            append_to(old, user, "Box", "again");
+            append_to(old, user, "Box", "and again");
+        })
+    else {
+        return;
+    };
+    let bye = idle.line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert_eq!(
+        idle.quiet_for(Duration::from_millis(300)).as_deref(),
+        Some("<closed>")
+    );
+    assert_eq!(w.metric(CHANGED), 1.0);
+    assert!(w
+        .mailpin
+        .wait_for_log(&["UIDVALIDITY differs on the new backend"], STEP)
+        .is_some());
+    // Ended on the new side: nothing left open anywhere.
+    let until = Instant::now() + STEP;
+    while w.cluster.instance(1).who_count(user, "imap") > 0 {
+        assert!(Instant::now() < until, "still open on the new backend");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

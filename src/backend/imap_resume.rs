@@ -2,22 +2,30 @@
 //! old backend's session after a snapshot, and resuming the session on the
 //! new backend with the master user, verified against that snapshot.
 //!
-//! Old side ([`close_old`]): the client is idling. `DONE`, `NOOP` (a full
-//! sync) and `UID SEARCH RETURN (MAX COUNT) ALL` go out in one write; the
+//! Old side ([`close_old`]): the client is idling. `DONE`, `STATUS
+//! (HIGHESTMODSEQ)`, `NOOP` (a full sync) and `UID FETCH 1:* (UID)` (the
+//! UIDs the client knows, in its sequence order) go out one after the
+//! other (Dovecot runs pipelined commands side by side); the
 //! untagged updates the backend sends are passed to the client (legal: the
-//! client's IDLE is still running), the tagged answers are swallowed; then
-//! `LOGOUT`, and the dialogue returns once the backend closed the
+//! client's IDLE is still running), the tagged answers are swallowed; an
+//! `EXAMINE` of the mailbox reads its keyword list (`* FLAGS`, all its
+//! answers swallowed); then `LOGOUT`, and the dialogue returns once the backend closed the
 //! connection — the old session no longer exists.
 //!
-//! New side ([`open_new`]): connect, forward the client's address (ID),
+//! New side ([`resume`]): connect, forward the client's address (ID),
 //! log in with SASL PLAIN, authorization id = the user, authentication id
 //! = `backends.master_user` (what Dovecot's own proxy sends), check the
 //! capabilities, replay ENABLE, SELECT or EXAMINE with the client's own
-//! argument bytes and `UID SEARCH RETURN (MAX COUNT) ALL`, swallowing the
-//! answers; UIDVALIDITY, the message count and the highest UID must equal
-//! what the client knows. Then `IDLE` under the client's tag; its `+` is
-//! swallowed. Any difference is an error: the caller closes the new side
-//! and ends the session, never leaving the client with a wrong view.
+//! argument bytes and `UID FETCH 1:* (UID)`, swallowing the
+//! answers; UIDVALIDITY must equal what the client knows. A probe
+//! connection of its own reads the flags changed since the old
+//! HIGHESTMODSEQ (so the resumed session never switches CONDSTORE on for a
+//! client that did not). The difference of both views goes to the client
+//! as untagged responses ([`crate::backend::imap_reconcile`]: expunges,
+//! appends, flags). Then `IDLE` under the client's tag; its `+` is
+//! swallowed. Anything that cannot be reconciled is an error: the caller
+//! closes the new side and ends the session, never leaving the client with
+//! a wrong view.
 //!
 //! Every step is bounded (lines by [`MAX_BACKEND_LINE`], time by the
 //! caller). The master password goes out only base64-encoded in the
@@ -31,6 +39,10 @@ use zeroize::Zeroizing;
 use crate::backend::client_info::ClientInfo;
 use crate::backend::greeting::{classify, GreetingKind};
 use crate::backend::imap::id_command;
+use crate::backend::imap_reconcile::{
+    flag_fetch, listed, reconcile, ClientExtensions, FlagUpdate, Listed, Listing, Reconciled,
+    UidSet, Views, MAX_FLAG_UPDATES, MAX_LISTED_MESSAGES,
+};
 use crate::backend::{read_greeting, MAX_BACKEND_LINE};
 use crate::config::{Forward, Protocol};
 use crate::io::{write_bytes, ReadSide, WriteSide};
@@ -42,24 +54,19 @@ use crate::route::backends::Backend;
 /// How long the old backend may take to close after LOGOUT.
 pub const LOGOUT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the old backend said the mailbox holds when its session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxState {
-    /// Messages (`COUNT`).
-    pub count: u32,
-    /// The highest UID (`MAX`), `None` for an empty mailbox.
-    pub max_uid: Option<u32>,
-}
-
-/// The old backend's snapshot: the mailbox, and its HIGHESTMODSEQ taken
-/// just before the sync whose updates the client got (so every change
-/// after it shows up as a higher HIGHESTMODSEQ on the new backend).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The old backend's snapshot: the UIDs the client knows, and the
+/// mailbox's HIGHESTMODSEQ taken just before the sync whose updates the
+/// client got (so every change after it shows up as a higher MODSEQ on
+/// the new backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OldSnapshot {
-    /// Messages and highest UID after the sync.
-    pub mailbox: MailboxState,
+    /// The messages after the sync, in the client's sequence order.
+    pub uids: UidSet,
     /// HIGHESTMODSEQ before the sync.
     pub highest_modseq: u64,
+    /// The mailbox's `* FLAGS` line after the sync (the client was told
+    /// of every keyword in it).
+    pub flags: Vec<u8>,
 }
 
 /// Why a step of a live move failed; the words go to the session log.
@@ -68,7 +75,7 @@ pub enum ResumeError {
     /// A backend failed, refused or said something unexpected.
     Backend(&'static str),
     /// The mailbox changed between the old backend's snapshot and the new
-    /// backend's view (stage 1 does not reconcile).
+    /// backend's view in a way that cannot be reconciled safely.
     Changed(&'static str),
 }
 
@@ -167,37 +174,6 @@ fn strip_modseq(line: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Parses `* ESEARCH (TAG "t") UID ... COUNT n ... MAX m` for tag `tag`.
-fn esearch(line: &[u8], tag: &str) -> Option<MailboxState> {
-    let rest = line.strip_prefix(b"* ESEARCH ")?;
-    let quoted = format!("(TAG \"{tag}\")");
-    let rest = rest.strip_prefix(quoted.as_bytes())?;
-    let words: Vec<&[u8]> = rest
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let mut state = MailboxState {
-        count: 0,
-        max_uid: None,
-    };
-    let mut count = None;
-    let mut i = 0;
-    while i < words.len() {
-        let value = words.get(i + 1).and_then(|v| number(v));
-        if words[i].eq_ignore_ascii_case(b"COUNT") {
-            count = value;
-            i += 2;
-        } else if words[i].eq_ignore_ascii_case(b"MAX") {
-            state.max_uid = value;
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    state.count = count?;
-    Some(state)
-}
-
 fn number(s: &[u8]) -> Option<u32> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
@@ -208,6 +184,22 @@ async fn line<R: ReadSide>(lines: &mut LineReader, r: &mut R) -> Result<Vec<u8>,
         .read_line(r, MAX_BACKEND_LINE)
         .await
         .map_err(|_| ResumeError::Backend("backend connection lost"))
+}
+
+/// Writes `bytes` to the old backend.
+async fn send_old<W: WriteSide>(bw: &mut W, bytes: &[u8]) -> Result<(), ResumeError> {
+    write_bytes(bw, bytes)
+        .await
+        .map_err(|_| ResumeError::Backend("old backend connection lost"))
+}
+
+/// `head`, the mailbox name bytes, `tail` and CRLF: one command line.
+fn command(head: &str, mailbox: &[u8], tail: &str) -> Vec<u8> {
+    let mut out = head.as_bytes().to_vec();
+    out.extend_from_slice(mailbox);
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Ends the old backend's session of an idling client (see the module
@@ -230,32 +222,34 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
     };
     let condstore = snapshot.condstore;
     let idle_tag = snapshot.idle_tag.unwrap_or_default().to_vec();
-    let (noop, search, logout, status) = (
+    let (noop, search, logout, status, examine) = (
         our_tag(1, &idle_tag),
         our_tag(2, &idle_tag),
         our_tag(3, &idle_tag),
         our_tag(0, &idle_tag),
+        our_tag(4, &idle_tag),
     );
     let mut lines = LineReader::new();
-    let mut found_state = None;
+    let mut listing = Listing::default();
+    // The NOOP answered: the lines that follow list the UIDs.
+    let mut listing_started = false;
+    // The UIDs listed: an EXAMINE reads the keyword list, nothing more
+    // goes to the client.
+    let (mut examining, mut flags) = (false, None);
     let mut state = None;
     let mut modseq = None;
+    if mailbox.is_some() && tracker.exists() > MAX_LISTED_MESSAGES {
+        return Err(ResumeError::Changed("mailbox too large to reconcile"));
+    }
     if let Some(mailbox) = &mailbox {
         // STATUS (HIGHESTMODSEQ) before the NOOP: whatever changes after it
         // raises HIGHESTMODSEQ, whether the NOOP told the client or not.
         // It switches CONDSTORE on for this (closing) session, so MODSEQ is
         // taken out of what goes to a client that did not ask for it.
-        let mut out = format!("DONE\r\n{status} STATUS ").into_bytes();
-        out.extend_from_slice(mailbox);
-        out.extend_from_slice(
-            format!(
-                " (HIGHESTMODSEQ)\r\n{noop} NOOP\r\n{search} UID SEARCH RETURN (MAX COUNT) ALL\r\n"
-            )
-            .as_bytes(),
-        );
-        write_bytes(bw, &out)
-            .await
-            .map_err(|_| ResumeError::Backend("old backend connection lost"))?;
+        // One command at a time: Dovecot runs pipelined commands side by
+        // side (a FETCH sent after a NOOP may answer before the NOOP's sync).
+        let head = format!("DONE\r\n{status} STATUS ");
+        send_old(bw, &command(&head, mailbox, " (HIGHESTMODSEQ)")).await?;
         loop {
             let l = line(&mut lines, br).await?;
             if ends_in_literal(&l) {
@@ -263,15 +257,32 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                     "old backend sent a literal during the snapshot",
                 ));
             }
-            if let Some(found) = esearch(&l, &search) {
-                found_state = Some(found);
+            if examining {
+                if l.starts_with(b"* FLAGS ") {
+                    flags = Some(l);
+                } else if let Some(status) = tagged(&l, &examine) {
+                    if !is_ok(status) {
+                        return Err(ResumeError::Backend("old backend refused EXAMINE"));
+                    }
+                    break;
+                }
                 continue;
             }
-            if let Some(status) = tagged(&l, &search) {
-                if !is_ok(status) {
-                    return Err(ResumeError::Backend("old backend refused the UID SEARCH"));
+            if listing_started {
+                if let Listed::Message { seq, uid } = listed(&l) {
+                    listing.add(seq, uid).map_err(ResumeError::Changed)?;
+                    continue;
                 }
-                break;
+            }
+            if let Some(status) = tagged(&l, &search) {
+                // An empty mailbox may answer NO or BAD to `1:*`.
+                if !is_ok(status) && tracker.exists() != 0 {
+                    return Err(ResumeError::Backend("old backend refused the UID FETCH"));
+                }
+                examining = true;
+                let head = format!("{examine} EXAMINE ");
+                send_old(bw, &command(&head, mailbox, "")).await?;
+                continue;
             }
             if let Some(found) = status_modseq(&l) {
                 modseq = Some(found);
@@ -281,9 +292,13 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 if !is_ok(answer) {
                     return Err(ResumeError::Backend("old backend refused STATUS"));
                 }
+                send_old(bw, format!("{noop} NOOP\r\n").as_bytes()).await?;
                 continue;
             }
             if tagged(&l, &noop).is_some() {
+                // The sync is over: what the client knows is listed now.
+                listing_started = true;
+                send_old(bw, format!("{search} UID FETCH 1:* (UID)\r\n").as_bytes()).await?;
                 continue;
             }
             if !condstore && l.starts_with(b"* OK [HIGHESTMODSEQ ") {
@@ -305,10 +320,8 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
             let (res, _) = client.write_all(forwarded).await;
             res.map_err(|_| ResumeError::Backend("client connection lost"))?;
         }
-        let found = found_state.ok_or(ResumeError::Backend(
-            "no ESEARCH answer from the old backend",
-        ))?;
-        if found.count != tracker.exists() {
+        let found = std::mem::take(&mut listing).finish();
+        if found.len() != u64::from(tracker.exists()) {
             return Err(ResumeError::Changed(
                 "old backend's message count differs from the client's",
             ));
@@ -316,9 +329,11 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
         let highest_modseq = modseq.ok_or(ResumeError::Backend(
             "no HIGHESTMODSEQ from the old backend",
         ))?;
+        let flags = flags.ok_or(ResumeError::Backend("no FLAGS from the old backend"))?;
         state = Some(OldSnapshot {
-            mailbox: found,
+            uids: found,
             highest_modseq,
+            flags,
         });
     }
     if !lines.into_leftover().is_empty() {
@@ -424,17 +439,17 @@ async fn master_login(
 #[derive(Debug, Default)]
 struct Probe {
     highest_modseq: u64,
-    /// Messages with a UID up to the old highest one (when asked).
-    old_messages: Option<u32>,
-    /// Of those, the ones changed after the old HIGHESTMODSEQ (when asked).
-    old_changed: Option<u32>,
+    /// Flags of the messages up to the old highest UID changed after the
+    /// old HIGHESTMODSEQ.
+    updates: Vec<FlagUpdate>,
 }
 
 /// Asks about `mailbox` on a connection of its own (the resumed session
 /// must not switch CONDSTORE on for a client that did not): its
-/// HIGHESTMODSEQ now, and with `old_max` (an append reconcile) how many
-/// messages up to that UID there are and how many of them changed after
-/// `since` (old HIGHESTMODSEQ), read-only (EXAMINE).
+/// HIGHESTMODSEQ now and, when that is past `since` (the old
+/// HIGHESTMODSEQ) and the client knows messages (`old_max`), read-only
+/// (EXAMINE), the flags of those changed after `since`, at most
+/// [`MAX_FLAG_UPDATES`].
 async fn probe(
     backend: &Backend,
     client: &ClientInfo,
@@ -448,58 +463,96 @@ async fn probe(
         .map_err(|_| ResumeError::Backend("cannot connect to the new backend"))?;
     let mut lines = LineReader::new();
     master_login(&mut stream, &mut lines, backend, client, login, "p1", "p2").await?;
-    let mut out = b"p3 STATUS ".to_vec();
-    out.extend_from_slice(mailbox);
-    out.extend_from_slice(b" (HIGHESTMODSEQ)\r\n");
-    if let Some(max) = old_max {
-        out.extend_from_slice(b"p4 EXAMINE ");
-        out.extend_from_slice(mailbox);
-        out.extend_from_slice(
-            format!(
-                "\r\np5 UID SEARCH RETURN (COUNT) UID 1:{max}\r\n\
-                 p6 UID SEARCH RETURN (COUNT) UID 1:{max} MODSEQ {}\r\n",
-                since + 1
-            )
-            .as_bytes(),
-        );
-    }
-    out.extend_from_slice(b"p7 LOGOUT\r\n");
-    write_bytes(&mut stream, &out)
-        .await
-        .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+    write_bytes(
+        &mut stream,
+        &command("p3 STATUS ", mailbox, " (HIGHESTMODSEQ)"),
+    )
+    .await
+    .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
     let mut probe = Probe::default();
     let mut modseq = None;
-    let last = if old_max.is_some() { "p6" } else { "p3" };
     loop {
         let l = line(&mut lines, &mut stream).await?;
         if let Some(found) = status_modseq(&l) {
             modseq = Some(found);
-        } else if let Some(found) = esearch(&l, "p5") {
-            probe.old_messages = Some(found.count);
-        } else if let Some(found) = esearch(&l, "p6") {
-            probe.old_changed = Some(found.count);
-        } else if let Some(status) = ["p3", "p4", "p5", "p6"].iter().find_map(|t| tagged(&l, t)) {
+        } else if let Some(status) = tagged(&l, "p3") {
             if !is_ok(status) {
                 return Err(ResumeError::Backend("the new backend refused a probe"));
             }
-            if tagged(&l, last).is_some() {
-                break;
+            break;
+        }
+    }
+    probe.highest_modseq = modseq.ok_or(ResumeError::Backend(
+        "no HIGHESTMODSEQ from the new backend",
+    ))?;
+    if let Some(max) = old_max.filter(|_| probe.highest_modseq > since) {
+        let mut out = command("p4 EXAMINE ", mailbox, "");
+        out.extend_from_slice(
+            format!("p5 UID FETCH 1:{max} (UID FLAGS) (CHANGEDSINCE {since})\r\n").as_bytes(),
+        );
+        write_bytes(&mut stream, &out)
+            .await
+            .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
+        loop {
+            let l = line(&mut lines, &mut stream).await?;
+            if let Some(update) = flag_fetch(&l) {
+                if probe.updates.len() == MAX_FLAG_UPDATES {
+                    return Err(ResumeError::Changed("too many flag changes to reconcile"));
+                }
+                probe.updates.push(update);
+            } else if let Some(status) = ["p4", "p5"].iter().find_map(|t| tagged(&l, t)) {
+                if !is_ok(status) {
+                    return Err(ResumeError::Backend("the new backend refused a probe"));
+                }
+                if tagged(&l, "p5").is_some() {
+                    break;
+                }
             }
         }
     }
     // The probe's LOGOUT is answered and the connection closed by the
     // backend; it is dropped without waiting for that.
-    probe.highest_modseq = modseq.ok_or(ResumeError::Backend(
-        "no HIGHESTMODSEQ from the new backend",
-    ))?;
+    let _ = write_bytes(&mut stream, b"p7 LOGOUT\r\n").await;
     Ok(probe)
+}
+
+/// The count of a `* n EXISTS` line.
+fn exists_count(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"* ")?;
+    let (n, word) = rest.split_at(rest.iter().position(|&b| b == b' ')?);
+    word[1..]
+        .eq_ignore_ascii_case(b"EXISTS")
+        .then(|| number(n))
+        .flatten()
+}
+
+/// Whether an untagged line reports a change of the mailbox (sent by the
+/// new backend's sync after its SELECT: the search result may not
+/// include it, so the move is not safe).
+fn reports_change(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(b"* ") else {
+        return false;
+    };
+    let mut words = rest.split(|&b| b == b' ');
+    let (first, second) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    if first.eq_ignore_ascii_case(b"VANISHED") {
+        return true;
+    }
+    number(first).is_some()
+        && [&b"EXPUNGE"[..], b"EXISTS", b"FETCH"]
+            .iter()
+            .any(|w| second.eq_ignore_ascii_case(w))
 }
 
 /// Resumes the session of `snapshot` on `stream`, a fresh connection to
 /// `backend` (see the module documentation); `old` is what the old backend
-/// reported. Returns the bytes the new backend sent past the IDLE
-/// continuation (or past its last answer), for the client. The caller
-/// bounds it in time and closes `stream` on an error.
+/// reported. Returns the bytes for the client (the reconciling responses,
+/// then what the new backend sent past the IDLE continuation or its last
+/// answer) and what was reconciled. The caller bounds it in time and
+/// closes `stream` on an error.
 pub async fn resume(
     stream: &mut TcpStream,
     backend: &Backend,
@@ -507,7 +560,7 @@ pub async fn resume(
     login: &MasterLogin<'_>,
     snapshot: &Snapshot<'_>,
     old: Option<OldSnapshot>,
-) -> Result<Vec<u8>, ResumeError> {
+) -> Result<(Vec<u8>, Reconciled), ResumeError> {
     let idle_tag = snapshot.idle_tag.unwrap_or_default();
     let tags: Vec<String> = (4..=9).map(|n| our_tag(n, idle_tag)).collect();
     let (id_tag, auth_tag, enable_tag, select_tag, search_tag) =
@@ -533,9 +586,7 @@ pub async fn resume(
     if let Some((command, args)) = snapshot.select {
         out.extend_from_slice(format!("{select_tag} {command} ").as_bytes());
         out.extend_from_slice(args);
-        out.extend_from_slice(
-            format!("\r\n{search_tag} UID SEARCH RETURN (MAX COUNT) ALL\r\n").as_bytes(),
-        );
+        out.extend_from_slice(b"\r\n");
     }
     let last = if snapshot.select.is_some() {
         search_tag
@@ -549,7 +600,11 @@ pub async fn resume(
     write_bytes(stream, &out)
         .await
         .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
-    let (mut uidvalidity, mut state, mut enabled) = (None, None, false);
+    let (mut uidvalidity, mut listing, mut enabled) = (None, Listing::default(), false);
+    // The SELECT's `* FLAGS` and `* OK [PERMANENTFLAGS` lines and its
+    // EXISTS count; its tagged OK.
+    let (mut flag_lists, mut select_exists, mut selected) = (Vec::new(), None, false);
+    let mut listed_all = false;
     loop {
         let l = line(&mut lines, stream).await?;
         if ends_in_literal(&l) {
@@ -557,8 +612,17 @@ pub async fn resume(
                 "new backend sent a literal while resuming",
             ));
         }
-        if let Some(found) = esearch(&l, search_tag) {
-            state = Some(found);
+        let item = if selected {
+            listed(&l)
+        } else {
+            Listed::NotFetch
+        };
+        if let Listed::Message { seq, uid } = item {
+            listing.add(seq, uid).map_err(ResumeError::Changed)?;
+        } else if item == Listed::OtherFetch || selected && reports_change(&l) {
+            return Err(ResumeError::Changed(
+                "the mailbox changed while the new backend's session was opened",
+            ));
         } else if let Some(rest) = l.strip_prefix(b"* CAPABILITY ") {
             caps = Some(rest.to_vec());
         } else if let Some(rest) = l.strip_prefix(b"* ENABLED") {
@@ -571,18 +635,38 @@ pub async fn resume(
             .and_then(|r| r.split(|&b| b == b']').next())
         {
             uidvalidity = number(v);
+        } else if l.starts_with(b"* FLAGS ") || l.starts_with(b"* OK [PERMANENTFLAGS ") {
+            if flag_lists.len() < 2 && !selected {
+                flag_lists.push(l);
+            }
+        } else if let Some(n) = exists_count(&l).filter(|_| !selected) {
+            select_exists = Some(n);
         } else if l.first() != Some(&b'*') {
             let status = [id_tag, enable_tag, select_tag, search_tag]
                 .iter()
                 .find_map(|t| tagged(&l, t).map(|s| (*t, s)));
+            listed_all |= tagged(&l, search_tag).is_some();
             match status {
                 Some((_, s)) if is_ok(s) => {}
+                // An empty mailbox may answer NO or BAD to `1:*`.
+                Some((t, _)) if t == search_tag && select_exists == Some(0) => {}
                 Some(_) => {
                     return Err(ResumeError::Backend(
                         "the new backend refused a replayed command",
                     ))
                 }
                 None => return Err(ResumeError::Backend("unexpected line from the new backend")),
+            }
+            if tagged(&l, select_tag).is_some() {
+                // Listed once the SELECT is over (Dovecot runs pipelined
+                // commands side by side).
+                selected = true;
+                write_bytes(
+                    stream,
+                    format!("{search_tag} UID FETCH 1:* (UID)\r\n").as_bytes(),
+                )
+                .await
+                .map_err(|_| ResumeError::Backend("new backend connection lost"))?;
             }
             if tagged(&l, last).is_some() {
                 break;
@@ -603,56 +687,54 @@ pub async fn resume(
             "UIDVALIDITY differs on the new backend",
         ));
     }
-    let (found, old) = (
-        state.ok_or(ResumeError::Backend(
-            "no ESEARCH answer from the new backend",
-        ))?,
-        old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?,
-    );
+    if !listed_all {
+        return Err(ResumeError::Backend("no UID list from the new backend"));
+    }
+    let found = listing.finish();
+    if Some(found.len()) != select_exists.map(u64::from) {
+        return Err(ResumeError::Changed(
+            "the new backend's UID list differs from its SELECT",
+        ));
+    }
+    let old = old.ok_or(ResumeError::Backend("no snapshot from the old backend"))?;
+    if old.uids.len() != u64::from(snapshot.exists) {
+        return Err(ResumeError::Changed(
+            "the client's message count differs from the old backend's",
+        ));
+    }
     let mailbox = snapshot
         .select
         .and_then(|(_, args)| mailbox_name(args))
         .ok_or(ResumeError::Backend("mailbox name not understood"))?;
-    let unchanged = found == old.mailbox && found.count == snapshot.exists;
-    // Stage 2, appends only: more messages, a higher UID, and (checked on
-    // the probe) the client's messages all there and unchanged: the client
-    // is told `* n EXISTS`, as the new backend would have told it.
-    let appended = found.count > snapshot.exists && found.max_uid > old.mailbox.max_uid;
-    if !unchanged && !appended {
-        return Err(ResumeError::Changed(
-            "mailbox changed between the old and the new backend",
-        ));
-    }
-    let old_max = if appended { old.mailbox.max_uid } else { None };
     let probe = probe(
         backend,
         client,
         login,
         &mailbox,
-        old_max,
+        old.uids.max(),
         old.highest_modseq,
     )
     .await?;
-    let untouched = match old_max {
-        // Flags: nothing changed since the old backend's STATUS, which
-        // came before the sync whose updates the client got.
-        None if !appended => probe.highest_modseq == old.highest_modseq,
-        None => true,
-        Some(_) => {
-            probe.old_messages == Some(snapshot.exists)
-                && probe.old_changed == Some(0)
-                && probe.highest_modseq >= old.highest_modseq
-        }
-    };
-    if !untouched {
+    if probe.highest_modseq < old.highest_modseq {
         return Err(ResumeError::Changed(
-            "the mailbox changed (HIGHESTMODSEQ) between the old and the new backend",
+            "HIGHESTMODSEQ went down between the old and the new backend",
         ));
     }
-    let mut to_client = Vec::new();
-    if appended {
-        to_client.extend_from_slice(format!("* {} EXISTS\r\n", found.count).as_bytes());
-    }
+    // Stage 2: expunges, appends and flag changes since the old snapshot
+    // are told to the client as the new backend would have told it.
+    let views = Views {
+        old: &old.uids,
+        new: &found,
+        updates: &probe.updates,
+        flag_lists: &flag_lists,
+        old_flags: Some(&old.flags),
+    };
+    let extensions = ClientExtensions {
+        condstore: snapshot.condstore,
+        qresync: snapshot.qresync,
+    };
+    let (mut to_client, reconciled) =
+        reconcile(&views, extensions).map_err(ResumeError::Changed)?;
     // Commit: the client's IDLE goes on here.
     let mut idle = idle_tag.to_vec();
     idle.extend_from_slice(b" IDLE\r\n");
@@ -671,7 +753,7 @@ pub async fn resume(
         to_client.extend_from_slice(b"\r\n");
     }
     to_client.extend_from_slice(&lines.into_leftover());
-    Ok(to_client)
+    Ok((to_client, reconciled))
 }
 
 /// An authenticated session without a mailbox: logged in (and ENABLE
@@ -680,9 +762,9 @@ fn finish_unselected(
     lines: LineReader,
     caps: &Option<Vec<u8>>,
     snapshot: &Snapshot<'_>,
-) -> Result<Vec<u8>, ResumeError> {
+) -> Result<(Vec<u8>, Reconciled), ResumeError> {
     check_caps(caps, snapshot)?;
-    Ok(lines.into_leftover())
+    Ok((lines.into_leftover(), Reconciled::default()))
 }
 
 /// The new backend must offer what the session relies on.
@@ -718,25 +800,6 @@ fn capability_code(line: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn esearch_answers_are_read_with_and_without_max() {
-        assert_eq!(
-            esearch(b"* ESEARCH (TAG \"mpm2\") UID MAX 7 COUNT 3", "mpm2"),
-            Some(MailboxState {
-                count: 3,
-                max_uid: Some(7)
-            })
-        );
-        assert_eq!(
-            esearch(b"* ESEARCH (TAG \"mpm2\") UID COUNT 0", "mpm2"),
-            Some(MailboxState {
-                count: 0,
-                max_uid: None
-            })
-        );
-        assert_eq!(esearch(b"* ESEARCH (TAG \"x\") UID COUNT 0", "mpm2"), None);
-    }
 
     #[test]
     fn mailbox_names_modseq_and_its_removal() {

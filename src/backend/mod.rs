@@ -18,6 +18,7 @@ use crate::route::backends::Backend;
 pub mod client_info;
 pub mod greeting;
 pub mod imap;
+pub mod imap_reconcile;
 pub mod imap_resume;
 pub mod lmtp;
 pub mod pop3;

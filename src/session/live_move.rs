@@ -14,7 +14,8 @@
 //! wait for the user's sessions sees it gone), then it routes its user
 //! again exactly like a held login — waiting for the move to assign the new
 //! backend — and resumes on the new backend with the master user
-//! ([`resume`]). The client's input meanwhile is held (bounded) and
+//! ([`resume`]), telling the client what changed in between (expunges,
+//! appends, flags: stage 2). The client's input meanwhile is held (bounded) and
 //! replayed once the new backend idles under the client's tag. Any failure
 //! closes whichever backend connection is open, backend first, and ends
 //! the session with `BYE`, as any other kick does. Every other kick, and a
@@ -299,13 +300,12 @@ pub fn relay<C: Connection>(
                 Ok((mut new_leg, to_client, new_kick)) => {
                     session.moves += 1;
                     core.counters.live_move(LiveMoveOutcome::Moved);
-                    info!(backend = session.backend_name(), "session moved live");
                     kick = new_kick;
                     let mut ok = true;
                     if !to_client.is_empty() {
                         session.tracker.backend_bytes(&to_client);
                         session.stats.down += to_client.len() as u64;
-                        ok &= Box::pin(cw.write_all(to_client)).await.0.is_ok();
+                        ok &= Box::pin(write_bounded(&mut cw, to_client, session.stall)).await;
                     }
                     if ok && !held.is_empty() {
                         session.tracker.client_bytes(&held);
@@ -340,6 +340,14 @@ pub fn relay<C: Connection>(
             }
         }
     }
+}
+
+/// Writes `bytes` to the client; false when it failed or stalled for `stall`.
+async fn write_bounded<W: WriteSide>(cw: &mut W, bytes: Vec<u8>, stall: Duration) -> bool {
+    matches!(
+        monoio::time::timeout(stall, cw.write_all(bytes)).await,
+        Ok((Ok(_), _))
+    )
 }
 
 /// Reads what the client has into `held`; false when it closed or failed.
@@ -503,8 +511,9 @@ impl Session<'_> {
     }
 
     /// The handover (see the module documentation): old side closed,
-    /// route again, new side resumed. Returns the new leg, bytes for the
-    /// client and the session's new kick signal.
+    /// route again, new side resumed (what it reconciled is logged).
+    /// Returns the new leg, bytes for the client and the session's new
+    /// kick signal.
     async fn hand_over<CW: WriteSide>(
         &mut self,
         live: &LiveLogin,
@@ -592,8 +601,15 @@ impl Session<'_> {
         )
         .await;
         match resumed {
-            Ok(Ok(to_client)) => {
+            Ok(Ok((to_client, reconciled))) => {
                 self.core.shared().config.server.keepalive().apply(&stream);
+                info!(
+                    backend = self.backend_name(),
+                    expunged = reconciled.expunged,
+                    appended = reconciled.appended,
+                    flags_changed = reconciled.flags,
+                    "session moved live"
+                );
                 Ok((split(stream), to_client, kick))
             }
             Ok(Err(why)) => {

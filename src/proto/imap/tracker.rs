@@ -10,7 +10,7 @@
 //! still unanswered, the client's IDLE (its tag; `+` seen; `DONE` sent),
 //! SELECT / EXAMINE with their argument bytes as the client sent them,
 //! UIDVALIDITY, the EXISTS count the client has been told (EXISTS less each
-//! EXPUNGE), what `* ENABLED` turned on and CONDSTORE switched on by a
+//! EXPUNGE and each UID of a VANISHED), what `* ENABLED` turned on and CONDSTORE switched on by a
 //! command. Blockers make a session unmovable for good: COMPRESS, NOTIFY,
 //! saved search results (`$`, `RETURN (SAVE)`), CONTEXT=SEARCH updates, a
 //! `* BYE`, or a tag longer than [`MAX_TAG`].
@@ -291,8 +291,8 @@ struct SessionState {
     selected_args: Args,
     uidvalidity: u32,
     exists: u32,
-    /// An untracked change of the message count (VANISHED) since the last
-    /// EXISTS: the client's count is not known.
+    /// An untracked change of the message count (a VANISHED too long to
+    /// count) since the last EXISTS: the client's count is not known.
     exists_unknown: bool,
     condstore: bool,
     qresync: bool,
@@ -332,7 +332,8 @@ impl ImapTracker {
     pub fn backend_bytes(&mut self, chunk: &[u8]) {
         let mut pos = 0;
         while self.down.feed(chunk, &mut pos) {
-            self.state.response(self.down.head());
+            let cut = self.down.overflow;
+            self.state.response(self.down.head(), cut);
             self.down.reset();
         }
     }
@@ -502,7 +503,8 @@ impl SessionState {
     }
 
     /// One logical backend line.
-    fn response(&mut self, head: &[u8]) {
+    /// `cut`: the line was longer than [`RESPONSE_HEAD`].
+    fn response(&mut self, head: &[u8], cut: bool) {
         if head.first() == Some(&b'+') {
             if self.idle == Idle::Requested {
                 self.idle = Idle::Active;
@@ -514,7 +516,7 @@ impl SessionState {
         let second = words.next().unwrap_or_default();
         let rest = words.next().unwrap_or_default();
         if first == b"*" {
-            self.untagged(second, rest);
+            self.untagged(second, rest, cut);
             return;
         }
         // Tagged: a command is over.
@@ -539,7 +541,7 @@ impl SessionState {
         }
     }
 
-    fn untagged(&mut self, second: &[u8], rest: &[u8]) {
+    fn untagged(&mut self, second: &[u8], rest: &[u8], cut: bool) {
         if let Ok(n) = ascii_u32(second) {
             let word = rest.split(|&b| b == b' ').next().unwrap_or_default();
             if word.eq_ignore_ascii_case(b"EXISTS") {
@@ -572,7 +574,15 @@ impl SessionState {
                     }
                 }
             }
-            b"VANISHED" if !starts_with_ci(rest, b"(EARLIER)") => self.exists_unknown = true,
+            // Without (EARLIER) it lists only messages the client knew and
+            // lowers the count by their number (RFC 7162 §3.2.10); a set
+            // cut at the head bound leaves the count unknown.
+            b"VANISHED" if !starts_with_ci(rest, b"(EARLIER)") => {
+                match uid_set_size(rest).filter(|_| !cut) {
+                    Some(n) if n <= self.exists => self.exists -= n,
+                    _ => self.exists_unknown = true,
+                }
+            }
             b"BYE" => self.block("the backend said BYE"),
             _ => {}
         }
@@ -602,6 +612,21 @@ fn ascii_u32(s: &[u8]) -> Result<u32, ()> {
         .map_err(|_| ())?
         .parse()
         .map_err(|_| ())
+}
+
+/// How many UIDs a UID set (`3:5,9`) names; `None` when it is not one.
+fn uid_set_size(set: &[u8]) -> Option<u32> {
+    let mut n: u32 = 0;
+    for part in set.split(|&b| b == b',') {
+        let mut ends = part.splitn(2, |&b| b == b':');
+        let a = ascii_u32(ends.next()?).ok()?;
+        let b = match ends.next() {
+            Some(b) => ascii_u32(b).ok()?,
+            None => a,
+        };
+        n = n.checked_add(a.abs_diff(b) + 1)?;
+    }
+    Some(n)
 }
 
 fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {

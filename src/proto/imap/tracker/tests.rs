@@ -108,18 +108,32 @@ fn condstore_is_followed_from_enabled_and_from_commands() {
 }
 
 #[test]
-fn a_failed_select_leaves_nothing_selected_and_vanished_makes_the_count_unknown() {
+fn a_failed_select_leaves_nothing_selected_and_vanished_lowers_the_count() {
     let mut t = selected_idle();
     t.client_bytes(b"DONE\r\n");
     t.backend_bytes(b"a2 OK done\r\n");
     t.client_bytes(b"b SELECT nosuch\r\n");
     t.backend_bytes(b"b NO Mailbox doesn't exist\r\n");
     assert_eq!(t.mailbox(), Mailbox::None);
+    // 3 messages: VANISHED counts its UIDs, EARLIER changes nothing.
     let mut t = selected_idle();
-    t.backend_bytes(b"* VANISHED 5:7\r\n");
+    t.backend_bytes(b"* VANISHED 7,5:6\r\n");
+    assert_eq!(t.movable().unwrap().exists, 0);
+    let mut t = selected_idle();
+    t.backend_bytes(b"* VANISHED 9\r\n* VANISHED (EARLIER) 1:4\r\n");
+    assert_eq!(t.movable().unwrap().exists, 2);
+    // More than the client has, or a set too long to count: unknown.
+    let mut t = selected_idle();
+    t.backend_bytes(b"* VANISHED 5:8\r\n");
     assert!(t.movable().is_err());
     t.backend_bytes(b"* 2 EXISTS\r\n");
     assert_eq!(t.movable().unwrap().exists, 2);
+    let mut t = selected_idle();
+    // Three UIDs, but past the head bound: not counted.
+    let long = b"* VANISHED 4000000000:4000000000,4000000002:4000000002,4000000004\r\n";
+    assert!(long.len() > RESPONSE_HEAD);
+    t.backend_bytes(long);
+    assert!(t.movable().is_err());
 }
 
 #[test]
