@@ -115,7 +115,9 @@ pub enum LiveMoveOutcome {
     /// Ended: the new backend was unreachable, refused the master login or
     /// a replayed command.
     NewBackend,
-    /// Ended: the mailbox changed between the two backends' views.
+    /// Ended: the mailbox changed between the two backends' views in a way
+    /// the move cannot reconcile (UIDVALIDITY, a cap exceeded, a change
+    /// during the new side's listing).
     Changed,
 }
 

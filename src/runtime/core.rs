@@ -54,7 +54,14 @@ pub struct Core {
     acceptors: RefCell<Vec<Acceptor>>,
     /// Tells clients before login that the core stops serving them.
     pub prelogin_drain: crate::runtime::prelogin_drain::PreloginDrain,
+    /// Live IMAP moves resuming on their new backend at once: a flush of
+    /// hundreds of idle sessions paces itself here instead of making the
+    /// new backend fork and log in hundreds of sessions at the same moment.
+    pub live_resumes: local_sync::semaphore::Semaphore,
 }
+
+/// How many live IMAP moves one core resumes on new backends at once.
+pub const LIVE_RESUMES_PER_CORE: usize = 16;
 
 /// One listening socket of a core: its settings (replaceable by a reload)
 /// and how to stop its accept loop.
@@ -107,6 +114,7 @@ impl Core {
             set_waiters: Default::default(),
             acceptors: RefCell::new(Vec::new()),
             prelogin_drain: Default::default(),
+            live_resumes: local_sync::semaphore::Semaphore::new(LIVE_RESUMES_PER_CORE),
         }
     }
 

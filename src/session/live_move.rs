@@ -51,6 +51,11 @@ pub const OLD_SIDE_TIMEOUT: Duration = Duration::from_secs(5);
 /// answers a wrong master password only after about 2 s).
 pub const NEW_SIDE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a session waits for its core's turn to resume on the new
+/// backend (see [`crate::runtime::core::LIVE_RESUMES_PER_CORE`]); the
+/// client sees a longer pause, never an error, unless this passes.
+pub const RESUME_QUEUE_LIMIT: Duration = Duration::from_secs(30);
+
 /// Client bytes held during a handover at most; past it the client is not
 /// read until the handover is over.
 pub const HELD_MAX: usize = 64 * 1024;
@@ -564,6 +569,13 @@ impl Session<'_> {
         let set = self.core.router.backends();
         let Some(backend) = set.get(new_id).filter(|b| b.keeps_users()) else {
             let why = ResumeError::Backend("the new backend cannot keep users");
+            return Err(fail(None, true, why, LiveMoveOutcome::NewBackend));
+        };
+        // Wait for this core's turn: the new-side timeout counts from it.
+        let slot =
+            monoio::time::timeout(RESUME_QUEUE_LIMIT, self.core.live_resumes.acquire()).await;
+        let Ok(Ok(_slot)) = slot else {
+            let why = ResumeError::Backend("too many live moves at once; not resumed in time");
             return Err(fail(None, true, why, LiveMoveOutcome::NewBackend));
         };
         let Ok(mut stream) = connect(backend, Protocol::Imap, &live.client).await else {
