@@ -3,7 +3,8 @@
 //! members) claiming the same users at once always agree on one backend
 //! per user, and a burst of claims goes through the group commit; an
 //! assignment to a backend one director cannot use is replaced only when
-//! no other director serves the user, and a release lets it be.
+//! no other director serves the user, and a release lets it be; a user
+//! no director serves any more leaves etcd.
 #![cfg(feature = "cluster")]
 
 mod support;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailpin::cluster::{start, ClusterHandle};
-use mailpin::cluster_link::{ClaimAnswer, ClusterLink};
+use mailpin::cluster_link::{ClaimAnswer, ClusterLink, ControlRequest};
 use mailpin::config::ClusterConfig;
 use support::etcd::{require_etcd, EtcdCluster};
 
@@ -133,4 +134,46 @@ fn two_directors_racing_for_the_same_users_agree_on_one_backend_each() {
     };
     assert_eq!(&*moved, "b3");
     assert_eq!(answer(s2.claim("a/b%c", "b2", none(), all())), "b3");
+
+    // A user nobody serves any more is forgotten: once its only director
+    // released it, its assignment leaves etcd (as a lone director forgets
+    // a user after server.user_expire).
+    assert_eq!(answer(s1.claim("lonely", "b2", none(), all())), "b2");
+    assert!(lookup(&l1, "lonely").is_some());
+    l1.port.release("lonely");
+    let t = Instant::now();
+    while lookup(&l1, "lonely").is_some() {
+        assert!(t.elapsed() < Duration::from_secs(5), "never forgotten");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One still served by the other director stays. (d1 releases it, then
+    // a marker only d1 served: once the marker is gone, d1 has looked at
+    // "shared" too.)
+    assert_eq!(answer(s1.claim("shared", "b1", none(), all())), "b1");
+    assert_eq!(answer(s2.claim("shared", "b2", none(), all())), "b1");
+    assert_eq!(answer(s1.claim("marker", "b1", none(), all())), "b1");
+    l1.port.release("shared");
+    l1.port.release("marker");
+    let t = Instant::now();
+    while lookup(&l1, "marker").is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "marker never forgotten"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lookup(&l2, "shared").as_deref(), Some("b1"));
+}
+
+/// Where etcd says `user` is, asked through `link`'s port.
+fn lookup(link: &ClusterLink, user: &str) -> Option<String> {
+    let (reply, rx) = flume::bounded(1);
+    assert!(link.port.ask(ControlRequest::Lookup {
+        user: user.into(),
+        reply,
+    }));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("an answer")
+        .expect("etcd answered")
+        .map(|(b, _)| b.into())
 }

@@ -294,20 +294,105 @@ async fn release(ctx: &Context, ep: &mut usize, users: &mut Vec<Box<str>>) {
         .await;
         match sent {
             Ok(_) => {
-                let mut present = ctx.present.borrow_mut();
                 ctx.link
                     .counters
                     .releases
                     .fetch_add(n as u64, Ordering::Relaxed);
-                for u in users.drain(..n) {
-                    present.remove(&*u);
+                let released: Vec<Box<str>> = users.drain(..n).collect();
+                {
+                    let mut present = ctx.present.borrow_mut();
+                    for u in &released {
+                        present.remove(&**u);
+                    }
                 }
+                forget_unserved(ctx, ep, &released).await;
             }
             Err(e) => {
                 ctx.endpoints.drop_client(*ep);
                 *ep = ctx.endpoints.next(*ep);
                 ctx.failed("releases", e);
                 return;
+            }
+        }
+    }
+}
+
+/// Users a check of whether anybody still serves them covers at once
+/// (two reads each: etcd's `--max-txn-ops` is 128).
+const FORGET_PER_TXN: usize = 64;
+
+/// Deletes the assignments of `users` that no director is present for any
+/// more — as a director alone forgets a user `server.user_expire` after its
+/// last session — so etcd holds the users being served, not every user
+/// ever seen. Each delete compares the assignment's revision read together
+/// with the empty presence: a director that adopted the user meanwhile
+/// rewrote it, and the delete does not happen. Best effort: what fails
+/// stays (it is harmless, and goes at a later release).
+async fn forget_unserved(ctx: &Context, ep: &mut usize, users: &[Box<str>]) {
+    for chunk in users.chunks(FORGET_PER_TXN) {
+        let mut reads = Vec::with_capacity(chunk.len() * 2);
+        for u in chunk {
+            reads.push(TxnOp::get(ctx.keys.user(u), None));
+            reads.push(TxnOp::get(
+                ctx.keys.presence_of(u),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ));
+        }
+        let read = async {
+            let mut client = ctx.endpoints.client(*ep).await?;
+            bounded(CALL_TIMEOUT, client.txn(Txn::new().and_then(reads))).await
+        }
+        .await;
+        let Ok(read) = read else { return };
+        let answers: Vec<etcd_client::GetResponse> = read
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let mut unserved = Vec::new();
+        for (u, pair) in chunk.iter().zip(answers.chunks(2)) {
+            let [assignment, presence] = pair else {
+                continue;
+            };
+            if let (Some(kv), 0) = (assignment.kvs().first(), presence.count()) {
+                unserved.push((u, kv.mod_revision()));
+            }
+        }
+        if unserved.is_empty() {
+            continue;
+        }
+        // All at once; if one was adopted meanwhile, one by one.
+        let delete_if = |batch: &[(&Box<str>, i64)]| {
+            let (compares, deletes): (Vec<Compare>, Vec<TxnOp>) = batch
+                .iter()
+                .map(|(u, rev)| {
+                    let key = ctx.keys.user(u);
+                    (
+                        Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev),
+                        TxnOp::delete(key.as_str(), None),
+                    )
+                })
+                .unzip();
+            Txn::new().when(compares).and_then(deletes)
+        };
+        let mut attempts = vec![delete_if(&unserved)];
+        let mut one_by_one = false;
+        while let Some(txn) = attempts.pop() {
+            let sent = async {
+                let mut client = ctx.endpoints.client(*ep).await?;
+                bounded(CALL_TIMEOUT, client.txn(txn)).await
+            }
+            .await;
+            match sent {
+                Ok(resp) if !resp.succeeded() && !one_by_one && unserved.len() > 1 => {
+                    one_by_one = true;
+                    attempts = unserved.iter().map(|p| delete_if(&[*p])).collect();
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     }
