@@ -358,14 +358,14 @@ async fn forget_unserved(ctx: &Context, ep: &mut usize, users: &[Box<str>]) {
                 continue;
             };
             if let (Some(kv), 0) = (assignment.kvs().first(), presence.count()) {
-                unserved.push((u, kv.mod_revision()));
+                unserved.push((&**u, kv.mod_revision()));
             }
         }
         if unserved.is_empty() {
             continue;
         }
         // All at once; if one was adopted meanwhile, one by one.
-        let delete_if = |batch: &[(&Box<str>, i64)]| {
+        let delete_if = |batch: &[(&str, i64)]| {
             let (compares, deletes): (Vec<Compare>, Vec<TxnOp>) = batch
                 .iter()
                 .map(|(u, rev)| {
