@@ -1,7 +1,7 @@
-//! etcd members dying and hanging under login load (issue 11): two
+//! etcd members dying and hanging under login load (issue 11): three
 //! directors in cluster mode in front of three real Dovecot backends, a
 //! real 3-member etcd, and four client threads logging users in and out
-//! through both directors the whole time. Assignments expire after 1 s
+//! through all three directors the whole time. Assignments expire after 1 s
 //! idle, so logins keep claiming users in etcd rather than reusing what a
 //! director knows.
 //!
@@ -84,7 +84,7 @@ fn one_login(addr: std::net::SocketAddr, user: &str, tally: &Tally, phase: usize
 fn logins_go_on_through_dying_and_hanging_etcd_members_with_no_split() {
     // A 10 s lease: a hung member costs a director a few seconds of
     // keepalives, which must not fence it.
-    let Some(mut w) = World::start(2, USERS, "", |_, config| {
+    let Some(mut w) = World::start(3, USERS, "", |_, config| {
         config
             .replace("lease_ttl = \"3s\"", "lease_ttl = \"10s\"")
             .replace("[server]\n", "[server]\nuser_expire = \"1s\"\n")
@@ -95,10 +95,12 @@ fn logins_go_on_through_dying_and_hanging_etcd_members_with_no_split() {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let addrs = [w.directors[0].listen[0], w.directors[1].listen[0]];
+    let addrs: Vec<std::net::SocketAddr> = w.directors.iter().map(|d| d.listen[0]).collect();
+    let addrs = Arc::new(addrs);
     let load: Vec<_> = (0..THREADS)
         .map(|t| {
             let (tally, stop, phase) = (tally.clone(), stop.clone(), phase.clone());
+            let addrs = addrs.clone();
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 let mut round = 0usize;
@@ -108,7 +110,7 @@ fn logins_go_on_through_dying_and_hanging_etcd_members_with_no_split() {
                             break;
                         }
                         let user = user_name(n + 1);
-                        let addr = addrs[(n + round) % 2];
+                        let addr = addrs[(n + round) % addrs.len()];
                         one_login(addr, &user, &tally, phase.load(Ordering::Relaxed));
                     }
                     round += 1;
