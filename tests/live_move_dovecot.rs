@@ -888,6 +888,50 @@ fn sessions_not_idling_end_with_bye_as_before() {
 }
 
 #[test]
+fn idle_sessions_that_used_compress_or_notify_end_with_bye_as_before() {
+    let Some(w) = World::start(Setup::PLAIN) else {
+        return;
+    };
+    let commands = [
+        (
+            "user0005",
+            "NOTIFY SET (selected (MessageNew MessageExpunge))",
+        ),
+        ("user0006", "COMPRESS DEFLATE"),
+    ];
+    for (user, command) in commands {
+        append(w.addr(), user, "one");
+        let mut c = Imap::login(w.addr(), user);
+        c.ok("s", "SELECT INBOX");
+        // Whatever Dovecot answers (it has no zlib plugin here), a client
+        // that asked for it may rely on it: the session is not movable.
+        c.send(&format!("x {command}\r\n"));
+        let answer = c.until("x");
+        assert!(
+            !answer.last().unwrap().starts_with("x OK COMPRESS"),
+            "{answer:?}"
+        );
+        c.send("i IDLE\r\n");
+        let cont = c.line();
+        assert!(cont.starts_with("+ "), "{cont}");
+        let from = w.backend_of(user);
+        w.move_user(user, 1 - from);
+        let bye = c.line();
+        assert!(bye.starts_with("* BYE"), "{command}: {bye}");
+    }
+    let not_movable = "mailpin_live_moves_total{result=\"ended\",reason=\"not_movable\"}";
+    assert_eq!(w.metric(not_movable), 2.0);
+    for why in ["NOTIFY in use", "COMPRESS in use"] {
+        assert!(
+            w.mailpin
+                .wait_for_log(&[&format!("not_moved=\"{why}\"")], STEP)
+                .is_some(),
+            "{why}"
+        );
+    }
+}
+
+#[test]
 fn an_authenticated_session_without_a_mailbox_moves_between_commands() {
     let Some(w) = World::start(Setup::PLAIN) else {
         return;
