@@ -355,6 +355,23 @@ impl World {
         }
     }
 
+    /// Makes sure `user`'s idling session is on backend 0: moves it there
+    /// if it is on 1, and waits until that live move is over and counted
+    /// (the move's call returns before the session has resumed).
+    fn put_on_first(&self, user: &str) {
+        if self.backend_of(user) != 1 {
+            return;
+        }
+        let before = self.metric(MOVED);
+        self.move_user(user, 0);
+        self.wait_on(user, 0);
+        let until = Instant::now() + STEP;
+        while self.metric(MOVED) < before + 1.0 {
+            assert!(Instant::now() < until, "the first move was not counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn metric(&self, name: &str) -> f64 {
         let (_, body) = http(
             self.mailpin.admin,
@@ -539,10 +556,7 @@ fn done_and_a_command_sent_during_the_move_are_answered_by_the_new_backend() {
     append(w.addr(), user, "one");
     // Logged in on b0 for sure: b1's gate is open until armed.
     let mut idle = Imap::idling(w.addr(), user);
-    if w.backend_of(user) == 1 {
-        w.move_user(user, 0);
-        w.wait_on(user, 0);
-    }
+    w.put_on_first(user);
     let moved_before = w.metric(MOVED);
     let gate = w.gate.as_ref().unwrap();
     gate.armed.store(true, Ordering::SeqCst);
@@ -591,10 +605,7 @@ fn move_with_a_change(
         append_to(w.addr(), user, mailbox, &format!("m{i}"));
     }
     let idle = Imap::idling_in(w.addr(), user, mailbox, enabled);
-    if w.backend_of(user) == 1 {
-        w.move_user(user, 0);
-        w.wait_on(user, 0);
-    }
+    w.put_on_first(user);
     let moved_before = w.metric(MOVED);
     let gate = w.gate.as_ref().unwrap();
     gate.armed.store(true, Ordering::SeqCst);
