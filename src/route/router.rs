@@ -418,6 +418,19 @@ impl Router {
         if !idle {
             return;
         }
+        // The last session of an assignment to a backend that can no
+        // longer keep users: the assignment goes now (not at user_expire),
+        // so in cluster mode the others may place the user elsewhere.
+        let retired = {
+            let set = self.backends();
+            self.shard
+                .borrow()
+                .get(key)
+                .is_some_and(|a| set.get(a.backend).is_none_or(|b| !b.keeps_users()))
+        };
+        if retired && self.shard.borrow_mut().remove(key).is_some() {
+            self.release_presence(&[key.into()]);
+        }
         let watchers = self.idle_watchers.borrow_mut().remove(key);
         for tx in watchers.into_iter().flatten() {
             let _ = tx.send(());
@@ -757,6 +770,10 @@ impl Router {
         let set = self.backends();
         let current = self.shard.borrow().get(key).map(|a| a.backend);
         let change = match to.map(|name| set.by_name(name)) {
+            // Only an assignment this director still holds (and so is
+            // present for) is re-pointed; without one, the next login
+            // claims.
+            _ if current.is_none() => Reassign::Forget,
             None | Some(None) => Reassign::Forget,
             Some(Some(b)) if current == Some(b.id) => Reassign::Keep,
             Some(Some(b)) if b.keeps_users() => Reassign::To(b.id),
@@ -954,6 +971,31 @@ mod tests {
             );
             r.unhold(key, Reassign::To(target));
             assert_eq!(waiting.await, Ok(target));
+        });
+    }
+
+    #[test]
+    fn in_a_cluster_the_last_session_on_a_dead_backend_releases_the_user_at_once() {
+        block_on(async {
+            let r = router(0, 1, Arc::new(Outbox::default()));
+            let (port, receivers) = crate::cluster_link::ClusterPort::new();
+            r.join_cluster(port);
+            let key = "u";
+            r.shard.borrow_mut().assign(key, 0, Instant::now());
+            assert_eq!(r.acquire(key, Protocol::Imap, &[], None).await, Ok(0));
+            // Backend 0 dies while the session is open: the assignment
+            // stays (retiring) until the session ends...
+            let down = set_of(3).with_change(0, |b| b.set_every_protocol(Health::Unhealthy));
+            assert!(r.apply_backends(Arc::new(down)).is_empty());
+            assert!(receivers.cores.try_recv().is_err());
+            // ...and goes with it, its presence released, rather than at
+            // user_expire (another director may then place the user).
+            r.release(key, 0, None);
+            assert!(r.local_assignment(key).is_none());
+            match receivers.cores.try_recv() {
+                Ok(crate::cluster_link::PortRequest::Release { user }) => assert_eq!(&*user, key),
+                other => panic!("a release of the user, got {other:?}"),
+            }
         });
     }
 
