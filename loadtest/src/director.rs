@@ -37,6 +37,9 @@ const READY_PREFIX: &str = "director-ready";
 /// e.g. `heaptrack -o /tmp/director` to see what its memory holds.
 pub const WRAPPER_ENV: &str = "MAILPIN_LOADTEST_DIRECTOR_WRAPPER";
 
+/// The ready line's key for the admin API's address.
+const ADMIN_KEY: &str = "admin";
+
 /// How many lines a wrapper may print before the director's ready line.
 const MAX_LINES_BEFORE_READY: usize = 100;
 
@@ -317,6 +320,9 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
             for (spec, addr) in LISTENERS.iter().zip(&director.listen_addrs) {
                 line.push_str(&format!(" {}={addr}", spec.key));
             }
+            if let Some(addr) = director.admin_addr {
+                line.push_str(&format!(" {ADMIN_KEY}={addr}"));
+            }
             println!("{line}");
             run_until_signal(director);
             ExitCode::SUCCESS
@@ -328,11 +334,16 @@ pub fn run_subcommand(args: &DirectorArgs) -> ExitCode {
     }
 }
 
-/// The addresses of the director's listeners.
+/// The addresses of the director's listeners (and of its admin API).
 #[derive(Debug, Clone, Default)]
-pub struct DirectorAddrs(Vec<(Protocol, Transport, SocketAddr)>);
+pub struct DirectorAddrs(Vec<(Protocol, Transport, SocketAddr)>, Option<SocketAddr>);
 
 impl DirectorAddrs {
+    /// Where its admin API (HTTP) listens, if it announced it.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.1
+    }
+
     /// The listener for `protocol` over `transport`, if there is one.
     pub fn get(&self, protocol: Protocol, transport: Transport) -> Option<SocketAddr> {
         self.0
@@ -420,6 +431,13 @@ impl DirectorProcess {
         self.child.id()
     }
 
+    /// Kills the child with SIGKILL (a crash: no drain, no lease revoke)
+    /// and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
@@ -448,16 +466,22 @@ impl Drop for DirectorProcess {
     }
 }
 
-/// Reads the ready line: every listener of [`LISTENERS`] with its address.
+/// Reads the ready line: every listener of [`LISTENERS`] with its
+/// address, and the admin API's address if given.
 fn parse_ready(line: &str) -> Option<DirectorAddrs> {
     let rest = line.trim().strip_prefix(READY_PREFIX)?;
     let mut addrs = Vec::new();
+    let mut admin = None;
     for word in rest.split_whitespace() {
         let (key, addr) = word.split_once('=')?;
+        if key == ADMIN_KEY {
+            admin = Some(addr.parse().ok()?);
+            continue;
+        }
         let spec = LISTENERS.iter().find(|s| s.key == key)?;
         addrs.push((spec.protocol, spec.transport, addr.parse().ok()?));
     }
-    (addrs.len() == LISTENERS.len()).then_some(DirectorAddrs(addrs))
+    (addrs.len() == LISTENERS.len()).then_some(DirectorAddrs(addrs, admin))
 }
 
 #[cfg(test)]
@@ -476,6 +500,9 @@ mod tests {
         assert_eq!(port(Protocol::Imap, Transport::Tls), Some(1001));
         assert_eq!(port(Protocol::Lmtp, Transport::Plain), Some(1006));
         assert_eq!(port(Protocol::Lmtp, Transport::Tls), None);
+        assert_eq!(addrs.admin(), None);
+        let with_admin = parse_ready(&format!("{line} {ADMIN_KEY}=127.0.0.1:9\n")).expect("parsed");
+        assert_eq!(with_admin.admin().map(|a| a.port()), Some(9));
         assert!(parse_ready("something else").is_none());
         assert!(parse_ready(&format!("{READY_PREFIX} plain=127.0.0.1:1")).is_none());
     }

@@ -58,6 +58,10 @@ enum Command {
     /// slowloris bytes, endless literals, TLS on plaintext ports and bad
     /// logins: sessions hurt, logins failed, the director's RSS and CPU.
     Hostile(scenario::hostile::HostileArgs),
+    /// Cluster mode on a local 3-member etcd: logins/s alone vs. two
+    /// members, first and repeat login latency, assignments/s, move and
+    /// failover times.
+    Cluster(scenario::cluster::ClusterArgs),
     /// Size a director host: idle sessions per GiB, logins/s per core at
     /// a p99 bound, relay throughput.
     Size(size::SizeArgs),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Hostile(args) => scenario::hostile::run(&args).map(|_| ()),
         Command::Size(args) => size::run(&args).map(|_| ()),
         Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),
+        Command::Cluster(args) => scenario::cluster::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
