@@ -253,6 +253,10 @@ pub fn run(args: &ClusterArgs) -> Result<Report, String> {
         moves.call, moves.closed, moves.failed
     ));
 
+    if let Some(e) = &moves.error {
+        report.line(format!("a move failed: {e}"));
+    }
+
     // 5: a third member; kill d1, then a backend.
     members.extend(setup::start_members(&harness, 3, 1, &urls, ttl)?);
     let (victim, others) = members.split_at_mut(1);

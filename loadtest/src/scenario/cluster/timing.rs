@@ -87,6 +87,8 @@ pub struct MoveTimes {
     /// Moves whose call failed, or whose sessions stayed open, or after
     /// which a director named another backend.
     pub failed: usize,
+    /// What went wrong with the last failed move.
+    pub error: Option<String>,
 }
 
 /// Times `count` moves: user U logs in through `a` and through `b`, then
@@ -99,7 +101,7 @@ pub fn moves(
     count: usize,
 ) -> Result<MoveTimes, String> {
     let (a, b) = (addrs(a)?, addrs(b)?);
-    let (mut calls, mut closes, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (mut calls, mut closes, mut failed, mut error) = (Vec::new(), Vec::new(), 0, None);
     for i in 0..count {
         let user = user_name("clmove", i);
         let one = HeldSession::login(a.0, &user, LOGIN_LIMIT)?;
@@ -128,13 +130,22 @@ pub fn moves(
                 let last = times.into_iter().max().unwrap_or(posted);
                 closes.push(last.saturating_duration_since(posted));
             }
-            _ => failed += 1,
+            _ => {
+                failed += 1;
+                error = Some(format!(
+                    "{user} {from} -> {to}: answer {} {}, sessions closed {:?}, the other director says {now_on:?}",
+                    answer.status,
+                    answer.body.trim(),
+                    closed.iter().map(Option::is_some).collect::<Vec<_>>()
+                ));
+            }
         }
     }
     Ok(MoveTimes {
         call: Spread::of(calls),
         closed: Spread::of(closes),
         failed,
+        error,
     })
 }
 
