@@ -286,7 +286,7 @@ pub fn run(args: &ClusterArgs) -> Result<Report, String> {
         ("through the other director", &backend_death.other_director),
     ] {
         report.line(format!(
-            "backend {} killed (IMAP port; `down` posted on d2 after {:.0} ms): its users placed elsewhere {how}: {}, {} failed, {} still on it",
+            "backend {} killed (IMAP port; `down` posted on d2 and d3 after {:.0} ms): its users placed elsewhere {how}: {}, {} failed, {} still on it",
             backend_death.backend,
             backend_death.down_after_ms,
             times.back_in,

@@ -7,8 +7,9 @@
 //! POP3, LMTP and ManageSieve servers have no kill switch), so the
 //! directors see it *degraded*, not down, and by design keep its users
 //! there with a temporary failure. The backend event therefore also takes
-//! the operator's step: `POST /backends/B/down` on one director after
-//! `down_after`, and reports the times from the kill and from that call.
+//! the operator's step: `POST /backends/B/down` on every director after
+//! `down_after` (on main, `down` acts on the director it is posted to
+//! only), and reports the times from the kill and from that step.
 
 use std::net::SocketAddr;
 use std::thread;
@@ -244,7 +245,7 @@ pub fn director_death(
 pub struct BackendDeath {
     /// The backend killed.
     pub backend: String,
-    /// From the kill to the `down` call on the first director, ms.
+    /// From the kill to the `down` calls on the directors, ms.
     pub down_after_ms: f64,
     /// Users that logged in again through the director they held their
     /// session through.
@@ -293,13 +294,16 @@ pub fn backend_death(
         .backends()
         .kill(&victim)
         .map_err(|e| format!("killing {victim}: {e}"))?;
-    let admin_addr = through[0].1;
     let (same, other, down) = thread::scope(|s| {
         let other = s.spawn(|| back_in(&other, killed));
         let down = s.spawn(|| {
             thread::sleep(down_after.saturating_sub(killed.elapsed()));
             let at = killed.elapsed();
-            admin::request(admin_addr, "POST", &format!("/backends/{victim}/down")).map(|_| at)
+            // On every director: `down` is not cluster-wide yet on main.
+            for (_, admin_addr) in &through {
+                admin::request(*admin_addr, "POST", &format!("/backends/{victim}/down"))?;
+            }
+            Ok(at)
         });
         let same = back_in(&same, killed);
         (
@@ -313,7 +317,9 @@ pub fn backend_death(
         .backends()
         .restart(&victim)
         .map_err(|e| format!("restarting {victim}: {e}"))?;
-    admin::request(admin_addr, "POST", &format!("/backends/{victim}/up"))?;
+    for (_, admin_addr) in &through {
+        admin::request(*admin_addr, "POST", &format!("/backends/{victim}/up"))?;
+    }
     Ok(BackendDeath {
         backend: victim,
         down_after_ms: down?.as_secs_f64() * 1000.0,
