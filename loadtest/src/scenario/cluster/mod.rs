@@ -68,6 +68,8 @@ pub struct ClusterArgs {
     pub held: usize,
     /// First client port of the local etcd: member i listens on
     /// PORT + 10 i (client) and PORT + 10 i + 1 (peer), all on 127.0.0.1.
+    /// Keep it below the kernel's ephemeral range (usually 32768 up), where
+    /// the harness's own connections may hold a port.
     #[arg(long, default_value_t = 22379)]
     pub etcd_port: u16,
     /// Seconds after a backend's kill until `POST /backends/B/down` (a
