@@ -251,8 +251,9 @@ pub fn run(args: &ClusterArgs) -> Result<Report, String> {
     let backends = harness.backend_names();
     let moves = timing::moves(&members[0], &members[1], &backends, args.moves)?;
     report.line(format!(
-        "move across directors: call {}, both sessions closed {}, {} failed",
-        moves.call, moves.closed, moves.failed
+        "move across directors: call {}, both sessions closed {}, {} failed; \
+the other director named the new backend {} after the answer ({} of {} read the old one first)",
+        moves.call, moves.closed, moves.failed, moves.other_agrees, moves.stale_reads, args.moves
     ));
 
     if let Some(e) = &moves.error {

@@ -31,6 +31,11 @@ const EVENT_LIMIT: Duration = Duration::from_secs(20);
 /// The pause between two login tries of a user waiting to get back in.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
+/// How long the other director may take to name a moved user's new
+/// backend, and how often it is asked.
+const AGREE_LIMIT: Duration = Duration::from_secs(5);
+const AGREE_POLL: Duration = Duration::from_millis(1);
+
 /// The step timeout of one held login.
 const LOGIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -85,8 +90,14 @@ pub struct MoveTimes {
     pub call: Spread,
     /// From the POST until both sessions were closed.
     pub closed: Spread,
+    /// From the call's answer until `GET /users/U` on the other director
+    /// named the new backend (0 when it did at once).
+    pub other_agrees: Spread,
+    /// Moves after whose answer the other director's first `GET /users/U`
+    /// still named the old backend.
+    pub stale_reads: usize,
     /// Moves whose call failed, or whose sessions stayed open, or after
-    /// which a director named another backend.
+    /// which the other director did not name the new backend in time.
     pub failed: usize,
     /// What went wrong with the last failed move.
     pub error: Option<String>,
@@ -103,6 +114,7 @@ pub fn moves(
 ) -> Result<MoveTimes, String> {
     let (a, b) = (addrs(a)?, addrs(b)?);
     let (mut calls, mut closes, mut failed, mut error) = (Vec::new(), Vec::new(), 0, None);
+    let (mut agrees, mut stale_reads) = (Vec::new(), 0);
     for i in 0..count {
         let user = user_name("clmove", i);
         let one = HeldSession::login(a.0, &user, LOGIN_LIMIT)?;
@@ -120,12 +132,25 @@ pub fn moves(
         let (issuer, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let posted = Instant::now();
         let answer = admin::request(issuer.1, "POST", &format!("/users/{user}/move?to={to}"))?;
-        calls.push(posted.elapsed());
+        let answered = Instant::now();
+        calls.push(answered.duration_since(posted));
+        // The other director's view right after the answer, until it
+        // names the new backend.
+        let mut now_on = admin::user_backend(other.1, &user)?;
+        if now_on.as_deref() != Some(to.as_str()) {
+            stale_reads += 1;
+            while now_on.as_deref() != Some(to.as_str()) && answered.elapsed() < AGREE_LIMIT {
+                thread::sleep(AGREE_POLL);
+                now_on = admin::user_backend(other.1, &user)?;
+            }
+        }
+        if now_on.as_deref() == Some(to.as_str()) {
+            agrees.push(answered.elapsed());
+        }
         let closed: Vec<Option<Instant>> = watchers
             .into_iter()
             .map(|w| w.join().unwrap_or(None))
             .collect();
-        let now_on = admin::user_backend(other.1, &user)?;
         match closed.iter().copied().collect::<Option<Vec<_>>>() {
             Some(times) if answer.status == 200 && now_on.as_deref() == Some(to.as_str()) => {
                 let last = times.into_iter().max().unwrap_or(posted);
@@ -145,6 +170,8 @@ pub fn moves(
     Ok(MoveTimes {
         call: Spread::of(calls),
         closed: Spread::of(closes),
+        other_agrees: Spread::of(agrees),
+        stale_reads,
         failed,
         error,
     })
