@@ -28,6 +28,32 @@ pub const SECOND_DIRECTOR_OFFSET: u16 = 1000;
 /// How long the members get to elect a leader.
 const ETCD_START_LIMIT: Duration = Duration::from_secs(20);
 
+/// The ports of a local 3-member etcd on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalEtcdPorts {
+    /// The members' client ports.
+    pub client: [u16; 3],
+    /// The members' peer ports.
+    pub peer: [u16; 3],
+}
+
+impl LocalEtcdPorts {
+    /// The ports of `run --dev --cluster`: [`ETCD_CLIENT_PORTS`] and
+    /// [`ETCD_PEER_PORTS`].
+    pub const DEV: LocalEtcdPorts = LocalEtcdPorts {
+        client: ETCD_CLIENT_PORTS,
+        peer: ETCD_PEER_PORTS,
+    };
+
+    /// The client URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.client
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
 /// The local etcd cluster; dropping it stops the members and removes
 /// their data.
 pub struct LocalEtcd {
@@ -36,23 +62,27 @@ pub struct LocalEtcd {
 }
 
 impl LocalEtcd {
-    /// The client URLs.
+    /// The client URLs of `run --dev --cluster`'s etcd.
     pub fn urls() -> Vec<String> {
-        ETCD_CLIENT_PORTS
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect()
+        LocalEtcdPorts::DEV.urls()
     }
 
-    /// Starts the three members and waits until they have a leader.
+    /// Starts the three members of `run --dev --cluster` on their fixed
+    /// ports and waits until they have a leader.
     pub fn start() -> Result<LocalEtcd, LaunchError> {
+        LocalEtcd::start_on(LocalEtcdPorts::DEV)
+    }
+
+    /// Starts three members on `ports` (e.g. a load test's, so it does
+    /// not collide with a dev cluster) and waits until they have a leader.
+    pub fn start_on(ports: LocalEtcdPorts) -> Result<LocalEtcd, LaunchError> {
         let etcd = find_on_path("etcd").ok_or_else(|| {
             LaunchError(
                 "run --dev --cluster needs etcd on PATH (Debian: apt-get install etcd-server)"
                     .into(),
             )
         })?;
-        for port in ETCD_CLIENT_PORTS.iter().chain(&ETCD_PEER_PORTS) {
+        for port in ports.client.iter().chain(&ports.peer) {
             if TcpStream::connect_timeout(
                 &SocketAddr::from(([127, 0, 0, 1], *port)),
                 Duration::from_millis(200),
@@ -60,14 +90,19 @@ impl LocalEtcd {
             .is_ok()
             {
                 return Err(LaunchError(format!(
-                    "127.0.0.1:{port} is in use: is another `run --dev --cluster` running?"
+                    "127.0.0.1:{port} is in use: is another local etcd (`run --dev --cluster`, a load test) running?"
                 )));
             }
         }
-        let dir = std::env::temp_dir().join(format!("mailpin-dev-etcd-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "mailpin-dev-etcd-{}-{}",
+            std::process::id(),
+            ports.client[0]
+        ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| LaunchError(format!("{}: {e}", dir.display())))?;
-        let initial: Vec<String> = ETCD_PEER_PORTS
+        let initial: Vec<String> = ports
+            .peer
             .iter()
             .enumerate()
             .map(|(i, p)| format!("m{}=http://127.0.0.1:{p}", i + 1))
@@ -76,7 +111,7 @@ impl LocalEtcd {
             members: Vec::new(),
             dir,
         };
-        for (i, (client, peer)) in ETCD_CLIENT_PORTS.iter().zip(ETCD_PEER_PORTS).enumerate() {
+        for (i, (client, peer)) in ports.client.iter().zip(ports.peer).enumerate() {
             let name = format!("m{}", i + 1);
             let log = std::fs::File::create(local.dir.join(format!("{name}.log")))
                 .map_err(|e| LaunchError(format!("etcd log: {e}")))?;
@@ -99,7 +134,7 @@ impl LocalEtcd {
             local.members.push(child);
         }
         let deadline = Instant::now() + ETCD_START_LIMIT;
-        for port in ETCD_CLIENT_PORTS {
+        for port in ports.client {
             while !healthy(port) {
                 if Instant::now() >= deadline {
                     return Err(LaunchError(format!(

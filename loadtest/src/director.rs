@@ -343,6 +343,11 @@ pub struct DirectorAddrs {
 }
 
 impl DirectorAddrs {
+    /// Where its admin API (HTTP) listens, if it announced it.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// The listener for `protocol` over `transport`, if there is one.
     pub fn get(&self, protocol: Protocol, transport: Transport) -> Option<SocketAddr> {
         self.listeners
@@ -430,6 +435,13 @@ impl DirectorProcess {
         self.child.id()
     }
 
+    /// Kills the child with SIGKILL (a crash: no drain, no lease revoke)
+    /// and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
@@ -458,7 +470,8 @@ impl Drop for DirectorProcess {
     }
 }
 
-/// Reads the ready line: every listener of [`LISTENERS`] with its address.
+/// Reads the ready line: every listener of [`LISTENERS`] with its
+/// address, and the admin API's address if given.
 fn parse_ready(line: &str) -> Option<DirectorAddrs> {
     let rest = line.trim().strip_prefix(READY_PREFIX)?;
     let mut addrs = DirectorAddrs::default();
@@ -493,6 +506,8 @@ mod tests {
         assert_eq!(port(Protocol::Lmtp, Transport::Plain), Some(1006));
         assert_eq!(port(Protocol::Lmtp, Transport::Tls), None);
         assert_eq!(addrs.admin, None);
+        let with_admin = parse_ready(&format!("{line} {ADMIN_KEY}=127.0.0.1:9\n")).expect("parsed");
+        assert_eq!(with_admin.admin().map(|a| a.port()), Some(9));
         assert!(parse_ready("something else").is_none());
         assert!(parse_ready(&format!("{READY_PREFIX} plain=127.0.0.1:1")).is_none());
         let with_admin =

@@ -108,6 +108,9 @@ pub struct Harness {
     backends: Arc<DevBackends>,
     protocols: DevProtocolServers,
     director: Option<DirectorProcess>,
+    /// Directors that take the load instead of `director` while set (the
+    /// `cluster` scenario's members): logins go round them in turn.
+    cluster: Vec<DirectorProcess>,
     counters: Arc<Counters>,
 }
 
@@ -163,6 +166,7 @@ impl Harness {
             backends: Arc::new(backends),
             protocols,
             director: None,
+            cluster: Vec::new(),
             counters: Arc::new(Counters::default()),
         };
         if !harness.is_external() {
@@ -203,6 +207,58 @@ impl Harness {
             self.args.director_config.as_deref(),
         )?);
         Ok(())
+    }
+
+    /// Starts one more director in front of the simulated backends from
+    /// the mailpin config file `config` (e.g. with a `[cluster]` section),
+    /// with the harness's cores and splice setting.
+    pub fn spawn_director(&self, config: &std::path::Path) -> Result<DirectorProcess, String> {
+        DirectorProcess::spawn(
+            &self.backend_specs(),
+            self.args.cores,
+            self.args.splice,
+            Some(config),
+        )
+    }
+
+    /// Makes `directors` the target of the load (logins go round them in
+    /// turn, their CPU and memory are summed) until [`Harness::take_cluster`];
+    /// an empty list makes the harness's own director the target again.
+    pub fn set_cluster(&mut self, directors: Vec<DirectorProcess>) {
+        self.cluster = directors;
+    }
+
+    /// The directors [`Harness::set_cluster`] set (empty when the
+    /// harness's own director is the target).
+    pub fn cluster(&self) -> &[DirectorProcess] {
+        &self.cluster
+    }
+
+    /// Gives back the directors [`Harness::set_cluster`] set, leaving the
+    /// harness's own director the target.
+    pub fn take_cluster(&mut self) -> Vec<DirectorProcess> {
+        std::mem::take(&mut self.cluster)
+    }
+
+    /// Where clients of `protocol` connect over `transport`: every
+    /// director set by [`Harness::set_cluster`], or the one target.
+    pub fn endpoints(
+        &self,
+        protocol: Protocol,
+        transport: Transport,
+    ) -> Result<Vec<Endpoint>, String> {
+        if self.cluster.is_empty() {
+            return Ok(vec![self.endpoint(protocol, transport)?]);
+        }
+        self.cluster
+            .iter()
+            .map(|d| {
+                d.addrs
+                    .get(protocol, transport)
+                    .map(|addr| Endpoint { addr, transport })
+                    .ok_or_else(|| format!("no {} {} address", protocol.as_str(), transport.name()))
+            })
+            .collect()
     }
 
     /// Whether the target is someone else's process (any --target*
@@ -310,8 +366,21 @@ impl Harness {
         self.counters.clone()
     }
 
-    /// Memory and CPU of the target (with descendants) now.
+    /// Memory and CPU of the target (with descendants) now; summed over
+    /// the directors of [`Harness::set_cluster`] while they are the target.
     pub fn target_sample(&self) -> procstat::ProcSample {
+        if !self.cluster.is_empty() {
+            return self
+                .cluster
+                .iter()
+                .fold(procstat::ProcSample::default(), |sum, d| {
+                    let s = procstat::sample(d.pid(), true);
+                    procstat::ProcSample {
+                        rss_bytes: sum.rss_bytes + s.rss_bytes,
+                        cpu: sum.cpu + s.cpu,
+                    }
+                });
+        }
         self.target_pid()
             .map(|pid| procstat::sample(pid, true))
             .unwrap_or_default()

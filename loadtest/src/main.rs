@@ -64,6 +64,10 @@ enum Command {
     /// (--rolling: each in turn): sessions moved live and ended, drain
     /// time, invariant violations.
     LiveMove(scenario::live_move::LiveMoveArgs),
+    /// Cluster mode on a local 3-member etcd: logins/s alone vs. two
+    /// members, first and repeat login latency, assignments/s, move and
+    /// failover times.
+    Cluster(scenario::cluster::ClusterArgs),
     /// Size a director host: idle sessions per GiB, logins/s per core at
     /// a p99 bound, relay throughput.
     Size(size::SizeArgs),
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Size(args) => size::run(&args).map(|_| ()),
         Command::Failover(args) => scenario::failover::run(&args).map(|_| ()),
         Command::LiveMove(args) => scenario::live_move::run(&args).map(|_| ()),
+        Command::Cluster(args) => scenario::cluster::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

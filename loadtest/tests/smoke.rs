@@ -420,3 +420,76 @@ fn live_move_moves_every_idle_session_through_a_rolling_restart() {
     assert_eq!(results["final"]["done_ok"], 40, "{results}");
     assert_eq!(results["final"]["saw_delivery"], 40, "{results}");
 }
+
+/// True when `etcd` is on PATH. Without it the `cluster` smoke test fails
+/// on CI (`CI=true`) and is skipped elsewhere.
+fn etcd_present_or_skip() -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("etcd").is_file()))
+        .unwrap_or(false);
+    let on_ci = std::env::var("CI")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+        .unwrap_or(false);
+    if !found && on_ci {
+        panic!("etcd is not installed and CI=true: apt-get install etcd-server etcd-client");
+    }
+    if !found {
+        eprintln!("skipped: etcd is not installed");
+    }
+    found
+}
+
+#[test]
+fn cluster_measures_members_against_a_lone_director() {
+    if !etcd_present_or_skip() {
+        return;
+    }
+    // Own etcd ports per test process, clear of `run --dev --cluster`'s
+    // (12379...) and below the kernel's ephemeral range (32768...), where
+    // an outgoing connection could hold one.
+    let port = (23_000 + (std::process::id() % 360) * 25).to_string();
+    let r = run(
+        "cluster",
+        &[
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--users",
+            "40",
+            "--latency-rate",
+            "20",
+            "--claim-rate",
+            "50",
+            "--moves",
+            "2",
+            "--held",
+            "4",
+            "--down-after",
+            "0.5",
+            "--etcd-port",
+            &port,
+        ],
+    );
+    assert_eq!(r["violations"], 0, "violations in {r}");
+    let results = &r["results"];
+    for step in ["alone", "cluster_of_2", "cluster_first", "cluster_repeat"] {
+        assert!(
+            results[step]["ok"].as_u64().unwrap_or(0) > 0,
+            "no logins in {step}: {results}"
+        );
+    }
+    // Every login of distinct new users was a claim in etcd.
+    let claims = &results["claims"];
+    assert!(
+        claims["claims"].as_f64().unwrap_or(0.0) >= claims["step"]["ok"].as_f64().unwrap_or(1.0)
+            && claims["created"].as_f64().unwrap_or(0.0) > 0.0,
+        "the new users were not assigned through etcd: {claims}"
+    );
+    assert_eq!(results["moves"]["failed"], 0, "{results}");
+    assert_eq!(results["moves"]["closed"]["count"], 2, "{results}");
+    let death = &results["director_death"];
+    assert_eq!(death["failed"], 0, "{death}");
+    assert_eq!(death["moved"], 0, "a director's death moved users: {death}");
+    assert_eq!(death["back_in"]["count"], 4, "{death}");
+}

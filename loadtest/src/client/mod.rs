@@ -2,7 +2,9 @@
 //! buffered byte stream over it, and the protocol dialogues spoken over
 //! that — one module per protocol.
 
+pub mod admin;
 pub mod conn;
+pub mod held;
 pub mod imap;
 pub mod lmtp;
 pub mod pop3;

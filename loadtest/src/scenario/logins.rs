@@ -260,7 +260,9 @@ pub fn run_step(
 ) -> Result<(StepResult, Timeline), String> {
     let counters = harness.fresh_counters();
     let (protocol, mech) = (load.protocol, load.mech);
-    let endpoint = harness.endpoint(protocol.protocol(), transport)?;
+    // Several directors (the `cluster` scenario): login k of each thread
+    // goes to director k mod n.
+    let endpoints = harness.endpoints(protocol.protocol(), transport)?;
     let threads = harness.args.client_threads.max(1);
     let rate = load.rate.max(0.1) / threads as f64;
     let duration = Duration::from_secs_f64(load.duration.max(0.1));
@@ -273,6 +275,7 @@ pub fn run_step(
         let counters = counters.clone();
         spawn_clients(threads, move |t| {
             let counters = counters.clone();
+            let endpoints = endpoints.clone();
             async move {
                 let tls_config = client_config(resume);
                 let tally: Rc<RefCell<ThreadTally>> = Rc::default();
@@ -290,6 +293,7 @@ pub fn run_step(
                     }
                     inflight.set(inflight.get() + 1);
                     let user = user_name(prefix, (k as usize * threads + t) % users);
+                    let endpoint = endpoints[k as usize % endpoints.len()];
                     let (tally, inflight) = (tally.clone(), inflight.clone());
                     let (counters, tls_config) = (counters.clone(), tls_config.clone());
                     monoio::spawn(async move {

@@ -7,6 +7,7 @@
 //! [`crate::harness::Harness`]. Each protocol has its client under
 //! [`crate::client`].
 
+pub mod cluster;
 pub mod failover;
 pub mod hostile;
 pub mod idle;
