@@ -8,16 +8,22 @@
 //! changes made between the old backend's snapshot and the new backend's
 //! SELECT are reconciled (EXPUNGE or VANISHED, EXISTS, FETCH FLAGS, MODSEQ
 //! only for clients that enabled CONDSTORE).
+//!
+//! Gates ([`support::gate`]) in front of both backends hold a move at
+//! every boundary between two steps of either backend dialogue; there an
+//! APPEND, EXPUNGE or STORE is made straight on Dovecot, or the client
+//! sends `DONE` (and a command): the session moves with a right view,
+//! every expunge told once, and one answer per command, or ends with BYE.
 
 mod support;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::dovecot::DEFAULT_PASSWORD;
+use support::gate::{Gate, Hold, Side};
 use support::mailpin::{http, Mailpin};
 use support::tempdir::TempDir;
 use support::{require_dovecot, DovecotCluster, DovecotOptions};
@@ -181,73 +187,12 @@ fn append_to(addr: SocketAddr, user: &str, mailbox: &str, subject: &str) {
     c.ok("z", "LOGOUT");
 }
 
-/// A TCP forwarder in front of a backend that, while armed, holds each new
-/// connection (nothing passes either way) until released: a live move can
-/// be caught between its old side's close and its new side's login.
-struct Gate {
-    addr: SocketAddr,
-    armed: Arc<AtomicBool>,
-    held: Arc<AtomicUsize>,
-    release: Arc<AtomicBool>,
-}
-
-impl Gate {
-    fn new(target: SocketAddr) -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let gate = Gate {
-            addr: listener.local_addr().unwrap(),
-            armed: Arc::new(AtomicBool::new(false)),
-            held: Arc::new(AtomicUsize::new(0)),
-            release: Arc::new(AtomicBool::new(false)),
-        };
-        let (armed, held, release) = (gate.armed.clone(), gate.held.clone(), gate.release.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { return };
-                let hold = armed.load(Ordering::SeqCst);
-                let (held, release) = (held.clone(), release.clone());
-                std::thread::spawn(move || {
-                    if hold {
-                        held.fetch_add(1, Ordering::SeqCst);
-                        let until = Instant::now() + Duration::from_secs(30);
-                        while !release.load(Ordering::SeqCst) && Instant::now() < until {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                    let Ok(backend) = TcpStream::connect(target) else {
-                        return;
-                    };
-                    let (mut c2, mut b2) =
-                        (client.try_clone().unwrap(), backend.try_clone().unwrap());
-                    let (mut c, mut b) = (client, backend);
-                    let up = std::thread::spawn(move || {
-                        let _ = io::copy(&mut c2, &mut b2);
-                        let _ = b2.shutdown(std::net::Shutdown::Write);
-                    });
-                    let _ = io::copy(&mut b, &mut c);
-                    let _ = c.shutdown(std::net::Shutdown::Write);
-                    let _ = up.join();
-                });
-            }
-        });
-        gate
-    }
-
-    fn wait_held(&self) {
-        let until = Instant::now() + STEP;
-        while self.held.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < until, "no connection reached the gate");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 /// How the director is set up for a test.
 struct Setup {
     /// Write a master user with this password into the config (`None`: no
     /// master user at all).
     master_password: Option<&'static str>,
-    /// Put a [`Gate`] in front of backend 1.
+    /// Put a [`Gate`] in front of each backend.
     gate: bool,
 }
 
@@ -262,7 +207,9 @@ impl Setup {
 struct World {
     cluster: DovecotCluster,
     mailpin: Mailpin,
-    gate: Option<Gate>,
+    /// The gates in front of backends 0 and 1 (none without
+    /// [`Setup::gate`]).
+    gates: Vec<Gate>,
     _dir: TempDir,
 }
 
@@ -275,14 +222,17 @@ impl World {
             2,
             DovecotOptions {
                 master_user: Some((MASTER.into(), MASTER_PASSWORD.into())),
-                users: 20,
+                users: 40,
                 ..DovecotOptions::default()
             },
         );
         let dir = TempDir::new().unwrap();
-        let gate = setup
-            .gate
-            .then(|| Gate::new(cluster.instance(1).imap_addr()));
+        let gates: Vec<Gate> = match setup.gate {
+            true => (0..2)
+                .map(|i| Gate::new(cluster.instance(i).imap_addr()))
+                .collect(),
+            false => Vec::new(),
+        };
         let mut c = String::from(
             "[server]\ncores = 2\ndrain_timeout = \"1s\"\n\n[health]\ninterval = \"60s\"\n\n\
              [[listen]]\nprotocol = \"imap\"\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nplaintext_auth = true\n\n",
@@ -296,10 +246,7 @@ impl World {
             ));
         }
         for (i, inst) in cluster.instances().iter().enumerate() {
-            let addr = match (&gate, i) {
-                (Some(g), 1) => g.addr,
-                _ => inst.imap_addr(),
-            };
+            let addr = gates.get(i).map_or(inst.imap_addr(), |g| g.addr);
             c.push_str(&format!(
                 "[[backend]]\nname = \"b{i}\"\nhost = \"{}\"\nimap = {}\n\n",
                 addr.ip(),
@@ -310,7 +257,7 @@ impl World {
         Some(World {
             cluster,
             mailpin,
-            gate,
+            gates,
             _dir: dir,
         })
     }
@@ -351,23 +298,6 @@ impl World {
                 "{user}: {here} on {i}, {there} on the other\n{}",
                 self.mailpin.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Makes sure `user`'s idling session is on backend 0: moves it there
-    /// if it is on 1, and waits until that live move is over and counted
-    /// (the move's call returns before the session has resumed).
-    fn put_on_first(&self, user: &str) {
-        if self.backend_of(user) != 1 {
-            return;
-        }
-        let before = self.metric(MOVED);
-        self.move_user(user, 0);
-        self.wait_on(user, 0);
-        let until = Instant::now() + STEP;
-        while self.metric(MOVED) < before + 1.0 {
-            assert!(Instant::now() < until, "the first move was not counted");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -556,16 +486,16 @@ fn done_and_a_command_sent_during_the_move_are_answered_by_the_new_backend() {
     append(w.addr(), user, "one");
     // Logged in on b0 for sure: b1's gate is open until armed.
     let mut idle = Imap::idling(w.addr(), user);
-    w.put_on_first(user);
+    w.onto_backend_0(user);
     let moved_before = w.metric(MOVED);
-    let gate = w.gate.as_ref().unwrap();
-    gate.armed.store(true, Ordering::SeqCst);
+    let gate = &w.gates[1];
+    gate.arm(BEFORE_NEW_GREETING);
     w.move_user(user, 1);
-    gate.wait_held();
+    gate.wait_held(STEP);
     // The old side is closed, the new one not yet logged in.
     assert_eq!(w.cluster.instance(0).who_count(user, "imap"), 0);
     idle.send("DONE\r\nn NOOP\r\n");
-    gate.release.store(true, Ordering::SeqCst);
+    gate.release();
     let lines: Vec<String> = idle
         .until("n")
         .into_iter()
@@ -605,19 +535,19 @@ fn move_with_a_change(
         append_to(w.addr(), user, mailbox, &format!("m{i}"));
     }
     let idle = Imap::idling_in(w.addr(), user, mailbox, enabled);
-    w.put_on_first(user);
+    w.onto_backend_0(user);
     let moved_before = w.metric(MOVED);
-    let gate = w.gate.as_ref().unwrap();
-    gate.armed.store(true, Ordering::SeqCst);
+    let gate = &w.gates[1];
+    gate.arm(BEFORE_NEW_GREETING);
     w.move_user(user, 1);
-    gate.wait_held();
+    gate.wait_held(STEP);
     // Straight to Dovecot, between the two sides of the move.
     let old = w.cluster.instance(0).imap_addr();
     let mut direct = Imap::login(old, user);
     direct.ok("s", &format!("SELECT {mailbox}"));
     change(old, &mut direct);
     direct.ok("z", "LOGOUT");
-    gate.release.store(true, Ordering::SeqCst);
+    gate.release();
     Some((w, idle, moved_before))
 }
 
@@ -1082,4 +1012,524 @@ fn a_backend_removed_by_a_reload_hands_its_idle_sessions_over_live() {
     idle.send("DONE\r\n");
     assert!(idle.line().starts_with("i OK"));
     assert_eq!(w.metric(MOVED), 1.0);
+}
+
+// ---------------------------------------------------------------------
+// Every step boundary of a move (issue 12): a change or the client's DONE
+// while a gate holds the move between two steps of either backend
+// dialogue (src/backend/imap_resume.rs).
+
+/// Where the new backend's gate held the move in the first tests: the
+/// connection open, its greeting not yet passed on.
+const BEFORE_NEW_GREETING: Hold = Hold::before(Side::Backend, "* OK");
+
+/// A step boundary of a move: which backend's gate holds it, and where.
+struct Boundary {
+    name: &'static str,
+    /// 0: the old backend's gate, 1: the new backend's.
+    gate: usize,
+    hold: Hold,
+}
+
+impl Boundary {
+    const fn old(name: &'static str, hold: Hold) -> Boundary {
+        Boundary {
+            name,
+            gate: 0,
+            hold,
+        }
+    }
+
+    const fn new(name: &'static str, hold: Hold) -> Boundary {
+        Boundary {
+            name,
+            gate: 1,
+            hold,
+        }
+    }
+}
+
+/// Every boundary between two steps, in the order a move passes them. The
+/// old side's commands go one at a time (`mpm0` STATUS after `DONE`,
+/// `mpm1` NOOP, `mpm2` UID FETCH, `mpm4` EXAMINE, `mpm3` LOGOUT); the new
+/// side's: greeting, `mpm4` ID + `mpm5` AUTHENTICATE, `mpm7` SELECT,
+/// `mpm8` UID FETCH, the probe connection (`p1` ID, `p2` login, `p3`
+/// STATUS, `p4`/`p5` only after a change), then `IDLE` and its `+`.
+const BOUNDARIES: [Boundary; 13] = [
+    Boundary::old(
+        "old: idling, before DONE",
+        Hold::before(Side::Director, "DONE"),
+    ),
+    Boundary::old(
+        "old: STATUS answered, before NOOP",
+        Hold::before(Side::Director, "mpm1 "),
+    ),
+    Boundary::old(
+        "old: NOOP answered, before the UID listing",
+        Hold::before(Side::Director, "mpm2 "),
+    ),
+    Boundary::old(
+        "old: listed, before EXAMINE",
+        Hold::before(Side::Director, "mpm4 "),
+    ),
+    Boundary::old(
+        "old: EXAMINE answered, before LOGOUT",
+        Hold::before(Side::Director, "mpm3 "),
+    ),
+    Boundary::old(
+        "old: LOGOUT sent, before its answer",
+        Hold::before(Side::Backend, "* BYE"),
+    ),
+    Boundary::new("new: connected, before the greeting", BEFORE_NEW_GREETING),
+    Boundary::new(
+        "new: greeted, before ID and the master login",
+        Hold::before(Side::Director, "mpm4 "),
+    ),
+    Boundary::new(
+        "new: logged in, before SELECT",
+        Hold::after(Side::Backend, "mpm5 "),
+    ),
+    Boundary::new(
+        "new: selected, before the UID listing",
+        Hold::after(Side::Backend, "mpm7 "),
+    ),
+    Boundary::new(
+        "new: listed, before the probe",
+        Hold::before(Side::Director, "p1 "),
+    ),
+    Boundary::new(
+        "new: probe's STATUS answered, before IDLE",
+        Hold::after(Side::Backend, "p3 "),
+    ),
+    Boundary::new(
+        "new: IDLE sent, before its continuation",
+        Hold::before(Side::Backend, "+ "),
+    ),
+];
+
+/// A change made straight on Dovecot while a move is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A fourth message.
+    Append,
+    /// Message 2 of 3 flagged `\Deleted` and expunged.
+    Expunge,
+    /// Message 1 flagged.
+    Store,
+}
+
+impl Change {
+    const ALL: [Change; 3] = [Change::Append, Change::Expunge, Change::Store];
+
+    /// Makes the change on `direct` (INBOX selected), a session of its own.
+    fn make(self, direct: &mut Imap) {
+        match self {
+            Change::Append => {
+                let msg = "Subject: during the move\r\n\r\nbody\r\n";
+                direct.send(&format!("a APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()));
+                let lines = direct.until("a");
+                assert!(lines.last().unwrap().starts_with("a OK"), "{lines:?}");
+            }
+            Change::Expunge => {
+                direct.ok("d", "STORE 2 +FLAGS (\\Deleted)");
+                direct.ok("x", "EXPUNGE");
+            }
+            Change::Store => drop(direct.ok("f", "STORE 1 +FLAGS (\\Flagged)")),
+        }
+    }
+}
+
+/// The UID and the flags (sorted, without `\Recent`) a FETCH line tells.
+fn fetched(line: &str) -> Known {
+    let uid = line
+        .split_once("UID ")
+        .and_then(|(_, r)| r.split([' ', ')']).next())
+        .and_then(|n| n.parse().ok());
+    let flags = line.split_once("FLAGS (").map(|(_, r)| {
+        let mut flags: Vec<&str> = r[..r.find(')').unwrap_or(r.len())]
+            .split_whitespace()
+            .filter(|f| *f != "\\Recent")
+            .collect();
+        flags.sort_unstable();
+        flags.join(" ")
+    });
+    (uid, flags)
+}
+
+/// A message as a client knows it: its UID and flags, once told.
+type Known = (Option<u32>, Option<String>);
+
+/// What a client knows of its selected mailbox from what it was told: per
+/// message, in sequence order, its UID and flags once told.
+#[derive(Debug, Default)]
+struct View {
+    messages: Vec<Known>,
+    /// EXPUNGE responses applied.
+    expunges: usize,
+}
+
+impl View {
+    /// Applies one untagged line; an error for one that cannot be right
+    /// for this view (an EXPUNGE or FETCH of a message the client does not
+    /// have, EXISTS lowering the count, a message changing its UID).
+    fn apply(&mut self, line: &str) -> Result<(), String> {
+        let mut words = line.split(' ');
+        let (star, n, what) = (words.next(), words.next(), words.next());
+        let Some(n) = n.and_then(|n| n.parse::<usize>().ok()) else {
+            return Ok(());
+        };
+        if star != Some("*") {
+            return Ok(());
+        }
+        let have = self.messages.len();
+        match what {
+            Some("EXPUNGE") if (1..=have).contains(&n) => {
+                self.messages.remove(n - 1);
+                self.expunges += 1;
+            }
+            Some("EXISTS") if n >= have => self.messages.resize(n, (None, None)),
+            Some("FETCH") if (1..=have).contains(&n) => {
+                let (uid, flags) = fetched(line);
+                let known = &mut self.messages[n - 1];
+                if let (Some(was), Some(now)) = (known.0, uid) {
+                    if was != now {
+                        return Err(format!("{line}: message {n} was UID {was}"));
+                    }
+                }
+                known.0 = known.0.or(uid);
+                known.1 = flags.or(known.1.take());
+            }
+            Some("RECENT") => {}
+            _ => return Err(format!("{line}: the client has {have} messages")),
+        }
+        Ok(())
+    }
+
+    /// Whether everything the client knows agrees with `truth` (UIDs and
+    /// flags of an independent session), the count included.
+    fn agrees(&self, truth: &[Known]) -> Result<(), String> {
+        if self.messages.len() != truth.len() {
+            return Err(format!(
+                "the client counts {} messages, there are {}",
+                self.messages.len(),
+                truth.len()
+            ));
+        }
+        for (i, (mine, real)) in self.messages.iter().zip(truth).enumerate() {
+            let uid_wrong = mine.0.is_some() && mine.0 != real.0;
+            let flags_wrong = mine.1.is_some() && mine.1 != real.1;
+            if uid_wrong || flags_wrong {
+                return Err(format!("message {}: {mine:?}, really {real:?}", i + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The UIDs and flags of `FETCH 1:* (UID FLAGS)` lines, in order.
+fn uid_flag_list(lines: &[String]) -> Vec<Known> {
+    let mut list: Vec<(usize, Known)> = lines
+        .iter()
+        .filter_map(|l| {
+            let n = l.strip_prefix("* ")?.split(' ').next()?.parse().ok()?;
+            l.contains(" FETCH ").then(|| (n, fetched(l)))
+        })
+        .collect();
+    list.sort_by_key(|(n, _)| *n);
+    list.into_iter().map(|(_, m)| m).collect()
+}
+
+impl World {
+    /// All live moves so far, whatever their result.
+    fn live_moves(&self) -> f64 {
+        let (_, body) = http(
+            self.mailpin.admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        body.lines()
+            .filter(|l| l.starts_with("mailpin_live_moves_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the live moves counted pass `before` (a move ended,
+    /// one way or the other).
+    fn wait_move_over(&self, before: f64) {
+        let until = Instant::now() + STEP;
+        while self.live_moves() <= before {
+            assert!(Instant::now() < until, "the move did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Moves `user` (its idling client) to backend 0 if it is on 1, and
+    /// waits for the move to be over and counted: the session is on
+    /// backend 0 once its new login shows, before the move ends.
+    fn onto_backend_0(&self, user: &str) {
+        if self.backend_of(user) == 1 {
+            let before = self.live_moves();
+            self.move_user(user, 0);
+            self.wait_move_over(before);
+            self.wait_on(user, 0);
+        }
+    }
+
+    /// Waits until `user` has no IMAP session on either backend.
+    fn wait_gone(&self, user: &str) {
+        let until = Instant::now() + STEP;
+        while (0..2).any(|i| self.cluster.instance(i).who_count(user, "imap") > 0) {
+            assert!(Instant::now() < until, "{user} still open somewhere");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `user`'s client idles in INBOX on backend 0 (its first lines:
+    /// `FETCH 1:* (UID FLAGS)` before IDLE make its view).
+    fn idling_on_0(&self, user: &str) -> (Imap, View) {
+        let mut c = Imap::login(self.addr(), user);
+        c.ok("s", "SELECT INBOX");
+        let view = View {
+            messages: uid_flag_list(&c.ok("f", "FETCH 1:* (UID FLAGS)")),
+            expunges: 0,
+        };
+        c.send("i IDLE\r\n");
+        let cont = c.line();
+        assert!(cont.starts_with("+ "), "{cont}");
+        self.onto_backend_0(user);
+        (c, view)
+    }
+
+    /// Moves `user` to backend 1 with `boundary`'s gate armed; once it
+    /// holds, checks the user is open on one backend at most and runs
+    /// `at_the_hold`, then releases the gate and waits for the move's end.
+    fn move_held(&self, user: &str, boundary: &Boundary, at_the_hold: impl FnOnce()) {
+        let before = self.live_moves();
+        let gate = &self.gates[boundary.gate];
+        gate.arm(boundary.hold);
+        // The move's call returns once the old side is closed: from a
+        // thread of its own, as the hold may come first.
+        std::thread::scope(|s| {
+            let mover = s.spawn(|| self.move_user(user, 1));
+            let held = std::panic::catch_unwind(|| gate.wait_held(STEP));
+            if held.is_ok() {
+                let on: Vec<bool> = (0..2)
+                    .map(|i| self.cluster.instance(i).who_count(user, "imap") > 0)
+                    .collect();
+                let split = on[0] && on[1];
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(at_the_hold));
+                gate.release();
+                assert!(!split, "{user} open on both backends at the hold");
+                if let Err(e) = ran {
+                    std::panic::resume_unwind(e);
+                }
+            }
+            gate.release();
+            mover.join().expect("the move's call");
+            if let Err(e) = held {
+                std::panic::resume_unwind(e);
+            }
+        });
+        self.wait_move_over(before);
+    }
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Moved,
+    Bye,
+}
+
+/// One case: `user` (three messages) idles on backend 0, moves to backend
+/// 1, and at `boundary` `change` is made straight on Dovecot. Either the
+/// session moved — then after `DONE` and a `NOOP` everything the client
+/// was told agrees with an independent session, every expunge told once,
+/// and it is open on backend 1 only — or it ended with `* BYE` and is open
+/// nowhere.
+fn change_case(w: &World, user: &str, boundary: &Boundary, change: Change) -> Ended {
+    for s in ["one", "two", "three"] {
+        append(w.addr(), user, s);
+    }
+    let (mut idle, mut view) = w.idling_on_0(user);
+    let moved_before = w.metric(MOVED);
+    w.move_held(user, boundary, || {
+        let mut direct = Imap::login(w.cluster.instance(0).imap_addr(), user);
+        direct.ok("s", "SELECT INBOX");
+        change.make(&mut direct);
+        direct.ok("z", "LOGOUT");
+    });
+    if w.metric(MOVED) == moved_before {
+        // Everything until the connection closes: updates the view can
+        // take, then `* BYE`, nothing after.
+        let mut told = Vec::new();
+        let mut line = String::new();
+        while idle.r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            told.push(line.trim_end().to_string());
+            line.clear();
+        }
+        let bye = told.iter().position(|l| l.starts_with("* BYE"));
+        assert_eq!(
+            bye,
+            Some(told.len().wrapping_sub(1)),
+            "a BYE, last: {told:?}\n{}",
+            w.mailpin.log()
+        );
+        for l in &told[..told.len() - 1] {
+            view.apply(l)
+                .unwrap_or_else(|e| panic!("{e}; told {told:?}"));
+        }
+        w.wait_gone(user);
+        return Ended::Bye;
+    }
+    idle.send("DONE\r\n");
+    let mut told = idle.until("i");
+    told.extend(idle.ok("n", "NOOP"));
+    let tagged: Vec<&String> = told.iter().filter(|l| !l.starts_with("* ")).collect();
+    assert_eq!(tagged.len(), 2, "{told:?}");
+    assert!(tagged[0].starts_with("i OK"), "{told:?}");
+    for l in told.iter().filter(|l| l.starts_with("* ")) {
+        view.apply(l)
+            .unwrap_or_else(|e| panic!("{e}; told {told:?}"));
+    }
+    let expunged = usize::from(change == Change::Expunge);
+    assert_eq!(view.expunges, expunged, "each expunge once: {told:?}");
+    let mut other = Imap::login(w.addr(), user);
+    other.ok("s", "SELECT INBOX");
+    let truth = other.uid_flags();
+    view.agrees(&uid_flag_list(&truth))
+        .unwrap_or_else(|e| panic!("{e}; told {told:?}"));
+    assert_eq!(idle.uid_flags(), truth);
+    w.wait_on(user, 1);
+    other.ok("z", "LOGOUT");
+    idle.ok("z", "LOGOUT");
+    Ended::Moved
+}
+
+/// A named case of a table-driven test, run for one user.
+type Case<'w> = (String, Box<dyn FnOnce(&str) -> Ended + 'w>);
+
+/// Runs `case` for each of `cases` (a fresh user each), catching each
+/// failure; prints one line per case and the time all took; panics
+/// listing every failed case.
+fn run_cases(what: &str, cases: Vec<Case<'_>>, w: &World) {
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for (i, (name, case)) in cases.into_iter().enumerate() {
+        let user = format!("user{:04}", i + 1);
+        let t = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&user)));
+        for gate in &w.gates {
+            gate.release();
+        }
+        let took = t.elapsed().as_secs_f64();
+        match result {
+            Ok(end) => eprintln!("{what}: {name}: {end:?} ({took:.2} s)"),
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let log = w.mailpin.log();
+                let about: Vec<&str> = log.lines().filter(|l| l.contains(&user)).collect();
+                eprintln!(
+                    "{what}: {name}: FAILED ({took:.2} s): {why}\n  {user} in the log:\n  {}",
+                    about.join("\n  ")
+                );
+                failed.push(format!("{name}: {why}"));
+            }
+        }
+    }
+    eprintln!(
+        "{what}: all cases in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn a_change_at_every_step_of_a_move_is_reconciled_or_ends_the_session() {
+    let Some(w) = World::start(Setup {
+        master_password: Some(MASTER_PASSWORD),
+        gate: true,
+    }) else {
+        return;
+    };
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for boundary in &BOUNDARIES {
+        for change in Change::ALL {
+            let w = &w;
+            cases.push((
+                format!("{} × {change:?}", boundary.name),
+                Box::new(move |user| change_case(w, user, boundary, change)),
+            ));
+        }
+    }
+    run_cases("change", cases, &w);
+}
+
+/// One case: `user` idles on backend 0 and moves to backend 1; at
+/// `boundary` the client sends `DONE` (and `n NOOP` with `noop`). It gets
+/// exactly one tagged OK for `i` (and one for `n`), nothing tagged after,
+/// and the session is on backend 1.
+fn done_case(w: &World, user: &str, boundary: &Boundary, noop: bool) -> Ended {
+    append(w.addr(), user, "one");
+    let (mut idle, _) = w.idling_on_0(user);
+    let moved_before = w.metric(MOVED);
+    w.move_held(user, boundary, || {
+        idle.send(if noop {
+            "DONE\r\nn NOOP\r\n"
+        } else {
+            "DONE\r\n"
+        });
+    });
+    let mut told = idle.until("i");
+    if noop {
+        told.extend(idle.until("n"));
+    }
+    told.extend(idle.ok("c", "NOOP"));
+    let tagged: Vec<&str> = told
+        .iter()
+        .filter(|l| !l.starts_with("* "))
+        .map(|l| l.split(' ').next().unwrap_or_default())
+        .collect();
+    let want: &[&str] = if noop { &["i", "n", "c"] } else { &["i", "c"] };
+    assert_eq!(tagged, want, "{told:?}");
+    assert!(
+        told.iter()
+            .filter(|l| !l.starts_with("* "))
+            .all(|l| l.split(' ').nth(1) == Some("OK")),
+        "{told:?}"
+    );
+    assert_eq!(w.metric(MOVED), moved_before + 1.0, "moved live");
+    w.wait_on(user, 1);
+    idle.ok("z", "LOGOUT");
+    Ended::Moved
+}
+
+#[test]
+fn done_or_done_and_a_command_at_every_step_of_a_move_get_one_answer_each() {
+    let Some(w) = World::start(Setup {
+        master_password: Some(MASTER_PASSWORD),
+        gate: true,
+    }) else {
+        return;
+    };
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for boundary in &BOUNDARIES {
+        for noop in [false, true] {
+            let w = &w;
+            let sent = if noop { "DONE + NOOP" } else { "DONE" };
+            cases.push((
+                format!("{} × {sent}", boundary.name),
+                Box::new(move |user| done_case(w, user, boundary, noop)),
+            ));
+        }
+    }
+    run_cases("done", cases, &w);
 }

@@ -25,6 +25,7 @@ pub mod director;
 pub mod dovecot;
 pub mod dovecot_conf;
 pub mod etcd;
+pub mod gate;
 pub mod loopback;
 pub mod mailpin;
 pub mod netns;
