@@ -112,12 +112,29 @@ pub struct Harness {
     /// `cluster` scenario's members): logins go round them in turn.
     cluster: Vec<DirectorProcess>,
     counters: Arc<Counters>,
+    /// The director is told of the backends' IMAP ports only (see
+    /// [`Harness::start_imap_only`]).
+    imap_only: bool,
 }
 
 impl Harness {
     /// Starts the simulated backends and, unless `--target` is given, a
     /// director in front of them.
     pub fn start(args: &CommonArgs) -> Result<Harness, String> {
+        Harness::start_with(args, false)
+    }
+
+    /// As [`Harness::start`], but the director knows only the backends'
+    /// IMAP ports. A simulated backend's kill closes its IMAP listener only
+    /// (the POP3, LMTP and ManageSieve servers have no kill switch), and a
+    /// director takes a backend down only when every port it checks fails
+    /// — a port failing alone keeps the users there. With IMAP alone, the
+    /// kill is the whole backend's crash, as a real crash is.
+    pub fn start_imap_only(args: &CommonArgs) -> Result<Harness, String> {
+        Harness::start_with(args, true)
+    }
+
+    fn start_with(args: &CommonArgs, imap_only: bool) -> Result<Harness, String> {
         procstat::raise_fd_limit();
         let hosts: Vec<IpAddr> = if args.backend_hosts.is_empty() {
             vec![IpAddr::from(Ipv4Addr::LOCALHOST); args.backends.max(1)]
@@ -168,6 +185,7 @@ impl Harness {
             director: None,
             cluster: Vec::new(),
             counters: Arc::new(Counters::default()),
+            imap_only,
         };
         if !harness.is_external() {
             harness.restart_director()?;
@@ -181,7 +199,7 @@ impl Harness {
             .addrs()
             .iter()
             .map(|(name, imap)| {
-                let more = self.protocols.addr(name);
+                let more = self.protocols.addr(name).filter(|_| !self.imap_only);
                 BackendSpec {
                     name: name.clone(),
                     imap: *imap,

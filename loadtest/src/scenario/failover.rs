@@ -58,7 +58,7 @@ pub fn run(args: &FailoverArgs) -> Result<Report, String> {
         // The simulated POP3 servers have no kill switch.
         return Err("failover kills simulated IMAP backends: use --protocol imap".into());
     }
-    let mut harness = Harness::start(&args.common)?;
+    let mut harness = Harness::start_imap_only(&args.common)?;
     let mut report = Report::new("failover", &harness);
     if !harness.backend_names().contains(&args.kill) {
         return Err(format!("no simulated backend called {:?}", args.kill));
