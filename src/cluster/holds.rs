@@ -16,7 +16,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tracing::{info, warn};
 
 use crate::cluster::context::Context;
@@ -52,7 +52,7 @@ pub fn on_assignment(
         (mark, Some(id)) if mark != Some(id) => {
             ctx.holding.borrow_mut().remove(&user);
             let to = assigned.map(|r| r.b);
-            tokio::task::spawn_local(settle(ctx.clone(), user, to));
+            tokio::task::spawn_local(settle(ctx.clone(), user, id, rev, to));
         }
         _ => {}
     }
@@ -115,13 +115,18 @@ async fn prepare(ctx: Rc<Context>, user: String, id: u64, rev: i64) {
             n: 0,
             ack: Some(id),
             closed: u32::try_from(closed).unwrap_or(u32::MAX),
+            settled: None,
         };
+        let key = ctx.keys.active(&user, ctx.name());
         let put = TxnOp::put(
-            ctx.keys.active(&user, ctx.name()),
+            key.as_str(),
             encode(&presence),
             Some(PutOptions::new().with_lease(lease)),
         );
-        if let Err(e) = ctx.txn(Txn::new().and_then([put])).await {
+        // Over the presence only if it is still there (never re-create one
+        // a release deleted: the mover counts a gone presence as done).
+        let exists = Compare::create_revision(key.as_str(), CompareOp::NotEqual, 0);
+        if let Err(e) = ctx.txn(Txn::new().when([exists]).and_then([put])).await {
             warn!(user = user.as_str(), error = %e, "cluster move: acknowledgement not written");
         }
     }
@@ -154,7 +159,7 @@ async fn prepare(ctx: Rc<Context>, user: String, id: u64, rev: i64) {
             }
             _ => {
                 if ctx.holding.borrow_mut().remove(&user).is_some() {
-                    settle(ctx.clone(), user.clone(), now.map(|(_, r)| r.b)).await;
+                    settle(ctx.clone(), user.clone(), id, rev, now.map(|(_, r)| r.b)).await;
                 }
                 break;
             }
@@ -168,9 +173,11 @@ fn present(ctx: &Context, user: &str) -> bool {
     ctx.present.borrow().contains(user)
 }
 
-/// Ends the hold of `user`: the held logins go to `to` (the backend etcd
-/// names; `None`: the next login claims).
-async fn settle(ctx: Rc<Context>, user: String, to: Option<String>) {
+/// Ends the hold of `user` for move `id`: the held logins go to `to` (the
+/// backend etcd names; `None`: the next login claims); then says so in
+/// this director's presence (if it still has one), which the mover waits
+/// for, so that once a move returns every director answers the same.
+async fn settle(ctx: Rc<Context>, user: String, id: u64, rev: i64, to: Option<String>) {
     let owner = owner_of(&user, ctx.cores.len());
     ask(&ctx, owner, CLOSE_LIMIT, |done| CoreMsg::SettleMove {
         key: user.as_str().into(),
@@ -182,5 +189,24 @@ async fn settle(ctx: Rc<Context>, user: String, to: Option<String>) {
         let _ = core.send(CoreMsg::EndKick {
             key: user.as_str().into(),
         });
+    }
+    if let (true, Some(lease)) = (present(&ctx, &user), ctx.lease.get()) {
+        let presence = PresenceRecord {
+            rev,
+            n: 0,
+            ack: None,
+            closed: 0,
+            settled: Some(id),
+        };
+        // Only over a presence that is still there: a release (the
+        // assignment dropped here) may have deleted it, and must stay done.
+        let key = ctx.keys.active(&user, ctx.name());
+        let put = TxnOp::put(
+            key.as_str(),
+            encode(&presence),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let exists = Compare::create_revision(key.as_str(), CompareOp::NotEqual, 0);
+        let _ = ctx.txn(Txn::new().when([exists]).and_then([put])).await;
     }
 }

@@ -318,6 +318,10 @@ pub struct PresenceRecord {
     /// How many sessions D closed for the acknowledged move.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub closed: u32,
+    /// The move (its id) D has applied: its logins of U go where the
+    /// move's end says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

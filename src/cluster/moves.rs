@@ -15,7 +15,9 @@
 //!    director cut off has fenced before that).
 //! 3. **Commit**: `If mod_revision(users/U) == R1 Then put users/U {b: T}`
 //!    (or delete it, when T is "wherever the next login goes"); the
-//!    present directors see it and let the held logins go to T. If an
+//!    present directors see it, let the held logins go to T and say so in
+//!    their presence (`settled: id`); the mover returns once every one has
+//!    (at most 2 s), so after a move every director answers T. If an
 //!    acknowledgement does not come within [`ack_limit`], the mover aborts
 //!    instead (the mark goes, U stays on B).
 //!
@@ -168,6 +170,9 @@ async fn move_user(ctx: &Context, user: &str, to: Option<&str>) -> Result<u32, S
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+        if let (Some(true), Ok(_)) = (landed, &result) {
+            wait_settled(ctx, user, id).await;
+        }
         return match (landed, result) {
             (Some(true), Ok(closed)) => {
                 info!(
@@ -247,6 +252,41 @@ async fn wait_acks(ctx: &Context, user: &str, id: u64) -> Result<u32, String> {
         }
         tokio::time::sleep(ACK_POLL).await;
     }
+}
+
+/// How long a mover waits for the present directors to apply its commit
+/// (they normally do within a watch event's delay; past it the move has
+/// happened all the same, a director's answer may lag a moment).
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits until every presence for `user` says move `id` is applied (or is
+/// gone), at most [`SETTLE_LIMIT`]: then every director answers the new
+/// backend.
+async fn wait_settled(ctx: &Context, user: &str, id: u64) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let prefix = ctx.keys.presence_of(user);
+    while Instant::now() < deadline {
+        let txn = Txn::new().and_then([TxnOp::get(
+            prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )]);
+        if let Ok(resp) = ctx.txn(txn).await {
+            let all = resp.op_responses().into_iter().all(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().iter().all(|kv| {
+                    decode::<PresenceRecord>(kv.value()).is_some_and(|p| p.settled == Some(id))
+                }),
+                _ => true,
+            });
+            if all {
+                return;
+            }
+        }
+        tokio::time::sleep(ACK_POLL).await;
+    }
+    warn!(
+        user,
+        "cluster move: not every director applied it within 2 s"
+    );
 }
 
 /// Where etcd says `user` is.

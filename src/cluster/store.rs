@@ -506,6 +506,7 @@ fn claim_txn(ctx: &Context, lease: i64, pending: &[Pending]) -> Txn {
                 n: p.nonce,
                 ack: None,
                 closed: 0,
+                settled: None,
             }),
             Some(PutOptions::new().with_lease(lease)),
         ));
