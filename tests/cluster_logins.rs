@@ -14,7 +14,8 @@
 //! - A director killed with SIGKILL: its users come back through another
 //!   director to the same backends; nothing moves.
 //! - A move issued on one director, and a flush, close the sessions held
-//!   through the other before the call returns.
+//!   through the other before the call returns; with a master user, an
+//!   IDLE session held through the other follows its user live instead.
 //!
 //! Cost: about 25 s (each test: etcd, three Dovecot instances, two
 //! directors).
@@ -229,4 +230,55 @@ fn a_move_or_flush_on_one_director_closes_sessions_held_through_another() {
     sampler.wait_samples(3);
     let (_, splits) = sampler.finish();
     assert!(splits.is_empty(), "users on two backends: {splits:?}");
+}
+
+#[test]
+fn a_move_on_one_director_carries_an_idle_session_held_through_another_live() {
+    let dir = support::tempdir::TempDir::new().expect("temp dir");
+    let password_file = dir.path().join("master.pass");
+    std::fs::write(&password_file, "master-secret\n").expect("master password");
+    let extra = format!(
+        "{QUICK_HEALTH}\n[backends]\nmaster_user = \"mailpin\"\nmaster_password_file = {password_file:?}\n"
+    );
+    let options = support::DovecotOptions {
+        users: USERS,
+        master_user: Some(("mailpin".into(), "master-secret".into())),
+        ..support::DovecotOptions::default()
+    };
+    let Some(w) = World::start_with(2, options, &extra, |_, c| c) else {
+        return;
+    };
+    let (d1, d2) = (&w.directors[0], &w.directors[1]);
+    let user = support::dovecot::user_name(3);
+    let mut idle = login(d1, &user).expect("login through d1");
+    assert!(idle.imap("SELECT INBOX").expect("select").is_ok());
+    idle.send_line("i IDLE").expect("idle");
+    let cont = idle.read_line().expect("continuation");
+    assert!(cont.starts_with("+ "), "{cont}");
+    let from = assigned(d1, &user).expect("assigned");
+    let to = if from == "b0" { "b1" } else { "b0" };
+
+    // Moved on d2: the session held through d1 follows the user live.
+    let (status, v) = support::cluster::post_json(d2, &format!("/users/{user}/move?to={to}"));
+    assert_eq!(status, 200, "{v}");
+    let to_index: usize = to[1..].parse().unwrap();
+    wait_until(
+        &[d1, d2],
+        Duration::from_secs(10),
+        "the session on the new backend",
+        || backends_of(&w.dovecot, &user) == vec![to_index],
+    );
+    assert_eq!(assigned(d1, &user).as_deref(), Some(to));
+    // Nothing reached the client meanwhile; DONE gets the one tagged OK.
+    idle.send_line("DONE").expect("done");
+    let answer = idle.read_line().expect("an answer to DONE");
+    assert!(
+        answer.starts_with("i OK"),
+        "the client saw {answer:?} first"
+    );
+    assert!(idle.imap("NOOP").expect("noop").is_ok());
+    assert_eq!(
+        d1.metric("mailpin_live_moves_total{result=\"moved\",reason=\"ok\"}"),
+        1
+    );
 }

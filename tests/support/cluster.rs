@@ -288,13 +288,23 @@ impl World {
         extra: &str,
         tweak: impl Fn(usize, String) -> String,
     ) -> Option<World> {
-        if !super::etcd::require_etcd() || !super::require_dovecot() {
-            return None;
-        }
         let options = super::DovecotOptions {
             users,
             ..super::DovecotOptions::default()
         };
+        World::start_with(directors, options, extra, tweak)
+    }
+
+    /// [`World::start`] with the backends' `options` (a master user, say).
+    pub fn start_with(
+        directors: usize,
+        options: super::DovecotOptions,
+        extra: &str,
+        tweak: impl Fn(usize, String) -> String,
+    ) -> Option<World> {
+        if !super::etcd::require_etcd() || !super::require_dovecot() {
+            return None;
+        }
         let dovecot = DovecotCluster::start(3, options);
         let backends: Vec<BackendPorts> =
             dovecot.instances().iter().map(BackendPorts::of).collect();
