@@ -1453,7 +1453,7 @@ fn run_cases(what: &str, cases: Vec<Case<'_>>, w: &World) {
 }
 
 #[test]
-fn a_change_at_every_step_of_a_move_is_reconciled_or_ends_the_session() {
+fn a_change_at_every_step_of_a_move_is_reconciled_or_ends_the_session_and_never_on_the_old_side() {
     let Some(w) = World::start(Setup {
         master_password: Some(MASTER_PASSWORD),
         gate: true,
@@ -1466,7 +1466,15 @@ fn a_change_at_every_step_of_a_move_is_reconciled_or_ends_the_session() {
             let w = &w;
             cases.push((
                 format!("{} × {change:?}", boundary.name),
-                Box::new(move |user| change_case(w, user, boundary, change)),
+                Box::new(move |user| {
+                    let ended = change_case(w, user, boundary, change);
+                    // On the old side every change is told to the client
+                    // (a listing taken again when one came during it).
+                    if boundary.gate == 0 {
+                        assert!(matches!(ended, Ended::Moved), "ended: {ended:?}");
+                    }
+                    ended
+                }),
             ));
         }
     }

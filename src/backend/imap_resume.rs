@@ -202,6 +202,10 @@ fn command(head: &str, mailbox: &[u8], tail: &str) -> Vec<u8> {
     out
 }
 
+/// How many times the old side lists the client's UIDs at most (a change
+/// during a listing makes it list again).
+const MAX_LISTINGS: usize = 3;
+
 /// Ends the old backend's session of an idling client (see the module
 /// documentation): untagged updates go to `client` and through `tracker`;
 /// returns the mailbox state once the backend has closed the connection.
@@ -238,6 +242,11 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
     let (mut examining, mut flags) = (false, None);
     let mut state = None;
     let mut modseq = None;
+    // Updates the backend sent while it listed (a change after the NOOP:
+    // Dovecot tells the session at the listing's end) make the listing
+    // older than what the client now knows: it is taken again.
+    let mut changed_while_listing = false;
+    let mut listings = 0;
     if mailbox.is_some() && tracker.exists() > MAX_LISTED_MESSAGES {
         return Err(ResumeError::Changed("mailbox too large to reconcile"));
     }
@@ -279,6 +288,13 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
                 if !is_ok(status) && tracker.exists() != 0 {
                     return Err(ResumeError::Backend("old backend refused the UID FETCH"));
                 }
+                listings += 1;
+                if changed_while_listing && listings < MAX_LISTINGS {
+                    changed_while_listing = false;
+                    listing = Listing::default();
+                    send_old(bw, format!("{search} UID FETCH 1:* (UID)\r\n").as_bytes()).await?;
+                    continue;
+                }
                 examining = true;
                 let head = format!("{examine} EXAMINE ");
                 send_old(bw, &command(&head, mailbox, "")).await?;
@@ -316,6 +332,7 @@ pub async fn close_old<BR: ReadSide, BW: WriteSide, CW: WriteSide>(
             }
             let mut forwarded = if condstore { l } else { strip_modseq(&l) };
             forwarded.extend_from_slice(b"\r\n");
+            changed_while_listing |= listing_started;
             tracker.backend_bytes(&forwarded);
             let (res, _) = client.write_all(forwarded).await;
             res.map_err(|_| ResumeError::Backend("client connection lost"))?;
