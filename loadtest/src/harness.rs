@@ -124,12 +124,15 @@ impl Harness {
         Harness::start_with(args, false)
     }
 
-    /// As [`Harness::start`], but the director knows only the backends'
-    /// IMAP ports. A simulated backend's kill closes its IMAP listener only
+    /// As [`Harness::start`], but the director is told the backends' IMAP
+    /// ports only. A simulated backend's kill closes its IMAP listener only
     /// (the POP3, LMTP and ManageSieve servers have no kill switch), and a
     /// director takes a backend down only when every port it checks fails
-    /// — a port failing alone keeps the users there. With IMAP alone, the
-    /// kill is the whole backend's crash, as a real crash is.
+    /// — a port failing alone keeps the users there. Told IMAP only, the
+    /// director checks the other protocols on their default ports, where
+    /// nothing listens here (so it shows every backend degraded from the
+    /// start), and the IMAP kill is then the whole backend's crash, as a
+    /// real crash is. Only for IMAP scenarios.
     pub fn start_imap_only(args: &CommonArgs) -> Result<Harness, String> {
         Harness::start_with(args, true)
     }

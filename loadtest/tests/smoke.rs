@@ -465,8 +465,6 @@ fn cluster_measures_members_against_a_lone_director() {
             "2",
             "--held",
             "4",
-            "--down-after",
-            "0.5",
             "--etcd-port",
             &port,
         ],
@@ -492,4 +490,11 @@ fn cluster_measures_members_against_a_lone_director() {
     assert_eq!(death["failed"], 0, "{death}");
     assert_eq!(death["moved"], 0, "a director's death moved users: {death}");
     assert_eq!(death["back_in"]["count"], 4, "{death}");
+    // A backend's death: its users placed elsewhere by the directors'
+    // health checks and majority verdict alone, through either director.
+    for side in ["same_director", "other_director"] {
+        let t = &results["backend_death"][side];
+        assert_eq!(t["failed"], 0, "{t}");
+        assert_eq!(t["moved"], t["back_in"]["count"], "{t}");
+    }
 }

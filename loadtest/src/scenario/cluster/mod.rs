@@ -72,10 +72,12 @@ pub struct ClusterArgs {
     /// the harness's own connections may hold a port.
     #[arg(long, default_value_t = 22379)]
     pub etcd_port: u16,
-    /// Seconds after a backend's kill until `POST /backends/B/down` (a
-    /// killed simulated backend is only degraded: see the timing module).
-    #[arg(long, default_value_t = 2.0)]
-    pub down_after: f64,
+    /// Seconds after a backend's kill until an operator's `POST
+    /// /backends/B/down` on one director (it acts on every one); without
+    /// it the directors' health checks and the majority verdict alone
+    /// take the backend down.
+    #[arg(long)]
+    pub down_after: Option<f64>,
     /// cluster.lease_ttl of every member, seconds.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl: u64,
@@ -183,7 +185,10 @@ pub fn run(args: &ClusterArgs) -> Result<Report, String> {
     if args.common.target.is_some() {
         return Err("cluster starts its own directors: --target is not for it".into());
     }
-    let mut harness = Harness::start(&args.common)?;
+    // The directors know the backends' IMAP ports only: a simulated
+    // backend's kill is then the whole backend's crash (see
+    // `Harness::start_imap_only`).
+    let mut harness = Harness::start_imap_only(&args.common)?;
     let mut report = Report::new("cluster", &harness);
     let ports = setup::etcd_ports(args.etcd_port)?;
     let etcd = setup::start_etcd(ports)?;
@@ -268,7 +273,7 @@ the other director named the new backend {} after the answer ({} of {} read the 
         "director d1 SIGKILLed with {} sessions: users back in through d2/d3 {}, {} failed, {} moved",
         args.held, director_death.back_in, director_death.failed, director_death.moved
     ));
-    let down_after = Duration::from_secs_f64(args.down_after.max(0.0));
+    let down_after = args.down_after.map(|s| Duration::from_secs_f64(s.max(0.0)));
     let backend_death = timing::backend_death(&harness, others, args.held, down_after)?;
     for (what, times) in [
         ("director d1", &director_death),
@@ -288,10 +293,13 @@ the other director named the new backend {} after the answer ({} of {} read the 
         ),
         ("through the other director", &backend_death.other_director),
     ] {
+        let cause = match backend_death.down_after_ms {
+            Some(ms) => format!("`down` posted after {ms:.0} ms"),
+            None => "health checks and majority verdict".to_owned(),
+        };
         report.line(format!(
-            "backend {} killed (IMAP port; `down` posted on d2 and d3 after {:.0} ms): its users placed elsewhere {how}: {}, {} failed, {} still on it",
+            "backend {} killed ({cause}): its users placed elsewhere {how}: {}, {} failed, {} still on it",
             backend_death.backend,
-            backend_death.down_after_ms,
             times.back_in,
             times.failed,
             times.back_in.count + times.failed - times.moved

@@ -3,13 +3,11 @@
 //! the user has sessions through two; SIGKILL of a director whose users
 //! then log in through another; a backend killed under the directors.
 //!
-//! A killed simulated backend loses its IMAP listener only (the simulated
-//! POP3, LMTP and ManageSieve servers have no kill switch), so the
-//! directors see it *degraded*, not down, and by design keep its users
-//! there with a temporary failure. The backend event therefore also takes
-//! the operator's step: `POST /backends/B/down` on every director after
-//! `down_after` (on main, `down` acts on the director it is posted to
-//! only), and reports the times from the kill and from that step.
+//! The directors know the simulated backends' IMAP ports only, so a
+//! killed backend (its IMAP listener closed, its sessions cut) is down for
+//! them: their health checks see it, the majority verdict gives it up, and
+//! its users are placed elsewhere. With `down_after` an operator's `POST
+//! /backends/B/down` (on one director: it acts on every one) comes too.
 
 use std::net::SocketAddr;
 use std::thread;
@@ -272,8 +270,8 @@ pub fn director_death(
 pub struct BackendDeath {
     /// The backend killed.
     pub backend: String,
-    /// From the kill to the `down` calls on the directors, ms.
-    pub down_after_ms: f64,
+    /// From the kill to the operator's `down`, ms (`None`: none posted).
+    pub down_after_ms: Option<f64>,
     /// Users that logged in again through the director they held their
     /// session through.
     pub same_director: FailoverTimes,
@@ -291,7 +289,7 @@ pub fn backend_death(
     harness: &Harness,
     directors: &[DirectorProcess],
     held: usize,
-    down_after: Duration,
+    down_after: Option<Duration>,
 ) -> Result<BackendDeath, String> {
     let through: Vec<_> = directors.iter().map(addrs).collect::<Result<_, _>>()?;
     let mut users = Vec::new();
@@ -324,13 +322,14 @@ pub fn backend_death(
     let (same, other, down) = thread::scope(|s| {
         let other = s.spawn(|| back_in(&other, killed));
         let down = s.spawn(|| {
-            thread::sleep(down_after.saturating_sub(killed.elapsed()));
+            let Some(after) = down_after else {
+                return Ok(None);
+            };
+            thread::sleep(after.saturating_sub(killed.elapsed()));
             let at = killed.elapsed();
-            // On every director: `down` is not cluster-wide yet on main.
-            for (_, admin_addr) in &through {
-                admin::request(*admin_addr, "POST", &format!("/backends/{victim}/down"))?;
-            }
-            Ok(at)
+            let (_, admin_addr) = through[0];
+            admin::request(admin_addr, "POST", &format!("/backends/{victim}/down"))?;
+            Ok(Some(at))
         });
         let same = back_in(&same, killed);
         (
@@ -344,12 +343,13 @@ pub fn backend_death(
         .backends()
         .restart(&victim)
         .map_err(|e| format!("restarting {victim}: {e}"))?;
-    for (_, admin_addr) in &through {
-        admin::request(*admin_addr, "POST", &format!("/backends/{victim}/up"))?;
+    let down = down?;
+    if down.is_some() {
+        admin::request(through[0].1, "POST", &format!("/backends/{victim}/up"))?;
     }
     Ok(BackendDeath {
         backend: victim,
-        down_after_ms: down?.as_secs_f64() * 1000.0,
+        down_after_ms: down.map(|at| at.as_secs_f64() * 1000.0),
         same_director: same?,
         other_director: other?,
     })
