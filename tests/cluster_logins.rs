@@ -243,6 +243,8 @@ fn a_move_on_one_director_carries_an_idle_session_held_through_another_live() {
     let options = support::DovecotOptions {
         users: USERS,
         master_user: Some(("mailpin".into(), "master-secret".into())),
+        // No "* OK Still here" during the check that no byte arrives.
+        extra_config: "imap_idle_notify_interval = 30 mins\n".into(),
         ..support::DovecotOptions::default()
     };
     let Some(w) = World::start_with(2, options, &extra, |_, c| c) else {
