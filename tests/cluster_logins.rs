@@ -79,6 +79,16 @@ fn users_with_sessions_through_three_directors_are_on_one_backend() {
     assert!(splits.is_empty(), "users on two backends: {splits:?}");
 }
 
+/// The health `GET /backends` on `d` gives backend `name`.
+fn health_of(d: &support::mailpin::Mailpin, name: &str) -> Option<String> {
+    get_json(d, "/backends")
+        .1
+        .as_array()?
+        .iter()
+        .find(|b| b["name"] == name)
+        .and_then(|b| b["health"].as_str().map(str::to_owned))
+}
+
 #[test]
 fn after_a_failover_and_return_users_keep_their_new_backend_through_any_director() {
     let Some(mut w) = world(2, false) else { return };
@@ -106,17 +116,7 @@ fn after_a_failover_and_return_users_keep_their_new_backend_through_any_director
             &[d],
             Duration::from_secs(10),
             "the victim seen down",
-            || {
-                get_json(d, "/backends")
-                    .1
-                    .as_array()
-                    .and_then(|a| {
-                        a.iter()
-                            .find(|b| b["name"] == victim_name.as_str())
-                            .cloned()
-                    })
-                    .is_some_and(|b| b["health"] == "unhealthy")
-            },
+            || health_of(d, &victim_name).as_deref() == Some("unhealthy"),
         );
     }
     // The victim's users log in again through d1 and land elsewhere.
@@ -131,15 +131,7 @@ fn after_a_failover_and_return_users_keep_their_new_backend_through_any_director
     w.dovecot.lock().unwrap().instance_mut(victim).restart();
     for d in &w.directors {
         wait_until(&[d], Duration::from_secs(10), "the victim seen up", || {
-            get_json(d, "/backends")
-                .1
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .find(|b| b["name"] == victim_name.as_str())
-                        .cloned()
-                })
-                .is_some_and(|b| b["health"] == "healthy")
+            health_of(d, &victim_name).as_deref() == Some("healthy")
         });
     }
     // Every user now logs in through d2 too: each lands where its d1
